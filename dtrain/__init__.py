@@ -1,0 +1,38 @@
+"""dtrain: dense neural networks trained with synchronous data parallelism on Dask.
+
+    from dtrain.models import Sequential
+    from dtrain.layers import Dense
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("dtrain")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
+from .backend import floatx, get_backend, gpu_available, set_default_device, set_floatx
+from .layers import Dense
+from .model import Sequential
+from .saving import load_model
+
+__all__ = [
+    "Dense",
+    "Sequential",
+    "load_model",
+    "activations",
+    "callbacks",
+    "initializers",
+    "layers",
+    "losses",
+    "metrics",
+    "optimizers",
+    "utils",
+    "floatx",
+    "get_backend",
+    "gpu_available",
+    "set_default_device",
+    "set_floatx",
+]

@@ -1,0 +1,133 @@
+"""Array backend: NumPy on CPU, CuPy on a GPU, chosen once per process or per model.
+
+This is the only module that imports CuPy, and it does so only when a GPU is asked for
+(``device="gpu"``) or probed for (``device="auto"``). The import error is kept and shown
+when a GPU is requested, so the user learns *why* there is no GPU (no CuPy, no CUDA device).
+The maths never branches on the device: it takes ``xp`` (``numpy`` or ``cupy``) from a
+:class:`Backend`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+DEVICES = ("auto", "cpu", "gpu")
+FLOAT_DTYPES = ("float32", "float64")
+
+_default_device = os.environ.get("DTRAIN_DEVICE", "auto")
+_default_floatx = "float32"
+_cupy_probe: tuple[ModuleType | None, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array module and the device it runs on."""
+
+    device: str  # "cpu" or "gpu"
+    xp: ModuleType  # numpy or cupy
+
+    @property
+    def name(self) -> str:
+        return self.xp.__name__
+
+    def asarray(self, array: Any, dtype: Any = None) -> Any:
+        """Move ``array`` to this backend's device (a no-op when it is already there)."""
+        return self.xp.asarray(array, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on CPU); used for honest timings."""
+        if self.device == "gpu":
+            self.xp.cuda.get_current_stream().synchronize()
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Return ``array`` as a NumPy array, copying from the GPU if needed."""
+    if isinstance(array, np.ndarray):
+        return array
+    if type(array).__module__.startswith("cupy"):
+        return array.get()  # device -> host copy
+    return np.asarray(array)
+
+
+def _probe_cupy() -> tuple[ModuleType | None, str | None]:
+    """Import CuPy and count CUDA devices once; return (cupy or None, reason it is unusable)."""
+    global _cupy_probe
+    if _cupy_probe is None:
+        try:
+            import cupy  # noqa: PLC0415  (the one guarded CuPy import of the package)
+        except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+            _cupy_probe = (None, f"CuPy could not be imported ({type(exc).__name__}: {exc})")
+        else:
+            try:
+                count = cupy.cuda.runtime.getDeviceCount()
+            except Exception as exc:
+                _cupy_probe = (None, f"CuPy found no usable CUDA device ({type(exc).__name__}: {exc})")
+            else:
+                if count < 1:
+                    _cupy_probe = (None, "CuPy is installed but no CUDA device is visible")
+                else:
+                    _cupy_probe = (cupy, None)
+    return _cupy_probe
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    return _probe_cupy()[0] is not None
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"Unknown device {device!r}: expected one of {', '.join(map(repr, DEVICES))}.")
+    return device
+
+
+def set_default_device(device: str) -> None:
+    """Set the device that models use when they are created with ``device=None``."""
+    global _default_device
+    _default_device = check_device(device)
+
+
+def get_default_device() -> str:
+    return _default_device
+
+
+def get_backend(device: str | None = None) -> Backend:
+    """Return the backend for ``device`` ("auto", "cpu" or "gpu"; None means the default).
+
+    "auto" picks the GPU when CuPy and a CUDA device are present, else the CPU.
+    "gpu" raises a RuntimeError that says why when there is no usable GPU.
+    """
+    device = check_device(_default_device if device is None else device)
+    if device == "cpu":
+        return Backend("cpu", np)
+    cupy, reason = _probe_cupy()
+    if cupy is not None:
+        return Backend("gpu", cupy)
+    if device == "auto":
+        return Backend("cpu", np)
+    raise RuntimeError(
+        f"device='gpu' was requested but no GPU can be used: {reason}. "
+        "Install the GPU extra (pip install 'dtrain[gpu]') on a machine with an NVIDIA GPU, "
+        "or use device='cpu'."
+    )
+
+
+def set_floatx(dtype: str) -> None:
+    """Set the default float type of new models: "float32" (default) or "float64"."""
+    global _default_floatx
+    _default_floatx = check_dtype(dtype)
+
+
+def floatx() -> str:
+    return _default_floatx
+
+
+def check_dtype(dtype: Any) -> str:
+    name = np.dtype(dtype).name if dtype is not None else _default_floatx
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"Unsupported dtype {dtype!r}: expected one of {', '.join(map(repr, FLOAT_DTYPES))}.")
+    return name

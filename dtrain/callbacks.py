@@ -1,0 +1,228 @@
+"""Callbacks: hooks called by ``fit`` (Keras' protocol), plus History, EarlyStopping,
+TerminateOnNaN and a progress bar that works in terminals and notebooks (tqdm)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from typing import Any, Iterable
+
+
+class Callback:
+    """Override any of the hooks. ``self.model`` is the model being trained and ``self.params``
+    holds ``epochs``, ``steps`` (per epoch), ``batch_size``, ``samples`` and ``seed``.
+    Set ``self.model.stop_training = True`` to stop after the current batch."""
+
+    def __init__(self):
+        self.model = None
+        self.params: dict[str, Any] = {}
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None): ...
+    def on_train_batch_end(self, batch, logs=None): ...
+
+
+class CallbackList:
+    """Calls every callback's hook in order."""
+
+    def __init__(self, callbacks: Iterable[Callback], model, params: dict[str, Any]):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(
+                    f"callbacks must be dtrain.callbacks.Callback instances, received {type(cb).__name__} {cb!r}."
+                )
+            cb.set_model(model)
+            cb.set_params(params)
+
+    def __getattr__(self, hook: str):
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+
+        def call(*args):
+            for cb in self.callbacks:
+                getattr(cb, hook)(*args)
+
+        return call
+
+
+class History(Callback):
+    """Records the epoch logs: ``history.history["loss"]`` is the list of per-epoch losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+        self.history = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as the loss of a batch is NaN or infinite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: invalid loss {loss}, terminating training", file=sys.stderr)
+            self.model.stop_training = True
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has stopped improving (Keras' rules and arguments).
+
+    An epoch improves when ``monitor`` beats the best value by more than ``min_delta`` (lower is
+    better in "min" mode, higher in "max"; "auto" picks "max" for accuracies). Training stops
+    after ``patience`` epochs without improvement; ``restore_best_weights`` then puts back the
+    weights of the best epoch (at the end of training, as Keras 3 does).
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ):
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping expected a non-negative integer patience, received {patience!r}.")
+        self.monitor = monitor
+        self.min_delta = abs(float(min_delta))
+        self.patience = patience
+        self.verbose = verbose
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        if mode == "auto":
+            name = monitor.lower()
+            mode = "max" if ("acc" in name or "auc" in name) else "min"
+        self.mode = mode
+        self.stopped_epoch = 0
+        self.best_epoch = 0
+
+    def _improves(self, value: float, reference: float) -> bool:
+        if self.mode == "min":
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"EarlyStopping is monitoring {self.monitor!r}, which is not in the logs "
+                f"(available: {', '.join(sorted(logs or {}))}). Pass validation data for 'val_*' keys.",
+                stacklevel=2,
+            )
+            return
+        if epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self._improves(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._improves(current, self.baseline):
+                self.wait = 0
+                return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+def format_logs(logs: dict[str, float]) -> str:
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+
+
+class ProgressBar(Callback):
+    """``verbose=1``: a live bar per epoch (tqdm: text in terminals, a widget in notebooks);
+    ``verbose=2``: one line per epoch."""
+
+    def __init__(self, verbose: int = 1):
+        super().__init__()
+        self.verbose = verbose
+        self._bar = None
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=self.params.get("steps"),
+                desc=f"Epoch {epoch + 1}/{self.params.get('epochs')}",
+                unit="step",
+                leave=True,
+                dynamic_ncols=True,
+            )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar is not None:
+            self._bar.update(1)
+            # refresh=False: tqdm redraws at its own rate, so a fast step is not slowed down.
+            self._bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+            self._bar.close()
+            self._bar = None
+        elif self.verbose == 2:
+            print(f"Epoch {epoch + 1}/{self.params.get('epochs')} - {seconds:.2f}s - {format_logs(logs or {})}", flush=True)
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:  # training stopped inside an epoch
+            self._bar.close()
+            self._bar = None
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
+
+    def __init__(self, **hooks):
+        super().__init__()
+        for name, fn in hooks.items():
+            if not name.startswith("on_") or not hasattr(Callback, name):
+                raise ValueError(f"LambdaCallback received an unknown hook {name!r}.")
+            setattr(self, name, fn)

@@ -1,0 +1,126 @@
+"""Training data: checking user arrays before any work, epoch orders, and batches.
+
+Every check runs on the host before training starts and names what was received and what was
+expected, so that bad input fails fast and loses nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from .backend import to_numpy
+
+INIT_STREAM, SHUFFLE_STREAM = 0, 1  # independent random streams derived from one seed
+
+
+def new_seed() -> int:
+    """A fresh random seed (recorded so that an unseeded run can be repeated)."""
+    return int(np.random.SeedSequence().entropy % (2**63))
+
+
+def check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"Expected seed to be a non-negative integer or None, received seed={seed!r}.")
+    return int(seed)
+
+
+def init_rng(seed: int) -> np.random.Generator:
+    """The generator that draws initial weights for ``seed``."""
+    return np.random.default_rng([INIT_STREAM, seed])
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Sample order of one epoch: a function of (seed, epoch) only, so runs are reproducible."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([SHUFFLE_STREAM, seed, epoch]).permutation(n)
+
+
+def _as_host_array(value: Any, name: str) -> np.ndarray:
+    if value is None:
+        raise ValueError(f"{name} is None: pass a NumPy array (or anything np.asarray accepts).")
+    try:
+        array = to_numpy(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must hold numbers, received an array of dtype {array.dtype} "
+            f"(first value {array.flat[0]!r})." if array.size else f"{name} must hold numbers, received dtype {array.dtype}."
+        )
+    return array
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0]
+        where = ", ".join(map(str, bad))
+        raise ValueError(
+            f"{name} contains NaN or infinite values (count: {int((~np.isfinite(array)).sum())}; "
+            f"first at {name}[{where}] = {array[tuple(bad)]!r}). Clean or impute them before training."
+        )
+
+
+def check_features(x: Any, input_dim: int | None, dtype: str, name: str = "x") -> np.ndarray:
+    """Validate model inputs and return them as a C-contiguous 2-D host array of ``dtype``."""
+    x = _as_host_array(x, name)
+    if x.ndim != 2:
+        hint = " Reshape it with x.reshape(-1, 1) for a single feature." if x.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (samples, features), received shape {x.shape}.{hint}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {x.shape}): there are no samples to train on.")
+    if input_dim is not None and x.shape[1] != input_dim:
+        raise ValueError(
+            f"{name} has {x.shape[1]} features per sample (shape {x.shape}), but the model expects "
+            f"input_dim={input_dim}."
+        )
+    _check_finite(x, name)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def check_targets(y: Any, n: int, loss, units: int, dtype: str, name: str = "y") -> np.ndarray:
+    """Validate targets for ``loss`` and return them in the form it computes with."""
+    y = _as_host_array(y, name)
+    if y.ndim == 0:
+        raise ValueError(f"{name} must have one entry per sample, received a scalar.")
+    if y.shape[0] != n:
+        raise ValueError(
+            f"x and {name} have different numbers of samples: x has {n}, {name} has {y.shape[0]} "
+            f"(shape {y.shape})."
+        )
+    _check_finite(y, name)
+    y = loss.prepare_targets(y, units)
+    return np.ascontiguousarray(y if loss.integer_targets else y.astype(dtype, copy=False))
+
+
+def check_batch_size(batch_size: Any, default: int = 32) -> int:
+    if batch_size is None:
+        return default
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"Expected batch_size to be a positive integer, received batch_size={batch_size!r}.")
+    return int(batch_size)
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most batch_size rows; the last one may be partial (as Keras)."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+class BatchGatherer:
+    """Copies the rows of one batch into a reusable host buffer (no allocation per step)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._buffers: dict[int, np.ndarray] = {}
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        n = len(rows)
+        buf = self._buffers.get(n)
+        if buf is None:
+            buf = self._buffers[n] = np.empty((n, *self.array.shape[1:]), self.array.dtype)
+        np.take(self.array, rows, axis=0, out=buf)
+        return buf

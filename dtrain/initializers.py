@@ -1,0 +1,206 @@
+"""Weight initializers with Keras names and formulas.
+
+Initializers always draw on the host with NumPy's ``Generator`` (in float64, then cast), so a
+seed gives the same starting weights on CPU and GPU and on every worker.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .registry import resolve
+
+# Standard deviation of a unit normal truncated to [-2, 2]; Keras divides by it so that the
+# truncated draws keep the variance the scaling rule asks for.
+_TRUNCATED_STD = 0.87962566103423978
+
+
+class Initializer:
+    """``init(shape, rng)`` returns a float64 NumPy array of ``shape``."""
+
+    def __call__(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    return shape[0], shape[1]
+
+
+class Zeros(Initializer):
+    def __call__(self, shape, rng):
+        return np.zeros(shape)
+
+
+class Ones(Initializer):
+    def __call__(self, shape, rng):
+        return np.ones(shape)
+
+
+class Constant(Initializer):
+    def __init__(self, value: float = 0.0):
+        self.value = float(value)
+
+    def __call__(self, shape, rng):
+        return np.full(shape, self.value)
+
+    def get_config(self):
+        return {"value": self.value}
+
+
+class RandomNormal(Initializer):
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05):
+        self.mean, self.stddev = float(mean), float(stddev)
+
+    def __call__(self, shape, rng):
+        return rng.normal(self.mean, self.stddev, size=shape)
+
+    def get_config(self):
+        return {"mean": self.mean, "stddev": self.stddev}
+
+
+class RandomUniform(Initializer):
+    def __init__(self, minval: float = -0.05, maxval: float = 0.05):
+        self.minval, self.maxval = float(minval), float(maxval)
+
+    def __call__(self, shape, rng):
+        return rng.uniform(self.minval, self.maxval, size=shape)
+
+    def get_config(self):
+        return {"minval": self.minval, "maxval": self.maxval}
+
+
+def _truncated_normal(rng: np.random.Generator, shape, stddev: float) -> np.ndarray:
+    """Unit normal draws redrawn until they fall in [-2, 2], times ``stddev``."""
+    out = rng.standard_normal(size=shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(size=int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * stddev
+
+
+class VarianceScaling(Initializer):
+    """Draws with variance ``scale / n``, n = fan_in, fan_out or their mean (``mode``).
+
+    uniform: U(-limit, limit), limit = sqrt(3 scale / n);
+    truncated_normal: N(0, sqrt(scale / n) / 0.8796...) truncated to two standard deviations;
+    untruncated_normal: N(0, sqrt(scale / n)).
+    """
+
+    MODES = ("fan_in", "fan_out", "fan_avg")
+    DISTRIBUTIONS = ("uniform", "truncated_normal", "untruncated_normal")
+
+    def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal"):
+        if not scale > 0:
+            raise ValueError(f"VarianceScaling expected scale > 0, received scale={scale!r}.")
+        if mode not in self.MODES:
+            raise ValueError(f"VarianceScaling expected mode in {self.MODES}, received mode={mode!r}.")
+        if distribution not in self.DISTRIBUTIONS:
+            raise ValueError(
+                f"VarianceScaling expected distribution in {self.DISTRIBUTIONS}, received {distribution!r}."
+            )
+        self.scale, self.mode, self.distribution = float(scale), mode, distribution
+
+    def __call__(self, shape, rng):
+        fan_in, fan_out = _fans(shape)
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
+        variance = self.scale / max(1.0, n)
+        if self.distribution == "uniform":
+            limit = math.sqrt(3.0 * variance)
+            return rng.uniform(-limit, limit, size=shape)
+        if self.distribution == "truncated_normal":
+            return _truncated_normal(rng, shape, math.sqrt(variance) / _TRUNCATED_STD)
+        return rng.normal(0.0, math.sqrt(variance), size=shape)
+
+    def get_config(self):
+        return {"scale": self.scale, "mode": self.mode, "distribution": self.distribution}
+
+
+class GlorotUniform(VarianceScaling):
+    def __init__(self):
+        super().__init__(1.0, "fan_avg", "uniform")
+
+    def get_config(self):
+        return {}
+
+
+class GlorotNormal(VarianceScaling):
+    def __init__(self):
+        super().__init__(1.0, "fan_avg", "truncated_normal")
+
+    def get_config(self):
+        return {}
+
+
+class HeUniform(VarianceScaling):
+    def __init__(self):
+        super().__init__(2.0, "fan_in", "uniform")
+
+    def get_config(self):
+        return {}
+
+
+class HeNormal(VarianceScaling):
+    def __init__(self):
+        super().__init__(2.0, "fan_in", "truncated_normal")
+
+    def get_config(self):
+        return {}
+
+
+class LecunUniform(VarianceScaling):
+    def __init__(self):
+        super().__init__(1.0, "fan_in", "uniform")
+
+    def get_config(self):
+        return {}
+
+
+class LecunNormal(VarianceScaling):
+    def __init__(self):
+        super().__init__(1.0, "fan_in", "truncated_normal")
+
+    def get_config(self):
+        return {}
+
+
+INITIALIZERS: dict[str, type[Initializer]] = {
+    "zeros": Zeros,
+    "ones": Ones,
+    "constant": Constant,
+    "random_normal": RandomNormal,
+    "random_uniform": RandomUniform,
+    "variance_scaling": VarianceScaling,
+    "glorot_uniform": GlorotUniform,
+    "glorot_normal": GlorotNormal,
+    "he_uniform": HeUniform,
+    "he_normal": HeNormal,
+    "lecun_uniform": LecunUniform,
+    "lecun_normal": LecunNormal,
+}
+_NAMES = {cls: name for name, cls in INITIALIZERS.items()}
+
+
+def get(identifier: Any) -> Initializer:
+    """Return an initializer from a name, a config dict or an instance."""
+    return resolve(identifier, INITIALIZERS, "initializer", Initializer)
+
+
+def serialize(initializer: Initializer) -> str | dict[str, Any]:
+    """A JSON-able form that :func:`get` turns back into an equal initializer."""
+    name = _NAMES.get(type(initializer))
+    if name is None:
+        raise ValueError(f"Cannot serialise custom initializer {initializer!r}; use a built-in one.")
+    config = initializer.get_config()
+    return {"class_name": name, "config": config} if config else name

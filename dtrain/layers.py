@@ -1,0 +1,208 @@
+"""Layers. A ``Dense`` layer is parameters + gradients (views into the model's flat buffers),
+``forward(x)`` that keeps what backward needs, and ``backward(dy)`` that fills the gradients
+and returns the gradient with respect to its input.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from . import activations, initializers
+
+_layer_ids = itertools.count()
+
+
+def _positive_int(name: str, value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where} expected a positive integer for {name}, received {name}={value!r}.")
+    return int(value)
+
+
+class Layer:
+    """Base class: a name, a config, and the build/forward/backward lifecycle."""
+
+    def __init__(self, name: str | None = None):
+        if name is None:
+            n = next(_layer_ids)
+            name = self.default_name if n == 0 else f"{self.default_name}_{n}"
+        elif not isinstance(name, str) or not name:
+            raise ValueError(f"Expected a non-empty string for name, received name={name!r}.")
+        self.name = name
+
+    default_name = "layer"
+
+
+class Dense(Layer):
+    """A fully connected layer: ``a = activation(x @ kernel + bias)``.
+
+    Arguments follow Keras: ``units`` outputs; ``activation`` a name ("relu", "sigmoid",
+    "tanh", "softmax", "linear") or None; ``input_dim`` (or ``input_shape=(input_dim,)``) on
+    the first layer of a model, otherwise the width is taken from the data at the first ``fit``.
+    """
+
+    default_name = "dense"
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        use_bias: bool = True,
+        input_dim: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        name: str | None = None,
+    ):
+        self.units = _positive_int("units", units, "Dense")
+        self.activation = activations.get(activation)
+        if not isinstance(use_bias, bool):
+            raise ValueError(f"Dense expected a bool for use_bias, received use_bias={use_bias!r}.")
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.input_dim = self._resolve_input_dim(input_dim, input_shape)
+        super().__init__(name)
+        self.kernel = self.bias = self.kernel_grad = self.bias_grad = None
+        self._xp = None
+        self._buffers: dict[int, tuple[Any, Any, Any]] = {}  # batch size -> (z, a, dx)
+        self._x = self._z = self._a = None  # kept by forward(training=True) for backward
+
+    @staticmethod
+    def _resolve_input_dim(input_dim, input_shape) -> int | None:
+        if input_shape is not None:
+            shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else (input_shape,)
+            if len(shape) != 1:
+                raise ValueError(
+                    f"Dense expected input_shape=(features,), received input_shape={input_shape!r}; "
+                    "dense networks take 2-D inputs (samples, features)."
+                )
+            from_shape = _positive_int("input_shape[0]", shape[0], "Dense")
+            if input_dim is not None and _positive_int("input_dim", input_dim, "Dense") != from_shape:
+                raise ValueError(
+                    f"Dense received input_dim={input_dim!r} and input_shape={input_shape!r}, which disagree."
+                )
+            return from_shape
+        return None if input_dim is None else _positive_int("input_dim", input_dim, "Dense")
+
+    # -- build: shapes, initial values, binding to the model's flat buffers --------------------
+    def param_shapes(self, input_dim: int) -> list[tuple[str, tuple[int, ...]]]:
+        shapes = [("kernel", (input_dim, self.units))]
+        if self.use_bias:
+            shapes.append(("bias", (self.units,)))
+        return shapes
+
+    def initial_values(self, input_dim: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Float64 host arrays, kernel first, drawn from ``rng`` in a fixed order."""
+        values = [self.kernel_initializer((input_dim, self.units), rng)]
+        if self.use_bias:
+            values.append(self.bias_initializer((self.units,), rng))
+        return values
+
+    def bind(self, xp, input_dim: int, params: list[Any], grads: list[Any]) -> None:
+        """Take views into the model's flat parameter and gradient buffers."""
+        self._xp = xp
+        self.input_dim = input_dim
+        self.kernel, self.kernel_grad = params[0], grads[0]
+        if self.use_bias:
+            self.bias, self.bias_grad = params[1], grads[1]
+        self._buffers.clear()
+
+    @property
+    def built(self) -> bool:
+        return self.kernel is not None
+
+    # -- compute ------------------------------------------------------------------------------
+    def _buffers_for(self, n: int, need_dx: bool):
+        """Output and gradient buffers for a batch of n rows, allocated once per batch size,
+        so that steady-state training allocates no arrays."""
+        buffers = self._buffers.get(n)
+        if buffers is None or (need_dx and buffers[2] is None):
+            xp, dtype = self._xp, self.kernel.dtype
+            z = xp.empty((n, self.units), dtype)
+            a = z if isinstance(self.activation, activations.Linear) else xp.empty((n, self.units), dtype)
+            dx = xp.empty((n, self.input_dim), dtype) if need_dx else None
+            buffers = self._buffers[n] = (z, a, dx)
+        return buffers
+
+    def forward(self, x, training: bool = False):
+        """Return ``activation(x @ kernel + bias)``; with ``training`` keep x for backward.
+
+        The returned array is a buffer owned by the layer: it is overwritten by the next call
+        with the same batch size.
+        """
+        xp = self._xp
+        z, a, _ = self._buffers_for(x.shape[0], need_dx=False)
+        xp.matmul(x, self.kernel, out=z)
+        if self.use_bias:
+            z += self.bias
+        self.activation.forward(xp, z, a)
+        self._z, self._a = z, a  # the loss may read the logits, in training and evaluation
+        if training:
+            self._x = x
+        return a
+
+    @property
+    def logits(self):
+        """Pre-activation output of the last forward pass."""
+        return self._z
+
+    def backward(self, grad, *, grad_is_logits: bool = False, need_input_grad: bool = True):
+        """Fill kernel_grad and bias_grad from dL/da (or dL/dz with ``grad_is_logits``).
+
+        ``grad`` may be overwritten. Returns dL/dx, or None when ``need_input_grad`` is False
+        (the first layer: nobody needs the gradient with respect to the data).
+        """
+        xp = self._xp
+        if grad_is_logits:
+            dz = grad
+        else:
+            # z is no longer needed once a is known: reuse its buffer as scratch.
+            self.activation.backward(xp, grad, self._a, out=grad, scratch=self._z)
+            dz = grad
+        xp.matmul(self._x.T, dz, out=self.kernel_grad)
+        if self.use_bias:
+            dz.sum(axis=0, out=self.bias_grad)
+        if not need_input_grad:
+            return None
+        _, _, dx = self._buffers_for(dz.shape[0], need_dx=True)
+        xp.matmul(dz, self.kernel.T, out=dx)
+        return dx
+
+    # -- config -------------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        config = {
+            "name": self.name,
+            "units": self.units,
+            "activation": activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+        }
+        if self.input_dim is not None:
+            config["input_dim"] = self.input_dim
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Dense":
+        try:
+            return cls(**config)
+        except TypeError as exc:
+            raise ValueError(f"Bad Dense config {config!r}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"Dense(units={self.units}, activation={self.activation.name!r}, name={self.name!r})"
+
+
+LAYERS: dict[str, type[Layer]] = {"Dense": Dense}
+
+
+def from_config(entry: dict[str, Any]) -> Layer:
+    """Rebuild a layer from ``{"class_name": "Dense", "config": {...}}``."""
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        raise ValueError(f"Expected a layer entry {{'class_name': ..., 'config': {{...}}}}, received {entry!r}.")
+    cls = LAYERS.get(entry["class_name"])
+    if cls is None:
+        raise ValueError(f"Unknown layer class {entry['class_name']!r}. Known layers: {', '.join(LAYERS)}.")
+    return cls.from_config(dict(entry.get("config") or {}))

@@ -1,0 +1,540 @@
+"""The model: ``Sequential`` with Keras' lifecycle (add, compile, fit, evaluate, predict,
+weights and config I/O).
+
+All parameters live in one contiguous array (``model.params``) and all gradients in another
+(``model.grads``); every layer's kernel and bias are views into them. A training step is
+``compute_gradients`` (forward, loss, backward: fills ``model.grads``) then
+``apply_gradients`` (one optimizer update over the flat buffer). Data-parallel training puts
+one allreduce of ``model.grads`` between the two.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import layers as layers_module
+from . import losses, metrics as metrics_module, optimizers
+from .backend import Backend, check_dtype, get_backend, to_numpy
+from .data import (
+    BatchGatherer,
+    batches,
+    check_batch_size,
+    check_features,
+    check_seed,
+    check_targets,
+    epoch_order,
+    init_rng,
+    new_seed,
+)
+from .layers import Dense, Layer
+
+# Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
+# operands); the few padding elements stay zero and are never read.
+_ALIGN_BYTES = 128
+
+
+class _Totals:
+    """Running sums over an epoch (or an evaluation): sample count, loss sum, metric sums."""
+
+    def __init__(self, metric_names: Sequence[str]):
+        self.names = list(metric_names)
+        self.count = 0
+        self.loss = 0.0
+        self.metrics = [0.0] * len(self.names)
+
+    def add(self, count: int, loss_sum: float, metric_sums: Sequence[float]) -> None:
+        self.count += count
+        self.loss += loss_sum
+        for i, value in enumerate(metric_sums):
+            self.metrics[i] += value
+
+    def logs(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        out = {"loss": self.loss / n}
+        out.update({name: total / n for name, total in zip(self.names, self.metrics)})
+        return out
+
+
+class Sequential:
+    """A linear stack of layers, built and trained like Keras' ``Sequential``.
+
+    ``device`` is "auto" (GPU when CuPy and a CUDA device are present), "cpu" or "gpu";
+    ``dtype`` is "float32" (default) or "float64".
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[Layer] | None = None,
+        name: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
+        self.name = name or "sequential"
+        self.backend: Backend = get_backend(device)
+        self.dtype = check_dtype(dtype)
+        self._layers: list[Layer] = []
+        self.params = self.grads = None
+        self.optimizer: optimizers.Optimizer | None = None
+        self.loss: losses.Loss | None = None
+        self.metrics: list[metrics_module.Metric] = []
+        self._fused_loss = False
+        self._top_grads: dict[int, Any] = {}
+        self.stop_training = False
+        self.history: callbacks_module.History | None = None
+        for layer in layers or ():
+            self.add(layer)
+
+    # -- structure ----------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self._layers)
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def built(self) -> bool:
+        return self.params is not None
+
+    @property
+    def compiled(self) -> bool:
+        return self.loss is not None
+
+    @property
+    def input_dim(self) -> int | None:
+        return self._layers[0].input_dim if self._layers else None
+
+    @property
+    def output_units(self) -> int:
+        return self._layers[-1].units
+
+    def add(self, layer: Layer) -> None:
+        """Append a layer. Its input width is the previous layer's ``units``."""
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"Sequential.add expected a layer such as dtrain.layers.Dense, received "
+                f"{type(layer).__name__} {layer!r}."
+            )
+        if self.built:
+            raise RuntimeError(
+                f"Cannot add layer {layer.name!r}: model {self.name!r} is already built. "
+                "Create a new Sequential with all its layers instead."
+            )
+        if any(layer is other for other in self._layers):
+            raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}; create a new layer.")
+        if any(layer.name == other.name for other in self._layers):
+            raise ValueError(f"Model {self.name!r} already has a layer named {layer.name!r}; layer names must be unique.")
+        if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
+            raise ValueError(
+                f"Layer {layer.name!r} declares input_dim={layer.input_dim}, but the previous layer "
+                f"{self._layers[-1].name!r} outputs {self._layers[-1].units} units."
+            )
+        self._layers.append(layer)
+        if self.compiled:
+            self._fused_loss = self.loss.fuses_with(self._layers[-1].activation.name)
+
+    def _layer_inputs(self, input_dim: int) -> list[int]:
+        return [input_dim] + [layer.units for layer in self._layers[:-1]]
+
+    def build(self, input_dim: int | None = None, seed: int | None = None) -> None:
+        """Create the weights: one flat parameter buffer initialised from ``seed``.
+
+        ``input_dim`` defaults to the first layer's ``input_dim``. ``fit`` builds the model
+        itself (from the data's width and its ``seed``) when it is not built yet.
+        """
+        if self.built:
+            if input_dim is not None and input_dim != self.input_dim:
+                raise ValueError(f"Model {self.name!r} is built for input_dim={self.input_dim}, received {input_dim}.")
+            return
+        if not self._layers:
+            raise RuntimeError(f"Model {self.name!r} has no layers: add layers before building or training it.")
+        if input_dim is None:
+            input_dim = self.input_dim
+        if input_dim is None:
+            raise ValueError(
+                "The model's input width is unknown: pass input_dim= to the first Dense layer, "
+                "call build(input_dim), or let fit() take it from the data."
+            )
+        seed = new_seed() if check_seed(seed) is None else seed
+        xp, dtype = self.backend.xp, np.dtype(self.dtype)
+        align = _ALIGN_BYTES // dtype.itemsize
+
+        # Plan: where each array of each layer lives in the flat buffer.
+        plan, offset = [], 0
+        for layer, fan_in in zip(self._layers, self._layer_inputs(input_dim)):
+            spans = []
+            for _, shape in layer.param_shapes(fan_in):
+                spans.append((offset, shape))
+                offset += -(-math.prod(shape) // align) * align
+            plan.append((layer, fan_in, spans))
+
+        # Initial values are drawn on the host in float64, layer by layer, in a fixed order.
+        rng = init_rng(seed)
+        host = np.zeros(offset, dtype=np.float64)
+        for layer, fan_in, spans in plan:
+            for (start, shape), value in zip(spans, layer.initial_values(fan_in, rng)):
+                host[start : start + value.size] = value.ravel()
+        self.params = xp.asarray(host.astype(dtype))
+        self.grads = xp.zeros_like(self.params)
+
+        def views(flat, spans):
+            return [flat[start : start + math.prod(shape)].reshape(shape) for start, shape in spans]
+
+        for layer, fan_in, spans in plan:
+            layer.bind(xp, fan_in, views(self.params, spans), views(self.grads, spans))
+        if self.optimizer is not None:
+            self.optimizer.build(xp, self.params)
+
+    # -- compile ------------------------------------------------------------------------------
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None) -> None:
+        """Choose the optimizer, the loss and the metrics (names, config dicts or instances)."""
+        if not self._layers:
+            raise RuntimeError(f"Model {self.name!r} has no layers: add layers before compile().")
+        if loss is None:
+            raise ValueError(f"compile() needs a loss. Known losses: {', '.join(sorted(losses.LOSSES))}.")
+        optimizer = optimizers.get(optimizer)
+        loss = losses.get(loss)
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, metrics_module.Metric)):
+            metrics = [metrics]
+        elif not isinstance(metrics, (list, tuple)):
+            raise TypeError(f"compile() expected metrics as a list of names, received {type(metrics).__name__} {metrics!r}.")
+        resolved = [metrics_module.get(m, loss, self.output_units) for m in metrics]
+        names = [m.name for m in resolved]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"Metric names must be unique and not 'loss', received {names}.")
+        last = self._layers[-1].activation.name
+        if loss.from_logits and last in ("softmax", "sigmoid"):
+            warnings.warn(
+                f"Loss {loss.name!r} has from_logits=True but the last layer applies {last!r}: the loss "
+                "will treat probabilities as logits. Use a linear last layer, or from_logits=False.",
+                stacklevel=2,
+            )
+        self.optimizer, self.loss, self.metrics = optimizer, loss, resolved
+        self._fused_loss = loss.fuses_with(last)
+        if self.built:
+            self.optimizer.build(self.backend.xp, self.params)
+
+    def _require_compiled(self, what: str) -> None:
+        if not self.compiled:
+            raise RuntimeError(
+                f"{what}() needs a compiled model: call model.compile(optimizer=..., loss=...) first."
+            )
+
+    # -- one training step ----------------------------------------------------------------------
+    def _forward(self, x, training: bool):
+        for layer in self._layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def _loss_and_metric_sums(self, y, out) -> tuple[float, list[float]]:
+        xp = self.backend.xp
+        if self._fused_loss:
+            per_sample = self.loss.per_sample_from_logits(xp, y, self._layers[-1].logits)
+        else:
+            per_sample = self.loss.per_sample(xp, y, out)
+        return float(per_sample.sum()), [float(m.per_sample(xp, y, out).sum()) for m in self.metrics]
+
+    def compute_gradients(self, x, y, scale: float | None = None) -> tuple[int, float, list[float]]:
+        """Forward, loss and backward on one batch (device arrays, already checked).
+
+        Fills ``model.grads`` with the gradient of ``scale * sum(per-sample loss)``; ``scale``
+        defaults to 1 / len(x), the mean over this batch (data-parallel training passes
+        1 / global batch size). Returns (samples, loss sum, metric sums), all before the update.
+        """
+        xp, n = self.backend.xp, x.shape[0]
+        scale = 1.0 / n if scale is None else scale
+        out = self._forward(x, training=True)
+        sums = self._loss_and_metric_sums(y, out)
+        top = self._layers[-1]
+        if self._fused_loss:
+            buffer = self._top_grads.get(n)
+            if buffer is None:
+                buffer = self._top_grads[n] = xp.empty_like(out)
+            grad = self.loss.gradient_from_logits(xp, y, top.logits, out, scale, buffer)
+        else:
+            grad = self.loss.gradient(xp, y, out, scale)
+        last = len(self._layers) - 1
+        for i in range(last, -1, -1):
+            grad = self._layers[i].backward(
+                grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > 0
+            )
+        return (n, *sums)
+
+    def apply_gradients(self) -> None:
+        """One optimizer update of all parameters from ``model.grads``."""
+        self.optimizer.apply(self.params, self.grads)
+
+    def _train_step(self, x_host, y_host) -> tuple[int, float, list[float]]:
+        x, y = self.backend.asarray(x_host), self.backend.asarray(y_host)
+        result = self.compute_gradients(x, y)
+        self.apply_gradients()
+        return result
+
+    # -- fit ------------------------------------------------------------------------------------
+    def _check_xy(self, x, y, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+        x = check_features(x, self.input_dim, self.dtype, name=f"{name}x")
+        y = check_targets(y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y")
+        return x, y
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: int | str = "auto",
+        callbacks: Sequence[callbacks_module.Callback] | None = None,
+        validation_split: float = 0.0,
+        validation_data: tuple[Any, Any] | None = None,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+        seed: int | None = None,
+    ) -> callbacks_module.History:
+        """Train for ``epochs`` epochs of mini-batches of ``batch_size`` (default 32) samples.
+
+        Returns a ``History`` whose ``.history`` maps "loss", each metric and "val_*" to lists
+        of per-epoch values. ``seed`` fixes the initial weights (when fit builds the model) and
+        the shuffling: the sample order of epoch e depends only on (seed, e).
+        """
+        self._require_compiled("fit")
+        batch_size = check_batch_size(batch_size)
+        for arg, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"Expected {arg} to be a non-negative integer, received {arg}={value!r}.")
+        verbose = _check_verbose(verbose)
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"Expected shuffle to be True or False, received shuffle={shuffle!r}.")
+        seed = check_seed(seed)
+        seed = new_seed() if seed is None else seed
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+            raise ValueError(f"Expected validation_split in [0, 1), received validation_split={validation_split!r}.")
+
+        x, y = self._check_xy(x, y)
+        validation = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (x_val, y_val).")
+            self.build(x.shape[1], seed)
+            validation = self._check_xy(*validation_data, name="validation ")
+        elif validation_split:
+            # Keras takes the validation samples from the end, before any shuffling.
+            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
+            if split_at == 0 or split_at == len(x):
+                raise ValueError(
+                    f"validation_split={validation_split} of {len(x)} samples leaves "
+                    f"{split_at} for training and {len(x) - split_at} for validation; both need at least one."
+                )
+            x, y, validation = x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
+        self.build(x.shape[1], seed)
+
+        n = len(x)
+        steps = -(-n // batch_size)
+        history = callbacks_module.History()
+        hooks = [*(callbacks or []), history]
+        if verbose:
+            hooks.append(callbacks_module.ProgressBar(verbose))
+        params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n, "seed": seed, "verbose": verbose}
+        cbs = callbacks_module.CallbackList(hooks, self, params)
+        x_rows, y_rows = BatchGatherer(x), BatchGatherer(y)
+        self.stop_training = False
+        logs: dict[str, float] = {}
+        cbs.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            order = epoch_order(n, seed, epoch, shuffle)
+            totals = _Totals([m.name for m in self.metrics])
+            for step, rows in enumerate(batches(n, batch_size)):
+                cbs.on_train_batch_begin(step)
+                if shuffle:
+                    xb, yb = x_rows.take(order[rows]), y_rows.take(order[rows])
+                else:  # in order: the batch is a view, nothing to copy
+                    xb, yb = x[rows], y[rows]
+                totals.add(*self._train_step(xb, yb))
+                cbs.on_train_batch_end(step, totals.logs())
+                if self.stop_training:
+                    break
+            logs = totals.logs()
+            if validation is not None:
+                val_logs = self._evaluate_checked(*validation, batch_size)
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        self.history = history
+        return history
+
+    def train_on_batch(self, x: Any, y: Any) -> float | list[float]:
+        """One optimizer step on one batch; returns its loss (and metrics), as Keras does."""
+        self._require_compiled("train_on_batch")
+        x, y = self._check_xy(x, y)
+        self.build(x.shape[1])
+        totals = _Totals([m.name for m in self.metrics])
+        totals.add(*self._train_step(x, y))
+        return _as_result(totals.logs(), self.metrics)
+
+    # -- evaluate / predict -------------------------------------------------------------------
+    def _evaluate_checked(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
+        totals = _Totals([m.name for m in self.metrics])
+        for rows in batches(len(x), batch_size):
+            xb, yb = self.backend.asarray(x[rows]), self.backend.asarray(y[rows])
+            out = self._forward(xb, training=False)
+            totals.add(len(xb), *self._loss_and_metric_sums(yb, out))
+        return totals.logs()
+
+    def evaluate(
+        self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: int | str = 0, return_dict: bool = False
+    ) -> float | list[float] | dict[str, float]:
+        """The mean loss over (x, y), or [loss, *metrics] when metrics were compiled."""
+        self._require_compiled("evaluate")
+        self._require_built("evaluate")
+        _check_verbose(verbose)
+        batch_size = check_batch_size(batch_size)
+        logs = self._evaluate_checked(*self._check_xy(x, y), batch_size)
+        if verbose:
+            print(callbacks_module.format_logs(logs))
+        return logs if return_dict else _as_result(logs, self.metrics)
+
+    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = 0) -> np.ndarray:
+        """Model outputs for ``x`` as a NumPy array of shape (n, units)."""
+        self._require_built("predict")
+        _check_verbose(verbose)
+        batch_size = check_batch_size(batch_size)
+        x = check_features(x, self.input_dim, self.dtype)
+        result = np.empty((len(x), self.output_units), dtype=self.dtype)
+        for rows in batches(len(x), batch_size):
+            result[rows] = to_numpy(self._forward(self.backend.asarray(x[rows]), training=False))
+        return result
+
+    def _require_built(self, what: str) -> None:
+        if self.built:
+            return
+        if self.input_dim is None:
+            raise RuntimeError(
+                f"{what}() needs the model's weights: train it with fit(), call build(input_dim), "
+                "or give the first layer an input_dim."
+            )
+        self.build()
+
+    # -- weights --------------------------------------------------------------------------------
+    def _weight_views(self) -> list[tuple[str, Any]]:
+        views = []
+        for layer in self._layers:
+            views.append((f"{layer.name}/kernel", layer.kernel))
+            if layer.use_bias:
+                views.append((f"{layer.name}/bias", layer.bias))
+        return views
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of the weights as NumPy arrays, Keras order: [kernel (in, out), bias (out,), ...]."""
+        self._require_built("get_weights")
+        return [to_numpy(view).copy() for _, view in self._weight_views()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replace the weights from arrays in ``get_weights()`` order and shapes."""
+        self._require_built("set_weights")
+        views = self._weight_views()
+        weights = list(weights)
+        if len(weights) != len(views):
+            raise ValueError(
+                f"set_weights expected {len(views)} arrays ({', '.join(name for name, _ in views)}), "
+                f"received {len(weights)}."
+            )
+        arrays = []
+        for (name, view), value in zip(views, weights):
+            value = to_numpy(value)
+            if value.shape != view.shape:
+                raise ValueError(f"set_weights: {name} must have shape {view.shape}, received shape {value.shape}.")
+            if value.dtype.kind not in "biuf":
+                raise ValueError(f"set_weights: {name} must be numeric, received dtype {value.dtype}.")
+            arrays.append(value)
+        for (_, view), value in zip(views, arrays):  # all checked first: nothing half-written
+            view[...] = self.backend.asarray(value, dtype=view.dtype)
+
+    def count_params(self) -> int:
+        self._require_built("count_params")
+        return sum(int(view.size) for _, view in self._weight_views())
+
+    # -- config and saving ------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Plain JSON-able data from which ``from_config`` rebuilds the architecture."""
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self._layers],
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], device: str | None = None) -> "Sequential":
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ValueError(f"A Sequential config needs a 'layers' list, received {config!r}.")
+        unknown = set(config) - {"name", "dtype", "layers"}
+        if unknown:
+            raise ValueError(f"Unexpected keys {sorted(unknown)} in Sequential config.")
+        layers = [layers_module.from_config(entry) for entry in config["layers"]]
+        return cls(layers, name=config.get("name"), device=device, dtype=config.get("dtype"))
+
+    def compile_config(self) -> dict[str, Any] | None:
+        if not self.compiled:
+            return None
+        return {
+            "optimizer": optimizers.serialize(self.optimizer),
+            "loss": losses.serialize(self.loss),
+            "metrics": [m.name for m in self.metrics],
+        }
+
+    def save(self, path: str, include_optimizer: bool = True) -> None:
+        """Save architecture, weights, compile settings and optimizer state to one file
+        (safetensors: no pickle, nothing in it is ever executed). Load with dtrain.load_model."""
+        from .saving import save_model
+
+        save_model(self, path, include_optimizer=include_optimizer)
+
+    # -- summary --------------------------------------------------------------------------------
+    def summary(self, print_fn=print) -> None:
+        """Print the layers, their output shapes and parameter counts."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        total = 0
+        fan_in = self.input_dim
+        for layer in self._layers:
+            count = None
+            if fan_in is not None:
+                count = sum(math.prod(shape) for _, shape in layer.param_shapes(fan_in))
+                total += count
+            rows.append((f"{layer.name} ({type(layer).__name__})", f"(None, {layer.units})", "?" if count is None else f"{count:,}"))
+            fan_in = layer.units
+        widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+        line = "─" * sum(widths)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(line)
+        for i, row in enumerate(rows):
+            print_fn("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            if i == 0:
+                print_fn(line)
+        print_fn(line)
+        print_fn(f"Total params: {total:,}" if self.input_dim is not None else "Total params: unknown until the input width is known")
+        print_fn(f"Device: {self.device} ({self.backend.name}), dtype: {self.dtype}")
+
+    def __repr__(self) -> str:
+        return f"<Sequential name={self.name!r} layers={len(self._layers)} built={self.built} device={self.device!r}>"
+
+
+def _check_verbose(verbose: Any) -> int:
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ValueError(f"Expected verbose in ('auto', 0, 1, 2), received verbose={verbose!r}.")
+    return int(verbose)
+
+
+def _as_result(logs: dict[str, float], metrics: list) -> float | list[float]:
+    values = list(logs.values())
+    return values[0] if not metrics else values

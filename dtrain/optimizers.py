@@ -1,0 +1,244 @@
+"""Optimizers with Keras names, defaults and update rules, over one flat parameter buffer.
+
+Every model keeps all its parameters in one contiguous array and all gradients in another,
+so an update is a handful of vectorised in-place expressions over the whole model; a scratch
+buffer allocated once keeps steady-state steps free of allocations.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import to_numpy
+from .registry import resolve
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Expected {name} to be a positive number, received {name}={value!r}.")
+    return float(value)
+
+
+def _fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (0 <= value < 1 if allow_zero else 0 < value < 1)
+    if not ok:
+        bounds = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"Expected {name} in {bounds}, received {name}={value!r}.")
+    return float(value)
+
+
+class Optimizer:
+    """State + one update rule. ``build(xp, params)`` allocates the state for a flat parameter
+    array; ``apply(params, grads)`` updates ``params`` in place."""
+
+    name = "optimizer"
+    slot_names: tuple[str, ...] = ()
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = _positive("learning_rate", learning_rate)
+        self.iterations = 0
+        self.slots: dict[str, Any] = {}
+        self._scratch = None
+        self._xp = None
+
+    def build(self, xp, params) -> None:
+        self._xp = xp
+        self._scratch = xp.empty_like(params)
+        self.slots = {name: xp.zeros_like(params) for name in self.slot_names}
+
+    @property
+    def built(self) -> bool:
+        return self._scratch is not None
+
+    def apply(self, params, grads) -> None:
+        if not self.built or self._scratch.shape != params.shape:
+            raise RuntimeError(f"{type(self).__name__} was not built for these parameters; call build(xp, params).")
+        self.iterations += 1
+        self._update(self._xp, params, grads, self._scratch)
+
+    def _update(self, xp, w, g, s) -> None:
+        raise NotImplementedError
+
+    # -- serialisation ------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate}
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Slots and the step count as host arrays (for saving and checkpoints)."""
+        state = {name: to_numpy(arr).copy() for name, arr in self.slots.items()}
+        state["iterations"] = np.array(self.iterations, dtype=np.int64)
+        return state
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        if not self.built:
+            raise RuntimeError("Build the optimizer (compile and build the model) before setting its state.")
+        missing = set(self.slot_names) - set(state)
+        if missing:
+            raise ValueError(f"Optimizer state for {self.name!r} is missing {sorted(missing)}.")
+        for name in self.slot_names:
+            value = np.asarray(state[name])
+            if value.shape != self.slots[name].shape:
+                raise ValueError(
+                    f"Optimizer slot {name!r} has shape {value.shape}, expected {self.slots[name].shape}."
+                )
+            self.slots[name][...] = self._xp.asarray(value, dtype=self.slots[name].dtype)
+        self.iterations = int(state.get("iterations", 0))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum, as in Keras:
+
+        momentum == 0:  w <- w - lr g
+        otherwise:      v <- momentum v - lr g
+                        w <- w + v                      (classic)
+                        w <- w + momentum v - lr g      (nesterov)
+    """
+
+    name = "sgd"
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
+        super().__init__(learning_rate)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise ValueError(f"Expected momentum in [0, 1], received momentum={momentum!r}.")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.slot_names = ("momentum",) if self.momentum else ()
+
+    def _update(self, xp, w, g, s):
+        xp.multiply(g, -self.learning_rate, out=s)  # s = -lr g
+        if not self.momentum:
+            w += s
+            return
+        v = self.slots["momentum"]
+        v *= self.momentum
+        v += s  # v = momentum v - lr g
+        if self.nesterov:
+            w += s
+            xp.multiply(v, self.momentum, out=s)
+            w += s
+        else:
+            w += v
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), in Keras' form, at step t = 1, 2, ...:
+
+        m <- m + (1 - beta_1) (g - m)
+        v <- v + (1 - beta_2) (g^2 - v)
+        w <- w - lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)
+    """
+
+    name = "adam"
+    slot_names = ("m", "v")
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7):
+        super().__init__(learning_rate)
+        self.beta_1 = _fraction("beta_1", beta_1, allow_zero=True)
+        self.beta_2 = _fraction("beta_2", beta_2, allow_zero=True)
+        self.epsilon = _positive("epsilon", epsilon)
+
+    def _update(self, xp, w, g, s):
+        t = self.iterations
+        alpha = self.learning_rate * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+        m, v = self.slots["m"], self.slots["v"]
+        xp.subtract(g, m, out=s)
+        s *= 1.0 - self.beta_1
+        m += s
+        xp.multiply(g, g, out=s)
+        s -= v
+        s *= 1.0 - self.beta_2
+        v += s
+        xp.sqrt(v, out=s)
+        s += self.epsilon
+        xp.divide(m, s, out=s)
+        s *= alpha
+        w -= s
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class RMSprop(Optimizer):
+    """RMSprop in Keras' form:
+
+        r <- rho r + (1 - rho) g^2
+        d <- r + epsilon                       (centered: d <- r - a^2 + epsilon,
+                                                 with a <- rho a + (1 - rho) g)
+        momentum == 0:  w <- w - lr g / sqrt(d)
+        otherwise:      u <- momentum u + lr g / sqrt(d);  w <- w - u
+    """
+
+    name = "rmsprop"
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+    ):
+        super().__init__(learning_rate)
+        self.rho = _fraction("rho", rho, allow_zero=True)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise ValueError(f"Expected momentum in [0, 1], received momentum={momentum!r}.")
+        self.momentum = float(momentum)
+        self.epsilon = _positive("epsilon", epsilon)
+        self.centered = bool(centered)
+        self.slot_names = ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if self.centered else ())
+
+    def _update(self, xp, w, g, s):
+        r = self.slots["velocity"]
+        r *= self.rho
+        xp.multiply(g, g, out=s)
+        s *= 1.0 - self.rho
+        r += s  # r = rho r + (1 - rho) g^2
+        if self.centered:
+            a = self.slots["average_gradient"]
+            a *= self.rho
+            xp.multiply(g, 1.0 - self.rho, out=s)
+            a += s
+            xp.multiply(a, a, out=s)
+            xp.subtract(r, s, out=s)
+        else:
+            xp.copyto(s, r)
+        s += self.epsilon
+        xp.sqrt(s, out=s)
+        xp.divide(g, s, out=s)
+        s *= self.learning_rate  # s = lr g / sqrt(d)
+        if self.momentum:
+            u = self.slots["momentum"]
+            u *= self.momentum
+            u += s
+            w -= u
+        else:
+            w -= s
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "rho": self.rho,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "centered": self.centered,
+        }
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+
+
+def get(identifier: Any) -> Optimizer:
+    """Return an optimizer from a name ("sgd"), a config dict or an instance."""
+    return resolve(identifier, OPTIMIZERS, "optimizer", Optimizer)
+
+
+def serialize(optimizer: Optimizer) -> dict[str, Any]:
+    return {"class_name": optimizer.name, "config": optimizer.get_config()}

@@ -1,0 +1,48 @@
+"""Look objects up by name, config dict or instance, Keras style (``optimizers.get("adam")``)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+def resolve(identifier: Any, registry: Mapping[str, Callable[..., T]], kind: str, base: type) -> T:
+    """Turn ``identifier`` into an instance of ``base``.
+
+    Accepts an instance of ``base`` (returned as is), a registered name (case-insensitive),
+    or a config dict ``{"class_name": name, "config": {...}}`` (Keras' serialised form);
+    a plain ``{"name": ..., **kwargs}`` dict is accepted too. Anything else raises an error
+    that names what was received and lists the known names.
+    """
+    if isinstance(identifier, base):
+        return identifier
+    known = ", ".join(sorted(registry))
+    if isinstance(identifier, str):
+        key = identifier.lower()
+        if key not in registry:
+            raise ValueError(f"Unknown {kind} {identifier!r}. Known {kind}s: {known}.")
+        return registry[key]()
+    if isinstance(identifier, Mapping):
+        config = dict(identifier)
+        if "class_name" in config:
+            name = config.pop("class_name")
+            kwargs = dict(config.pop("config", None) or {})
+            if config:
+                raise ValueError(f"Unexpected keys {sorted(config)} in {kind} config {identifier!r}.")
+        elif "name" in config:
+            name = config.pop("name")
+            kwargs = config
+        else:
+            raise ValueError(
+                f"A {kind} config dict needs a 'class_name' (or 'name') key, received {identifier!r}."
+            )
+        if not isinstance(name, str) or name.lower() not in registry:
+            raise ValueError(f"Unknown {kind} {name!r}. Known {kind}s: {known}.")
+        try:
+            return registry[name.lower()](**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"Bad arguments for {kind} {name!r}: {exc}") from None
+    raise TypeError(
+        f"Expected a {kind} name, config dict or {base.__name__} instance, received "
+        f"{type(identifier).__name__} {identifier!r}. Known {kind}s: {known}."
+    )

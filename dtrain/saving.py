@@ -1,0 +1,111 @@
+"""Saving and loading models in a safe format.
+
+A model file is a safetensors file: a JSON header (architecture, compile settings, format
+version) followed by raw little-endian arrays. Loading parses JSON and copies bytes, nothing
+is unpickled or executed, and every shape is checked against the architecture. Other tools
+that read safetensors can read the weights too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "dtrain.model"
+FORMAT_VERSION = 1
+MODEL_FILENAME = "model.safetensors"  # the file looked for when a directory is given
+
+
+def _resolve_path(path: str | os.PathLike, for_writing: bool) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        return path / MODEL_FILENAME
+    return path
+
+
+def save_model(model, path: str | os.PathLike, include_optimizer: bool = True) -> Path:
+    """Write ``model`` to ``path`` (or ``path/model.safetensors`` when ``path`` is a directory)
+    atomically: a temporary file in the same folder, renamed over the target when complete."""
+    from safetensors.numpy import save_file
+
+    from . import __version__
+
+    model._require_built("save")
+    target = _resolve_path(path, for_writing=True)
+    if not target.parent.exists():
+        raise FileNotFoundError(f"Cannot save model: folder {str(target.parent)!r} does not exist.")
+    tensors: dict[str, np.ndarray] = {}
+    for i, weight in enumerate(model.get_weights()):
+        tensors[f"weights.{i:04d}"] = np.ascontiguousarray(weight)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "dtrain_version": __version__,
+        "config": json.dumps(model.get_config()),
+    }
+    compile_config = model.compile_config()
+    if compile_config is not None:
+        metadata["compile"] = json.dumps(compile_config)
+        if include_optimizer and model.optimizer.built:
+            for name, value in model.optimizer.get_state().items():
+                tensors[f"optimizer.{name}"] = np.ascontiguousarray(value)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _not_a_model(path: Path, why: str) -> ValueError:
+    return ValueError(f"{str(path)!r} is not a dtrain model file: {why}. Save models with model.save(path).")
+
+
+def load_model(path: str | os.PathLike, device: str | None = None, compile: bool = True):
+    """Load a model saved with ``model.save``. ``path`` may be the file or the folder holding
+    ``model.safetensors``. With ``compile`` the optimizer (and its state), loss and metrics
+    come back too, so training can continue."""
+    from safetensors import SafetensorError, safe_open
+
+    from .model import Sequential
+
+    source = _resolve_path(path, for_writing=False)
+    if not source.exists():
+        raise FileNotFoundError(f"No model file at {str(source)!r}.")
+    try:
+        with safe_open(str(source), framework="numpy") as f:
+            metadata: dict[str, Any] = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _not_a_model(source, f"it is not a readable safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise _not_a_model(source, f"its header has format={metadata.get('format')!r}, expected {FORMAT!r}")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise ValueError(
+            f"{str(source)!r} uses dtrain model format version {version!r}; this dtrain reads version "
+            f"{FORMAT_VERSION}. Upgrade dtrain to load it."
+        )
+    try:
+        config = json.loads(metadata["config"])
+        compile_config = json.loads(metadata["compile"]) if "compile" in metadata else None
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise _not_a_model(source, f"its header has no valid model config ({exc})") from None
+
+    model = Sequential.from_config(config, device=device)
+    model.build()
+    weights = [tensors[key] for key in sorted(k for k in tensors if k.startswith("weights."))]
+    model.set_weights(weights)  # checks the count and every shape against the architecture
+    if compile and compile_config is not None:
+        model.compile(**compile_config)
+        state = {key[len("optimizer."):]: value for key, value in tensors.items() if key.startswith("optimizer.")}
+        if state:
+            model.optimizer.set_state(state)
+    return model
