@@ -12,7 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
+from . import activations, callbacks, datasets, initializers, layers, losses, metrics, optimizers, utils
 from .backend import floatx, get_backend, gpu_available, set_default_device, set_floatx
 from .layers import Dense
 from .model import Sequential
@@ -24,6 +24,7 @@ __all__ = [
     "load_model",
     "activations",
     "callbacks",
+    "datasets",
     "initializers",
     "layers",
     "losses",
