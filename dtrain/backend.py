@@ -80,7 +80,7 @@ def gpu_available() -> bool:
 
 
 def check_device(device: str) -> str:
-    if device not in DEVICES:
+    if not isinstance(device, str) or device not in DEVICES:
         raise ValueError(f"Unknown device {device!r}: expected one of {', '.join(map(repr, DEVICES))}.")
     return device
 
@@ -101,7 +101,13 @@ def get_backend(device: str | None = None) -> Backend:
     "auto" picks the GPU when CuPy and a CUDA device are present, else the CPU.
     "gpu" raises a RuntimeError that says why when there is no usable GPU.
     """
-    device = check_device(_default_device if device is None else device)
+    if device is None:
+        try:
+            device = check_device(_default_device)
+        except ValueError as exc:  # set_default_device validates, so this came from the environment
+            raise ValueError(f"{exc} It was read from the DTRAIN_DEVICE environment variable.") from None
+    else:
+        device = check_device(device)
     if device == "cpu":
         return Backend("cpu", np)
     cupy, reason = _probe_cupy()
@@ -127,7 +133,12 @@ def floatx() -> str:
 
 
 def check_dtype(dtype: Any) -> str:
-    name = np.dtype(dtype).name if dtype is not None else _default_floatx
+    if dtype is None:
+        return _default_floatx
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
     if name not in FLOAT_DTYPES:
         raise ValueError(f"Unsupported dtype {dtype!r}: expected one of {', '.join(map(repr, FLOAT_DTYPES))}.")
     return name

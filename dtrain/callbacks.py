@@ -8,6 +8,8 @@ import time
 import warnings
 from typing import Any, Iterable
 
+import numpy as np
+
 
 class Callback:
     """Override any of the hooks. ``self.model`` is the model being trained and ``self.params``
@@ -28,12 +30,21 @@ class Callback:
     def on_train_end(self, logs=None): ...
     def on_epoch_begin(self, epoch, logs=None): ...
     def on_epoch_end(self, epoch, logs=None): ...
-    def on_train_batch_begin(self, batch, logs=None): ...
-    def on_train_batch_end(self, batch, logs=None): ...
+    def on_batch_begin(self, batch, logs=None): ...
+    def on_batch_end(self, batch, logs=None): ...
+
+    # As in Keras, the training-batch hooks call the older on_batch_* names by default, so a
+    # callback written against either name works.
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
 
 
 class CallbackList:
-    """Calls every callback's hook in order."""
+    """Calls every callback's hook in order, always passing ``logs`` (a dict, as Keras does), so
+    that hooks written as ``lambda epoch, logs: ...`` work."""
 
     def __init__(self, callbacks: Iterable[Callback], model, params: dict[str, Any]):
         self.callbacks = list(callbacks)
@@ -45,15 +56,28 @@ class CallbackList:
             cb.set_model(model)
             cb.set_params(params)
 
-    def __getattr__(self, hook: str):
-        if not hook.startswith("on_"):
-            raise AttributeError(hook)
+    def _call(self, hook: str, *args: Any, logs: dict[str, Any] | None) -> None:
+        logs = {} if logs is None else logs
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args, logs)
 
-        def call(*args):
-            for cb in self.callbacks:
-                getattr(cb, hook)(*args)
+    def on_train_begin(self, logs=None):
+        self._call("on_train_begin", logs=logs)
 
-        return call
+    def on_train_end(self, logs=None):
+        self._call("on_train_end", logs=logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._call("on_epoch_begin", epoch, logs=logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._call("on_epoch_end", epoch, logs=logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._call("on_train_batch_begin", batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._call("on_train_batch_end", batch, logs=logs)
 
 
 class History(Callback):
@@ -107,7 +131,7 @@ class EarlyStopping(Callback):
         super().__init__()
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
-        if not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"EarlyStopping expected a non-negative integer patience, received {patience!r}.")
         self.monitor = monitor
         self.min_delta = abs(float(min_delta))
@@ -122,6 +146,7 @@ class EarlyStopping(Callback):
         self.mode = mode
         self.stopped_epoch = 0
         self.best_epoch = 0
+        self.on_train_begin()  # usable even when driven by hand, without fit()
 
     def _improves(self, value: float, reference: float) -> bool:
         if self.mode == "min":

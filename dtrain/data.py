@@ -39,6 +39,11 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([SHUFFLE_STREAM, seed, epoch]).permutation(n)
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as a plain Python value, so messages read 'nan', not 'np.float64(nan)'."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _as_host_array(value: Any, name: str) -> np.ndarray:
     if value is None:
         raise ValueError(f"{name} is None: pass a NumPy array (or anything np.asarray accepts).")
@@ -49,7 +54,7 @@ def _as_host_array(value: Any, name: str) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise ValueError(
             f"{name} must hold numbers, received an array of dtype {array.dtype} "
-            f"(first value {array.flat[0]!r})." if array.size else f"{name} must hold numbers, received dtype {array.dtype}."
+            f"(first value {_plain(array.flat[0])!r})." if array.size else f"{name} must hold numbers, received dtype {array.dtype}."
         )
     return array
 
@@ -60,7 +65,7 @@ def _check_finite(array: np.ndarray, name: str) -> None:
         where = ", ".join(map(str, bad))
         raise ValueError(
             f"{name} contains NaN or infinite values (count: {int((~np.isfinite(array)).sum())}; "
-            f"first at {name}[{where}] = {array[tuple(bad)]!r}). Clean or impute them before training."
+            f"first at {name}[{where}] = {_plain(array[tuple(bad)])!r}). Clean or impute them before training."
         )
 
 
@@ -78,22 +83,39 @@ def check_features(x: Any, input_dim: int | None, dtype: str, name: str = "x") -
             f"input_dim={input_dim}."
         )
     _check_finite(x, name)
-    return np.ascontiguousarray(x, dtype=dtype)
+    return _cast_finite(x, dtype, name)
 
 
-def check_targets(y: Any, n: int, loss, units: int, dtype: str, name: str = "y") -> np.ndarray:
+def _cast_finite(array: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """``array`` as a C-contiguous array of ``dtype``, refusing values that overflow it
+    (1e39 is finite in float64 but infinite in float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, with a better message
+        out = np.ascontiguousarray(array, dtype=dtype)
+    if out is not array and out.dtype.kind == "f" and not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out))[0]
+        where = ", ".join(map(str, bad))
+        raise ValueError(
+            f"{name} has values too large for {dtype} (first at {name}[{where}] = {_plain(array[tuple(bad)])!r}); "
+            f"rescale the data or use dtype='float64'."
+        )
+    return out
+
+
+def check_targets(
+    y: Any, n: int, loss, units: int, dtype: str, name: str = "y", x_name: str = "x"
+) -> np.ndarray:
     """Validate targets for ``loss`` and return them in the form it computes with."""
     y = _as_host_array(y, name)
     if y.ndim == 0:
         raise ValueError(f"{name} must have one entry per sample, received a scalar.")
     if y.shape[0] != n:
         raise ValueError(
-            f"x and {name} have different numbers of samples: x has {n}, {name} has {y.shape[0]} "
-            f"(shape {y.shape})."
+            f"{x_name} and {name} have different numbers of samples: {x_name} has {n}, {name} has "
+            f"{y.shape[0]} (shape {y.shape})."
         )
     _check_finite(y, name)
     y = loss.prepare_targets(y, units)
-    return np.ascontiguousarray(y if loss.integer_targets else y.astype(dtype, copy=False))
+    return np.ascontiguousarray(y) if loss.integer_targets else _cast_finite(y, dtype, name)
 
 
 def check_batch_size(batch_size: Any, default: int = 32) -> int:
@@ -122,5 +144,8 @@ class BatchGatherer:
         buf = self._buffers.get(n)
         if buf is None:
             buf = self._buffers[n] = np.empty((n, *self.array.shape[1:]), self.array.dtype)
-        np.take(self.array, rows, axis=0, out=buf)
+        # mode="clip": with the default mode="raise" NumPy gathers into a temporary buffer and
+        # copies it to ``out``, one allocation per step. The rows come from a permutation, so
+        # they are always in range and clipping never changes them.
+        np.take(self.array, rows, axis=0, out=buf, mode="clip")
         return buf

@@ -32,9 +32,25 @@ class Initializer:
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Keras' compute_fans: (fan_in, fan_out) of a weight of ``shape``."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 0:
+        return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
-    return shape[0], shape[1]
+    receptive_field = math.prod(shape[:-2])  # 1 for a (in, out) kernel
+    return shape[-2] * receptive_field, shape[-1] * receptive_field
+
+
+def _real(cls: str, name: str, value: Any, *, non_negative: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or (non_negative and number < 0):
+        what = "a non-negative number" if non_negative else "a finite number"
+        raise ValueError(f"{cls} expected {name} to be {what}, received {name}={value!r}.")
+    return number
 
 
 class Zeros(Initializer):
@@ -49,7 +65,7 @@ class Ones(Initializer):
 
 class Constant(Initializer):
     def __init__(self, value: float = 0.0):
-        self.value = float(value)
+        self.value = _real("Constant", "value", value)
 
     def __call__(self, shape, rng):
         return np.full(shape, self.value)
@@ -60,7 +76,8 @@ class Constant(Initializer):
 
 class RandomNormal(Initializer):
     def __init__(self, mean: float = 0.0, stddev: float = 0.05):
-        self.mean, self.stddev = float(mean), float(stddev)
+        self.mean = _real(type(self).__name__, "mean", mean)
+        self.stddev = _real(type(self).__name__, "stddev", stddev, non_negative=True)
 
     def __call__(self, shape, rng):
         return rng.normal(self.mean, self.stddev, size=shape)
@@ -69,9 +86,19 @@ class RandomNormal(Initializer):
         return {"mean": self.mean, "stddev": self.stddev}
 
 
+class TruncatedNormal(RandomNormal):
+    """N(mean, stddev) with draws further than two standard deviations from the mean redrawn."""
+
+    def __call__(self, shape, rng):
+        return self.mean + _truncated_normal(rng, shape, self.stddev)
+
+
 class RandomUniform(Initializer):
     def __init__(self, minval: float = -0.05, maxval: float = 0.05):
-        self.minval, self.maxval = float(minval), float(maxval)
+        self.minval = _real("RandomUniform", "minval", minval)
+        self.maxval = _real("RandomUniform", "maxval", maxval)
+        if self.minval > self.maxval:
+            raise ValueError(f"RandomUniform expected minval <= maxval, received minval={minval!r}, maxval={maxval!r}.")
 
     def __call__(self, shape, rng):
         return rng.uniform(self.minval, self.maxval, size=shape)
@@ -102,10 +129,15 @@ class VarianceScaling(Initializer):
     DISTRIBUTIONS = ("uniform", "truncated_normal", "untruncated_normal")
 
     def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal"):
+        scale = _real("VarianceScaling", "scale", scale)
         if not scale > 0:
             raise ValueError(f"VarianceScaling expected scale > 0, received scale={scale!r}.")
         if mode not in self.MODES:
             raise ValueError(f"VarianceScaling expected mode in {self.MODES}, received mode={mode!r}.")
+        if isinstance(distribution, str):
+            distribution = distribution.lower()
+            if distribution == "normal":  # Keras' alias
+                distribution = "truncated_normal"
         if distribution not in self.DISTRIBUTIONS:
             raise ValueError(
                 f"VarianceScaling expected distribution in {self.DISTRIBUTIONS}, received {distribution!r}."
@@ -181,6 +213,7 @@ INITIALIZERS: dict[str, type[Initializer]] = {
     "constant": Constant,
     "random_normal": RandomNormal,
     "random_uniform": RandomUniform,
+    "truncated_normal": TruncatedNormal,
     "variance_scaling": VarianceScaling,
     "glorot_uniform": GlorotUniform,
     "glorot_normal": GlorotNormal,
@@ -189,7 +222,11 @@ INITIALIZERS: dict[str, type[Initializer]] = {
     "lecun_uniform": LecunUniform,
     "lecun_normal": LecunNormal,
 }
-_NAMES = {cls: name for name, cls in INITIALIZERS.items()}
+_NAMES = {cls: name for name, cls in INITIALIZERS.items()}  # the canonical (serialised) names
+# Keras' other spellings: class names ("GlorotUniform"; names are matched case-insensitively)
+# and its short aliases.
+INITIALIZERS.update({cls.__name__.lower(): cls for cls in _NAMES})
+INITIALIZERS.update({"uniform": RandomUniform, "normal": RandomNormal, "one": Ones, "zero": Zeros})
 
 
 def get(identifier: Any) -> Initializer:

@@ -117,13 +117,14 @@ class Dense(Layer):
     def _buffers_for(self, n: int, need_dx: bool):
         """Output and gradient buffers for a batch of n rows, allocated once per batch size,
         so that steady-state training allocates no arrays."""
+        xp, dtype = self._xp, self.kernel.dtype
         buffers = self._buffers.get(n)
-        if buffers is None or (need_dx and buffers[2] is None):
-            xp, dtype = self._xp, self.kernel.dtype
+        if buffers is None:
             z = xp.empty((n, self.units), dtype)
             a = z if isinstance(self.activation, activations.Linear) else xp.empty((n, self.units), dtype)
-            dx = xp.empty((n, self.input_dim), dtype) if need_dx else None
-            buffers = self._buffers[n] = (z, a, dx)
+            buffers = self._buffers[n] = (z, a, None)
+        if need_dx and buffers[2] is None:  # the first layer never needs one
+            buffers = self._buffers[n] = (buffers[0], buffers[1], xp.empty((n, self.input_dim), dtype))
         return buffers
 
     def forward(self, x, training: bool = False):

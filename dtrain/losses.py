@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .activations import exp_cap
 from .registry import resolve
 
 EPSILON = 1e-7  # Keras' backend epsilon: the clip used on probabilities
@@ -35,6 +36,10 @@ class Loss:
     integer_targets = False
 
     def __init__(self, from_logits: bool = False):
+        if not isinstance(from_logits, (bool, np.bool_)):
+            raise ValueError(
+                f"Loss {self.name!r} expected from_logits to be True or False, received from_logits={from_logits!r}."
+            )
         self.from_logits = bool(from_logits)
 
     # -- targets ------------------------------------------------------------------------------
@@ -81,9 +86,12 @@ def _dense_targets(y: np.ndarray, units: int, loss: str) -> np.ndarray:
     return y
 
 
-def _logsumexp(xp, z):
-    m = z.max(axis=-1, keepdims=True)
-    return m + xp.log(xp.exp(z - m).sum(axis=-1, keepdims=True))
+def _neg_log_softmax(xp, z):
+    """-log softmax(z) over the last axis, as lse(s) - s with s = z - max(z): the entries near
+    the maximum (the ones that matter for a good prediction) keep full precision whatever the
+    size of the logits; lse(z) - z would lose it to rounding at the scale of max(z)."""
+    s = z - z.max(axis=-1, keepdims=True)
+    return xp.log(xp.exp(s).sum(axis=-1, keepdims=True)) - s
 
 
 def _normalised_clipped(xp, out):
@@ -146,11 +154,13 @@ class CategoricalCrossentropy(Loss):
         return _through_normalisation(xp, dq, out / total, total)
 
     def per_sample_from_logits(self, xp, y, z):
-        return (y * (_logsumexp(xp, z) - z)).sum(axis=-1)
+        return (y * _neg_log_softmax(xp, z)).sum(axis=-1)
 
     def gradient_from_logits(self, xp, y, z, probs, scale, out):
-        # d/dz [-sum y log softmax(z)] = softmax(z) * sum(y) - y, and sum(y) = 1 per row.
-        xp.subtract(probs, y, out=out)
+        # d/dz [-sum y log softmax(z)] = softmax(z) * sum(y) - y. sum(y) is 1 for one-hot rows;
+        # soft labels are only checked to sum to 1 within 1e-3, so use the exact form.
+        xp.multiply(probs, y.sum(axis=-1, keepdims=True), out=out)
+        out -= y
         out *= scale
         return out
 
@@ -176,19 +186,19 @@ class SparseCategoricalCrossentropy(Loss):
                 i = int(np.flatnonzero(~whole)[0])
                 raise ValueError(
                     "Loss 'sparse_categorical_crossentropy' expects integer class labels, "
-                    f"received a non-integer label y[{i}] = {y[i]!r}."
+                    f"received a non-integer label y[{i}] = {y[i].item()!r}."
                 )
         elif y.dtype.kind not in "iub":
             raise ValueError(
                 f"Loss 'sparse_categorical_crossentropy' expects integer class labels, received dtype {y.dtype}."
             )
         if y.size:
-            lo, hi = y.min(), y.max()
+            lo, hi = y.min().item(), y.max().item()  # Python scalars: they print as 3, not np.int64(3)
             if lo < 0 or hi >= units:
                 bad = int(np.flatnonzero((y < 0) | (y >= units))[0])
                 raise ValueError(
                     f"Loss 'sparse_categorical_crossentropy' expects labels in [0, {units - 1}] for a model "
-                    f"with {units} output units, received y[{bad}] = {y[bad]!r} (labels range over "
+                    f"with {units} output units, received y[{bad}] = {y[bad].item()!r} (labels range over "
                     f"[{lo!r}, {hi!r}])."
                 )
         return y.astype(np.int64)
@@ -210,7 +220,7 @@ class SparseCategoricalCrossentropy(Loss):
         return _through_normalisation(xp, dq, out / total, total)
 
     def per_sample_from_logits(self, xp, y, z):
-        return _logsumexp(xp, z)[:, 0] - z[xp.arange(len(y)), y]
+        return _neg_log_softmax(xp, z)[xp.arange(len(y)), y]
 
     def gradient_from_logits(self, xp, y, z, probs, scale, out):
         xp.multiply(probs, scale, out=out)
@@ -294,8 +304,8 @@ def _softmax(xp, z):
 
 
 def _sigmoid(xp, z):
-    e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1.0, e) / (1.0 + e)
+    # Same formula as activations.Sigmoid: no cancellation, exp never overflows.
+    return 1.0 / (1.0 + xp.exp(xp.minimum(-z, exp_cap(z.dtype))))
 
 
 LOSSES: dict[str, type[Loss]] = {

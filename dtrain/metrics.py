@@ -40,11 +40,12 @@ class SparseCategoricalAccuracy(Metric):
 
 
 class BinaryAccuracy(Metric):
-    """mean over outputs of [(out > threshold) == y]."""
+    """mean over outputs of [(out > threshold) == (y > 0.5)] (Keras compares with y itself,
+    the same for 0/1 targets)."""
 
     def __init__(self, name: str, threshold: float = 0.5):
         super().__init__(name)
-        self.threshold = threshold
+        self.threshold = float(threshold)
 
     def per_sample(self, xp, y, out):
         return ((out > self.threshold) == (y > 0.5)).astype(out.dtype).mean(axis=-1)
@@ -73,15 +74,29 @@ METRICS: dict[str, type[Metric]] = {
 ACCURACY_ALIASES = ("accuracy", "acc")
 
 
-def _accuracy_for(loss: Loss, units: int) -> type[Metric]:
+def _accuracy_for(loss: Loss, units: int, name: str) -> Metric:
     """Keras' rule: the accuracy that matches the loss's targets (or the output width)."""
     if loss.name == "sparse_categorical_crossentropy":
-        return SparseCategoricalAccuracy
+        return SparseCategoricalAccuracy(name)
     if loss.name == "categorical_crossentropy":
-        return CategoricalAccuracy
+        return CategoricalAccuracy(name)
     if loss.name == "binary_crossentropy" or units == 1:
-        return BinaryAccuracy
-    return CategoricalAccuracy
+        # With from_logits the outputs are logits: sigmoid(z) > 0.5 exactly when z > 0.
+        return BinaryAccuracy(name, threshold=0.0 if loss.from_logits else 0.5)
+    return CategoricalAccuracy(name)
+
+
+def _check_targets_match(metric: Metric, key: str, loss: Loss) -> None:
+    """Metrics read the targets in the loss's form: integer labels (sparse loss) or one value
+    per output unit. Refuse a metric that cannot read that form, instead of broadcasting."""
+    wants_labels = isinstance(metric, SparseCategoricalAccuracy)
+    if wants_labels != loss.integer_targets:
+        form = "integer class labels" if loss.integer_targets else "one value per output unit"
+        needs = "integer class labels" if wants_labels else "targets with one value per output unit"
+        raise ValueError(
+            f"Metric {key!r} needs {needs}, but loss {loss.name!r} takes {form}. "
+            "Use 'accuracy', which picks the accuracy that matches the loss."
+        )
 
 
 def get(identifier: Any, loss: Loss, units: int) -> Metric:
@@ -95,9 +110,15 @@ def get(identifier: Any, loss: Loss, units: int) -> Metric:
         )
     key = identifier.lower()
     if key in ACCURACY_ALIASES:
-        return _accuracy_for(loss, units)(identifier)
+        return _accuracy_for(loss, units, identifier)
     if key not in METRICS:
         raise ValueError(
             f"Unknown metric {identifier!r}. Known metrics: {', '.join(sorted([*METRICS, *ACCURACY_ALIASES]))}."
         )
-    return METRICS[key](identifier)
+    cls = METRICS[key]
+    if cls is BinaryAccuracy and loss.from_logits:
+        metric = BinaryAccuracy(identifier, threshold=0.0)  # outputs are logits
+    else:
+        metric = cls(identifier)
+    _check_targets_match(metric, identifier, loss)
+    return metric

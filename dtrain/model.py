@@ -30,7 +30,7 @@ from .data import (
     init_rng,
     new_seed,
 )
-from .layers import Dense, Layer
+from .layers import Layer
 
 # Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
 # operands); the few padding elements stay zero and are never read.
@@ -86,6 +86,8 @@ class Sequential:
         self._top_grads: dict[int, Any] = {}
         self.stop_training = False
         self.history: callbacks_module.History | None = None
+        if isinstance(layers, (Layer, str)):
+            raise TypeError(f"Sequential(layers=...) expects a list of layers, received {type(layers).__name__} {layers!r}.")
         for layer in layers or ():
             self.add(layer)
 
@@ -125,6 +127,12 @@ class Sequential:
             raise RuntimeError(
                 f"Cannot add layer {layer.name!r}: model {self.name!r} is already built. "
                 "Create a new Sequential with all its layers instead."
+            )
+        if layer.built:
+            raise ValueError(
+                f"Layer {layer.name!r} already holds the weights of another built model; a layer's "
+                "weights are views into its model's flat buffers, so layers cannot be shared. Create "
+                "a new layer, e.g. Dense.from_config(layer.get_config())."
             )
         if any(layer is other for other in self._layers):
             raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}; create a new layer.")
@@ -279,9 +287,12 @@ class Sequential:
         return result
 
     # -- fit ------------------------------------------------------------------------------------
-    def _check_xy(self, x, y, name: str = "") -> tuple[np.ndarray, np.ndarray]:
-        x = check_features(x, self.input_dim, self.dtype, name=f"{name}x")
-        y = check_targets(y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y")
+    def _check_xy(self, x, y, name: str = "", input_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        input_dim = self.input_dim if input_dim is None else input_dim
+        x = check_features(x, input_dim, self.dtype, name=f"{name}x")
+        y = check_targets(
+            y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y", x_name=f"{name}x"
+        )
         return x, y
 
     def fit(
@@ -317,13 +328,29 @@ class Sequential:
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
             raise ValueError(f"Expected validation_split in [0, 1), received validation_split={validation_split!r}.")
 
+        if callbacks is None:
+            callbacks = []
+        elif not isinstance(callbacks, (list, tuple)):
+            raise TypeError(
+                f"fit() expected callbacks as a list of dtrain.callbacks.Callback, received "
+                f"{type(callbacks).__name__} {callbacks!r}."
+            )
+        for cb in callbacks:
+            if not isinstance(cb, callbacks_module.Callback):
+                raise TypeError(
+                    f"callbacks must be dtrain.callbacks.Callback instances, received {type(cb).__name__} {cb!r}."
+                )
+
+        # Every check runs before the model is built or touched: a bad call changes nothing.
         x, y = self._check_xy(x, y)
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (x_val, y_val).")
-            self.build(x.shape[1], seed)
-            validation = self._check_xy(*validation_data, name="validation ")
+                raise ValueError(
+                    f"validation_data must be a tuple (x_val, y_val), received {type(validation_data).__name__}"
+                    + (f" of length {len(validation_data)}." if isinstance(validation_data, (tuple, list)) else ".")
+                )
+            validation = self._check_xy(*validation_data, name="validation ", input_dim=x.shape[1])
         elif validation_split:
             # Keras takes the validation samples from the end, before any shuffling.
             split_at = int(math.floor(len(x) * (1.0 - validation_split)))
@@ -338,7 +365,7 @@ class Sequential:
         n = len(x)
         steps = -(-n // batch_size)
         history = callbacks_module.History()
-        hooks = [*(callbacks or []), history]
+        hooks = [*callbacks, history]
         if verbose:
             hooks.append(callbacks_module.ProgressBar(verbose))
         params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n, "seed": seed, "verbose": verbose}

@@ -7,6 +7,7 @@ buffer allocated once keeps steady-state steps free of allocations.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -15,17 +16,28 @@ from .backend import to_numpy
 from .registry import resolve
 
 
+def _is_real(value: Any) -> bool:
+    """A real number (Python or NumPy, not bool), finite."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not _is_real(value) or value <= 0:
         raise ValueError(f"Expected {name} to be a positive number, received {name}={value!r}.")
     return float(value)
 
 
 def _fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (0 <= value < 1 if allow_zero else 0 < value < 1)
+    ok = _is_real(value) and (0 <= value < 1 if allow_zero else 0 < value < 1)
     if not ok:
         bounds = "[0, 1)" if allow_zero else "(0, 1)"
         raise ValueError(f"Expected {name} in {bounds}, received {name}={value!r}.")
+    return float(value)
+
+
+def _momentum(value: Any) -> float:
+    if not _is_real(value) or not 0 <= value <= 1:
+        raise ValueError(f"Expected momentum in [0, 1], received momentum={value!r}.")
     return float(value)
 
 
@@ -44,9 +56,12 @@ class Optimizer:
         self._xp = None
 
     def build(self, xp, params) -> None:
+        """Fresh state for ``params``: zero slots and step count 0 (a step count kept from
+        earlier training with zeroed slots would apply the wrong bias correction)."""
         self._xp = xp
         self._scratch = xp.empty_like(params)
         self.slots = {name: xp.zeros_like(params) for name in self.slot_names}
+        self.iterations = 0
 
     @property
     def built(self) -> bool:
@@ -84,7 +99,7 @@ class Optimizer:
                     f"Optimizer slot {name!r} has shape {value.shape}, expected {self.slots[name].shape}."
                 )
             self.slots[name][...] = self._xp.asarray(value, dtype=self.slots[name].dtype)
-        self.iterations = int(state.get("iterations", 0))
+        self.iterations = int(np.asarray(state.get("iterations", 0)).reshape(-1)[0])  # () or (1,) on disk
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
@@ -103,9 +118,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
         super().__init__(learning_rate)
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-            raise ValueError(f"Expected momentum in [0, 1], received momentum={momentum!r}.")
-        self.momentum = float(momentum)
+        self.momentum = _momentum(momentum)
         self.nesterov = bool(nesterov)
         self.slot_names = ("momentum",) if self.momentum else ()
 
@@ -170,8 +183,9 @@ class RMSprop(Optimizer):
     """RMSprop in Keras' form:
 
         r <- rho r + (1 - rho) g^2
-        d <- r + epsilon                       (centered: d <- r - a^2 + epsilon,
-                                                 with a <- rho a + (1 - rho) g)
+        d <- r + epsilon                       (centered: d <- max(r - a^2, 0) + epsilon,
+                                                 with a <- rho a + (1 - rho) g; the max
+                                                 only undoes rounding, r - a^2 >= 0)
         momentum == 0:  w <- w - lr g / sqrt(d)
         otherwise:      u <- momentum u + lr g / sqrt(d);  w <- w - u
     """
@@ -188,9 +202,7 @@ class RMSprop(Optimizer):
     ):
         super().__init__(learning_rate)
         self.rho = _fraction("rho", rho, allow_zero=True)
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-            raise ValueError(f"Expected momentum in [0, 1], received momentum={momentum!r}.")
-        self.momentum = float(momentum)
+        self.momentum = _momentum(momentum)
         self.epsilon = _positive("epsilon", epsilon)
         self.centered = bool(centered)
         self.slot_names = ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if self.centered else ())
@@ -208,6 +220,9 @@ class RMSprop(Optimizer):
             a += s
             xp.multiply(a, a, out=s)
             xp.subtract(r, s, out=s)
+            # r - a^2 >= 0 exactly (a variance), but rounding can make it slightly negative
+            # when the gradient is steady (float32: then sqrt gives NaN); clamp it.
+            xp.maximum(s, 0.0, out=s)
         else:
             xp.copyto(s, r)
         s += self.epsilon

@@ -5,6 +5,14 @@ from typing import Any, Callable, Mapping, TypeVar
 
 T = TypeVar("T")
 
+# Keys of Keras 3's serialised form ({"module": ..., "class_name": ..., "config": ...,
+# "registered_name": ...}) that say where Keras finds the class: irrelevant here.
+_IGNORED_KEYS = ("module", "registered_name")
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
 
 def resolve(identifier: Any, registry: Mapping[str, Callable[..., T]], kind: str, base: type) -> T:
     """Turn ``identifier`` into an instance of ``base``.
@@ -26,7 +34,14 @@ def resolve(identifier: Any, registry: Mapping[str, Callable[..., T]], kind: str
         config = dict(identifier)
         if "class_name" in config:
             name = config.pop("class_name")
-            kwargs = dict(config.pop("config", None) or {})
+            kwargs = config.pop("config", None) or {}
+            if not isinstance(kwargs, Mapping):
+                raise ValueError(
+                    f"The 'config' of {_a(kind)} config dict must be a dict of arguments, received {identifier!r}."
+                )
+            kwargs = dict(kwargs)
+            for key in _IGNORED_KEYS:
+                config.pop(key, None)
             if config:
                 raise ValueError(f"Unexpected keys {sorted(config)} in {kind} config {identifier!r}.")
         elif "name" in config:
@@ -34,7 +49,7 @@ def resolve(identifier: Any, registry: Mapping[str, Callable[..., T]], kind: str
             kwargs = config
         else:
             raise ValueError(
-                f"A {kind} config dict needs a 'class_name' (or 'name') key, received {identifier!r}."
+                f"{_a(kind).capitalize()} config dict needs a 'class_name' (or 'name') key, received {identifier!r}."
             )
         if not isinstance(name, str) or name.lower() not in registry:
             raise ValueError(f"Unknown {kind} {name!r}. Known {kind}s: {known}.")
@@ -43,6 +58,6 @@ def resolve(identifier: Any, registry: Mapping[str, Callable[..., T]], kind: str
         except TypeError as exc:
             raise ValueError(f"Bad arguments for {kind} {name!r}: {exc}") from None
     raise TypeError(
-        f"Expected a {kind} name, config dict or {base.__name__} instance, received "
+        f"Expected {_a(kind)} name, config dict or {base.__name__} instance, received "
         f"{type(identifier).__name__} {identifier!r}. Known {kind}s: {known}."
     )

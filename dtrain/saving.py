@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,14 @@ def save_model(model, path: str | os.PathLike, include_optimizer: bool = True) -
         if include_optimizer and model.optimizer.built:
             for name, value in model.optimizer.get_state().items():
                 tensors[f"optimizer.{name}"] = np.ascontiguousarray(value)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    # A fresh temporary name next to the target, created like any file (mode 0o666 minus the
+    # umask); safetensors rewrites it readable by its owner only, so the mode is put back.
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        mode = tmp.stat().st_mode & 0o777
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -74,8 +78,11 @@ def load_model(path: str | os.PathLike, device: str | None = None, compile: bool
     come back too, so training can continue."""
     from safetensors import SafetensorError, safe_open
 
+    from .backend import check_device
     from .model import Sequential
 
+    if device is not None:
+        check_device(device)
     source = _resolve_path(path, for_writing=False)
     if not source.exists():
         raise FileNotFoundError(f"No model file at {str(source)!r}.")
@@ -97,15 +104,20 @@ def load_model(path: str | os.PathLike, device: str | None = None, compile: bool
         config = json.loads(metadata["config"])
         compile_config = json.loads(metadata["compile"]) if "compile" in metadata else None
     except (KeyError, json.JSONDecodeError) as exc:
-        raise _not_a_model(source, f"its header has no valid model config ({exc})") from None
+        raise _not_a_model(source, f"its header has no valid model config ({exc!r})") from None
 
-    model = Sequential.from_config(config, device=device)
-    model.build()
-    weights = [tensors[key] for key in sorted(k for k in tensors if k.startswith("weights."))]
-    model.set_weights(weights)  # checks the count and every shape against the architecture
-    if compile and compile_config is not None:
-        model.compile(**compile_config)
-        state = {key[len("optimizer."):]: value for key, value in tensors.items() if key.startswith("optimizer.")}
-        if state:
-            model.optimizer.set_state(state)
+    try:
+        model = Sequential.from_config(config, device=device)
+        model.build()
+        weights = [tensors[key] for key in sorted(k for k in tensors if k.startswith("weights."))]
+        model.set_weights(weights)  # checks the count and every shape against the architecture
+        if compile and compile_config is not None:
+            if not isinstance(compile_config, dict):
+                raise ValueError(f"the compile settings are {compile_config!r}, expected a dict")
+            model.compile(**compile_config)
+            state = {key[len("optimizer."):]: value for key, value in tensors.items() if key.startswith("optimizer.")}
+            if state:
+                model.optimizer.set_state(state)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{str(source)!r} is a damaged or inconsistent dtrain model file: {exc}") from exc
     return model

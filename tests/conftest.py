@@ -1,0 +1,49 @@
+"""Shared fixtures and the `gpu` marker hook: tests marked ``@pytest.mark.gpu`` are skipped
+where CuPy cannot see a CUDA device (``dtrain.gpu_available()`` is False)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dtrain
+from dtrain import backend
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items or dtrain.gpu_available():
+        return
+    reason = backend._probe_cupy()[1] or "no usable GPU"
+    skip = pytest.mark.skip(reason=f"needs a GPU: {reason}")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend_defaults():
+    """Tests that change the process-wide float type or device put them back."""
+    floatx, device = backend.floatx(), backend.get_default_device()
+    yield
+    backend.set_floatx(floatx)
+    backend.set_default_device(device)
+
+
+def blobs(n: int = 600, features: int = 20, classes: int = 3, seed: int = 0, spread: float = 1.0):
+    """A learnable classification problem: Gaussian clusters around random centres.
+    Returns (x float32 (n, features), integer labels (n,))."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(classes, features))
+    labels = rng.integers(0, classes, n)
+    x = centres[labels] + spread * rng.normal(size=(n, features))
+    return x.astype(np.float32), labels
+
+
+def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    return np.eye(classes, dtype=np.float32)[labels]
+
+
+def small_model(input_dim: int | None = 20, hidden: int = 16, classes: int = 3, **kwargs) -> dtrain.Sequential:
+    from dtrain.layers import Dense
+
+    first = Dense(hidden, activation="relu", input_dim=input_dim) if input_dim else Dense(hidden, activation="relu")
+    return dtrain.Sequential([first, Dense(classes, activation="softmax")], **kwargs)
