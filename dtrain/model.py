@@ -335,11 +335,6 @@ class Sequential:
                 f"fit() expected callbacks as a list of dtrain.callbacks.Callback, received "
                 f"{type(callbacks).__name__} {callbacks!r}."
             )
-        for cb in callbacks:
-            if not isinstance(cb, callbacks_module.Callback):
-                raise TypeError(
-                    f"callbacks must be dtrain.callbacks.Callback instances, received {type(cb).__name__} {cb!r}."
-                )
 
         # Every check runs before the model is built or touched: a bad call changes nothing.
         x, y = self._check_xy(x, y)
@@ -360,8 +355,6 @@ class Sequential:
                     f"{split_at} for training and {len(x) - split_at} for validation; both need at least one."
                 )
             x, y, validation = x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
-        self.build(x.shape[1], seed)
-
         n = len(x)
         steps = -(-n // batch_size)
         history = callbacks_module.History()
@@ -369,7 +362,9 @@ class Sequential:
         if verbose:
             hooks.append(callbacks_module.ProgressBar(verbose))
         params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n, "seed": seed, "verbose": verbose}
-        cbs = callbacks_module.CallbackList(hooks, self, params)
+        cbs = callbacks_module.CallbackList(hooks, self, params)  # checks the callbacks' types
+        self.build(x.shape[1], seed)
+
         x_rows, y_rows = BatchGatherer(x), BatchGatherer(y)
         self.stop_training = False
         logs: dict[str, float] = {}
