@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import activations, initializers
+from .backend import to_numpy
 
 _layer_ids = itertools.count()
 
@@ -18,6 +19,27 @@ def _positive_int(name: str, value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{where} expected a positive integer for {name}, received {name}={value!r}.")
     return int(value)
+
+
+def assign_weights(views: list[tuple[str, Any]], values: Any, xp) -> None:
+    """Copy ``values`` into the arrays ``views`` ([(name, array)]) after checking the count, the
+    shapes and the dtypes of all of them, so that a bad call writes nothing."""
+    values = list(values)
+    if len(values) != len(views):
+        raise ValueError(
+            f"set_weights expected {len(views)} arrays ({', '.join(name for name, _ in views)}), "
+            f"received {len(values)}."
+        )
+    arrays = []
+    for (name, view), value in zip(views, values):
+        value = to_numpy(value)
+        if value.shape != view.shape:
+            raise ValueError(f"set_weights: {name} must have shape {view.shape}, received shape {value.shape}.")
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"set_weights: {name} must be numeric, received dtype {value.dtype}.")
+        arrays.append(value)
+    for (_, view), value in zip(views, arrays):
+        view[...] = xp.asarray(value, dtype=view.dtype)
 
 
 class Layer:
@@ -170,6 +192,26 @@ class Dense(Layer):
         _, _, dx = self._buffers_for(dz.shape[0], need_dx=True)
         xp.matmul(dz, self.kernel.T, out=dx)
         return dx
+
+    # -- weights ------------------------------------------------------------------------------
+    def weight_views(self) -> list[tuple[str, Any]]:
+        """[(name, array)] of this layer's weights (views into the model's buffer), Keras order."""
+        if not self.built:
+            return []
+        views = [(f"{self.name}/kernel", self.kernel)]
+        if self.use_bias:
+            views.append((f"{self.name}/bias", self.bias))
+        return views
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies as NumPy arrays: [kernel (in, units), bias (units,)]; [] before the model is built."""
+        return [to_numpy(view).copy() for _, view in self.weight_views()]
+
+    def set_weights(self, weights: Any) -> None:
+        """Replace this layer's weights from arrays in ``get_weights()`` order and shapes."""
+        if not self.built:
+            raise RuntimeError(f"Layer {self.name!r} has no weights yet: build or train its model first.")
+        assign_weights(self.weight_views(), weights, self._xp)
 
     # -- config -------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .data import (
     init_rng,
     new_seed,
 )
-from .layers import Layer
+from .layers import Layer, assign_weights
 
 # Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
 # operands); the few padding elements stay zero and are never read.
@@ -111,6 +111,11 @@ class Sequential:
     @property
     def input_dim(self) -> int | None:
         return self._layers[0].input_dim if self._layers else None
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """["loss", *metric names]: the order of evaluate()'s list result."""
+        return ["loss", *(m.name for m in self.metrics)]
 
     @property
     def output_units(self) -> int:
@@ -448,12 +453,7 @@ class Sequential:
 
     # -- weights --------------------------------------------------------------------------------
     def _weight_views(self) -> list[tuple[str, Any]]:
-        views = []
-        for layer in self._layers:
-            views.append((f"{layer.name}/kernel", layer.kernel))
-            if layer.use_bias:
-                views.append((f"{layer.name}/bias", layer.bias))
-        return views
+        return [view for layer in self._layers for view in layer.weight_views()]
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of the weights as NumPy arrays, Keras order: [kernel (in, out), bias (out,), ...]."""
@@ -461,25 +461,10 @@ class Sequential:
         return [to_numpy(view).copy() for _, view in self._weight_views()]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Replace the weights from arrays in ``get_weights()`` order and shapes."""
+        """Replace the weights from arrays in ``get_weights()`` order and shapes (all are
+        checked before any is written)."""
         self._require_built("set_weights")
-        views = self._weight_views()
-        weights = list(weights)
-        if len(weights) != len(views):
-            raise ValueError(
-                f"set_weights expected {len(views)} arrays ({', '.join(name for name, _ in views)}), "
-                f"received {len(weights)}."
-            )
-        arrays = []
-        for (name, view), value in zip(views, weights):
-            value = to_numpy(value)
-            if value.shape != view.shape:
-                raise ValueError(f"set_weights: {name} must have shape {view.shape}, received shape {value.shape}.")
-            if value.dtype.kind not in "biuf":
-                raise ValueError(f"set_weights: {name} must be numeric, received dtype {value.dtype}.")
-            arrays.append(value)
-        for (_, view), value in zip(views, arrays):  # all checked first: nothing half-written
-            view[...] = self.backend.asarray(value, dtype=view.dtype)
+        assign_weights(self._weight_views(), weights, self.backend.xp)
 
     def count_params(self) -> int:
         self._require_built("count_params")

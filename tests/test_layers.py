@@ -139,3 +139,31 @@ def test_model_gradients_match_finite_differences(last, loss, hidden, kind):
         numeric[i] = (up - down) / (2 * eps)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
     assert np.abs(analytic).max() > 1e-4  # not trivially zero
+
+
+def test_layer_get_and_set_weights_are_views_of_the_model():
+    first = Dense(4, activation="relu", input_dim=3)
+    last = Dense(2, use_bias=False)
+    assert first.get_weights() == []  # unbuilt, as Keras
+    model = Sequential([first, last])
+    model.build(seed=0)
+    kernel, bias = first.get_weights()
+    assert kernel.shape == (3, 4) and bias.shape == (4,)
+    assert [w.shape for w in last.get_weights()] == [(4, 2)]
+    first.set_weights([np.ones((3, 4)), np.full(4, 2.0)])
+    np.testing.assert_array_equal(model.get_weights()[0], np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(model.get_weights()[1], np.full(4, 2.0, np.float32))
+    with pytest.raises(ValueError, match=r"dense.*/kernel must have shape \(3, 4\), received shape \(4, 3\)"):
+        first.set_weights([np.zeros((4, 3)), np.zeros(4)])
+    np.testing.assert_array_equal(first.get_weights()[0], np.ones((3, 4), np.float32))  # unchanged
+    with pytest.raises(RuntimeError, match="no weights yet"):
+        Dense(3).set_weights([np.zeros((1, 3)), np.zeros(3)])
+
+
+def test_metrics_names_follow_evaluate_order():
+    model = Sequential([Dense(3, activation="softmax", input_dim=2)])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy", "mse"])
+    assert model.metrics_names == ["loss", "accuracy", "mse"]
+    x = np.random.default_rng(0).standard_normal((8, 2))
+    y = np.eye(3)[np.arange(8) % 3]
+    assert len(model.evaluate(x, y)) == len(model.metrics_names)
