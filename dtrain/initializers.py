@@ -231,7 +231,7 @@ INITIALIZERS.update({"uniform": RandomUniform, "normal": RandomNormal, "one": On
 
 def get(identifier: Any) -> Initializer:
     """Return an initializer from a name, a config dict or an instance."""
-    return resolve(identifier, INITIALIZERS, "initializer", Initializer)
+    return resolve(identifier, INITIALIZERS, "initializer", Initializer, known=_NAMES.values())
 
 
 def serialize(initializer: Initializer) -> str | dict[str, Any]:

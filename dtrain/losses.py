@@ -317,13 +317,14 @@ LOSSES: dict[str, type[Loss]] = {
     "mean_absolute_error": MeanAbsoluteError,
     "mae": MeanAbsoluteError,
 }
+_CANONICAL = tuple(LOSSES)
 # Keras' class names work too ("CategoricalCrossentropy", {"class_name": "MeanSquaredError"}).
 LOSSES.update({cls.__name__.lower(): cls for cls in set(LOSSES.values())})
 
 
 def get(identifier: Any) -> Loss:
     """Return a loss from a name, a config dict or an instance."""
-    return resolve(identifier, LOSSES, "loss", Loss)
+    return resolve(identifier, LOSSES, "loss", Loss, known=_CANONICAL)
 
 
 def serialize(loss: Loss) -> str | dict[str, Any]:

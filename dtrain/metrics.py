@@ -13,20 +13,30 @@ from .losses import Loss
 
 
 class Metric:
-    """``per_sample(xp, y, out)`` returns shape (n,); ``name`` is the key in ``History``."""
+    """``per_sample(xp, y, out)`` returns shape (n,); ``name`` is the key in ``History``
+    (defaults to the metric's Keras name)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    default_name = "metric"
+
+    def __init__(self, name: str | None = None):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"Expected a non-empty string for a metric's name, received name={name!r}.")
+        self.name = name or self.default_name
 
     def per_sample(self, xp, y, out):
         raise NotImplementedError
 
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
 
 
 class CategoricalAccuracy(Metric):
     """1 where argmax(out) == argmax(y) (one-hot targets)."""
+
+    default_name = "categorical_accuracy"
 
     def per_sample(self, xp, y, out):
         return (out.argmax(axis=-1) == y.argmax(axis=-1)).astype(out.dtype)
@@ -34,6 +44,8 @@ class CategoricalAccuracy(Metric):
 
 class SparseCategoricalAccuracy(Metric):
     """1 where argmax(out) == y (integer class targets)."""
+
+    default_name = "sparse_categorical_accuracy"
 
     def per_sample(self, xp, y, out):
         return (out.argmax(axis=-1) == y.reshape(-1)).astype(out.dtype)
@@ -43,21 +55,32 @@ class BinaryAccuracy(Metric):
     """mean over outputs of [(out > threshold) == (y > 0.5)] (Keras compares with y itself,
     the same for 0/1 targets)."""
 
-    def __init__(self, name: str, threshold: float = 0.5):
+    default_name = "binary_accuracy"
+
+    def __init__(self, name: str | None = None, threshold: float = 0.5):
         super().__init__(name)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ValueError(f"BinaryAccuracy expected a number for threshold, received threshold={threshold!r}.")
         self.threshold = float(threshold)
+
+    def get_config(self):
+        return {"name": self.name, "threshold": self.threshold}
 
     def per_sample(self, xp, y, out):
         return ((out > self.threshold) == (y > 0.5)).astype(out.dtype).mean(axis=-1)
 
 
 class MeanSquaredError(Metric):
+    default_name = "mean_squared_error"
+
     def per_sample(self, xp, y, out):
         d = out - y
         return (d * d).mean(axis=-1)
 
 
 class MeanAbsoluteError(Metric):
+    default_name = "mean_absolute_error"
+
     def per_sample(self, xp, y, out):
         return xp.abs(out - y).mean(axis=-1)
 
@@ -72,6 +95,12 @@ METRICS: dict[str, type[Metric]] = {
     "mae": MeanAbsoluteError,
 }
 ACCURACY_ALIASES = ("accuracy", "acc")
+# Keras' class names work too ("SparseCategoricalAccuracy"), matched case-insensitively.
+_BY_CLASS_NAME = {cls.__name__.lower(): cls for cls in METRICS.values()}
+
+
+def _lookup(key: str) -> type[Metric] | None:
+    return METRICS.get(key) or _BY_CLASS_NAME.get(key)
 
 
 def _accuracy_for(loss: Loss, units: int, name: str) -> Metric:
@@ -99,26 +128,66 @@ def _check_targets_match(metric: Metric, key: str, loss: Loss) -> None:
         )
 
 
+def _known() -> str:
+    return f"Known metrics: {', '.join(sorted([*METRICS, *ACCURACY_ALIASES]))}."
+
+
+def _from_config(identifier: dict, loss: Loss, units: int) -> Metric:
+    """A metric from {"class_name": ..., "config": {...}} (the form ``serialize`` writes)."""
+    config = dict(identifier)
+    name = config.pop("class_name", None)
+    kwargs = config.pop("config", None) or {}
+    for key in ("module", "registered_name"):  # Keras 3's serialised form: irrelevant here
+        config.pop(key, None)
+    if not isinstance(name, str) or config or not isinstance(kwargs, dict):
+        raise ValueError(f"A metric config dict is {{'class_name': ..., 'config': {{...}}}}, received {identifier!r}.")
+    key = name.lower()
+    if key in ACCURACY_ALIASES and set(kwargs) <= {"name"}:
+        return _accuracy_for(loss, units, kwargs.get("name", name))
+    cls = _lookup(key)
+    if cls is None:
+        raise ValueError(f"Unknown metric {name!r}. {_known()}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"Bad arguments for metric {name!r}: {exc}") from None
+
+
 def get(identifier: Any, loss: Loss, units: int) -> Metric:
-    """Return a metric from a name (the name is kept as its ``History`` key) or an instance."""
+    """Return a metric from a name (the name is kept as its ``History`` key), a config dict or
+    an instance, after checking that it can read the targets of ``loss``."""
     if isinstance(identifier, Metric):
-        return identifier
-    if not isinstance(identifier, str):
-        raise TypeError(
-            f"Expected a metric name, received {type(identifier).__name__} {identifier!r}. "
-            f"Known metrics: {', '.join(sorted([*METRICS, *ACCURACY_ALIASES]))}."
-        )
-    key = identifier.lower()
-    if key in ACCURACY_ALIASES:
-        return _accuracy_for(loss, units, identifier)
-    if key not in METRICS:
-        raise ValueError(
-            f"Unknown metric {identifier!r}. Known metrics: {', '.join(sorted([*METRICS, *ACCURACY_ALIASES]))}."
-        )
-    cls = METRICS[key]
-    if cls is BinaryAccuracy and loss.from_logits:
-        metric = BinaryAccuracy(identifier, threshold=0.0)  # outputs are logits
+        metric, key = identifier, identifier.name
+    elif isinstance(identifier, dict):
+        metric = _from_config(identifier, loss, units)
+        key = metric.name
+    elif isinstance(identifier, str):
+        key = identifier.lower()
+        if key in ACCURACY_ALIASES:
+            return _accuracy_for(loss, units, identifier)
+        cls = _lookup(key)
+        if cls is None:
+            raise ValueError(f"Unknown metric {identifier!r}. {_known()}")
+        if cls is BinaryAccuracy and loss.from_logits:
+            metric = BinaryAccuracy(identifier, threshold=0.0)  # outputs are logits
+        else:
+            metric = cls(identifier)
+        key = identifier
     else:
-        metric = cls(identifier)
-    _check_targets_match(metric, identifier, loss)
+        raise TypeError(
+            f"Expected a metric name, config dict or Metric instance, received "
+            f"{type(identifier).__name__} {identifier!r}. {_known()}"
+        )
+    _check_targets_match(metric, key, loss)
     return metric
+
+
+_CLASS_NAMES = {cls: name for name, cls in reversed(list(METRICS.items()))}  # long names win
+
+
+def serialize(metric: Metric) -> dict[str, Any]:
+    """A JSON-able form that :func:`get` turns back into an equal metric (with the same loss)."""
+    name = _CLASS_NAMES.get(type(metric))
+    if name is None:
+        raise ValueError(f"Cannot serialise custom metric {metric!r}; use a built-in one.")
+    return {"class_name": name, "config": metric.get_config()}

@@ -495,7 +495,7 @@ class Sequential:
         return {
             "optimizer": optimizers.serialize(self.optimizer),
             "loss": losses.serialize(self.loss),
-            "metrics": [m.name for m in self.metrics],
+            "metrics": [metrics_module.serialize(m) for m in self.metrics],
         }
 
     def save(self, path: str, include_optimizer: bool = True) -> None:

@@ -1,7 +1,7 @@
 """Look objects up by name, config dict or instance, Keras style (``optimizers.get("adam")``)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -14,21 +14,32 @@ def _a(word: str) -> str:
     return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
-def resolve(identifier: Any, registry: Mapping[str, Callable[..., T]], kind: str, base: type) -> T:
+def _plural(word: str) -> str:
+    return f"{word}es" if word.endswith("s") else f"{word}s"
+
+
+def resolve(
+    identifier: Any,
+    registry: Mapping[str, Callable[..., T]],
+    kind: str,
+    base: type,
+    known: Iterable[str] | None = None,
+) -> T:
     """Turn ``identifier`` into an instance of ``base``.
 
     Accepts an instance of ``base`` (returned as is), a registered name (case-insensitive),
     or a config dict ``{"class_name": name, "config": {...}}`` (Keras' serialised form);
     a plain ``{"name": ..., **kwargs}`` dict is accepted too. Anything else raises an error
-    that names what was received and lists the known names.
+    that names what was received and lists the known names (``known``: the canonical names to
+    list, when the registry also holds aliases).
     """
     if isinstance(identifier, base):
         return identifier
-    known = ", ".join(sorted(registry))
+    known = f"Known {_plural(kind)}: {', '.join(sorted(registry if known is None else known))}."
     if isinstance(identifier, str):
         key = identifier.lower()
         if key not in registry:
-            raise ValueError(f"Unknown {kind} {identifier!r}. Known {kind}s: {known}.")
+            raise ValueError(f"Unknown {kind} {identifier!r}. {known}")
         return registry[key]()
     if isinstance(identifier, Mapping):
         config = dict(identifier)
@@ -52,12 +63,12 @@ def resolve(identifier: Any, registry: Mapping[str, Callable[..., T]], kind: str
                 f"{_a(kind).capitalize()} config dict needs a 'class_name' (or 'name') key, received {identifier!r}."
             )
         if not isinstance(name, str) or name.lower() not in registry:
-            raise ValueError(f"Unknown {kind} {name!r}. Known {kind}s: {known}.")
+            raise ValueError(f"Unknown {kind} {name!r}. {known}")
         try:
             return registry[name.lower()](**kwargs)
         except TypeError as exc:
             raise ValueError(f"Bad arguments for {kind} {name!r}: {exc}") from None
     raise TypeError(
         f"Expected {_a(kind)} name, config dict or {base.__name__} instance, received "
-        f"{type(identifier).__name__} {identifier!r}. Known {kind}s: {known}."
+        f"{type(identifier).__name__} {identifier!r}. {known}"
     )

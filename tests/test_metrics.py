@@ -2,6 +2,8 @@
 and errors for unknown or mismatched metrics."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -128,10 +130,43 @@ def test_unknown_metric_lists_known_names():
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("bad", [3, None, {"class_name": "accuracy"}])
+@pytest.mark.parametrize("bad", [3, None, ["accuracy"]])
 def test_wrong_type_says_what_it_received(bad):
-    with pytest.raises(TypeError, match="Expected a metric name, received .*Known metrics:"):
+    with pytest.raises(TypeError, match="Expected a metric name, config dict or Metric instance, received .*Known metrics:"):
         resolve(bad, "mse", 1)
+
+
+@pytest.mark.parametrize(
+    "config, cls, name",
+    [
+        ({"class_name": "accuracy"}, metrics.SparseCategoricalAccuracy, "accuracy"),
+        ({"class_name": "accuracy", "config": {"name": "acc_top1"}}, metrics.SparseCategoricalAccuracy, "acc_top1"),
+        ({"class_name": "sparse_categorical_accuracy", "config": {"name": "hits"}}, metrics.SparseCategoricalAccuracy, "hits"),
+        ({"class_name": "SparseCategoricalAccuracy"}, metrics.SparseCategoricalAccuracy, "sparse_categorical_accuracy"),
+    ],
+)
+def test_config_dicts_are_accepted(config, cls, name):
+    metric = resolve(config, "sparse_categorical_crossentropy", 3)
+    assert type(metric) is cls and metric.name == name
+
+
+def test_instances_get_keras_default_names_and_are_checked_against_the_loss():
+    assert metrics.CategoricalAccuracy().name == "categorical_accuracy"
+    assert metrics.BinaryAccuracy().threshold == 0.5
+    with pytest.raises(ValueError, match="needs integer class labels"):
+        resolve(metrics.SparseCategoricalAccuracy(), "categorical_crossentropy", 3)
+    with pytest.raises(ValueError, match="Unknown metric 'f1'"):
+        resolve({"class_name": "f1"}, "mse", 1)
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [metrics.BinaryAccuracy("strict", threshold=0.9), metrics.MeanAbsoluteError(), metrics.SparseCategoricalAccuracy("hits")],
+)
+def test_serialize_round_trips(metric):
+    loss = "sparse_categorical_crossentropy" if isinstance(metric, metrics.SparseCategoricalAccuracy) else "mse"
+    again = resolve(json.loads(json.dumps(metrics.serialize(metric))), loss, 1)
+    assert type(again) is type(metric) and again.get_config() == metric.get_config()
 
 
 @pytest.mark.parametrize(

@@ -256,3 +256,18 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_metric_instances_and_their_settings_survive_saving(tmp_path):
+    from dtrain import metrics
+
+    model = Sequential([Dense(1, activation="sigmoid", input_dim=3)])
+    model.compile(optimizer="sgd", loss="binary_crossentropy",
+                  metrics=[metrics.BinaryAccuracy("strict", threshold=0.9), "mae", "accuracy"])
+    model.save(tmp_path / "m.safetensors")
+    loaded = dtrain.load_model(tmp_path / "m.safetensors")
+    assert loaded.metrics_names == ["loss", "strict", "mae", "accuracy"]
+    assert loaded.metrics[0].threshold == 0.9
+    x = np.random.default_rng(0).standard_normal((16, 3))
+    y = (x[:, :1] > 0).astype("float32")
+    assert loaded.evaluate(x, y) == model.evaluate(x, y)
