@@ -53,6 +53,11 @@ def to_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def host_copy(array: Any) -> np.ndarray:
+    """A NumPy copy of ``array`` that shares no memory with it (one copy, from either device)."""
+    return array.copy() if isinstance(array, np.ndarray) else to_numpy(array)
+
+
 def _probe_cupy() -> tuple[ModuleType | None, str | None]:
     """Import CuPy and count CUDA devices once; return (cupy or None, reason it is unusable)."""
     global _cupy_probe

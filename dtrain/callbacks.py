@@ -129,6 +129,8 @@ class EarlyStopping(Callback):
         start_from_epoch: int = 0,
     ):
         super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"EarlyStopping expected monitor to be a log key such as 'val_loss', received {monitor!r}.")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
@@ -172,15 +174,19 @@ class EarlyStopping(Callback):
         if epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
+            # Before any improvement, the current weights are the best seen.
             self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
         self.wait += 1
         if self._improves(current, self.best):
             self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
+            # Keras 3: an improvement never stops training; it restarts the wait only once
+            # the baseline is beaten too.
             if self.baseline is None or self._improves(current, self.baseline):
                 self.wait = 0
-                return
+            return
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True

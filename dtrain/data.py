@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .backend import to_numpy
+from .buffers import BufferCache
 
 INIT_STREAM, SHUFFLE_STREAM = 0, 1  # independent random streams derived from one seed
 
@@ -77,6 +78,8 @@ def check_features(x: Any, input_dim: int | None, dtype: str, name: str = "x") -
         raise ValueError(f"{name} must be 2-D (samples, features), received shape {x.shape}.{hint}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {x.shape}): there are no samples to train on.")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {x.shape}): each sample needs at least one value.")
     if input_dim is not None and x.shape[1] != input_dim:
         raise ValueError(
             f"{name} has {x.shape[1]} features per sample (shape {x.shape}), but the model expects "
@@ -137,13 +140,11 @@ class BatchGatherer:
 
     def __init__(self, array: np.ndarray):
         self.array = array
-        self._buffers: dict[int, np.ndarray] = {}
+        self._buffers: BufferCache[np.ndarray] = BufferCache()
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         n = len(rows)
-        buf = self._buffers.get(n)
-        if buf is None:
-            buf = self._buffers[n] = np.empty((n, *self.array.shape[1:]), self.array.dtype)
+        buf = self._buffers.get(n, lambda: np.empty((n, *self.array.shape[1:]), self.array.dtype))
         # mode="clip": with the default mode="raise" NumPy gathers into a temporary buffer and
         # copies it to ``out``, one allocation per step. The rows come from a permutation, so
         # they are always in range and clipping never changes them.

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from . import activations, initializers
-from .backend import to_numpy
+from .backend import host_copy, to_numpy
+from .buffers import BufferCache
 
 _layer_ids = itertools.count()
 
@@ -37,6 +38,8 @@ def assign_weights(views: list[tuple[str, Any]], values: Any, xp) -> None:
             raise ValueError(f"set_weights: {name} must have shape {view.shape}, received shape {value.shape}.")
         if value.dtype.kind not in "biuf":
             raise ValueError(f"set_weights: {name} must be numeric, received dtype {value.dtype}.")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"set_weights: {name} contains NaN or infinite values.")
         arrays.append(value)
     for (_, view), value in zip(views, arrays):
         view[...] = xp.asarray(value, dtype=view.dtype)
@@ -88,7 +91,7 @@ class Dense(Layer):
         super().__init__(name)
         self.kernel = self.bias = self.kernel_grad = self.bias_grad = None
         self._xp = None
-        self._buffers: dict[int, tuple[Any, Any, Any]] = {}  # batch size -> (z, a, dx)
+        self._buffers: BufferCache[tuple[Any, Any, Any]] = BufferCache()  # batch size -> (z, a, dx)
         self._x = self._z = self._a = None  # kept by forward(training=True) for backward
 
     @staticmethod
@@ -140,13 +143,15 @@ class Dense(Layer):
         """Output and gradient buffers for a batch of n rows, allocated once per batch size,
         so that steady-state training allocates no arrays."""
         xp, dtype = self._xp, self.kernel.dtype
-        buffers = self._buffers.get(n)
-        if buffers is None:
+
+        def outputs():
             z = xp.empty((n, self.units), dtype)
             a = z if isinstance(self.activation, activations.Linear) else xp.empty((n, self.units), dtype)
-            buffers = self._buffers[n] = (z, a, None)
+            return (z, a, None)
+
+        buffers = self._buffers.get(n, outputs)
         if need_dx and buffers[2] is None:  # the first layer never needs one
-            buffers = self._buffers[n] = (buffers[0], buffers[1], xp.empty((n, self.input_dim), dtype))
+            buffers = self._buffers.put(n, (buffers[0], buffers[1], xp.empty((n, self.input_dim), dtype)))
         return buffers
 
     def forward(self, x, training: bool = False):
@@ -205,7 +210,7 @@ class Dense(Layer):
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies as NumPy arrays: [kernel (in, units), bias (units,)]; [] before the model is built."""
-        return [to_numpy(view).copy() for _, view in self.weight_views()]
+        return [host_copy(view) for _, view in self.weight_views()]
 
     def set_weights(self, weights: Any) -> None:
         """Replace this layer's weights from arrays in ``get_weights()`` order and shapes."""

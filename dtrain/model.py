@@ -18,7 +18,8 @@ import numpy as np
 from . import callbacks as callbacks_module
 from . import layers as layers_module
 from . import losses, metrics as metrics_module, optimizers
-from .backend import Backend, check_dtype, get_backend, to_numpy
+from .backend import Backend, check_dtype, get_backend, host_copy, to_numpy
+from .buffers import BufferCache
 from .data import (
     BatchGatherer,
     batches,
@@ -83,7 +84,7 @@ class Sequential:
         self.loss: losses.Loss | None = None
         self.metrics: list[metrics_module.Metric] = []
         self._fused_loss = False
-        self._top_grads: dict[int, Any] = {}
+        self._top_grads: BufferCache[Any] = BufferCache()  # batch size -> dL/dlogits
         self.stop_training = False
         self.history: callbacks_module.History | None = None
         if isinstance(layers, (Layer, str)):
@@ -268,9 +269,7 @@ class Sequential:
         sums = self._loss_and_metric_sums(y, out)
         top = self._layers[-1]
         if self._fused_loss:
-            buffer = self._top_grads.get(n)
-            if buffer is None:
-                buffer = self._top_grads[n] = xp.empty_like(out)
+            buffer = self._top_grads.get(n, lambda: xp.empty_like(out))
             grad = self.loss.gradient_from_logits(xp, y, top.logits, out, scale, buffer)
         else:
             grad = self.loss.gradient(xp, y, out, scale)
@@ -376,12 +375,13 @@ class Sequential:
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            order = epoch_order(n, seed, epoch, shuffle)
+            order = epoch_order(n, seed, epoch, shuffle) if shuffle else None
             totals = _Totals([m.name for m in self.metrics])
             for step, rows in enumerate(batches(n, batch_size)):
                 cbs.on_train_batch_begin(step)
                 if shuffle:
-                    xb, yb = x_rows.take(order[rows]), y_rows.take(order[rows])
+                    picked = order[rows]
+                    xb, yb = x_rows.take(picked), y_rows.take(picked)
                 else:  # in order: the batch is a view, nothing to copy
                     xb, yb = x[rows], y[rows]
                 totals.add(*self._train_step(xb, yb))
@@ -458,7 +458,7 @@ class Sequential:
     def get_weights(self) -> list[np.ndarray]:
         """Copies of the weights as NumPy arrays, Keras order: [kernel (in, out), bias (out,), ...]."""
         self._require_built("get_weights")
-        return [to_numpy(view).copy() for _, view in self._weight_views()]
+        return [host_copy(view) for _, view in self._weight_views()]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Replace the weights from arrays in ``get_weights()`` order and shapes (all are

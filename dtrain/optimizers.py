@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import host_copy
 from .registry import resolve
 
 
@@ -39,6 +39,12 @@ def _momentum(value: Any) -> float:
     if not _is_real(value) or not 0 <= value <= 1:
         raise ValueError(f"Expected momentum in [0, 1], received momentum={value!r}.")
     return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Expected {name} to be True or False, received {name}={value!r}.")
+    return bool(value)
 
 
 class Optimizer:
@@ -82,7 +88,7 @@ class Optimizer:
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Slots and the step count as host arrays (for saving and checkpoints)."""
-        state = {name: to_numpy(arr).copy() for name, arr in self.slots.items()}
+        state = {name: host_copy(arr) for name, arr in self.slots.items()}
         state["iterations"] = np.array(self.iterations, dtype=np.int64)
         return state
 
@@ -119,7 +125,7 @@ class SGD(Optimizer):
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
         super().__init__(learning_rate)
         self.momentum = _momentum(momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = _flag("nesterov", nesterov)
         self.slot_names = ("momentum",) if self.momentum else ()
 
     def _update(self, xp, w, g, s):
@@ -204,7 +210,7 @@ class RMSprop(Optimizer):
         self.rho = _fraction("rho", rho, allow_zero=True)
         self.momentum = _momentum(momentum)
         self.epsilon = _positive("epsilon", epsilon)
-        self.centered = bool(centered)
+        self.centered = _flag("centered", centered)
         self.slot_names = ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if self.centered else ())
 
     def _update(self, xp, w, g, s):

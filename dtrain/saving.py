@@ -20,7 +20,7 @@ FORMAT_VERSION = 1
 MODEL_FILENAME = "model.safetensors"  # the file looked for when a directory is given
 
 
-def _resolve_path(path: str | os.PathLike, for_writing: bool) -> Path:
+def _resolve_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         return path / MODEL_FILENAME
@@ -35,7 +35,7 @@ def save_model(model, path: str | os.PathLike, include_optimizer: bool = True) -
     from . import __version__
 
     model._require_built("save")
-    target = _resolve_path(path, for_writing=True)
+    target = _resolve_path(path)
     if not target.parent.exists():
         raise FileNotFoundError(f"Cannot save model: folder {str(target.parent)!r} does not exist.")
     tensors: dict[str, np.ndarray] = {}
@@ -83,7 +83,7 @@ def load_model(path: str | os.PathLike, device: str | None = None, compile: bool
 
     if device is not None:
         check_device(device)
-    source = _resolve_path(path, for_writing=False)
+    source = _resolve_path(path)
     if not source.exists():
         raise FileNotFoundError(f"No model file at {str(source)!r}.")
     try:

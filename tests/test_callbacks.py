@@ -158,10 +158,14 @@ def test_early_stopping_restore_best_weights_at_the_end():
 
 
 def test_early_stopping_baseline():
-    # Improving, but never beating the baseline: stops after `patience` epochs (Keras' documented rule).
+    # Keras 3's rule: an improvement never stops training, even short of the baseline...
     stopped, model = _drive(EarlyStopping(monitor="loss", patience=2, baseline=0.5, restore_best_weights=True),
                             [1.0, 0.9, 0.8, 0.7])
-    assert stopped == 1 and model.restored == 1
+    assert stopped is None and model.restored == 3
+    # ...but it does not restart the wait either: the first epoch without improvement stops it.
+    stopped, model = _drive(EarlyStopping(monitor="loss", patience=2, baseline=0.5, restore_best_weights=True),
+                            [1.0, 0.9, 0.8, 0.7, 0.75])
+    assert stopped == 4 and model.restored == 3
     # Beating the baseline resets the wait as usual.
     assert _drive(EarlyStopping(monitor="loss", patience=2, baseline=0.95), [1.0, 0.9, 0.85, 0.8, 0.9, 0.9])[0] == 5
     assert _drive(EarlyStopping(monitor="val_accuracy", patience=1, baseline=0.9), [0.5, 0.95, 0.97, 0.96, 0.96],

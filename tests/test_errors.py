@@ -339,3 +339,30 @@ def test_messages_say_what_was_received_not_only_that_it_failed():
         with pytest.raises(Exception) as info:
             call()
         assert re.search(re.escape(needle), str(info.value))
+
+
+def test_zero_features_and_bad_flags_are_refused():
+    from dtrain import optimizers
+    from dtrain.callbacks import EarlyStopping
+
+    model = Sequential([Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"x has no features \(shape \(5, 0\)\)"):
+        model.fit(np.zeros((5, 0)), np.eye(3)[[0, 1, 2, 0, 1]], verbose=0)
+    assert not model.built
+    with pytest.raises(ValueError, match="nesterov to be True or False, received nesterov='no'"):
+        optimizers.SGD(momentum=0.9, nesterov="no")
+    with pytest.raises(ValueError, match="centered to be True or False"):
+        optimizers.RMSprop(centered=1)
+    with pytest.raises(ValueError, match="monitor to be a log key"):
+        EarlyStopping(monitor=None)
+
+
+def test_set_weights_refuses_non_finite_values_and_writes_nothing():
+    model = Sequential([Dense(2, input_dim=2)])
+    model.build(seed=0)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="dense.*/bias contains NaN or infinite values"):
+        model.set_weights([np.ones((2, 2)), np.array([0.0, np.inf])])
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)

@@ -465,8 +465,8 @@ def test_training_updates_the_flat_buffer_in_place_and_reuses_step_buffers():
     address = params.__array_interface__["data"][0]
     kernel = model.layers[0].kernel
     model.fit(x, labels, epochs=1, batch_size=32, verbose=0, seed=0)
-    layer_buffers = [{n: tuple(map(id, b)) for n, b in layer._buffers.items()} for layer in model.layers]
-    top = {n: id(b) for n, b in model._top_grads.items()}
+    layer_buffers = [{n: tuple(map(id, b)) for n, b in layer._buffers._entries.items()} for layer in model.layers]
+    top = {n: id(b) for n, b in model._top_grads._entries.items()}
     scratch, slots = id(model.optimizer._scratch), {k: id(v) for k, v in model.optimizer.slots.items()}
     before = model.get_weights()
 
@@ -476,8 +476,8 @@ def test_training_updates_the_flat_buffer_in_place_and_reuses_step_buffers():
     assert model.layers[0].kernel is kernel and np.shares_memory(kernel, params)
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     # The per-batch-size buffers made in the first epoch are the ones used later: no new ones.
-    assert [{n: tuple(map(id, b)) for n, b in layer._buffers.items()} for layer in model.layers] == layer_buffers
-    assert {n: id(b) for n, b in model._top_grads.items()} == top
+    assert [{n: tuple(map(id, b)) for n, b in layer._buffers._entries.items()} for layer in model.layers] == layer_buffers
+    assert {n: id(b) for n, b in model._top_grads._entries.items()} == top
     assert id(model.optimizer._scratch) == scratch
     assert {k: id(v) for k, v in model.optimizer.slots.items()} == slots
 
@@ -508,7 +508,7 @@ def test_dense_forward_and_backward_allocate_nothing_in_steady_state():
                 g = layers[i].backward(g, need_input_grad=i > 0)
 
         step()  # makes the buffers for this batch size
-        ids = [tuple(map(id, layer._buffers[batch])) for layer in layers]
+        ids = [tuple(map(id, layer._buffers.peek(batch))) for layer in layers]
         tracemalloc.start()
         try:
             for _ in range(3):
@@ -516,10 +516,21 @@ def test_dense_forward_and_backward_allocate_nothing_in_steady_state():
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert [tuple(map(id, layer._buffers[batch])) for layer in layers] == ids
+        assert [tuple(map(id, layer._buffers.peek(batch))) for layer in layers] == ids
         return peak
 
     peak_of_steps(64)
     peak = peak_of_steps(4096)
     one_activation = 4096 * 64 * 4  # 1 MiB: any per-step (batch, units) array would show
     assert peak < one_activation / 8, peak
+
+
+def test_work_buffers_stay_bounded_when_predicting_many_lengths():
+    model = Sequential([Dense(16, activation="relu", input_dim=4), Dense(3, activation="softmax")])
+    model.build(seed=0)
+    x = np.random.default_rng(0).standard_normal((300, 4))
+    for n in range(1, 60):
+        model.predict(x[:n], batch_size=n)
+    assert all(len(layer._buffers) <= layer._buffers.max_sizes for layer in model.layers)
+    # and the cached sizes are the most recent ones
+    assert model.layers[0]._buffers.peek(59) is not None and model.layers[0]._buffers.peek(1) is None
