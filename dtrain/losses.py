@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .activations import exp_cap
+from .activations import Sigmoid, Softmax
 from .registry import resolve
 
 EPSILON = 1e-7  # Keras' backend epsilon: the clip used on probabilities
@@ -148,7 +148,7 @@ class CategoricalCrossentropy(Loss):
 
     def gradient(self, xp, y, out, scale):
         if self.from_logits:
-            return self.gradient_from_logits(xp, y, out, _softmax(xp, out), scale, xp.empty_like(out))
+            return self.gradient_from_logits(xp, y, out, _apply(Softmax(), xp, out), scale, xp.empty_like(out))
         q, total, inside = _normalised_clipped(xp, out)
         dq = -scale * y / q * inside
         return _through_normalisation(xp, dq, out / total, total)
@@ -211,7 +211,7 @@ class SparseCategoricalCrossentropy(Loss):
 
     def gradient(self, xp, y, out, scale):
         if self.from_logits:
-            return self.gradient_from_logits(xp, y, out, _softmax(xp, out), scale, xp.empty_like(out))
+            return self.gradient_from_logits(xp, y, out, _apply(Softmax(), xp, out), scale, xp.empty_like(out))
         q, total, inside = _normalised_clipped(xp, out)
         rows = xp.arange(len(y))
         dq = xp.zeros_like(out)
@@ -252,7 +252,7 @@ class BinaryCrossentropy(Loss):
 
     def gradient(self, xp, y, out, scale):
         if self.from_logits:
-            return self.gradient_from_logits(xp, y, out, _sigmoid(xp, out), scale, xp.empty_like(out))
+            return self.gradient_from_logits(xp, y, out, _apply(Sigmoid(), xp, out), scale, xp.empty_like(out))
         inside = (out > EPSILON) & (out < 1.0 - EPSILON)
         p = xp.clip(out, EPSILON, 1.0 - EPSILON)
         return (scale / out.shape[-1]) * ((1.0 - y) / (1.0 - p) - y / p) * inside
@@ -298,14 +298,11 @@ class MeanAbsoluteError(Loss):
         return (scale / out.shape[-1]) * xp.sign(out - y)
 
 
-def _softmax(xp, z):
-    e = xp.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _sigmoid(xp, z):
-    # Same formula as activations.Sigmoid: no cancellation, exp never overflows.
-    return 1.0 / (1.0 + xp.exp(xp.minimum(-z, exp_cap(z.dtype))))
+def _apply(activation, xp, z):
+    """activation(z) in a new array (the from_logits paths, which have no layer buffer)."""
+    out = xp.empty_like(z)
+    activation.forward(xp, z, out)
+    return out
 
 
 LOSSES: dict[str, type[Loss]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import losses
 from .losses import Loss
 
 
@@ -71,18 +72,21 @@ class BinaryAccuracy(Metric):
 
 
 class MeanSquaredError(Metric):
+    """The mean_squared_error loss's per-sample values, reported as a metric."""
+
     default_name = "mean_squared_error"
 
     def per_sample(self, xp, y, out):
-        d = out - y
-        return (d * d).mean(axis=-1)
+        return losses.MeanSquaredError().per_sample(xp, y, out)
 
 
 class MeanAbsoluteError(Metric):
+    """The mean_absolute_error loss's per-sample values, reported as a metric."""
+
     default_name = "mean_absolute_error"
 
     def per_sample(self, xp, y, out):
-        return xp.abs(out - y).mean(axis=-1)
+        return losses.MeanAbsoluteError().per_sample(xp, y, out)
 
 
 METRICS: dict[str, type[Metric]] = {
