@@ -9,7 +9,8 @@ Cross-entropy losses fuse with the activation that produces probabilities (softm
 categorical losses, sigmoid for the binary one): when the model's last layer ends in that
 activation, the loss is computed from the pre-activation logits (log-sum-exp, softplus) and the
 gradient with respect to the logits is ``p - y``. That is both exact and stable for any logits
-(no NaN, no saturation at the clipping epsilon), and it is what Keras does under the hood.
+(no NaN, no saturation at the clipping epsilon); Keras does the same on its TensorFlow
+backend (its other backends clip probabilities at 1e-7 instead).
 """
 from __future__ import annotations
 
