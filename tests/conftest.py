@@ -47,3 +47,39 @@ def small_model(input_dim: int | None = 20, hidden: int = 16, classes: int = 3, 
 
     first = Dense(hidden, activation="relu", input_dim=input_dim) if input_dim else Dense(hidden, activation="relu")
     return dtrain.Sequential([first, Dense(classes, activation="softmax")], **kwargs)
+
+
+# -- real Dask clusters ---------------------------------------------------------------------------
+# Worker processes (not threads), as users run them. One cluster per worker count is shared by
+# the whole session: starting one costs seconds. Tests that kill or restart workers must start
+# their own cluster instead.
+_CLUSTERS: dict[int, tuple] = {}
+
+
+def shared_client(n_workers: int):
+    """A Client on a session-wide LocalCluster with ``n_workers`` single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    if n_workers not in _CLUSTERS:
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="2GiB"
+        )
+        _CLUSTERS[n_workers] = (cluster, Client(cluster))
+    return _CLUSTERS[n_workers][1]
+
+
+@pytest.fixture
+def client2():
+    return shared_client(2)
+
+
+@pytest.fixture
+def client3():
+    return shared_client(3)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for cluster, client in _CLUSTERS.values():
+        client.close()
+        cluster.close()
+    _CLUSTERS.clear()
