@@ -33,13 +33,6 @@ def init_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([INIT_STREAM, seed])
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """Sample order of one epoch: a function of (seed, epoch) only, so runs are reproducible."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([SHUFFLE_STREAM, seed, epoch]).permutation(n)
-
-
 def _plain(value: Any) -> Any:
     """A NumPy scalar as a plain Python value, so messages read 'nan', not 'np.float64(nan)'."""
     return value.item() if isinstance(value, np.generic) else value

@@ -27,10 +27,10 @@ from .data import (
     check_features,
     check_seed,
     check_targets,
-    epoch_order,
     init_rng,
     new_seed,
 )
+from .sampling import EpochSampler, ShardPlan
 from .layers import Layer, assign_weights
 
 # Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
@@ -312,12 +312,28 @@ class Sequential:
         shuffle: bool = True,
         initial_epoch: int = 0,
         seed: int | None = None,
+        *,
+        shards: int | None = None,
+        client: Any = None,
+        workers: Sequence[str] | None = None,
+        timeout: float | None = None,
     ) -> callbacks_module.History:
-        """Train for ``epochs`` epochs of mini-batches of ``batch_size`` (default 32) samples.
+        """Train for ``epochs`` epochs of global batches of ``batch_size`` (default 32) samples.
 
         Returns a ``History`` whose ``.history`` maps "loss", each metric and "val_*" to lists
         of per-epoch values. ``seed`` fixes the initial weights (when fit builds the model) and
-        the shuffling: the sample order of epoch e depends only on (seed, e).
+        the shuffling.
+
+        The data is cut into ``shards`` logical shards (default: 1 here, one per worker with a
+        client); each step takes every shard's share of the global batch, and a shard's order
+        in epoch e depends only on (seed, e, shard) (see ``dtrain.sampling``).
+
+        With ``client=`` (a ``distributed.Client``) the model trains across the cluster's
+        workers (all of them, or the addresses in ``workers``), one replica per worker, and
+        the result equals this method's single-process result for the same ``shards`` and
+        ``seed`` to float rounding. ``x`` and ``y`` may then also be Dask arrays or file
+        sources (``dtrain.from_npy``, ``from_parquet``, ``from_csv``). ``timeout`` (seconds,
+        default 60) bounds every wait on another worker: a lost worker fails the job within it.
         """
         self._require_compiled("fit")
         batch_size = check_batch_size(batch_size)
@@ -331,7 +347,8 @@ class Sequential:
         seed = new_seed() if seed is None else seed
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
             raise ValueError(f"Expected validation_split in [0, 1), received validation_split={validation_split!r}.")
-
+        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1):
+            raise ValueError(f"Expected shards to be a positive integer or None, received shards={shards!r}.")
         if callbacks is None:
             callbacks = []
         elif not isinstance(callbacks, (list, tuple)):
@@ -339,16 +356,28 @@ class Sequential:
                 f"fit() expected callbacks as a list of dtrain.callbacks.Callback, received "
                 f"{type(callbacks).__name__} {callbacks!r}."
             )
+        if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+            raise ValueError(
+                f"validation_data must be a tuple (x_val, y_val), received {type(validation_data).__name__}"
+                + (f" of length {len(validation_data)}." if isinstance(validation_data, (tuple, list)) else ".")
+            )
+
+        if client is not None:
+            from .driver import fit_on_cluster
+
+            return fit_on_cluster(
+                self, x, y, client=client, workers=workers, shards=shards, batch_size=batch_size,
+                epochs=epochs, verbose=verbose, callbacks=list(callbacks), validation_split=validation_split,
+                validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch, seed=seed,
+                timeout=timeout,
+            )
+        if workers is not None:
+            raise ValueError("workers= selects Dask workers and needs client= as well.")
 
         # Every check runs before the model is built or touched: a bad call changes nothing.
         x, y = self._check_xy(x, y)
         validation = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError(
-                    f"validation_data must be a tuple (x_val, y_val), received {type(validation_data).__name__}"
-                    + (f" of length {len(validation_data)}." if isinstance(validation_data, (tuple, list)) else ".")
-                )
             validation = self._check_xy(*validation_data, name="validation ", input_dim=x.shape[1])
         elif validation_split:
             # Keras takes the validation samples from the end, before any shuffling.
@@ -359,31 +388,25 @@ class Sequential:
                     f"{split_at} for training and {len(x) - split_at} for validation; both need at least one."
                 )
             x, y, validation = x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
-        n = len(x)
-        steps = -(-n // batch_size)
+        plan = ShardPlan(len(x), 1 if shards is None else shards, batch_size)
         history = callbacks_module.History()
-        hooks = [*callbacks, history]
-        if verbose:
-            hooks.append(callbacks_module.ProgressBar(verbose))
-        params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n, "seed": seed, "verbose": verbose}
-        cbs = callbacks_module.CallbackList(hooks, self, params)  # checks the callbacks' types
+        cbs = self._callback_list(callbacks, history, verbose, plan, epochs, seed)
         self.build(x.shape[1], seed)
 
+        sampler = EpochSampler(plan, range(plan.shards), seed, shuffle)
         x_rows, y_rows = BatchGatherer(x), BatchGatherer(y)
         self.stop_training = False
         logs: dict[str, float] = {}
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            order = epoch_order(n, seed, epoch, shuffle) if shuffle else None
             totals = _Totals([m.name for m in self.metrics])
-            for step, rows in enumerate(batches(n, batch_size)):
+            for step, (rows, _) in enumerate(sampler.epoch(epoch)):
                 cbs.on_train_batch_begin(step)
-                if shuffle:
-                    picked = order[rows]
-                    xb, yb = x_rows.take(picked), y_rows.take(picked)
-                else:  # in order: the batch is a view, nothing to copy
+                if isinstance(rows, slice):  # in order: the batch is a view, nothing to copy
                     xb, yb = x[rows], y[rows]
+                else:
+                    xb, yb = x_rows.take(rows), y_rows.take(rows)
                 totals.add(*self._train_step(xb, yb))
                 cbs.on_train_batch_end(step, totals.logs())
                 if self.stop_training:
@@ -398,6 +421,17 @@ class Sequential:
         cbs.on_train_end(logs)
         self.history = history
         return history
+
+    def _callback_list(self, callbacks, history, verbose: int, plan: ShardPlan, epochs: int, seed: int):
+        """The user's callbacks, then History, then the progress bar (checks their types)."""
+        hooks = [*callbacks, history]
+        if verbose:
+            hooks.append(callbacks_module.ProgressBar(verbose))
+        params = {
+            "epochs": epochs, "steps": plan.steps, "batch_size": plan.batch_size, "samples": plan.rows,
+            "shards": plan.shards, "seed": seed, "verbose": verbose,
+        }
+        return callbacks_module.CallbackList(hooks, self, params)
 
     def train_on_batch(self, x: Any, y: Any) -> float | list[float]:
         """One optimizer step on one batch; returns its loss (and metrics), as Keras does."""

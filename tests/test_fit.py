@@ -6,7 +6,7 @@ import numpy as np
 from conftest import blobs, small_model
 
 from dtrain import callbacks, optimizers
-from dtrain.data import epoch_order
+from dtrain.sampling import shard_order
 from dtrain.layers import Dense
 from dtrain.models import Sequential
 
@@ -67,25 +67,26 @@ def test_shuffle_false_equals_a_numpy_loop_over_batches_in_order_last_partial():
     assert not np.allclose(model.get_weights()[0], dropped[0], rtol=1e-8, atol=0)
 
 
-def test_shuffled_epochs_follow_epoch_order_of_seed_and_epoch():
+def test_shuffled_epochs_follow_shard_order_of_seed_and_epoch():
     x, y = _regression(n=50)
     model = _tanh_mse_model()
     start = model.get_weights()
     model.fit(x, y, batch_size=8, epochs=3, seed=123, verbose=0)
-    orders = [epoch_order(50, 123, e, True) for e in range(3)]
+    orders = [shard_order(50, 123, e, 0, True) for e in range(3)]
     expected = _numpy_sgd(start, x, y, None, 8, 0.1, orders)
     for got, want in zip(model.get_weights(), expected):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
     assert not all(np.array_equal(o, np.arange(50)) for o in orders)
 
 
-def test_epoch_order_depends_only_on_seed_and_epoch():
-    a = epoch_order(100, 7, 3, True)
-    assert np.array_equal(a, epoch_order(100, 7, 3, True))
+def test_shard_order_depends_only_on_seed_epoch_and_shard():
+    a = shard_order(100, 7, 3, 0, True)
+    assert np.array_equal(a, shard_order(100, 7, 3, 0, True))
     assert sorted(a) == list(range(100))
-    assert not np.array_equal(a, epoch_order(100, 7, 4, True))
-    assert not np.array_equal(a, epoch_order(100, 8, 3, True))
-    assert np.array_equal(epoch_order(100, 7, 3, False), np.arange(100))
+    assert not np.array_equal(a, shard_order(100, 7, 4, 0, True))
+    assert not np.array_equal(a, shard_order(100, 8, 3, 0, True))
+    assert not np.array_equal(a, shard_order(100, 7, 3, 1, True))
+    assert np.array_equal(shard_order(100, 7, 3, 0, False), np.arange(100))
 
 
 def _fit_weights(seed, epochs=2, **kwargs):
@@ -241,3 +242,40 @@ def test_stop_training_from_a_callback_stops_after_that_batch():
     history = model.fit(x, labels, epochs=5, batch_size=10, verbose=0, callbacks=[StopAt()])
     assert steps == [0, 1]
     assert history.epoch == [0] and model.optimizer.iterations == 2
+
+
+def test_shards_take_each_shards_share_of_every_global_batch():
+    """fit(shards=3) against the hand-written loop over an order built independently: each
+    shard's rows in its own (seed, epoch, shard) order, merged by their times (j + 1/2) / size."""
+    from fractions import Fraction
+
+    x, y = _regression(n=70)
+    model = _tanh_mse_model()
+    start = model.get_weights()
+    model.fit(x, y, batch_size=16, epochs=2, seed=4, shards=3, verbose=0)
+    bounds = [(0, 23), (23, 46), (46, 70)]  # 70 rows in 3 shards: 23, 23, 24
+    orders = []
+    for epoch in range(2):
+        items = []
+        for s, (lo, hi) in enumerate(bounds):
+            order = shard_order(hi - lo, 4, epoch, s, True)
+            items += [(Fraction(2 * j + 1, 2 * (hi - lo)), s, lo + order[j]) for j in range(hi - lo)]
+        orders.append(np.array([row for _, _, row in sorted(items)]))
+    expected = _numpy_sgd(start, x, y, None, 16, 0.1, orders)
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    # One shard would visit the rows in another order: the check can fail.
+    one_shard = _numpy_sgd(start, x, y, None, 16, 0.1, [shard_order(70, 4, e, 0, True) for e in range(2)])
+    assert not np.allclose(model.get_weights()[0], one_shard[0], rtol=1e-8, atol=0)
+
+
+def test_full_batch_training_does_not_depend_on_the_shard_count():
+    x, y = _regression(n=70)
+    results = []
+    for shards in (1, 2, 3, 7):
+        model = _tanh_mse_model()
+        model.fit(x, y, batch_size=100, epochs=3, seed=1, shards=shards, verbose=0)
+        results.append(model.get_weights())
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
