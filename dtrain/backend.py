@@ -84,6 +84,24 @@ def gpu_available() -> bool:
     return _probe_cupy()[0] is not None
 
 
+def device_info() -> dict[str, Any]:
+    """What this process can train on: {"gpu": bool, "gpu_index": int | None, "nccl": bool,
+    "reason": why there is no GPU}. The GPU index is the physical one (the first entry of
+    CUDA_VISIBLE_DEVICES, which dask-cuda sets per worker), used to order ranks."""
+    cupy, reason = _probe_cupy()
+    if cupy is None:
+        return {"gpu": False, "gpu_index": None, "nccl": False, "reason": reason}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    index = int(visible) if visible.isdigit() else int(cupy.cuda.runtime.getDevice())
+    try:
+        from cupy.cuda import nccl  # noqa: PLC0415
+
+        has_nccl = bool(getattr(nccl, "available", True))
+    except Exception:
+        has_nccl = False
+    return {"gpu": True, "gpu_index": index, "nccl": has_nccl, "reason": None}
+
+
 def check_device(device: str) -> str:
     if not isinstance(device, str) or device not in DEVICES:
         raise ValueError(f"Unknown device {device!r}: expected one of {', '.join(map(repr, DEVICES))}.")

@@ -229,7 +229,8 @@ class ProgressBar(Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self._bar is not None:
-            self._bar.update(1)
+            # To the step reported: distributed training reports every few steps, not each one.
+            self._bar.update(batch + 1 - self._bar.n)
             # refresh=False: tqdm redraws at its own rate, so a fast step is not slowed down.
             self._bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
 

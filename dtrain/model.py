@@ -18,7 +18,7 @@ import numpy as np
 from . import callbacks as callbacks_module
 from . import layers as layers_module
 from . import losses, metrics as metrics_module, optimizers
-from .backend import Backend, check_dtype, get_backend, host_copy, to_numpy
+from .backend import Backend, check_dtype, get_backend, get_default_device, host_copy, to_numpy
 from .buffers import BufferCache
 from .data import (
     BatchGatherer,
@@ -38,7 +38,7 @@ from .layers import Layer, assign_weights
 _ALIGN_BYTES = 128
 
 
-class _Totals:
+class Totals:
     """Running sums over an epoch (or an evaluation): sample count, loss sum, metric sums."""
 
     def __init__(self, metric_names: Sequence[str]):
@@ -52,6 +52,16 @@ class _Totals:
         self.loss += loss_sum
         for i, value in enumerate(metric_sums):
             self.metrics[i] += value
+
+    def to_array(self) -> np.ndarray:
+        """[count, loss sum, *metric sums] in float64: what ranks sum with one allreduce."""
+        return np.array([self.count, self.loss, *self.metrics], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, metric_names: Sequence[str], values: np.ndarray) -> "Totals":
+        totals = cls(metric_names)
+        totals.count, totals.loss, totals.metrics = int(round(values[0])), float(values[1]), [float(v) for v in values[2:]]
+        return totals
 
     def logs(self) -> dict[str, float]:
         n = max(self.count, 1)
@@ -77,6 +87,8 @@ class Sequential:
     ):
         self.name = name or "sequential"
         self.backend: Backend = get_backend(device)
+        # As asked ("auto", "cpu", "gpu"): on a cluster each worker resolves it for itself.
+        self.requested_device = device if device is not None else get_default_device()
         self.dtype = check_dtype(dtype)
         self._layers: list[Layer] = []
         self.params = self.grads = None
@@ -400,7 +412,7 @@ class Sequential:
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            totals = _Totals([m.name for m in self.metrics])
+            totals = Totals([m.name for m in self.metrics])
             for step, (rows, _) in enumerate(sampler.epoch(epoch)):
                 cbs.on_train_batch_begin(step)
                 if isinstance(rows, slice):  # in order: the batch is a view, nothing to copy
@@ -438,37 +450,68 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y)
         self.build(x.shape[1])
-        totals = _Totals([m.name for m in self.metrics])
+        totals = Totals([m.name for m in self.metrics])
         totals.add(*self._train_step(x, y))
         return _as_result(totals.logs(), self.metrics)
 
     # -- evaluate / predict -------------------------------------------------------------------
-    def _evaluate_checked(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
-        totals = _Totals([m.name for m in self.metrics])
+    def _evaluation_totals(self, x, y, batch_size: int) -> "Totals":
+        """Sums of loss and metrics over (x, y) (host arrays, already checked)."""
+        totals = Totals([m.name for m in self.metrics])
         for rows in batches(len(x), batch_size):
             xb, yb = self.backend.asarray(x[rows]), self.backend.asarray(y[rows])
             out = self._forward(xb, training=False)
             totals.add(len(xb), *self._loss_and_metric_sums(yb, out))
-        return totals.logs()
+        return totals
+
+    def _evaluate_checked(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
+        return self._evaluation_totals(x, y, batch_size).logs()
 
     def evaluate(
-        self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: int | str = 0, return_dict: bool = False
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: int | str = 0,
+        return_dict: bool = False,
+        *,
+        client: Any = None,
+        workers: Sequence[str] | None = None,
     ) -> float | list[float] | dict[str, float]:
-        """The mean loss over (x, y), or [loss, *metrics] when metrics were compiled."""
+        """The mean loss over (x, y), or [loss, *metrics] when metrics were compiled. With
+        ``client=``, the workers evaluate their parts of the rows where the data is."""
         self._require_compiled("evaluate")
         self._require_built("evaluate")
         _check_verbose(verbose)
         batch_size = check_batch_size(batch_size)
-        logs = self._evaluate_checked(*self._check_xy(x, y), batch_size)
+        if client is not None:
+            from .driver import evaluate_on_cluster
+
+            logs = evaluate_on_cluster(self, x, y, client=client, workers=workers, batch_size=batch_size)
+        else:
+            logs = self._evaluate_checked(*self._check_xy(x, y), batch_size)
         if verbose:
             print(callbacks_module.format_logs(logs))
         return logs if return_dict else _as_result(logs, self.metrics)
 
-    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = 0) -> np.ndarray:
-        """Model outputs for ``x`` as a NumPy array of shape (n, units)."""
+    def predict(
+        self,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: int | str = 0,
+        *,
+        client: Any = None,
+        workers: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Model outputs for ``x`` as a NumPy array of shape (n, units). With ``client=``, the
+        workers predict their parts of the rows and the client receives the outputs."""
         self._require_built("predict")
         _check_verbose(verbose)
         batch_size = check_batch_size(batch_size)
+        if client is not None:
+            from .driver import predict_on_cluster
+
+            return predict_on_cluster(self, x, client=client, workers=workers, batch_size=batch_size)
         x = check_features(x, self.input_dim, self.dtype)
         result = np.empty((len(x), self.output_units), dtype=self.dtype)
         for rows in batches(len(x), batch_size):

@@ -1,0 +1,266 @@
+"""The per-worker training loop: one long-lived "rank" task per Dask worker (SPMD).
+
+Every rank runs the same program on its own shards of the data:
+
+    check identity -> load shards -> build replica -> broadcast weights from rank 0 ->
+    for each step: forward, loss, backward (model.compute_gradients), allreduce the flat
+    gradient buffer, optimizer step (model.apply_gradients) -> epoch metrics (allreduce of
+    sums) -> report -> return the weights (rank 0) and step timings (every rank).
+
+Everything a rank needs arrives as plain data (``RankSpec``: model config, compile config,
+plan, not pickled model objects) plus shard readers; the client-side launch and supervision
+live in ``driver``. This module runs inside the task thread of a Dask worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .backend import host_copy
+from .data import BatchGatherer, check_features, check_targets
+from .model import Sequential, Totals
+from .sampling import EpochSampler, ShardPlan
+
+PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
+
+
+@dataclass
+class RankSpec:
+    """What one rank needs to know, as plain data."""
+
+    job_id: str
+    rank: int
+    peers: list[str]                      # worker addresses in rank order
+    worker_id: str                        # Worker.id at launch: a restarted worker must not re-run the rank
+    model_config: dict[str, Any]
+    compile_config: dict[str, Any]
+    input_dim: int
+    device: str                           # "cpu" | "gpu"
+    comm: str                             # communicator kind (see dtrain.comm)
+    timeout: float
+    rows: int                             # training rows (the plan)
+    shards: int
+    batch_size: int
+    owned: list[int]                      # logical shards this rank trains on, in this order
+    seed: int
+    shuffle: bool
+    epochs: int
+    initial_epoch: int
+    validation_rows: int = 0              # this rank's validation rows (0: none)
+    has_validation: bool = False          # the job validates (every rank joins the allreduce)
+    wait_for_client: bool = False         # rank 0 waits for the client's continue/stop after each epoch
+    record_replica_hashes: bool = False   # tests: a hash of the weights after every step
+    nccl_id: Any = None
+
+    @property
+    def size(self) -> int:
+        return len(self.peers)
+
+    @property
+    def topic(self) -> str:
+        return event_topic(self.job_id)
+
+
+def event_topic(job_id: str) -> str:
+    return f"dtrain-{job_id}"
+
+
+@dataclass
+class StepTimes:
+    """Seconds per step: local work (batch, forward, backward, update), allreduce, whole step."""
+
+    compute: list[float] = field(default_factory=list)
+    allreduce: list[float] = field(default_factory=list)
+    step: list[float] = field(default_factory=list)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(values, dtype=np.float64) for name, values in vars(self).items()}
+
+
+def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, list], initial: dict | None) -> dict:
+    """The rank task (runs in a worker's task thread). ``readers`` holds the shard readers
+    ("x", "y", "val_x", "val_y"), ``dependencies`` the values Dask resolved for them, and
+    ``initial`` (rank 0 only) the client model's weights and optimizer state."""
+    from distributed import get_worker
+
+    from .comm import Aborted, make_communicator
+    from .comm.dask import get_plugin
+
+    worker = get_worker()
+    # A worker that died and came back at the same address makes the scheduler re-run its
+    # pinned task from scratch, alone: refuse, the driver reports the lost worker.
+    if worker.id != spec.worker_id:
+        raise RuntimeError(
+            f"Rank {spec.rank} of job {spec.job_id} was started again on a restarted worker "
+            f"({worker.address}); a restarted worker never re-runs a rank. Run fit again."
+        )
+    plugin = get_plugin(worker)
+    plugin.open_job(spec.job_id)
+    comm = make_communicator(
+        spec.comm, job_id=spec.job_id, rank=spec.rank, size=spec.size, peers=spec.peers,
+        timeout=spec.timeout, nccl_id=spec.nccl_id,
+    )
+    try:
+        return _train(spec, comm, worker, readers, dependencies, initial)
+    except Aborted:
+        raise
+    except BaseException as exc:
+        comm.abort(f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        comm.close()
+        plugin.close_job(spec.job_id)
+
+
+def _load(readers: Sequence, dependencies: Sequence) -> list[np.ndarray]:
+    return [reader.load(deps) for reader, deps in zip(readers, dependencies)]
+
+
+def _rows_label(readers: Sequence) -> str:
+    spans = [f"{r.start}..{r.stop - 1}" for r in readers]
+    return "rows " + ", ".join(spans) if spans else "no rows"
+
+
+def _load_checked(model: Sequential, spec: RankSpec, readers, dependencies, x_key: str, y_key: str, what: str):
+    """This rank's rows of x and y, checked like single-process fit checks them."""
+    xs, ys = _load(readers[x_key], dependencies[x_key]), _load(readers[y_key], dependencies[y_key])
+    where = f"{what} {_rows_label(readers[x_key])}"
+    if not xs or sum(len(part) for part in xs) == 0:
+        return None, None
+    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    y = np.concatenate(ys) if len(ys) > 1 else ys[0]
+    x = check_features(x, spec.input_dim, model.dtype, name=f"x ({where})")
+    y = check_targets(y, len(x), model.loss, model.output_units, model.dtype, name=f"y ({where})", x_name=f"x ({where})")
+    return x, y
+
+
+def _build_replica(spec: RankSpec, comm, initial: dict | None) -> Sequential:
+    """The same network on every rank: rank 0 sets the client's weights (and optimizer state),
+    then broadcasts them, so all replicas start bitwise identical."""
+    model = Sequential.from_config(spec.model_config, device=spec.device)
+    model.compile(**spec.compile_config)
+    model.build(spec.input_dim, seed=spec.seed)
+    if spec.rank == 0 and initial is not None:
+        model.params[...] = model.backend.asarray(initial["params"])
+        if initial.get("optimizer"):
+            model.optimizer.set_state(initial["optimizer"])
+    comm.broadcast(model.params, root=0)
+    for slot in model.optimizer.slots.values():
+        comm.broadcast(slot, root=0)
+    iterations = np.array([model.optimizer.iterations], dtype=np.float64)
+    comm.broadcast(iterations, root=0)
+    model.optimizer.iterations = int(iterations[0])
+    return model
+
+
+class _Reporter:
+    """Rank 0's live progress, as Dask events (Worker.log_event) the client subscribes to."""
+
+    def __init__(self, spec: RankSpec, worker):
+        self.enabled, self.topic, self.worker = spec.rank == 0, spec.topic, worker
+        self._last = 0.0
+
+    def progress(self, epoch: int, step: int, logs: dict[str, float]) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self._last >= PROGRESS_INTERVAL_S:
+            self._last = now
+            self.worker.log_event(self.topic, {"kind": "progress", "epoch": epoch, "step": step, "logs": logs})
+
+    def epoch_end(self, epoch: int, logs: dict[str, float], seconds: float) -> None:
+        if self.enabled:
+            self.worker.log_event(self.topic, {"kind": "epoch", "epoch": epoch, "logs": logs, "seconds": seconds})
+
+
+def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict:
+    # -- the replica and this rank's data -----------------------------------------------------
+    model = _build_replica(spec, comm, initial)
+    xp = model.backend.xp
+    x, y = _load_checked(model, spec, readers, dependencies, "x", "y", "training")
+    val_x = val_y = None
+    if spec.has_validation:
+        val_x, val_y = _load_checked(model, spec, readers, dependencies, "val_x", "val_y", "validation")
+    plan = ShardPlan(spec.rows, spec.shards, spec.batch_size)
+    sampler = EpochSampler(plan, spec.owned, spec.seed, spec.shuffle)
+    if x is None or len(x) != sampler.rows:
+        raise ValueError(
+            f"Rank {spec.rank} received {0 if x is None else len(x)} training rows for shards {spec.owned}, "
+            f"expected {sampler.rows}: the data changed between planning and loading."
+        )
+    on_device = model.backend.device != "cpu"
+    if on_device:  # the shard lives on the GPU; batches are gathered there
+        x_all, y_all = xp.asarray(x), xp.asarray(y)
+    else:
+        x_rows, y_rows = BatchGatherer(x), BatchGatherer(y)
+
+    def batch(rows):
+        if isinstance(rows, slice):
+            return (x_all[rows], y_all[rows]) if on_device else (x[rows], y[rows])
+        if on_device:
+            index = xp.asarray(rows)
+            return x_all[index], y_all[index]
+        return x_rows.take(rows), y_rows.take(rows)
+
+    reporter = _Reporter(spec, worker)
+    names = [m.name for m in model.metrics]
+    times = StepTimes()
+    replica_hashes: list[str] = []
+    history: list[dict[str, float]] = []
+    stop = np.zeros(1, dtype=np.float64)
+
+    # -- the loop -------------------------------------------------------------------------------
+    for epoch in range(spec.initial_epoch, spec.epochs):
+        epoch_start = time.perf_counter()
+        totals = Totals(names)
+        for step, (rows, global_count) in enumerate(sampler.epoch(epoch)):
+            comm.check_abort()
+            t0 = time.perf_counter()
+            local_count = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
+            if local_count:
+                # scale 1/global batch: the allreduced sum is the gradient of the global mean loss.
+                xb, yb = batch(rows)
+                totals.add(*model.compute_gradients(xb, yb, scale=1.0 / global_count))
+            else:  # this rank's shards give nothing to this step; it still joins the allreduce
+                model.grads.fill(0)
+            t1 = time.perf_counter()
+            comm.allreduce(model.grads)
+            t2 = time.perf_counter()
+            model.apply_gradients()
+            t3 = time.perf_counter()
+            times.compute.append((t1 - t0) + (t3 - t2))
+            times.allreduce.append(t2 - t1)
+            if spec.record_replica_hashes:
+                replica_hashes.append(hashlib.blake2b(host_copy(model.params).tobytes(), digest_size=16).hexdigest())
+            reporter.progress(epoch, step, totals.logs())
+            times.step.append(time.perf_counter() - t0)
+
+        # Epoch metrics over the whole global batch: every rank's sums, added up.
+        summed = totals.to_array()
+        comm.allreduce(summed)
+        logs = Totals.from_array(names, summed).logs()
+        if spec.has_validation:
+            local = model._evaluation_totals(val_x, val_y, spec.batch_size) if val_x is not None else Totals(names)
+            summed = local.to_array()
+            comm.allreduce(summed)
+            logs.update({f"val_{k}": v for k, v in Totals.from_array(names, summed).logs().items()})
+        history.append(logs)
+        reporter.epoch_end(epoch, logs, time.perf_counter() - epoch_start)
+
+        # Client callbacks (EarlyStopping...) decide after each epoch; every rank must agree.
+        if spec.wait_for_client:
+            if spec.rank == 0:
+                from .comm.dask import get_plugin
+
+                stop[0] = float(get_plugin(worker).wait_for(spec.job_id, "driver", f"epoch-{epoch}", spec.timeout))
+            comm.broadcast(stop, root=0)
+            if stop[0]:
+                break
+
+    # -- results --------------------------------------------------------------------------------
+    result: dict[str, Any] = {"rank": spec.rank, "times": times.as_arrays(), "replica_hashes": replica_hashes}
+    if spec.rank == 0:
+        result.update(params=host_copy(model.params), optimizer=model.optimizer.get_state(), history=history)
+    return result
