@@ -17,11 +17,15 @@ from .backend import floatx, get_backend, gpu_available, set_default_device, set
 from .layers import Dense
 from .model import Sequential
 from .saving import load_model
+from .sources import from_csv, from_npy, from_parquet
 
 __all__ = [
     "Dense",
     "Sequential",
     "load_model",
+    "from_csv",
+    "from_npy",
+    "from_parquet",
     "activations",
     "callbacks",
     "datasets",

@@ -163,13 +163,15 @@ def _numpy_like(value: Any) -> bool:
 def _sources(model, x, y, validation_split: float, validation_data, client) -> tuple[_Rows, _Rows | None]:
     """Training and validation rows as sources, checked as far as the client can without
     reading files or computing Dask arrays."""
-    from .sources import ArraySource, as_source
+    from .sources import ArraySource, as_source, check_same_rows
 
     def pair(xv, yv, prefix: str, input_dim: int | None):
         if _numpy_like(xv) and _numpy_like(yv):  # in client memory: check everything here
             xa, ya = model._check_xy(xv, yv, name=prefix, input_dim=input_dim)
             return ArraySource(xa), ArraySource(ya)
-        xs, ys = as_source(xv, f"{prefix}x"), as_source(yv, f"{prefix}y")
+        # Metadata only: a file's header or footers; table lengths and Dask chunks are counted
+        # (persisted) on the cluster. Nothing of the data comes to the client.
+        xs, ys = as_source(xv, f"{prefix}x").prepare(client), as_source(yv, f"{prefix}y").prepare(client)
         if len(xs.row_shape) != 1:
             raise ValueError(f"{prefix}x must be 2-D (samples, features); {xs.describe()} has rows of shape {xs.row_shape}.")
         expected = input_dim if input_dim is not None else model.input_dim
@@ -178,11 +180,7 @@ def _sources(model, x, y, validation_split: float, validation_data, client) -> t
                 f"{prefix}x has {xs.row_shape[0]} features per sample ({xs.describe()}), but the model expects "
                 f"input_dim={expected}."
             )
-        if xs.n_rows != ys.n_rows:
-            raise ValueError(
-                f"{prefix}x and {prefix}y have different numbers of samples: {xs.n_rows} ({xs.describe()}) and "
-                f"{ys.n_rows} ({ys.describe()})."
-            )
+        check_same_rows(xs, ys)
         if xs.n_rows == 0:
             raise ValueError(f"{prefix}x is empty ({xs.describe()}): there are no samples to train on.")
         return xs, ys
@@ -338,9 +336,6 @@ def fit_on_cluster(
     cbs = model._callback_list(callbacks, history, verbose, plan, epochs, seed)
     model.build(input_dim, seed)
 
-    train = _Rows(train.x.prepare(client), train.y.prepare(client), train.start, train.count)
-    if validation is not None:
-        validation = _Rows(validation.x.prepare(client), validation.y.prepare(client), validation.start, validation.count)
     owned = _place_shards(plan, ranks, train, client)
     val_split = _split(validation.count, len(ranks)) if validation is not None else None
     _check_memory(model, plan, owned, ranks, train, validation, val_split)
@@ -594,10 +589,9 @@ def evaluate_on_cluster(model, x, y, *, client, workers, batch_size: int) -> dic
 
     rows, _ = _sources(model, x, y, 0.0, None, client)
     ranks, device, params, parts = _inference_parts(model, client, workers, rows)
-    prepared = _Rows(rows.x.prepare(client), rows.y.prepare(client), 0, rows.count)
     futures = []
     for worker, (lo, hi) in zip(ranks, parts):
-        readers = prepared.readers(lo, hi, client, worker.address)
+        readers = rows.readers(lo, hi, client, worker.address)
         futures.append(client.submit(
             _evaluate_part, model.get_config(), model.compile_config(), params, model.input_dim, device, batch_size,
             readers, [r.dependencies for r in readers], workers=[worker.address], pure=False,
@@ -616,7 +610,7 @@ def predict_on_cluster(model, x, *, client, workers, batch_size: int) -> np.ndar
 
         source = ArraySource(check_features(x, model.input_dim, model.dtype))
     else:
-        source = as_source(x, "x")
+        source = as_source(x, "x").prepare(client)
         if source.row_shape != (model.input_dim,):
             raise ValueError(
                 f"x has rows of shape {source.row_shape} ({source.describe()}), but the model expects "
@@ -624,7 +618,6 @@ def predict_on_cluster(model, x, *, client, workers, batch_size: int) -> np.ndar
             )
     rows = _Rows(source, None, 0, source.n_rows)
     ranks, device, params, parts = _inference_parts(model, client, workers, rows)
-    source = source.prepare(client)
     futures = []
     for worker, (lo, hi) in zip(ranks, parts):
         reader = source.shard(lo, hi, client, worker.address)

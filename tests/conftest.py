@@ -62,7 +62,7 @@ def shared_client(n_workers: int):
 
     if n_workers not in _CLUSTERS:
         cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="2GiB"
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
         )
         _CLUSTERS[n_workers] = (cluster, Client(cluster))
     return _CLUSTERS[n_workers][1]

@@ -1,0 +1,347 @@
+"""Data-parallel fit on real LocalClusters (worker processes): the core promise is that N
+workers give the single-process result of the same job (same seed, same shard count)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conftest import blobs, one_hot, shared_client, small_model
+
+import dtrain
+from dtrain import callbacks
+from dtrain.driver import fit_on_cluster
+from dtrain.layers import Dense
+
+pytestmark = pytest.mark.cluster
+
+
+def _model(dtype="float64", optimizer="adam", seed=3, **kwargs):
+    model = small_model(dtype=dtype, **kwargs)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.build(seed=seed)
+    return model
+
+
+def _assert_weights_close(a, b, rtol, atol):
+    for got, want in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def _fit_both(client, workers, x, y, dtype="float64", **fit_kwargs):
+    local, distributed = _model(dtype), _model(dtype)
+    shards = len(workers) if workers else len(client.scheduler_info()["workers"])
+    local_history = local.fit(x, y, shards=shards, verbose=0, **fit_kwargs)
+    history = distributed.fit(x, y, client=client, workers=workers, verbose=0, **fit_kwargs)
+    return local, distributed, local_history, history
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_n_workers_equal_one_process_with_the_same_shards(n_workers, shuffle):
+    client = shared_client(3)
+    workers = sorted(client.scheduler_info()["workers"])[:n_workers]
+    x, y = blobs(101)  # 101 rows: uneven shards for 2 and 3 workers
+    local, distributed, local_history, history = _fit_both(
+        client, workers, x, y, batch_size=16, epochs=3, seed=7, shuffle=shuffle
+    )
+    _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
+    # Epoch metrics cover the whole global batch, not rank 0's share.
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(history.history[key], local_history.history[key], rtol=1e-10)
+    assert history.workers == sorted(workers) or len(history.workers) == n_workers
+    # The optimizer state came back too: one more local step continues identically.
+    assert distributed.optimizer.iterations == local.optimizer.iterations == 3 * 7
+
+
+def test_float32_agrees_within_float32_rounding(client3):
+    x, y = blobs(150)
+    local, distributed, _, _ = _fit_both(client3, None, x, y, dtype="float32", batch_size=32, epochs=3, seed=2)
+    _assert_weights_close(distributed, local, rtol=1e-4, atol=1e-5)
+    # A different seed gives visibly different weights: the check above can fail.
+    other = _model("float32")
+    other.fit(x, y, batch_size=32, epochs=3, seed=3, shards=3, verbose=0)
+    assert not np.allclose(other.get_weights()[0], local.get_weights()[0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_full_batch_on_n_workers_equals_plain_single_process_training(n_workers):
+    client = shared_client(3)
+    workers = sorted(client.scheduler_info()["workers"])[:n_workers]
+    x, y = blobs(90)
+    plain, distributed = _model(), _model()
+    plain.fit(x, y, batch_size=1000, epochs=4, verbose=0, seed=1)
+    distributed.fit(x, y, batch_size=1000, epochs=4, verbose=0, seed=1, client=client, workers=workers)
+    _assert_weights_close(distributed, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_replicas_are_bitwise_identical_after_every_step(client3):
+    x, y = blobs(100)
+    model = _model("float32")
+    history = fit_on_cluster(
+        model, x, y, client=client3, workers=None, shards=None, batch_size=10, epochs=2, verbose=0, callbacks=[],
+        validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=5, timeout=None,
+        record_replica_hashes=True,
+    )
+    hashes = history.replica_hashes
+    assert len(hashes) == 3 and len(hashes[0]) == 2 * 10
+    assert hashes[0] == hashes[1] == hashes[2]
+    assert len(set(hashes[0])) == len(hashes[0])  # the weights did change every step
+
+
+def test_more_shards_than_workers_and_the_result_follows_the_shards(client2):
+    x, y = blobs(120)
+    local, distributed = _model(), _model()
+    local.fit(x, y, batch_size=24, epochs=2, seed=4, shards=5, verbose=0)
+    distributed.fit(x, y, batch_size=24, epochs=2, seed=4, shards=5, client=client2, verbose=0)
+    _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
+
+
+def test_validation_runs_on_the_workers_and_matches_single_process(client2):
+    x, y = blobs(160)
+    vx, vy = blobs(40, seed=9)
+    local, distributed, local_history, history = _fit_both(
+        client2, None, x, y, batch_size=20, epochs=2, seed=1, validation_data=(vx, vy)
+    )
+    for key in ("val_loss", "val_accuracy"):
+        np.testing.assert_allclose(history.history[key], local_history.history[key], rtol=1e-10)
+    local, distributed, local_history, history = _fit_both(
+        client2, None, x, y, batch_size=20, epochs=2, seed=1, validation_split=0.25
+    )
+    _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(history.history["val_loss"], local_history.history["val_loss"], rtol=1e-10)
+
+
+def test_history_reports_step_timings(client2):
+    x, y = blobs(100)
+    history = _model().fit(x, y, batch_size=10, epochs=1, seed=0, client=client2, verbose=0)
+    timing = history.timing
+    for key in ("compute_ms", "communication_ms", "waiting_ms", "overhead_ms", "step_ms", "samples_per_s"):
+        assert np.isfinite(timing[key]) and timing[key] >= 0
+    assert history.step_times["compute"].shape == (2, 10)
+    assert history.communicator == "dask" and history.device == "cpu"
+
+
+def test_callbacks_on_the_client_see_every_epoch_and_can_stop_training(client2):
+    x, y = blobs(100)
+    seen = []
+    stopper = callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, round(logs["loss"], 12))))
+
+    class StopAfterTwo(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    model = _model()
+    history = model.fit(x, y, batch_size=10, epochs=10, seed=0, client=client2, verbose=0, callbacks=[stopper, StopAfterTwo()])
+    assert [e for e, _ in seen] == [0, 1]
+    assert len(history.history["loss"]) == 2
+    local = _model()
+    local.fit(x, y, batch_size=10, epochs=2, seed=0, shards=2, verbose=0)
+    _assert_weights_close(model, local, rtol=1e-10, atol=1e-12)
+
+
+def test_early_stopping_stops_where_it_does_in_one_process(client2):
+    x, y = blobs(100, spread=4.0)
+    results = []
+    for client in (None, client2):
+        model = _model()
+        stop = callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=0.05)
+        model.fit(x, y, batch_size=50, epochs=30, seed=0, shards=2, client=client, callbacks=[stop], verbose=0)
+        results.append(len(model.history.history["loss"]))
+    assert results[0] == results[1] < 30
+
+
+def test_evaluate_and_predict_with_a_client(client2):
+    x, y = blobs(103)
+    model = _model()
+    model.fit(x, y, batch_size=16, epochs=1, seed=0, verbose=0)
+    np.testing.assert_allclose(model.evaluate(x, y, client=client2), model.evaluate(x, y), rtol=1e-12)
+    np.testing.assert_allclose(model.predict(x, client=client2), model.predict(x), rtol=1e-12)
+
+
+def test_dask_arrays_and_npy_files_train_like_numpy(client2, tmp_path):
+    import dask.array as da
+
+    x, y = blobs(120)
+    reference = _model()
+    reference.fit(x, y, batch_size=12, epochs=2, seed=8, client=client2, verbose=0)
+    from_dask = _model()
+    from_dask.fit(da.from_array(x, chunks=25), da.from_array(y, chunks=40), batch_size=12, epochs=2, seed=8, client=client2, verbose=0)
+    _assert_weights_close(from_dask, reference, rtol=1e-10, atol=1e-12)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    from_files = _model()
+    from_files.fit(str(tmp_path / "x.npy"), dtrain.from_npy(tmp_path / "y.npy"), batch_size=12, epochs=2, seed=8, client=client2, verbose=0)
+    _assert_weights_close(from_files, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_one_hot_targets_and_mse_work_on_the_cluster(client2):
+    x, labels = blobs(80)
+    for loss, y in (("categorical_crossentropy", one_hot(labels, 3)), ("mse", one_hot(labels, 3))):
+        models = []
+        for client in (None, client2):
+            model = small_model(dtype="float64")
+            model.compile(optimizer="sgd", loss=loss)
+            model.build(seed=1)
+            model.fit(x, y, batch_size=8, epochs=2, seed=2, shards=2, client=client, verbose=0)
+            models.append(model)
+        _assert_weights_close(models[1], models[0], rtol=1e-10, atol=1e-12)
+
+
+# -- failures -------------------------------------------------------------------------------------
+def test_a_failing_rank_fails_the_job_fast_with_the_original_error(client2, tmp_path):
+    x, y = blobs(100)
+    x[80, 3] = np.nan  # in the second shard only: rank 1 fails while loading it
+    np.save(tmp_path / "x.npy", x)
+    model = _model()
+    before = model.get_weights()
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"contains NaN.*rows 50\.\.99"):
+        model.fit(str(tmp_path / "x.npy"), y, batch_size=10, epochs=2, client=client2, verbose=0, timeout=30)
+    assert time.monotonic() - start < 10
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    # The workers are still usable.
+    _model().fit(x[:50], y[:50], batch_size=10, epochs=1, client=client2, verbose=0)
+
+
+def test_ctrl_c_in_fit_stops_every_rank_and_leaves_the_workers_usable(client2):
+    x, y = blobs(2000)
+
+    class Interrupt(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    model = _model()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=4, epochs=50, client=client2, verbose=0, callbacks=[Interrupt()])
+    assert time.monotonic() - start < 20
+    # Nothing of that job is left running: a new job gets both workers at once.
+    assert not any(state == "processing" for state in client2.processing().values() if state)
+    _model().fit(x[:100], y[:100], batch_size=10, epochs=1, client=client2, verbose=0)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_job_within_the_timeout():
+    import os
+    import signal
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[1]
+        x, y = blobs(3000)
+
+        class Kill(callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 0:
+                    os.kill(pids[victim], signal.SIGKILL)
+
+        start = time.monotonic()
+        with pytest.raises(Exception, match="left the cluster|lost|closed|timed out"):
+            _model().fit(x, y, batch_size=30, epochs=200, client=client, verbose=0, callbacks=[Kill()], timeout=15)
+        assert time.monotonic() - start < 40
+
+
+def test_a_restarted_worker_never_reruns_a_rank(client2):
+    from dtrain.worker import RankSpec, run_rank
+
+    address = sorted(client2.scheduler_info()["workers"])[0]
+    model = _model()
+    spec = RankSpec(
+        job_id="stale", rank=0, peers=[address], worker_id="some-earlier-worker", model_config=model.get_config(),
+        compile_config=model.compile_config(), input_dim=20, device="cpu", comm="local", timeout=5, rows=10,
+        shards=1, batch_size=5, owned=[0], seed=0, shuffle=False, epochs=1, initial_epoch=0,
+    )
+    future = client2.submit(run_rank, spec, {}, {}, None, workers=[address], pure=False)
+    with pytest.raises(RuntimeError, match="restarted worker never re-runs a rank"):
+        future.result()
+
+
+# -- bad input, refused before any task is submitted -----------------------------------------------
+def _no_task_submitted(client, fn):
+    before = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
+    fn()
+    after = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
+    assert not any("rank" in str(key) for key in after - before)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(shards=200), ValueError, "Cannot split 100 samples into 200 shards"),
+        (dict(batch_size=1), ValueError, "global batch_size=1 is smaller than the number of shards"),
+        (dict(workers=["tcp://127.0.0.1:1"]), ValueError, "not in the cluster"),
+        (dict(workers="tcp://127.0.0.1:1"), ValueError, "list of worker addresses"),
+        (dict(timeout=0), ValueError, "timeout"),
+    ],
+)
+def test_bad_cluster_arguments_are_refused_before_anything_runs(client2, kwargs, error, match):
+    x, y = blobs(100)
+    model = small_model()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    args = dict(batch_size=10, epochs=1, verbose=0, client=client2)
+    args.update(kwargs)
+
+    def refused():
+        with pytest.raises(error, match=match):
+            model.fit(x, y, **args)
+
+    _no_task_submitted(client2, refused)
+    assert not model.built
+
+
+def test_mismatched_lengths_and_missing_files_are_refused(client2, tmp_path):
+    import dask.array as da
+
+    x, y = blobs(100)
+    model = _model()
+    with pytest.raises(ValueError, match="different numbers of (samples|rows)"):
+        model.fit(da.from_array(x, chunks=30), da.from_array(y[:90], chunks=30), client=client2, verbose=0)
+    with pytest.raises((FileNotFoundError, ValueError), match="missing.npy"):
+        model.fit(str(tmp_path / "missing.npy"), y, client=client2, verbose=0)
+
+
+def test_a_closed_client_is_refused():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+        client = Client(cluster)
+        client.close()
+        with pytest.raises(RuntimeError, match="client is closed"):
+            _model().fit(*blobs(20), client=client, verbose=0)
+    with pytest.raises(TypeError, match="distributed.Client"):
+        _model().fit(*blobs(20), client="tcp://127.0.0.1:8786", verbose=0)
+
+
+def test_a_shard_too_big_for_its_worker_memory_is_refused(tmp_path):
+    from distributed import Client, LocalCluster
+
+    # A 2 GiB .npy file that occupies no disk space: only its header is ever read.
+    path = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(2**19, 1024))
+    del big
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="400MiB", dashboard_address=":0") as cluster, Client(cluster) as client:
+        model = dtrain.Sequential([Dense(4, input_dim=1024), Dense(2, activation="softmax")])
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        y = np.zeros(2**19, dtype=np.int64)
+        with pytest.raises(MemoryError, match=r"needs about 1\.\d+ GiB.*memory limit"):
+            model.fit(str(path), y, client=client, verbose=0)
+
+
+@pytest.mark.slow
+def test_digits_on_two_workers_reach_95_percent(client2):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    model = dtrain.Sequential([Dense(64, activation="relu", input_dim=64), Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=30, batch_size=64, seed=0, client=client2, verbose=0)
+    accuracy = model.evaluate(x_test, y_test, return_dict=True)["accuracy"]
+    assert accuracy >= 0.95, accuracy
