@@ -423,8 +423,10 @@ class _Supervisor:
             results = self.client.gather(self.futures)
         except BaseException as exc:
             reason = "interrupted on the client (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            # Only the workers still there: a call to a dead one waits for the connect timeout.
+            alive = self._alive_addresses()
             self.client.run(abort_on_worker, self.job_id, f"training aborted: {reason}",
-                            workers=[w.address for w in self.ranks], on_error="ignore")
+                            workers=[w.address for w in self.ranks if w.address in alive], on_error="ignore")
             self._release()
             raise
         finally:
@@ -447,7 +449,12 @@ class _Supervisor:
                 pass
             failed = [f for f in self.futures if f.status == "error"]
             if failed:
-                raise self._first_error(failed)
+                error = self._first_error()
+                try:  # a rank's error caused by a lost worker: say that first
+                    self._check_workers_alive()
+                except WorkerLostError as lost:
+                    raise lost from error
+                raise error
             if all(f.status == "finished" for f in self.futures):
                 return
             if time.monotonic() >= next_liveness:
@@ -485,7 +492,7 @@ class _Supervisor:
     def cbs_wait(self) -> bool:
         return any(not isinstance(cb, (callbacks_module.History, callbacks_module.ProgressBar)) for cb in self.cbs.callbacks)
 
-    def _first_error(self, failed) -> BaseException:
+    def _first_error(self) -> BaseException:
         """The original error: a rank's own failure rather than a peer's resulting abort."""
         from .comm import Aborted
 
@@ -500,8 +507,11 @@ class _Supervisor:
         future = next(f for f in self.futures if f.status == "error" and f.exception() is chosen)
         return chosen.with_traceback(future.traceback())
 
+    def _alive_addresses(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+
     def _check_workers_alive(self) -> None:
-        alive = self.client.scheduler_info(n_workers=-1)["workers"]
+        alive = self._alive_addresses()
         lost = [(r, w.address) for r, w in enumerate(self.ranks) if w.address not in alive]
         if lost:
             r, address = lost[0]

@@ -243,7 +243,7 @@ def test_a_killed_worker_fails_the_job_within_the_timeout():
         start = time.monotonic()
         with pytest.raises(Exception, match="left the cluster|lost|closed|timed out"):
             _model().fit(x, y, batch_size=30, epochs=200, client=client, verbose=0, callbacks=[Kill()], timeout=15)
-        assert time.monotonic() - start < 40
+        assert time.monotonic() - start < 15
 
 
 def test_a_restarted_worker_never_reruns_a_rank(client2):
@@ -345,3 +345,48 @@ def test_digits_on_two_workers_reach_95_percent(client2):
     model.fit(x_train, y_train, epochs=30, batch_size=64, seed=0, client=client2, verbose=0)
     accuracy = model.evaluate(x_test, y_test, return_dict=True)["accuracy"]
     assert accuracy >= 0.95, accuracy
+
+
+_SIGINT_SCRIPT = r"""
+import sys
+import numpy as np
+from distributed import Client, LocalCluster
+import dtrain
+from dtrain import callbacks
+from dtrain.layers import Dense
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(4000, 20)).astype("float32"), rng.integers(0, 3, 4000)
+        model = dtrain.Sequential([Dense(16, activation="relu", input_dim=20), Dense(3, activation="softmax")])
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        ready = callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print("epoch", epoch, flush=True))
+        try:
+            model.fit(x, y, batch_size=4, epochs=1000, client=client, verbose=0, callbacks=[ready])
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        model.fit(x[:100], y[:100], batch_size=10, epochs=1, client=client, verbose=0)
+        print("usable", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigint_stops_fit_within_seconds_and_the_workers_stay_usable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "interrupt.py"
+    script.write_text(_SIGINT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().startswith("epoch")  # training is under way on the cluster
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "interrupted"
+        assert time.monotonic() - start < 10
+        rest = proc.communicate(timeout=60)[0]
+        assert "usable" in rest and proc.returncode == 0
+    finally:
+        proc.kill()
