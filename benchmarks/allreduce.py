@@ -1,0 +1,198 @@
+"""Allreduce over Dask worker-to-worker comms against a raw loopback socket, in one run.
+
+    python -m benchmarks.allreduce                      # 2 workers: 8 KiB and 40 MiB, median of 20
+    python -m benchmarks.allreduce --workers 3 --sizes 8KiB 4MiB 40MiB
+
+Prints one JSON line. Figures (milliseconds, medians):
+
+- ``allreduce``: per size, the time of one ``DaskCommunicator.allreduce`` (float32), taken as the
+  slowest rank of each call (all ranks pass a barrier first);
+- ``raw_oneway_40MiB``: 40 MiB sent one way over a plain TCP socket between two processes (plus a
+  one-byte reply), the fastest the machine moves bytes between processes;
+- ``raw_exchange_40MiB``: both ends send 40 MiB to each other at once: the data movement a
+  2-rank allreduce cannot avoid (each rank sends and receives the whole buffer);
+- ``add_40MiB``: one in-place NumPy float32 addition of 40 MiB, the arithmetic of the allreduce.
+
+Set ``--ring-min-bytes`` / ``--ring-min-size`` to override the algorithm choice in the workers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import socket
+import statistics
+import threading
+import time
+import uuid
+
+import numpy as np
+from dask.utils import parse_bytes
+
+RAW_BYTES = 40 * 2**20
+
+
+def _rank(job_id: str, rank: int, peers: list[str], sizes: list[int], reps: int, overrides: dict) -> dict:
+    """The rank task: times allreduce of each size (runs on a worker, in a task thread)."""
+    from dtrain.comm import algorithms
+    from dtrain.comm.dask import DaskCommunicator
+
+    saved = {name: getattr(algorithms, name) for name in overrides}
+    for name, value in overrides.items():
+        setattr(algorithms, name, value)
+    try:
+        with DaskCommunicator(job_id, rank, peers, timeout=60) as comm:
+            out = {}
+            for nbytes in sizes:
+                buf = np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32)
+                times = []
+                for i in range(reps + 3):  # 3 warm-up calls open the connections
+                    comm.barrier()
+                    start = time.perf_counter()
+                    comm.allreduce(buf)
+                    if i >= 3:
+                        times.append(time.perf_counter() - start)
+                    buf[:] = 1.0  # keep values finite
+                out[nbytes] = times
+            return out
+    finally:
+        for name, value in saved.items():
+            setattr(algorithms, name, value)
+
+
+def measure_dask(workers: int, sizes: list[int], reps: int, overrides: dict) -> dict[str, float]:
+    from distributed import Client, LocalCluster
+
+    from dtrain.comm.dask import PLUGIN_NAME, DtrainWorkerPlugin
+
+    with LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
+    ) as cluster, Client(cluster) as client:
+        client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
+        peers = sorted(client.scheduler_info()["workers"])
+        job_id = f"bench-{uuid.uuid4().hex}"
+        futures = [
+            client.submit(
+                _rank, job_id, rank, peers, sizes, reps, overrides,
+                workers=[address], allow_other_workers=False, pure=False, key=f"{job_id}-rank{rank}",
+            )
+            for rank, address in enumerate(peers)
+        ]
+        results = client.gather(futures)
+    report = {}
+    for nbytes in sizes:
+        slowest = [max(r[nbytes][i] for r in results) for i in range(reps)]
+        report[_label(nbytes)] = round(statistics.median(slowest) * 1e3, 3)
+    return report
+
+
+def _label(nbytes: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale and nbytes % scale == 0:
+            return f"{nbytes // scale}{unit}"
+    return f"{nbytes}B"
+
+
+# -- raw sockets ----------------------------------------------------------------------------------
+
+
+def _recv_exactly(sock: socket.socket, buf: memoryview) -> None:
+    got = 0
+    while got < len(buf):
+        n = sock.recv_into(buf[got:])
+        if not n:
+            raise ConnectionError("peer closed")
+        got += n
+
+
+def _raw_peer(port: int, mode: str, reps: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    inbox, outbox = bytearray(RAW_BYTES), np.ones(RAW_BYTES, np.uint8)
+    for _ in range(reps):
+        if mode == "oneway":
+            _recv_exactly(sock, memoryview(inbox))
+            sock.sendall(b"k")
+        else:
+            sender = threading.Thread(target=sock.sendall, args=(outbox,))
+            sender.start()
+            _recv_exactly(sock, memoryview(inbox))
+            sender.join()
+    sock.close()
+
+
+def measure_raw(mode: str, reps: int) -> float:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = mp.get_context("spawn").Process(target=_raw_peer, args=(listener.getsockname()[1], mode, reps))
+    peer.start()
+    sock, _ = listener.accept()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    outbox, inbox, ack = np.ones(RAW_BYTES, np.uint8), bytearray(RAW_BYTES), bytearray(1)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        if mode == "oneway":
+            sock.sendall(outbox)
+            _recv_exactly(sock, memoryview(ack))
+        else:
+            sender = threading.Thread(target=sock.sendall, args=(outbox,))
+            sender.start()
+            _recv_exactly(sock, memoryview(inbox))
+            sender.join()
+        times.append(time.perf_counter() - start)
+    peer.join()
+    sock.close()
+    listener.close()
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def measure_add(reps: int) -> float:
+    a, b = np.ones(RAW_BYTES // 4, np.float32), np.ones(RAW_BYTES // 4, np.float32)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        np.add(a, b, out=a)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sizes", nargs="+", default=["8KiB", "40MiB"])
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--ring-min-bytes", type=parse_bytes, default=None)
+    parser.add_argument("--ring-min-size", type=int, default=None)
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.ring_min_bytes is not None:
+        overrides["RING_MIN_BYTES"] = args.ring_min_bytes
+    if args.ring_min_size is not None:
+        overrides["RING_MIN_SIZE"] = args.ring_min_size
+    sizes = [parse_bytes(s) for s in args.sizes]
+    report = {
+        "benchmark": "allreduce",
+        "workers": args.workers,
+        "reps": args.reps,
+        "overrides": overrides,
+        "allreduce_ms": measure_dask(args.workers, sizes, args.reps, overrides),
+        "raw_oneway_40MiB_ms": measure_raw("oneway", args.reps),
+        "raw_exchange_40MiB_ms": measure_raw("exchange", args.reps),
+        "add_40MiB_ms": measure_add(args.reps),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    big = report["allreduce_ms"].get("40MiB")
+    if big is not None:
+        report["ratio_vs_raw_oneway"] = round(big / report["raw_oneway_40MiB_ms"], 2)
+        report["ratio_vs_raw_exchange"] = round(big / report["raw_exchange_40MiB_ms"], 2)
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Collective algorithms over point-to-point messages, written against a small :class:`Transport`
+so that they run the same over Dask's worker-to-worker comms and in memory between threads.
+
+- allreduce: recursive doubling (log2 p rounds of whole-buffer exchanges; non-power-of-two sizes
+  fold the extra ranks into a partner first and send them the result at the end) for small
+  buffers and for 2 ranks; ring reduce-scatter + allgather (2(p-1) rounds of 1/p of the buffer)
+  for large buffers on 3 or more ranks, where bandwidth matters more than round trips.
+- broadcast: binomial tree from the root.
+
+Bitwise identity: every rank ends with the same bits. In recursive doubling both partners compute
+``mine + theirs``, and IEEE addition commutes, so ``a + b`` and ``b + a`` are the same bits; the
+folded ranks and the ring's allgather receive copies of sums made once. Nothing reassociates.
+
+A buffer handed to ``send`` may be read until ``wait`` returns (Dask sends zero-copy), so every
+algorithm waits for a send before it writes to the memory it sent.
+
+Buffers are processed in buckets of at most :data:`BUCKET_BYTES` (Dask splits larger frames and
+merges them again with a copy). Tests shrink the module constants; they are read at call time.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from .base import CommError
+
+BUCKET_BYTES = 64 * 2**20  # largest message: Dask's frame shard size (distributed.comm.shard)
+RING_MIN_BYTES = 1 * 2**20  # ring allreduce from this many bytes per bucket ...
+RING_MIN_SIZE = 3  # ... on this many ranks or more
+
+
+class Transport(Protocol):
+    """Point-to-point messages between the ranks of one job, in rank numbers."""
+
+    rank: int
+    size: int
+
+    def send(self, peer: int, tag: str, array: np.ndarray) -> Any:
+        """Start sending ``array`` to ``peer`` under ``tag``; return a handle for :meth:`wait`."""
+
+    def recv(self, peer: int, tag: str) -> np.ndarray:
+        """Block until the array that ``peer`` sent under ``tag`` arrives (read-only use)."""
+
+    def wait(self, handle: Any) -> None:
+        """Block until the send is complete: its buffer may be written again."""
+
+
+def allreduce(t: Transport, array: np.ndarray, tag: str) -> None:
+    """Sum the contiguous 1-D ``array`` over all ranks of ``t``, in place."""
+    if t.size == 1 or array.size == 0:
+        return
+    for i, bucket in enumerate(_buckets(array)):
+        btag = f"{tag}.b{i}"
+        if t.size >= RING_MIN_SIZE and bucket.nbytes >= RING_MIN_BYTES:
+            _ring_allreduce(t, bucket, btag)
+        else:
+            _doubling_allreduce(t, bucket, btag)
+
+
+def broadcast(t: Transport, array: np.ndarray, root: int, tag: str) -> None:
+    """Overwrite the contiguous 1-D ``array`` with rank ``root``'s copy, in place (binomial tree)."""
+    if t.size == 1 or array.size == 0:
+        return
+    p, vr = t.size, (t.rank - root) % t.size  # vr: rank relative to the root
+    for i, bucket in enumerate(_buckets(array)):
+        btag = f"{tag}.b{i}"
+        mask = 1
+        while mask < p:  # receive once, from the parent: vr with its lowest set bit cleared
+            if vr & mask:
+                parent = (vr - mask + root) % p
+                _receive_into(t, bucket, parent, btag, copy=True)
+                break
+            mask <<= 1
+        handles = []
+        mask >>= 1
+        while mask > 0:  # then forward to the children, all at once
+            if vr + mask < p:
+                handles.append(t.send((vr + mask + root) % p, btag, bucket))
+            mask >>= 1
+        for h in handles:
+            t.wait(h)
+
+
+# -- internals ------------------------------------------------------------------------------------
+
+
+def _buckets(array: np.ndarray) -> list[np.ndarray]:
+    per = max(1, BUCKET_BYTES // array.itemsize)
+    return [array[i : i + per] for i in range(0, array.size, per)]
+
+
+def _checked(t: Transport, got: Any, like: np.ndarray, peer: int, tag: str) -> np.ndarray:
+    """``got`` if it matches ``like`` in size and dtype; otherwise the ranks are out of step."""
+    if isinstance(got, np.ndarray) and got.shape == like.shape and got.dtype == like.dtype:
+        return got
+    what = f"{got.size} {got.dtype}" if isinstance(got, np.ndarray) else type(got).__name__
+    raise CommError(
+        f"Rank {t.rank} expected {like.size} {like.dtype} values from rank {peer} for {tag!r} but received "
+        f"{what}: every rank must call the same collectives, in the same order, with buffers of the same "
+        "size and dtype."
+    )
+
+
+def _receive_into(t: Transport, out: np.ndarray, peer: int, tag: str, *, copy: bool) -> None:
+    """Receive from ``peer`` and copy it over ``out`` (or add it into ``out``)."""
+    got = _checked(t, t.recv(peer, tag), out, peer, tag)
+    if copy:
+        out[...] = got
+    else:
+        np.add(out, got, out=out)
+
+
+def _doubling_allreduce(t: Transport, buf: np.ndarray, tag: str) -> None:
+    r, p = t.rank, t.size
+    pof2 = 1 << (p.bit_length() - 1)
+    extra = p - pof2  # ranks 0, 2, .., 2*extra-2 hand their data to the next odd rank and sit out
+    if r < 2 * extra:
+        if r % 2 == 0:
+            t.wait(t.send(r + 1, f"{tag}.fold", buf))
+            _receive_into(t, buf, r + 1, f"{tag}.unfold", copy=True)
+            return
+        _receive_into(t, buf, r - 1, f"{tag}.fold", copy=False)
+        vr = r // 2
+    else:
+        vr = r - extra
+    mask = 1
+    while mask < pof2:
+        vpeer = vr ^ mask
+        peer = 2 * vpeer + 1 if vpeer < extra else vpeer + extra
+        h = t.send(peer, f"{tag}.d{mask}", buf)
+        got = _checked(t, t.recv(peer, f"{tag}.d{mask}"), buf, peer, f"{tag}.d{mask}")
+        t.wait(h)  # our buffer is on the wire until then
+        np.add(buf, got, out=buf)
+        mask <<= 1
+    if r < 2 * extra:
+        t.wait(t.send(r - 1, f"{tag}.unfold", buf))
+
+
+def _ring_allreduce(t: Transport, buf: np.ndarray, tag: str) -> None:
+    r, p = t.rank, t.size
+    bounds = [k * buf.size // p for k in range(p + 1)]
+    chunks = [buf[bounds[k] : bounds[k + 1]] for k in range(p)]
+    right, left = (r + 1) % p, (r - 1) % p
+    # reduce-scatter: after step s, chunk (r-s-1) holds the sum over ranks r-s-1 .. r; at the end
+    # this rank owns the complete chunk (r+1) % p
+    for s in range(p - 1):
+        h = t.send(right, f"{tag}.rs{s}", chunks[(r - s) % p])
+        _receive_into(t, chunks[(r - s - 1) % p], left, f"{tag}.rs{s}", copy=False)
+        t.wait(h)
+    # allgather: pass the complete chunks around the ring, copying them in
+    for s in range(p - 1):
+        h = t.send(right, f"{tag}.ag{s}", chunks[(r + 1 - s) % p])
+        _receive_into(t, chunks[(r - s) % p], left, f"{tag}.ag{s}", copy=True)
+        t.wait(h)

@@ -1,0 +1,185 @@
+"""The communicator interface, its errors, the one-rank communicator, and the mailbox that the
+Dask and in-memory transports share.
+
+Every collective is *synchronous and in place*: all ranks call the same collectives in the same
+order with buffers of the same size and dtype, and each call returns when this rank's buffer holds
+the result. A peer that never answers is an error after a deadline (``CommError``), never a hang;
+an abort of the job (by the driver or by a failing peer) wakes every waiter at once (``Aborted``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Hashable, Protocol, runtime_checkable
+
+# How long a blocked wait sleeps before it looks at its deadline and abort flag again. Deliveries
+# and aborts notify the waiter at once; the slice only bounds how late a missed wake-up is noticed.
+WAIT_SLICE = 0.05
+
+
+class CommError(RuntimeError):
+    """A collective failed: a peer is lost or stuck, or a deadline passed. The job cannot go on;
+    abort it and restart it from a checkpoint."""
+
+
+class Aborted(CommError):
+    """The job was aborted, by the driver or by a failing peer; ``reason`` says who and why."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or f"The job was aborted: {reason}")
+
+    def __reduce__(self):  # rank tasks raise this; Dask pickles it back to the client
+        return (type(self), (self.reason, str(self)))
+
+
+@runtime_checkable
+class Communicator(Protocol):
+    """What a training loop needs from its peers; see the backends in :mod:`dtrain.comm`."""
+
+    rank: int
+    size: int
+    name: str  # "local" | "dask" | "nccl" | "host-staged"
+
+    def allreduce(self, array: Any) -> None:
+        """Sum ``array`` (contiguous) over all ranks, in place; afterwards it is bitwise identical on every rank."""
+
+    def broadcast(self, array: Any, root: int = 0) -> None:
+        """Overwrite ``array`` in place with rank ``root``'s copy."""
+
+    def barrier(self) -> None:
+        """Return once every rank has entered the barrier."""
+
+    def check_abort(self) -> None:
+        """Raise :class:`Aborted` if the job was aborted (cheap: called every step)."""
+
+    def abort(self, reason: str) -> None:
+        """Best effort: tell every peer to abort because this rank is failing. Never raises; blocks ~1 s at most."""
+
+    def close(self) -> None:
+        """Release this rank's resources; the communicator cannot be used afterwards."""
+
+
+def _abort_reason(flag: Any) -> str:
+    return getattr(flag, "reason", None) or "the job was aborted"
+
+
+class LocalCommunicator:
+    """Rank 0 of 1: the collectives are no-ops. ``abort_event`` (a ``threading.Event``, or a
+    :class:`Mailbox`) lets the owner of the job stop the training loop through ``check_abort``."""
+
+    name = "local"
+    rank = 0
+    size = 1
+
+    def __init__(self, abort_event: threading.Event | Mailbox | None = None) -> None:
+        self._abort = abort_event if abort_event is not None else threading.Event()
+        self._reason: str | None = None
+
+    def allreduce(self, array: Any) -> None:
+        pass
+
+    def broadcast(self, array: Any, root: int = 0) -> None:
+        if root != 0:
+            raise ValueError(f"root={root} is not a rank of a 1-rank communicator: the only rank is 0.")
+
+    def barrier(self) -> None:
+        pass
+
+    def check_abort(self) -> None:
+        if self._abort.is_set():
+            raise Aborted(self._reason or _abort_reason(self._abort))
+
+    def abort(self, reason: str) -> None:
+        self._reason = self._reason or reason
+        if isinstance(self._abort, Mailbox):
+            self._abort.abort(reason)
+        else:
+            self._abort.set()
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "<LocalCommunicator rank 0 of 1>"
+
+
+_MISSING = object()
+
+
+class Mailbox:
+    """Items keyed by (source, tag) for one rank of one job, plus the job's abort flag.
+
+    ``put`` may run on any thread (a Dask worker's event loop, another rank's thread) and never
+    waits for the consumer; ``take`` blocks the calling thread until the item arrives, the job is
+    aborted, or the deadline passes. Items that arrive early simply wait here, so the tags (unique
+    per collective call and round) keep rounds from mixing.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items: dict[tuple[Hashable, str], Any] = {}
+        self.reason: str | None = None  # set once, by abort(); read without the lock (one attribute load)
+        self.closed = False
+
+    def is_set(self) -> bool:
+        """True once aborted: lets a mailbox serve as the ``abort_event`` of other communicators."""
+        return self.reason is not None
+
+    def put(self, source: Hashable, tag: str, data: Any) -> None:
+        with self._cond:
+            if self.closed or self.reason is not None:
+                return  # a late message for a finished or aborted job: nobody will take it
+            self._items[(source, tag)] = data
+            self._cond.notify_all()
+
+    def abort(self, reason: str) -> None:
+        """Wake every waiter with :class:`Aborted`; the first reason sticks. Drops queued items."""
+        with self._cond:
+            if self.reason is None:
+                self.reason = reason
+            self._items.clear()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+    def take(
+        self,
+        source: Hashable,
+        tag: str,
+        timeout: float,
+        *,
+        waiting_for: str = "",
+        check: Callable[[], None] | None = None,
+    ) -> Any:
+        """Remove and return the item (source, tag), blocking up to ``timeout`` seconds.
+
+        ``check`` runs between waits (outside the lock): the Dask transport uses it to fail fast
+        when one of its own sends failed, instead of waiting out the deadline.
+        """
+        key = (source, tag)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                while True:
+                    if self.reason is not None:
+                        raise Aborted(self.reason)
+                    item = self._items.pop(key, _MISSING)
+                    if item is not _MISSING:
+                        return item
+                    if self.closed:
+                        raise CommError(f"The communicator was closed while waiting for {waiting_for or key}.")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CommError(
+                            f"Timed out after {timeout:g} s waiting for {waiting_for or key}. The peer is dead, "
+                            "stuck, or not running the same sequence of collectives (same steps, same buffer "
+                            "sizes); abort the job and restart it, or raise the timeout if the peer is only slow."
+                        )
+                    if not self._cond.wait(min(remaining, WAIT_SLICE)) and check is not None:
+                        break  # a quiet slice: run the check outside the lock
+            check()

@@ -1,0 +1,88 @@
+"""A :class:`~dtrain.comm.base.Communicator` built from a :class:`~dtrain.comm.algorithms.Transport`:
+the checks on the buffer, the numbering of calls, and the choice of algorithm live here once for
+the Dask and in-memory backends."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import algorithms
+from .algorithms import Transport
+from .base import CommError
+
+
+def flat_view(array: Any, backend: str) -> np.ndarray:
+    """A 1-D view of a contiguous, writable NumPy array, or a TypeError that says what to pass."""
+    if not isinstance(array, np.ndarray):
+        hint = " For CuPy arrays use the 'nccl' or 'host-staged' communicator." if hasattr(
+            array, "__cuda_array_interface__"
+        ) else ""
+        raise TypeError(f"The {backend!r} communicator sums NumPy arrays, received {type(array).__name__}.{hint}")
+    if not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError(
+            "Collectives work in place on one contiguous, writable buffer; received an array that is "
+            f"{'not contiguous' if not array.flags.c_contiguous else 'read-only'}. "
+            "Pass the flat gradient buffer itself (or np.ascontiguousarray(a) and copy the result back)."
+        )
+    if array.dtype.kind not in "fiuc":
+        raise TypeError(f"Collectives sum numbers; received an array of dtype {array.dtype}.")
+    return array.reshape(-1)
+
+
+class TransportCommunicator:
+    """Allreduce, broadcast and barrier over point-to-point messages.
+
+    Every call takes the next number of a per-communicator sequence, advanced identically on every
+    rank because every rank makes the same calls; the number prefixes all tags of the call, so the
+    messages of different calls and rounds never mix. Subclasses provide the transport, and
+    ``check_abort``/``abort``/``close``.
+    """
+
+    name = "transport"
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self.rank = transport.rank
+        self.size = transport.size
+        self._seq = 0
+
+    def _tag(self, op: str) -> str:
+        self._seq += 1
+        return f"{self._seq}.{op}"
+
+    def allreduce(self, array: Any) -> None:
+        buf = flat_view(array, self.name)
+        tag = self._tag("allreduce")
+        self.check_abort()
+        algorithms.allreduce(self._transport, buf, tag)
+
+    def broadcast(self, array: Any, root: int = 0) -> None:
+        if not isinstance(root, int) or not 0 <= root < self.size:
+            raise ValueError(f"root={root!r} is not a rank: expected an integer in [0, {self.size}).")
+        buf = flat_view(array, self.name)
+        tag = self._tag(f"broadcast{root}")
+        self.check_abort()
+        algorithms.broadcast(self._transport, buf, root, tag)
+
+    def barrier(self) -> None:
+        """A one-element allreduce of ones: returns once every rank has contributed, and checks the count."""
+        ones = np.ones(1)
+        self.allreduce(ones)
+        if ones[0] != self.size:
+            raise CommError(f"Barrier counted {ones[0]:g} ranks instead of {self.size}: the ranks are out of step.")
+
+    def check_abort(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} rank {self.rank} of {self.size}>"

@@ -1,0 +1,336 @@
+"""CPU collectives over Dask's own worker-to-worker comms.
+
+A :class:`DtrainWorkerPlugin`, registered once per cluster, adds two RPC handlers to every worker
+(the mechanism Dask's P2P shuffle uses): ``dtrain_message`` stores an incoming array in the
+mailbox of its job, ``dtrain_abort`` aborts a job. The rank task (a long-lived task pinned to its
+worker, running in a task thread) builds a :class:`DaskCommunicator`, which sends with
+``worker.rpc(peer).dtrain_message(...)`` scheduled on the worker's event loop and waits for the
+arrays it expects in its mailbox. NumPy arrays travel zero-copy (``to_serialize``).
+
+Where code runs is labelled: *event loop* (handlers, ``client.run`` functions, the coroutines that
+send) or *task thread* (the rank's training loop). They share the job table under one lock, held
+only for dictionary updates; no handler ever waits for the task thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import weakref
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Hashable
+
+import numpy as np
+from distributed import WorkerPlugin, get_worker
+from distributed.protocol import to_serialize
+
+from .base import Aborted, CommError, Mailbox
+from .collectives import TransportCommunicator
+
+if TYPE_CHECKING:
+    from distributed import Client, Worker
+
+PLUGIN_NAME = "dtrain"
+REMEMBER_JOBS = 4096  # closed and aborted job ids remembered per worker (bounded; oldest forgotten)
+ABORT_GRACE = 1.0  # seconds abort() waits for its messages to the peers
+
+
+class _JobTable:
+    """One worker's mailboxes, one per job id, and the ids of closed and aborted jobs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Mailbox] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._aborted: OrderedDict[str, str] = OrderedDict()
+
+    @staticmethod
+    def _remember(ids: OrderedDict, job_id: str, value: Any) -> None:
+        ids.setdefault(job_id, value)
+        while len(ids) > REMEMBER_JOBS:
+            ids.popitem(last=False)
+
+    def mailbox(self, job_id: str, *, reopen: bool = False) -> Mailbox | None:
+        """The job's mailbox, created on first use (messages may arrive before the rank opens it);
+        None for a closed job, unless ``reopen``. A remembered abort is applied to a new mailbox."""
+        with self._lock:
+            if reopen:
+                self._closed.pop(job_id, None)
+            elif job_id in self._closed:
+                return None
+            box = self._jobs.get(job_id)
+            if box is None:
+                box = self._jobs[job_id] = Mailbox()
+                if job_id in self._aborted:
+                    box.abort(self._aborted[job_id])
+            return box
+
+    def close(self, job_id: str) -> None:
+        with self._lock:
+            box = self._jobs.pop(job_id, None)
+            self._remember(self._closed, job_id, None)
+        if box is not None:
+            box.close()
+
+    def abort(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            self._remember(self._aborted, job_id, reason)
+            box = self._jobs.get(job_id)
+        if box is not None:
+            box.abort(reason)
+
+    def deliver(self, job_id: str, source: Hashable, tag: str, data: Any) -> None:
+        box = self.mailbox(job_id)
+        if box is not None:
+            box.put(source, tag, data)  # discarded there if the job was aborted
+
+
+# One table per worker, shared by every instance of the plugin on it: registering the plugin again
+# (the driver does it before each job) replaces the instance but must not lose running jobs.
+_TABLES: weakref.WeakKeyDictionary[Worker, _JobTable] = weakref.WeakKeyDictionary()
+_TABLES_LOCK = threading.Lock()
+
+
+def _table(worker: Worker) -> _JobTable:
+    with _TABLES_LOCK:
+        table = _TABLES.get(worker)
+        if table is None:
+            table = _TABLES[worker] = _JobTable()
+        return table
+
+
+class DtrainWorkerPlugin(WorkerPlugin):
+    """Adds dtrain's message and abort handlers to a worker. Register it once per cluster:
+    ``client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)`` (registering again is safe)."""
+
+    name = PLUGIN_NAME
+
+    def setup(self, worker: Worker) -> None:  # event loop
+        self.worker = worker
+        self._jobs = _table(worker)
+        worker.handlers["dtrain_message"] = self._handle_message
+        worker.handlers["dtrain_abort"] = self._handle_abort
+
+    # -- handlers: event loop; store and return at once ------------------------------------------
+
+    def _handle_message(self, job_id: str, source: Hashable, tag: str, data: Any) -> None:
+        self._jobs.deliver(job_id, source, tag, data)
+
+    def _handle_abort(self, job_id: str, reason: str) -> None:
+        self._jobs.abort(job_id, reason)
+
+    # -- API: any thread --------------------------------------------------------------------------
+
+    def open_job(self, job_id: str) -> None:
+        """Create the job's mailbox (idempotent). An abort that came first is kept and applies."""
+        self._jobs.mailbox(job_id, reopen=True)
+
+    def close_job(self, job_id: str) -> None:
+        """Drop the job's mailbox and its queued messages; later messages for it are discarded."""
+        self._jobs.close(job_id)
+
+    def abort_job(self, job_id: str, reason: str) -> None:
+        """Abort the job on this worker: wakes its waiters at once; sticky, even before ``open_job``."""
+        self._jobs.abort(job_id, reason)
+
+    def deliver(self, job_id: str, source: Hashable, tag: str, data: Any) -> None:
+        """Put an item in the job's mailbox (the handler does this; so can the driver, via ``client.run``)."""
+        self._jobs.deliver(job_id, source, tag, data)
+
+    def wait_for(self, job_id: str, source: Hashable, tag: str, timeout: float, **kwargs: Any) -> Any:
+        """Block the calling (task) thread until (source, tag) arrives for the job; raises
+        :class:`Aborted`, or :class:`CommError` after ``timeout`` seconds. ``kwargs`` go to
+        :meth:`Mailbox.take` (``waiting_for``, ``check``)."""
+        box = self._jobs.mailbox(job_id)
+        if box is None:
+            raise CommError(f"Job {job_id!r} is closed on worker {self.worker.address}; it cannot receive messages.")
+        return box.take(source, tag, timeout, **kwargs)
+
+    def mailbox(self, job_id: str) -> Mailbox:
+        """The job's mailbox (opening the job): its ``reason`` is the job's abort flag."""
+        box = self._jobs.mailbox(job_id, reopen=True)
+        assert box is not None
+        return box
+
+
+def get_plugin(worker: Worker | None = None) -> DtrainWorkerPlugin:
+    """The dtrain plugin of ``worker`` (default: the worker running this task)."""
+    if worker is None:
+        try:
+            worker = get_worker()
+        except ValueError:
+            raise RuntimeError(
+                "dtrain's Dask communicator must be created inside a task running on a Dask worker "
+                "(the rank task), not on the client."
+            ) from None
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    if not isinstance(plugin, DtrainWorkerPlugin):
+        raise RuntimeError(
+            f"The dtrain worker plugin is not registered on worker {worker.address}: register it with "
+            f"client.register_plugin(DtrainWorkerPlugin(), name={PLUGIN_NAME!r}) before launching the ranks."
+        )
+    return plugin
+
+
+def ensure_plugin(client: Client) -> None:
+    """Register the plugin unless the scheduler already has it (cheaper than registering again)."""
+    registered = client.run_on_scheduler(_scheduler_has_plugin)
+    if not registered:
+        client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
+
+
+def _scheduler_has_plugin(dask_scheduler: Any) -> bool:
+    return PLUGIN_NAME in dask_scheduler.worker_plugins
+
+
+def abort_on_worker(job_id: str, reason: str, dask_worker: Worker | None = None) -> None:
+    """``client.run(abort_on_worker, job_id, reason)``: abort the job on every worker (event loop).
+    Works before the job starts there, and whether or not the plugin is registered yet.
+    (``client.run`` passes the worker as the keyword ``dask_worker``, hence its place last.)"""
+    dask_worker = dask_worker or get_worker()
+    _table(dask_worker).abort(job_id, reason)
+
+
+def deliver_on_worker(
+    job_id: str, source: Hashable, tag: str, data: Any, dask_worker: Worker | None = None
+) -> None:
+    """``client.run(deliver_on_worker, job_id, "driver", tag, value)``: a control value for the ranks,
+    which read it with ``get_plugin().wait_for(job_id, "driver", tag, timeout)`` (event loop)."""
+    dask_worker = dask_worker or get_worker()
+    _table(dask_worker).deliver(job_id, source, tag, data)
+
+
+# -- the rank's side: task thread ------------------------------------------------------------------
+
+
+class _DaskTransport:
+    """Sends through the worker's event loop and receives from the job's mailbox."""
+
+    def __init__(self, worker: Worker, box: Mailbox, job_id: str, rank: int, peers: list[str], timeout: float):
+        self.worker, self.box, self.job_id = worker, box, job_id
+        self.rank, self.size, self.peers, self.timeout = rank, len(peers), peers, timeout
+        self.loop = worker.loop.asyncio_loop
+        self._pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
+
+    def send(self, peer: int, tag: str, array: np.ndarray) -> concurrent.futures.Future:
+        future = asyncio.run_coroutine_threadsafe(self._send(self.peers[peer], tag, array), self.loop)
+        self._pending[future] = (peer, tag)
+        return future
+
+    async def _send(self, address: str, tag: str, array: np.ndarray) -> None:  # event loop
+        await self.worker.rpc(address).dtrain_message(
+            job_id=self.job_id, source=self.rank, tag=tag, data=to_serialize(array)
+        )
+
+    def recv(self, peer: int, tag: str) -> np.ndarray:
+        return self.box.take(
+            peer,
+            tag,
+            self.timeout,
+            waiting_for=f"rank {peer} ({self.peers[peer]}) to send {tag!r} to rank {self.rank} of job {self.job_id!r}",
+            check=self._check_sends,
+        )
+
+    def wait(self, future: concurrent.futures.Future) -> None:
+        try:
+            future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            self._raise_send_error(future, None)
+        except Exception as exc:
+            self._raise_send_error(future, exc)
+        finally:
+            self._pending.pop(future, None)
+
+    def _check_sends(self) -> None:
+        """Fail fast while waiting for a receive when one of this rank's sends already failed."""
+        for future in list(self._pending):
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                self._pending.pop(future)
+                self._raise_send_error(future, future.exception())
+        if self.box.reason is not None:
+            raise Aborted(self.box.reason)
+
+    def _raise_send_error(self, future: concurrent.futures.Future, exc: BaseException | None) -> None:
+        if self.box.reason is not None:  # the job was aborted: the failed send is a consequence
+            raise Aborted(self.box.reason) from exc
+        peer, tag = self._pending.get(future, (-1, "?"))
+        what = f"did not complete within {self.timeout:g} s" if exc is None else f"failed ({type(exc).__name__}: {exc})"
+        raise CommError(
+            f"Rank {self.rank} of job {self.job_id!r}: sending {tag!r} to rank {peer} ({self.peers[peer]}) {what}. "
+            "That worker is gone, unreachable, or has no dtrain plugin; abort the job and restart it."
+        ) from exc
+
+
+class DaskCommunicator(TransportCommunicator):
+    """CPU collectives between the rank tasks of one job; build it inside the rank task.
+
+    ``peers`` are the workers' addresses in rank order (this rank's own address at ``peers[rank]``);
+    ``timeout`` bounds every single wait, so a dead peer is a :class:`CommError` within ``timeout``
+    seconds, never a hang. Close it (or use it as a context manager) when the rank finishes.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self, job_id: str, rank: int, peers: list[str], timeout: float = 60.0, worker: Worker | None = None
+    ) -> None:
+        plugin = get_plugin(worker)
+        worker = plugin.worker
+        peers = list(peers)
+        if not isinstance(rank, int) or not 0 <= rank < len(peers):
+            raise ValueError(f"rank={rank!r} is not in [0, {len(peers)}) for {len(peers)} peers.")
+        if peers[rank] != worker.address:
+            raise ValueError(
+                f"Rank {rank} is running on worker {worker.address} but peers[{rank}] is {peers[rank]}: pin each rank "
+                "task to its worker with client.submit(..., workers=[address], allow_other_workers=False)."
+            )
+        if len(set(peers)) != len(peers):
+            raise ValueError(f"Two ranks share a worker in peers={peers}: run exactly one rank per worker.")
+        self.job_id = job_id
+        self.timeout = timeout
+        self._box = plugin.mailbox(job_id)
+        self._jobs = plugin._jobs
+        super().__init__(_DaskTransport(worker, self._box, job_id, rank, peers, timeout))
+
+    @property
+    def mailbox(self) -> Mailbox:
+        """This rank's mailbox of the job; ``mailbox.is_set()`` is the job's abort flag."""
+        return self._box
+
+    def check_abort(self) -> None:
+        reason = self._box.reason
+        if reason is not None:
+            raise Aborted(reason)
+
+    def abort(self, reason: str) -> None:
+        """Abort the job here and on every peer (best effort, ~1 s at most, never raises)."""
+        t = self._transport
+        message = f"rank {self.rank} ({t.peers[self.rank]}) failed: {reason}"
+        try:
+            self._jobs.abort(self.job_id, message)
+            futures = [
+                asyncio.run_coroutine_threadsafe(self._send_abort(address, message), t.loop)
+                for address in t.peers
+                if address != t.peers[self.rank]
+            ]
+            if not _on_loop_thread(t.loop):  # never block the event loop waiting for itself
+                concurrent.futures.wait(futures, timeout=ABORT_GRACE)
+        except Exception:  # best effort: the caller is already failing
+            pass
+
+    async def _send_abort(self, address: str, reason: str) -> None:  # event loop
+        await self._transport.worker.rpc(address).dtrain_abort(job_id=self.job_id, reason=reason)
+
+    def close(self) -> None:
+        self._jobs.close(self.job_id)
+
+    def __repr__(self) -> str:
+        return f"<DaskCommunicator job {self.job_id!r} rank {self.rank} of {self.size}>"
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

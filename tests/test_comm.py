@@ -1,0 +1,471 @@
+"""Collectives: the algorithms in memory (ranks as threads), the Dask transport on real clusters
+(worker processes, the shared fixtures of conftest.py), the factory and the GPU wrappers' CPU parts."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+from distributed import as_completed, wait
+
+from dtrain.comm import Aborted, CommError, LocalCommunicator, Mailbox, algorithms, make_communicator
+from dtrain.comm.dask import (
+    PLUGIN_NAME,
+    DaskCommunicator,
+    DtrainWorkerPlugin,
+    abort_on_worker,
+    deliver_on_worker,
+    ensure_plugin,
+    get_plugin,
+)
+from dtrain.comm.memory import MemoryGroup
+from dtrain.comm.nccl import HostStagedCommunicator, decode_unique_id, encode_unique_id
+
+
+def run_ranks(size: int, body, timeout: float = 5.0) -> list:
+    """Run ``body(comm)`` for every rank of a MemoryGroup, one thread each; return the results in rank order."""
+    group = MemoryGroup(size, timeout=timeout)
+    results: list = [None] * size
+    errors: list = []
+
+    def target(rank: int) -> None:
+        try:
+            results[rank] = body(group.communicator(rank))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 5)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def rank_data(rank: int, n: int, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(1000 + rank).standard_normal(n).astype(dtype)
+
+
+def assert_allreduced(outputs: list[np.ndarray], inputs: list[np.ndarray]) -> None:
+    first = outputs[0].tobytes()
+    assert all(out.tobytes() == first for out in outputs), "ranks disagree bitwise"
+    exact = np.sum(np.stack(inputs).astype(np.float64), axis=0)
+    rtol = 1e-5 if outputs[0].dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(outputs[0], exact, rtol=rtol, atol=rtol * len(inputs))
+
+
+# -- algorithms, in memory ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_buckets(monkeypatch):
+    """Buckets of 256 bytes, so that the lengths below span several buckets."""
+    monkeypatch.setattr(algorithms, "BUCKET_BYTES", 256)
+
+
+@pytest.mark.parametrize("algorithm", ["doubling", "ring"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_allreduce_sums_bitwise_identically(size, dtype, algorithm, small_buckets, monkeypatch):
+    monkeypatch.setattr(algorithms, "RING_MIN_BYTES", 0 if algorithm == "ring" else 2**62)
+    monkeypatch.setattr(algorithms, "RING_MIN_SIZE", 2 if algorithm == "ring" else 3)
+    lengths = [0, 1, 7, 1000, 4099]  # 1000 and 4099 span several 256-byte buckets
+
+    def body(comm):
+        out = []
+        for n in lengths:
+            buf = rank_data(comm.rank, n, dtype)
+            comm.allreduce(buf)
+            out.append(buf)
+        return out
+
+    results = run_ranks(size, body)
+    for i, n in enumerate(lengths):
+        assert_allreduced([r[i] for r in results], [rank_data(rank, n, dtype) for rank in range(size)])
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_allreduce_accepts_any_contiguous_shape_and_integers(size):
+    def body(comm):
+        a = np.arange(12, dtype=np.int64).reshape(3, 4) * (comm.rank + 1)
+        comm.allreduce(a)
+        return a
+
+    for a in run_ranks(size, body):
+        np.testing.assert_array_equal(a, np.arange(12).reshape(3, 4) * sum(range(1, size + 1)))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_broadcast_from_every_root(size, small_buckets):
+    def body(comm):
+        out = []
+        for root in range(size):
+            buf = rank_data(comm.rank, 300, np.float64)
+            comm.broadcast(buf, root=root)
+            out.append(buf)
+        comm.barrier()
+        return out
+
+    results = run_ranks(size, body)
+    for root in range(size):
+        for r in results:
+            assert r[root].tobytes() == rank_data(root, 300, np.float64).tobytes()
+
+
+def test_a_peer_that_never_answers_is_a_comm_error_within_the_timeout():
+    group = MemoryGroup(2, timeout=0.5)
+    comm = group.communicator(0)
+    start = time.monotonic()
+    with pytest.raises(CommError, match=r"0\.5 s waiting for rank 1") as info:
+        comm.allreduce(np.ones(10, np.float32))
+    assert 0.45 < time.monotonic() - start < 2.0
+    assert not isinstance(info.value, Aborted)
+
+
+def test_abort_wakes_a_waiting_rank_at_once():
+    group = MemoryGroup(3, timeout=30)
+    waiting, failing = group.communicator(0), group.communicator(2)
+    caught: list = []
+
+    def wait_in_allreduce():
+        try:
+            waiting.allreduce(np.ones(10))
+        except BaseException as exc:
+            caught.append((exc, time.monotonic()))
+
+    thread = threading.Thread(target=wait_in_allreduce)
+    thread.start()
+    time.sleep(0.2)
+    aborted_at = time.monotonic()
+    failing.abort("out of memory")
+    thread.join(5)
+    exc, when = caught[0]
+    assert isinstance(exc, Aborted) and "rank 2 failed: out of memory" in exc.reason
+    assert when - aborted_at < 0.2
+    with pytest.raises(Aborted):
+        waiting.check_abort()
+
+
+def test_ranks_out_of_step_are_an_error():
+    def body(comm):
+        comm.allreduce(np.ones(10 + comm.rank, np.float32))
+
+    with pytest.raises(CommError, match="same size"):
+        run_ranks(2, body)
+
+
+def test_buffers_are_checked():
+    comm = MemoryGroup(1).communicator(0)
+    with pytest.raises(TypeError, match="NumPy arrays, received list"):
+        comm.allreduce([1.0, 2.0])
+    with pytest.raises(ValueError, match="not contiguous"):
+        comm.allreduce(np.ones((4, 4))[:, 0])
+    read_only = np.ones(3)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        comm.allreduce(read_only)
+    with pytest.raises(ValueError, match=r"root=1 is not a rank"):
+        comm.broadcast(np.ones(3), root=1)
+
+
+def test_mailbox_keeps_early_items_and_drops_late_ones():
+    box = Mailbox()
+    box.put(1, "b", "second")
+    box.put(1, "a", "first")
+    assert box.take(1, "a", 0.1) == "first" and box.take(1, "b", 0.1) == "second"
+    box.close()
+    box.put(1, "c", "late")
+    with pytest.raises(CommError, match="closed"):
+        box.take(1, "c", 0.1)
+
+
+def test_local_communicator_and_its_abort_event():
+    event = threading.Event()
+    comm = LocalCommunicator(event)
+    a = np.arange(4.0)
+    comm.allreduce(a)
+    comm.broadcast(a)
+    comm.barrier()
+    comm.check_abort()
+    np.testing.assert_array_equal(a, np.arange(4.0))
+    event.set()
+    with pytest.raises(Aborted):
+        comm.check_abort()
+    comm2 = LocalCommunicator()
+    comm2.abort("disk full")
+    with pytest.raises(Aborted, match="disk full"):
+        comm2.check_abort()
+
+
+def test_errors_pickle_with_their_reason():
+    exc = pickle.loads(pickle.dumps(Aborted("rank 1 failed: boom")))
+    assert isinstance(exc, Aborted) and exc.reason == "rank 1 failed: boom" and "boom" in str(exc)
+
+
+def test_make_communicator_checks_its_arguments():
+    with pytest.raises(ValueError, match="'local', 'dask', 'nccl', 'host-staged'"):
+        make_communicator("mpi", job_id="j", rank=0, size=1)
+    with pytest.raises(ValueError, match="exactly one rank"):
+        make_communicator("local", job_id="j", rank=0, size=2)
+    with pytest.raises(ValueError, match="rank=2, size=2"):
+        make_communicator("dask", job_id="j", rank=2, size=2)
+    assert isinstance(make_communicator("local", job_id="j", rank=0, size=1), LocalCommunicator)
+
+
+# -- the GPU wrappers' CPU parts ------------------------------------------------------------------
+
+
+class FakeDeviceArray:
+    """Stands in for a CuPy array on a CPU machine: ``get(out=)`` and ``set()`` are the copies."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.flags, self.dtype, self.size = array.flags, array.dtype, array.size
+
+    def reshape(self, *shape):
+        return FakeDeviceArray(self.array.reshape(*shape))
+
+    def get(self, out):
+        out[...] = self.array
+
+    def set(self, host):
+        self.array[...] = host
+
+
+def test_host_staged_sums_device_arrays_through_one_reused_host_buffer():
+    def body(comm):
+        staged = HostStagedCommunicator(comm)
+        device = FakeDeviceArray(rank_data(comm.rank, 1000).reshape(10, 100))
+        staged.allreduce(device)
+        buffer = staged._host
+        again = FakeDeviceArray(rank_data(comm.rank, 500, np.float64))
+        staged.allreduce(again)  # 4000 bytes fit in the 4000 already there
+        host = rank_data(comm.rank, 5)
+        staged.allreduce(host)  # NumPy arrays go straight through
+        staged.broadcast(device, root=2)
+        assert staged._host is buffer
+        return again.array, host, device.array
+
+    results = run_ranks(3, body)
+    assert_allreduced([r[0] for r in results], [rank_data(r, 500, np.float64) for r in range(3)])
+    assert_allreduced([r[1] for r in results], [rank_data(r, 5) for r in range(3)])
+    assert all(r[2].tobytes() == results[2][2].tobytes() for r in results)
+
+
+def test_nccl_unique_id_travels_as_bytes():
+    uid = tuple((i * 37) % 256 - 128 for i in range(128))  # signed C chars, as CuPy returns them
+    data = encode_unique_id(uid)
+    assert isinstance(data, bytes) and len(data) == 128
+    assert decode_unique_id(data) == uid
+    assert decode_unique_id(list(uid)) == uid
+    with pytest.raises(ValueError, match="128 bytes"):
+        decode_unique_id(b"short")
+
+
+@pytest.mark.gpu
+def test_nccl_single_rank_allreduce_and_host_arrays():
+    import cupy
+
+    from dtrain.comm.nccl import NcclCommunicator, make_unique_id
+
+    comm = NcclCommunicator("gpu-test", 0, 1, make_unique_id(), timeout=10)
+    try:
+        device = cupy.arange(10, dtype=cupy.float32)
+        comm.allreduce(device)
+        host = np.arange(3.0)
+        comm.allreduce(host)
+        comm.broadcast(device)
+        comm.barrier()
+        np.testing.assert_array_equal(device.get(), np.arange(10, dtype=np.float32))
+        np.testing.assert_array_equal(host, np.arange(3.0))
+    finally:
+        comm.close()
+
+
+@pytest.mark.gpu
+def test_nccl_init_without_peers_times_out():
+    from dtrain.comm.nccl import NcclCommunicator, make_unique_id
+
+    start = time.monotonic()
+    with pytest.raises(CommError, match="did not complete"):
+        NcclCommunicator("gpu-test-2", 0, 2, make_unique_id(), timeout=1.0)
+    assert time.monotonic() - start < 3
+
+
+# -- the Dask transport on real clusters ----------------------------------------------------------
+
+
+def plugged(client):
+    """The client, with dtrain's worker plugin registered (registering again is safe)."""
+    client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
+    ensure_plugin(client)
+    return client
+
+
+def launch(client, fn, *args, ranks=None, job_id=None):
+    """One pinned task per worker: ``fn(job_id, rank, peers, *args)``; returns (job_id, peers, futures)."""
+    peers = sorted(client.scheduler_info()["workers"])
+    job_id = job_id or f"test-{uuid.uuid4().hex}"
+    futures = [
+        client.submit(
+            fn, job_id, rank, peers, *args, workers=[peers[rank]], allow_other_workers=False,
+            pure=False, key=f"{job_id}-rank{rank}",
+        )
+        for rank in (range(len(peers)) if ranks is None else ranks)
+    ]
+    return job_id, peers, futures
+
+
+def _rank_collectives(job_id, rank, peers, n, bucket_bytes=None):
+    saved = algorithms.BUCKET_BYTES
+    algorithms.BUCKET_BYTES = bucket_bytes or saved  # this worker process only, restored below
+    try:
+        with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
+            grads = rank_data(rank, n)
+            comm.allreduce(grads)
+            weights = np.full(5, float(rank))
+            comm.broadcast(weights, root=len(peers) - 1)
+            comm.barrier()
+            metric = np.array([rank + 0.5])
+            comm.allreduce(metric)
+            return hashlib.sha1(grads.tobytes()).hexdigest(), grads, weights, metric
+    finally:
+        algorithms.BUCKET_BYTES = saved
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    "workers, n, bucket_bytes",
+    [(2, 1001, None), (2, 5000, 4096), (3, 1001, None), (3, 300_000, None), (3, 5000, 4096)],
+    ids=["2-doubling", "2-buckets", "3-fold", "3-ring", "3-buckets"],
+)
+def test_dask_collectives_are_correct_and_bitwise_identical(workers, n, bucket_bytes, request):
+    client = plugged(request.getfixturevalue(f"client{workers}"))
+    _, peers, futures = launch(client, _rank_collectives, n, bucket_bytes)
+    wait(futures, timeout=30)
+    results = client.gather(futures)
+    assert len({digest for digest, *_ in results}) == 1
+    assert_allreduced([grads for _, grads, _, _ in results], [rank_data(r, n) for r in range(workers)])
+    for _, _, weights, metric in results:
+        np.testing.assert_array_equal(weights, np.full(5, workers - 1.0))
+        assert metric[0] == sum(r + 0.5 for r in range(workers))
+
+
+def _rank_wait_forever(job_id, rank, peers, timeout):
+    with DaskCommunicator(job_id, rank, peers, timeout=timeout) as comm:
+        start = time.monotonic()
+        try:
+            comm.allreduce(np.ones(100, np.float32))
+        except CommError as exc:
+            return type(exc).__name__, str(exc), time.monotonic() - start
+    return "returned", "", time.monotonic() - start
+
+
+@pytest.mark.cluster
+def test_abort_on_worker_wakes_a_blocked_rank(client2):
+    client = plugged(client2)
+    job_id, _, [future] = launch(client, _rank_wait_forever, 30, ranks=[0])  # rank 1 never comes
+    time.sleep(0.5)  # let rank 0 block in its receive
+    client.run(abort_on_worker, job_id, "stopped by the driver")
+    wait([future], timeout=5)
+    kind, message, elapsed = future.result()
+    assert kind == "Aborted" and "stopped by the driver" in message
+    assert elapsed < 3
+
+
+def _rank_fail_or_wait(job_id, rank, peers, timeout):
+    if rank == 1:
+        raise ValueError("no data for this shard")
+    return _rank_wait_forever(job_id, rank, peers, timeout)
+
+
+@pytest.mark.cluster
+def test_a_peer_that_fails_before_communicating_means_an_error_not_a_hang(client2):
+    client = plugged(client2)
+    # without a driver: the deadline
+    _, _, futures = launch(client, _rank_fail_or_wait, 1.0)
+    wait(futures, timeout=10)
+    kind, message, elapsed = futures[0].result()
+    assert kind == "CommError" and "rank 1" in message and 0.9 < elapsed < 3
+    # with a driver that aborts the job on the first error: at once
+    job_id, _, futures = launch(client, _rank_fail_or_wait, 30)
+    for future in as_completed(futures):
+        if future.status == "error":
+            client.run(abort_on_worker, job_id, f"rank failed: {future.exception()}")
+            break
+    wait(futures, timeout=5)
+    kind, message, elapsed = futures[0].result()
+    assert kind == "Aborted" and "no data for this shard" in message and elapsed < 3
+
+
+def _rank_aborts(job_id, rank, peers):
+    comm = DaskCommunicator(job_id, rank, peers, timeout=30)
+    try:
+        if rank == 0:
+            start = time.monotonic()
+            comm.abort("loss is NaN")
+            return "aborted", time.monotonic() - start
+        try:
+            comm.allreduce(np.ones(3))
+        except Aborted as exc:
+            return "Aborted", exc.reason
+        return "returned", None
+    finally:
+        comm.close()
+
+
+@pytest.mark.cluster
+def test_a_failing_rank_aborts_its_peers(client3):
+    client = plugged(client3)
+    _, peers, futures = launch(client, _rank_aborts)
+    wait(futures, timeout=10)
+    results = client.gather(futures)
+    assert results[0][0] == "aborted" and results[0][1] < 1.5
+    for kind, reason in results[1:]:
+        assert kind == "Aborted" and f"rank 0 ({peers[0]}) failed: loss is NaN" in reason
+
+
+def _rank_reads_control(job_id, rank, peers):
+    comm = DaskCommunicator(job_id, rank, peers, timeout=5)
+    try:
+        comm.check_abort()
+        return get_plugin().wait_for(job_id, "driver", "stop-after-epoch", timeout=5)
+    except Aborted as exc:
+        return exc.reason
+    finally:
+        comm.close()
+
+
+@pytest.mark.cluster
+def test_control_values_and_aborts_that_arrive_before_the_job_opens(client2):
+    client = plugged(client2)
+    early = f"test-{uuid.uuid4().hex}"
+    client.run(deliver_on_worker, early, "driver", "stop-after-epoch", 3)
+    _, _, futures = launch(client, _rank_reads_control, job_id=early)
+    assert client.gather(futures) == [3, 3]
+    aborted = f"test-{uuid.uuid4().hex}"
+    client.run(abort_on_worker, aborted, "cancelled before start")
+    _, _, futures = launch(client, _rank_reads_control, job_id=aborted)
+    assert all("cancelled before start" in r for r in client.gather(futures))
+
+
+def _rank_on_wrong_worker(job_id, rank, peers):
+    try:
+        DaskCommunicator(job_id, 1 - rank, peers)
+    except ValueError as exc:
+        return str(exc)
+
+
+@pytest.mark.cluster
+def test_dask_communicator_checks_where_it_runs(client2):
+    with pytest.raises(RuntimeError, match="inside a task running on a Dask worker"):
+        get_plugin()
+    client = plugged(client2)
+    _, _, futures = launch(client, _rank_on_wrong_worker)
+    assert all("pin each rank task to its worker" in msg for msg in client.gather(futures))
