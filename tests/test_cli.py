@@ -35,7 +35,7 @@ def test_demo_json_learns_and_saves_a_loadable_model(tmp_path):
     proc = run("-m", "dtrain", "demo", "--json", "--epochs", "5", "--save", str(target))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # exactly one JSON document on stdout
-    assert result["device"] == "cpu"
+    assert result["device"] == "cpu" and result["workers"] == 2  # an embedded 2-worker cluster by default
     assert result["held_out_accuracy"] > 0.8 > result["chance_accuracy"]
     assert len(result["history"]["loss"]) == 5
     assert result["history"]["loss"][-1] < result["history"]["loss"][0]
@@ -43,6 +43,13 @@ def test_demo_json_learns_and_saves_a_loadable_model(tmp_path):
     x, y = dtrain.datasets.make_classification(4000, seed=0)
     loss, accuracy = model.evaluate(x[3200:], y[3200:])
     assert accuracy == pytest.approx(result["held_out_accuracy"], abs=1e-6)
+
+
+def test_demo_in_this_process_with_workers_0():
+    proc = run("-m", "dtrain", "demo", "--json", "--epochs", "3", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["workers"] == 0 and result["held_out_accuracy"] > 0.5
 
 
 def test_demo_human_output():
@@ -57,6 +64,7 @@ def test_demo_human_output():
         (["--optimizer", "adamw"], "Unknown optimizer 'adamw'. Known optimizers: adam, rmsprop, sgd."),
         (["--epochs", "0"], "expected a positive integer"),
         (["--samples", "1"], "too few"),
+        (["--workers", "-1"], "expected a non-negative integer"),
     ],
 )
 def test_demo_bad_input_is_one_line_on_stderr(args, message):
