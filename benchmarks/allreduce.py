@@ -13,7 +13,8 @@ Prints one JSON line. Figures (milliseconds, medians):
   2-rank allreduce cannot avoid (each rank sends and receives the whole buffer);
 - ``add_40MiB``: one in-place NumPy float32 addition of 40 MiB, the arithmetic of the allreduce.
 
-Set ``--ring-min-bytes`` / ``--ring-min-size`` to override the algorithm choice in the workers.
+``--ring allow`` lets the workers use the ring allreduce on one machine (by default they use it
+only across hosts); ``--ring-min-bytes`` / ``--ring-min-size`` move its thresholds.
 """
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ def _rank(job_id: str, rank: int, peers: list[str], sizes: list[int], reps: int,
     from dtrain.comm import algorithms
     from dtrain.comm.dask import DaskCommunicator
 
+    overrides = dict(overrides)
+    allow_ring = overrides.pop("allow_ring", None)
     saved = {name: getattr(algorithms, name) for name in overrides}
     for name, value in overrides.items():
         setattr(algorithms, name, value)
     try:
-        with DaskCommunicator(job_id, rank, peers, timeout=60) as comm:
+        with DaskCommunicator(job_id, rank, peers, timeout=60, allow_ring=allow_ring) as comm:
             out = {}
             for nbytes in sizes:
                 buf = np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32)
@@ -167,12 +170,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--ring-min-bytes", type=parse_bytes, default=None)
     parser.add_argument("--ring-min-size", type=int, default=None)
+    parser.add_argument("--ring", choices=["auto", "allow", "never"], default="auto",
+                        help="ring allreduce: auto (only across hosts), allow (by size), never")
     args = parser.parse_args(argv)
     overrides = {}
     if args.ring_min_bytes is not None:
         overrides["RING_MIN_BYTES"] = args.ring_min_bytes
     if args.ring_min_size is not None:
         overrides["RING_MIN_SIZE"] = args.ring_min_size
+    if args.ring != "auto":
+        overrides["allow_ring"] = args.ring == "allow"
     sizes = [parse_bytes(s) for s in args.sizes]
     report = {
         "benchmark": "allreduce",

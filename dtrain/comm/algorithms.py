@@ -26,7 +26,7 @@ import numpy as np
 from .base import CommError
 
 BUCKET_BYTES = 64 * 2**20  # largest message: Dask's frame shard size (distributed.comm.shard)
-RING_MIN_BYTES = 1 * 2**20  # ring allreduce from this many bytes per bucket ...
+RING_MIN_BYTES = 4 * 2**20  # ring allreduce from this many bytes per bucket ...
 RING_MIN_SIZE = 3  # ... on this many ranks or more
 
 
@@ -46,13 +46,18 @@ class Transport(Protocol):
         """Block until the send is complete: its buffer may be written again."""
 
 
-def allreduce(t: Transport, array: np.ndarray, tag: str) -> None:
-    """Sum the contiguous 1-D ``array`` over all ranks of ``t``, in place."""
+def allreduce(t: Transport, array: np.ndarray, tag: str, *, allow_ring: bool = True) -> None:
+    """Sum the contiguous 1-D ``array`` over all ranks of ``t``, in place.
+
+    ``allow_ring=False`` keeps recursive doubling for every size: right when all ranks share one
+    machine, where "bandwidth" is CPU time spent copying, the same total for both algorithms, and
+    the ring's extra rounds only add latency (measured: benchmarks/allreduce.py).
+    """
     if t.size == 1 or array.size == 0:
         return
     for i, bucket in enumerate(_buckets(array)):
         btag = f"{tag}.b{i}"
-        if t.size >= RING_MIN_SIZE and bucket.nbytes >= RING_MIN_BYTES:
+        if allow_ring and t.size >= RING_MIN_SIZE and bucket.nbytes >= RING_MIN_BYTES:
             _ring_allreduce(t, bucket, btag)
         else:
             _doubling_allreduce(t, bucket, btag)

@@ -41,8 +41,9 @@ class TransportCommunicator:
 
     name = "transport"
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, allow_ring: bool = True) -> None:
         self._transport = transport
+        self.allow_ring = allow_ring
         self.rank = transport.rank
         self.size = transport.size
         self._seq = 0
@@ -55,7 +56,7 @@ class TransportCommunicator:
         buf = flat_view(array, self.name)
         tag = self._tag("allreduce")
         self.check_abort()
-        algorithms.allreduce(self._transport, buf, tag)
+        algorithms.allreduce(self._transport, buf, tag, allow_ring=self.allow_ring)
 
     def broadcast(self, array: Any, root: int = 0) -> None:
         if not isinstance(root, int) or not 0 <= root < self.size:
