@@ -147,7 +147,7 @@ def test_abort_wakes_a_waiting_rank_at_once():
     thread.join(5)
     exc, when = caught[0]
     assert isinstance(exc, Aborted) and "rank 2 failed: out of memory" in exc.reason
-    assert when - aborted_at < 0.2
+    assert when - aborted_at < 0.5  # the timeout was 30 s
     with pytest.raises(Aborted):
         waiting.check_abort()
 

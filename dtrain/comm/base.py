@@ -64,6 +64,11 @@ def _abort_reason(flag: Any) -> str:
     return getattr(flag, "reason", None) or "the job was aborted"
 
 
+def failure_message(rank: int, where: str, reason: str) -> str:
+    """The abort reason a failing rank sends its peers: says which rank, unless ``reason`` already does."""
+    return reason if reason.startswith(f"rank {rank} ") else f"rank {rank}{where} failed: {reason}"
+
+
 class LocalCommunicator:
     """Rank 0 of 1: the collectives are no-ops. ``abort_event`` (a ``threading.Event``, or a
     :class:`Mailbox`) lets the owner of the job stop the training loop through ``check_abort``."""

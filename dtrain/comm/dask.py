@@ -26,7 +26,7 @@ from distributed import WorkerPlugin, get_worker
 from distributed.comm import get_address_host
 from distributed.protocol import to_serialize
 
-from .base import WAIT_SLICE, Aborted, CommError, Mailbox
+from .base import WAIT_SLICE, Aborted, CommError, Mailbox, failure_message
 from .collectives import TransportCommunicator
 
 if TYPE_CHECKING:
@@ -339,7 +339,7 @@ class DaskCommunicator(TransportCommunicator):
     def abort(self, reason: str) -> None:
         """Abort the job here and on every peer (best effort, ~1 s at most, never raises)."""
         t = self._transport
-        message = f"rank {self.rank} ({t.peers[self.rank]}) failed: {reason}"
+        message = failure_message(self.rank, f" ({t.peers[self.rank]})", reason)
         try:
             self._jobs.abort(self.job_id, message)
             futures = [

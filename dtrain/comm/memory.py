@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Aborted, Mailbox
+from .base import Aborted, Mailbox, failure_message
 from .collectives import TransportCommunicator
 
 
@@ -64,7 +64,7 @@ class MemoryCommunicator(TransportCommunicator):
             raise Aborted(reason)
 
     def abort(self, reason: str) -> None:
-        self._group.abort(f"rank {self.rank} failed: {reason}")
+        self._group.abort(failure_message(self.rank, "", reason))
 
     def close(self) -> None:
         self._group.mailboxes[self.rank].close()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
-from .base import WAIT_SLICE, Aborted, CommError, Communicator, Mailbox, _abort_reason
+from .base import WAIT_SLICE, Aborted, CommError, Communicator, Mailbox, _abort_reason, failure_message
 from .collectives import flat_view
 
 UNIQUE_ID_BYTES = 128
@@ -233,14 +233,14 @@ class NcclCommunicator:
 
     def abort(self, reason: str) -> None:
         try:
-            message = f"rank {self.rank} failed: {reason}"
+            message = failure_message(self.rank, "", reason)
             self._reason = self._reason or message
             if isinstance(self._abort, Mailbox):
                 self._abort.abort(message)
             else:
                 self._abort.set()
             if self._control is not None:
-                self._control.abort(reason)  # tells the peers, who may be blocked inside NCCL with us
+                self._control.abort(message)  # tells the peers, who may be blocked inside NCCL with us
             self._abort_nccl()
         except Exception:  # best effort: the caller is already failing
             pass
