@@ -359,6 +359,47 @@ def test_dask_collectives_are_correct_and_bitwise_identical(workers, n, bucket_b
         assert metric[0] == sum(r + 0.5 for r in range(workers))
 
 
+def _rank_factory(job_id, rank, peers, kind):
+    comm = make_communicator(kind, job_id=job_id, rank=rank, size=len(peers), peers=peers, timeout=10)
+    try:
+        data = np.full(3, rank + 1.0)
+        comm.allreduce(data)
+        comm.barrier()
+        return comm.name, data.tolist()
+    finally:
+        comm.close()
+
+
+def _rank_local_until_aborted(job_id):
+    comm = make_communicator("local", job_id=job_id, rank=0, size=1)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a training loop: check_abort every step
+            try:
+                comm.check_abort()
+            except Aborted as exc:
+                return exc.reason
+            time.sleep(0.01)
+        return "not aborted"
+    finally:
+        get_plugin().close_job(job_id)  # the job's abort flag lives in the plugin
+
+
+@pytest.mark.cluster
+def test_make_communicator_on_workers(client2):
+    client = plugged(client2)
+    for kind in ("dask", "host-staged"):
+        _, _, futures = launch(client, _rank_factory, kind)
+        assert client.gather(futures) == [(kind, [3.0, 3.0, 3.0])] * 2
+    # one rank: no peers to talk to, but the driver can still stop it
+    job_id = f"test-{uuid.uuid4().hex}"
+    worker = sorted(client.scheduler_info()["workers"])[0]
+    future = client.submit(_rank_local_until_aborted, job_id, workers=[worker], pure=False)
+    time.sleep(0.3)
+    client.run(abort_on_worker, job_id, "stopped", workers=[worker])
+    assert future.result(timeout=5) == "stopped"
+
+
 def _rank_sends_large(job_id, rank, peers):
     with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
         transport = comm._transport
