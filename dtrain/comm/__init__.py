@@ -73,7 +73,12 @@ def make_communicator(
     control = dask_communicator() if peers is not None else None
     if abort_event is None and control is not None:
         abort_event = control.mailbox
-    return nccl.NcclCommunicator(job_id, rank, size, nccl_id, timeout, abort_event, control=control)
+    try:
+        return nccl.NcclCommunicator(job_id, rank, size, nccl_id, timeout, abort_event, control=control)
+    except BaseException:
+        if control is not None:
+            control.close()
+        raise
 
 
 def _job_flag(job_id: str) -> Mailbox | None:

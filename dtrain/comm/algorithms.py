@@ -4,12 +4,14 @@ so that they run the same over Dask's worker-to-worker comms and in memory betwe
 - allreduce: recursive doubling (log2 p rounds of whole-buffer exchanges; non-power-of-two sizes
   fold the extra ranks into a partner first and send them the result at the end) for small
   buffers and for 2 ranks; ring reduce-scatter + allgather (2(p-1) rounds of 1/p of the buffer)
-  for large buffers on 3 or more ranks, where bandwidth matters more than round trips.
+  for large buffers on 3 or more ranks, where link bandwidth matters more than round trips (the
+  Dask communicator allows it only when the ranks span several hosts).
 - broadcast: binomial tree from the root.
 
 Bitwise identity: every rank ends with the same bits. In recursive doubling both partners compute
 ``mine + theirs``, and IEEE addition commutes, so ``a + b`` and ``b + a`` are the same bits; the
 folded ranks and the ring's allgather receive copies of sums made once. Nothing reassociates.
+(Two different NaN payloads are the one exception: x86 keeps the first operand's.)
 
 A buffer handed to ``send`` may be read until ``wait`` returns (Dask sends zero-copy), so every
 algorithm waits for a send before it writes to the memory it sent.
