@@ -291,6 +291,8 @@ class DaskArraySource(Source):
         start, stop = self._check_range(start, stop)
         if self.array is None:
             raise RuntimeError(f"{self.describe()} was pickled without its graph; read it through shard().")
+        if self._chunk_futures:  # persisted: compute through the client that holds the chunks
+            return np.asarray(self._chunk_futures[0].client.compute(self.array[start:stop]).result())
         return np.asarray(self.array[start:stop].compute())
 
     def prepare(self, client: Any) -> DaskArraySource:
@@ -300,7 +302,7 @@ class DaskArraySource(Source):
         training starts. The chunks stay on the workers."""
         if self._chunk_futures is not None:
             return self
-        from distributed import futures_of, wait
+        from distributed import futures_of
 
         array = self.array
         if any(len(c) > 1 for c in array.chunks[1:]):
@@ -311,10 +313,11 @@ class DaskArraySource(Source):
         for _ in range(array.ndim - 1):
             keys = [k[0] for k in keys]
         futures = [by_key[k] for k in keys]
-        wait(futures)
         for future in futures:
-            if future.status == "error":
-                exc = future.exception()
+            # Waits for the chunk without fetching it; through the future's own client (the
+            # caller's client need not be Dask's default one).
+            exc = future.exception()
+            if exc is not None:
                 raise _rewrap(exc, f"computing {self.describe()} on the cluster failed: {exc!r}") from exc
         return DaskArraySource(array, self.role, futures)
 

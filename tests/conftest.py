@@ -51,20 +51,22 @@ def small_model(input_dim: int | None = 20, hidden: int = 16, classes: int = 3, 
 
 # -- real Dask clusters ---------------------------------------------------------------------------
 # Worker processes (not threads), as users run them. One cluster per worker count is shared by
-# the whole session: starting one costs seconds. Tests that kill or restart workers must start
-# their own cluster instead.
+# the tests of a module (starting one costs a second or two) and closed when the module ends, so
+# no cluster's background threads run during other modules (allocation tests trace all threads).
+# Tests that kill or restart workers must start their own cluster instead.
 _CLUSTERS: dict[int, tuple] = {}
 
 
 def shared_client(n_workers: int):
-    """A Client on a session-wide LocalCluster with ``n_workers`` single-threaded worker processes."""
+    """A Client on a LocalCluster with ``n_workers`` single-threaded worker processes. The client
+    is not made Dask's default, so code under test must use the client it is given."""
     from distributed import Client, LocalCluster
 
     if n_workers not in _CLUSTERS:
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
         )
-        _CLUSTERS[n_workers] = (cluster, Client(cluster))
+        _CLUSTERS[n_workers] = (cluster, Client(cluster, set_as_default=False))
     return _CLUSTERS[n_workers][1]
 
 
@@ -78,7 +80,9 @@ def client3():
     return shared_client(3)
 
 
-def pytest_sessionfinish(session, exitstatus):
+@pytest.fixture(autouse=True, scope="module")
+def _close_shared_clusters():
+    yield
     for cluster, client in _CLUSTERS.values():
         client.close()
         cluster.close()

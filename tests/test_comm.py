@@ -10,7 +10,6 @@ import uuid
 
 import numpy as np
 import pytest
-from distributed import as_completed, wait
 
 from dtrain.comm import Aborted, CommError, LocalCommunicator, Mailbox, algorithms, make_communicator
 from dtrain.comm.dask import (
@@ -350,7 +349,7 @@ def _rank_collectives(job_id, rank, peers, n, bucket_bytes, ring):
 def test_dask_collectives_are_correct_and_bitwise_identical(workers, n, bucket_bytes, ring, request):
     client = plugged(request.getfixturevalue(f"client{workers}"))
     _, peers, futures = launch(client, _rank_collectives, n, bucket_bytes, ring)
-    wait(futures, timeout=30)
+    _wait_done(futures, 30)
     results = client.gather(futures)
     assert len({digest for digest, *_ in results}) == 1
     assert_allreduced([grads for _, grads, _, _ in results], [rank_data(r, n) for r in range(workers)])
@@ -435,7 +434,7 @@ def test_abort_on_worker_wakes_a_blocked_rank(client2):
     job_id, _, [future] = launch(client, _rank_wait_forever, 30, ranks=[0])  # rank 1 never comes
     time.sleep(0.5)  # let rank 0 block in its receive
     client.run(abort_on_worker, job_id, "stopped by the driver")
-    wait([future], timeout=5)
+    _wait_done([future], 5)
     kind, message, elapsed = future.result()
     assert kind == "Aborted" and "stopped by the driver" in message
     assert elapsed < 3
@@ -452,16 +451,17 @@ def test_a_peer_that_fails_before_communicating_means_an_error_not_a_hang(client
     client = plugged(client2)
     # without a driver: the deadline
     _, _, futures = launch(client, _rank_fail_or_wait, 1.0)
-    wait(futures, timeout=10)
+    _wait_done(futures, 10)
     kind, message, elapsed = futures[0].result()
     assert kind == "CommError" and "rank 1" in message and 0.9 < elapsed < 3
     # with a driver that aborts the job on the first error: at once
     job_id, _, futures = launch(client, _rank_fail_or_wait, 30)
-    for future in as_completed(futures):
-        if future.status == "error":
-            client.run(abort_on_worker, job_id, f"rank failed: {future.exception()}")
-            break
-    wait(futures, timeout=5)
+    deadline = time.monotonic() + 10
+    while not any(f.status == "error" for f in futures) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    failed = next(f for f in futures if f.status == "error")
+    client.run(abort_on_worker, job_id, f"rank failed: {failed.exception()}")
+    _wait_done(futures, 5)
     kind, message, elapsed = futures[0].result()
     assert kind == "Aborted" and "no data for this shard" in message and elapsed < 3
 
@@ -486,7 +486,7 @@ def _rank_aborts(job_id, rank, peers):
 def test_a_failing_rank_aborts_its_peers(client3):
     client = plugged(client3)
     _, peers, futures = launch(client, _rank_aborts)
-    wait(futures, timeout=10)
+    _wait_done(futures, 10)
     results = client.gather(futures)
     assert results[0][0] == "aborted" and results[0][1] < 1.5
     for kind, reason in results[1:]:
@@ -531,3 +531,13 @@ def test_dask_communicator_checks_where_it_runs(client2):
     client = plugged(client2)
     _, _, futures = launch(client, _rank_on_wrong_worker)
     assert all("pin each rank task to its worker" in msg for msg in client.gather(futures))
+
+
+def _wait_done(futures, timeout: float) -> None:
+    """Until every future is done (finished or failed), at most ``timeout`` seconds. (Unlike
+    distributed.wait this needs no default client: the session clusters' clients are not one.)"""
+    deadline = time.monotonic() + timeout
+    while not all(f.done() for f in futures):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"futures not done within {timeout} s: {[f.status for f in futures]}")
+        time.sleep(0.02)

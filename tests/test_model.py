@@ -509,15 +509,18 @@ def test_dense_forward_and_backward_allocate_nothing_in_steady_state():
 
         step()  # makes the buffers for this batch size
         ids = [tuple(map(id, layer._buffers.peek(batch))) for layer in layers]
+        # Other threads (a Dask client's event loop) are traced too: take the least of a few runs.
+        peaks = []
         tracemalloc.start()
         try:
-            for _ in range(3):
+            for _ in range(5):
+                tracemalloc.reset_peak()
                 step()
-            _, peak = tracemalloc.get_traced_memory()
+                peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
         assert [tuple(map(id, layer._buffers.peek(batch))) for layer in layers] == ids
-        return peak
+        return min(peaks)
 
     peak_of_steps(64)
     peak = peak_of_steps(4096)

@@ -204,13 +204,18 @@ def test_update_is_in_place_and_allocates_nothing(name, config):
     opt.build(np, w)
     address = w.__array_interface__["data"][0]
     opt.apply(w, g)  # warm-up
+    # tracemalloc also counts other threads (a Dask client's event loop when the session has
+    # one): the least of a few runs is this thread's own. A real per-step allocation shows in all.
+    peaks = []
     tracemalloc.start()
     try:
-        tracemalloc.reset_peak()
-        opt.apply(w, g)
-        _, peak = tracemalloc.get_traced_memory()
+        for _ in range(5):
+            tracemalloc.reset_peak()
+            opt.apply(w, g)
+            peaks.append(tracemalloc.get_traced_memory()[1])
     finally:
         tracemalloc.stop()
+    peak = min(peaks)
     assert peak < 4096, f"{name} {config} allocated {peak} bytes for a {w.nbytes}-byte parameter buffer"
     assert w.__array_interface__["data"][0] == address
 
