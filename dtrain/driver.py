@@ -340,7 +340,7 @@ def fit_on_cluster(
     val_split = _split(validation.count, len(ranks)) if validation is not None else None
     _check_memory(model, plan, owned, ranks, train, validation, val_split)
 
-    if not all(w.has_plugin for w in ranks):  # registering again would reset running jobs' state
+    if not all(w.has_plugin for w in ranks):  # a peer without it would never answer
         client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
     job_id = f"fit-{uuid.uuid4().hex[:12]}"
     nccl_id = None

@@ -230,8 +230,11 @@ class _DaskTransport:
         # it 2-3x slower. Later buffers get an allocation of their own, so a 1-byte lead buffer goes
         # first. (Small messages travel as one block anyway, and their additions are cheap.)
         lead = {"lead": to_serialize(_LEAD)} if array.nbytes >= ALIGN_MIN_BYTES else {}
+        # reply=False: no acknowledgement round trip. The write completing frees the buffer, and a
+        # dead peer fails the write (or, at worst, the receive deadline of whoever waits for it).
+        # Measured: a tiny model's distributed step went from 1.2-3 ms to 0.5 ms of communication.
         await self.worker.rpc(address).dtrain_message(
-            job_id=self.job_id, source=self.rank, tag=tag, **lead, data=to_serialize(array)
+            job_id=self.job_id, source=self.rank, tag=tag, **lead, data=to_serialize(array), reply=False
         )
 
     def recv(self, peer: int, tag: str) -> np.ndarray:
@@ -244,7 +247,7 @@ class _DaskTransport:
         )
 
     def wait(self, future: concurrent.futures.Future) -> None:
-        """Block until the send is acknowledged by the peer's handler (its buffer is free again)."""
+        """Block until the send is written to the connection (its buffer is free again)."""
         info = self._pending.pop(future, (-1, "?"))
         deadline = time.monotonic() + self.timeout
         while not future.done():
