@@ -90,16 +90,22 @@ def device_info() -> dict[str, Any]:
     CUDA_VISIBLE_DEVICES, which dask-cuda sets per worker), used to order ranks."""
     cupy, reason = _probe_cupy()
     if cupy is None:
-        return {"gpu": False, "gpu_index": None, "nccl": False, "reason": reason}
+        return {"gpu": False, "gpu_index": None, "gpu_uid": None, "nccl": False, "reason": reason}
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
     index = int(visible) if visible.isdigit() else int(cupy.cuda.runtime.getDevice())
+    # The PCI bus id tells GPUs apart also when CUDA_VISIBLE_DEVICES names them by UUID (every
+    # worker then sees "device 0"): two ranks on one GPU must not use NCCL.
+    try:
+        uid = cupy.cuda.Device().pci_bus_id
+    except Exception:
+        uid = f"index-{index}"
     try:
         from cupy.cuda import nccl  # noqa: PLC0415
 
         has_nccl = bool(getattr(nccl, "available", True))
     except Exception:
         has_nccl = False
-    return {"gpu": True, "gpu_index": index, "nccl": has_nccl, "reason": None}
+    return {"gpu": True, "gpu_index": index, "gpu_uid": uid, "nccl": has_nccl, "reason": None}
 
 
 def check_device(device: str) -> str:

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import time
@@ -46,6 +47,7 @@ class WorkerInfo:
     host: str
     gpu: bool
     gpu_index: int | None
+    gpu_uid: str | None            # PCI bus id: which physical GPU
     nccl: bool
     memory_limit: int | None       # bytes; None: no limit
     memory_used: int               # process memory now
@@ -65,6 +67,7 @@ def _probe_worker(dask_worker) -> dict[str, Any]:
         "worker_id": dask_worker.id,
         "gpu": info["gpu"],
         "gpu_index": info["gpu_index"],
+        "gpu_uid": info["gpu_uid"],
         "nccl": info["nccl"],
         "memory_limit": dask_worker.memory_manager.memory_limit or None,
         "memory_used": int(dask_worker.monitor.get_process_memory()),
@@ -130,7 +133,7 @@ def choose_communicator(device: str, ranks: Sequence[WorkerInfo]) -> str:
         return "local"
     if device == "cpu":
         return "dask"
-    gpus = [(w.host, w.gpu_index) for w in ranks]
+    gpus = [(w.host, w.gpu_uid) for w in ranks]
     # NCCL refuses two ranks on one GPU; without NCCL, or when GPUs are shared, stage through host memory.
     return "nccl" if all(w.nccl for w in ranks) and len(set(gpus)) == len(gpus) else "host-staged"
 
@@ -321,6 +324,13 @@ def fit_on_cluster(
     from .comm.dask import PLUGIN_NAME, DtrainWorkerPlugin
 
     timeout = _check_timeout(timeout)
+    for cb in callbacks:
+        if getattr(cb, "restore_best_weights", False):
+            raise ValueError(
+                "EarlyStopping(restore_best_weights=True) is not supported with client= yet: during "
+                "distributed training the weights live on the workers, and the client's model receives "
+                "them only when fit returns. Use it without client=, or drop restore_best_weights."
+            )
     ranks = cluster_ranks(client, workers)
     train, validation = _sources(model, x, y, validation_split, validation_data, client)
     plan = ShardPlan(train.count, len(ranks) if shards is None else shards, batch_size)
@@ -352,38 +362,41 @@ def fit_on_cluster(
     initial = {"params": host_copy(model.params)}
     if model.optimizer.iterations:
         initial["optimizer"] = model.optimizer.get_state()
-    # Only rank 0 receives the weights; it broadcasts them to the others.
-    [initial_future] = client.scatter([initial], workers=[ranks[0].address], hash=False)
-    futures = []
-    for r, worker in enumerate(ranks):
-        readers: dict[str, list] = {"x": [], "y": [], "val_x": [], "val_y": []}
-        for shard in owned[r]:
-            xr, yr = train.readers(*plan.bounds[shard], client, worker.address)
-            readers["x"].append(xr)
-            readers["y"].append(yr)
-        if validation is not None and val_split[r][1] > val_split[r][0]:
-            xr, yr = validation.readers(*val_split[r], client, worker.address)
-            readers["val_x"].append(xr)
-            readers["val_y"].append(yr)
-        dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
-        spec = RankSpec(
-            job_id=job_id, rank=r, peers=[w.address for w in ranks], worker_id=worker.worker_id,
-            model_config=model.get_config(), compile_config=model.compile_config(), input_dim=input_dim,
-            device=device, comm=comm_kind, timeout=timeout, rows=plan.rows, shards=plan.shards,
-            batch_size=plan.batch_size, owned=owned[r], seed=seed, shuffle=shuffle, epochs=epochs,
-            initial_epoch=initial_epoch, has_validation=validation is not None,
-            wait_for_client=bool(callbacks), record_replica_hashes=record_replica_hashes, nccl_id=nccl_id,
-        )
-        futures.append(
-            client.submit(
-                run_rank, spec, readers, dependencies, initial_future if r == 0 else None,
-                key=f"dtrain-{job_id}-rank-{r}", workers=[worker.address], allow_other_workers=False,
-                pure=False, retries=0,
+    # The workers wait for the client's callbacks after each epoch only when there are some.
+    wait_for_client = bool(callbacks)
+    supervisor = _Supervisor(client, job_id, ranks, cbs, model, timeout, wait_for_client)
+    model.stop_training = False
+    cbs.on_train_begin()
+    with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
+        # Only rank 0 receives the weights; it broadcasts them to the others.
+        [initial_future] = client.scatter([initial], workers=[ranks[0].address], hash=False)
+        for r, worker in enumerate(ranks):
+            readers: dict[str, list] = {"x": [], "y": [], "val_x": [], "val_y": []}
+            for shard in owned[r]:
+                xr, yr = train.readers(*plan.bounds[shard], client, worker.address)
+                readers["x"].append(xr)
+                readers["y"].append(yr)
+            if validation is not None and val_split[r][1] > val_split[r][0]:
+                xr, yr = validation.readers(*val_split[r], client, worker.address)
+                readers["val_x"].append(xr)
+                readers["val_y"].append(yr)
+            dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
+            spec = RankSpec(
+                job_id=job_id, rank=r, peers=[w.address for w in ranks], worker_id=worker.worker_id,
+                model_config=model.get_config(), compile_config=model.compile_config(), input_dim=input_dim,
+                device=device, comm=comm_kind, timeout=timeout, rows=plan.rows, shards=plan.shards,
+                batch_size=plan.batch_size, owned=owned[r], seed=seed, shuffle=shuffle, epochs=epochs,
+                initial_epoch=initial_epoch, has_validation=validation is not None,
+                wait_for_client=wait_for_client, record_replica_hashes=record_replica_hashes, nccl_id=nccl_id,
             )
-        )
-
-    supervisor = _Supervisor(client, job_id, ranks, futures, cbs, model, timeout)
-    results = supervisor.run(epochs, initial_epoch)
+            supervisor.futures.append(
+                client.submit(
+                    run_rank, spec, readers, dependencies, initial_future if r == 0 else None,
+                    key=f"dtrain-{job_id}-rank-{r}", workers=[worker.address], allow_other_workers=False,
+                    pure=False, retries=0,
+                )
+            )
+        results = supervisor.follow(initial_epoch)
 
     # -- the trained model back in the client's hands -----------------------------------------
     rank0 = results[0]
@@ -394,6 +407,7 @@ def fit_on_cluster(
     history.workers = [w.address for w in ranks]
     history.device, history.communicator = device, comm_kind
     model.history = history
+    cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model
     return history
 
 
@@ -403,40 +417,55 @@ class _Supervisor:
     workers, Ctrl-C. Runs in the caller's thread; Dask events arrive on the client's event
     loop and are handed over through a queue."""
 
-    def __init__(self, client, job_id, ranks, futures, cbs, model, timeout):
-        self.client, self.job_id, self.ranks, self.futures = client, job_id, ranks, futures
-        self.cbs, self.model, self.timeout = cbs, model, timeout
+    def __init__(self, client, job_id, ranks, cbs, model, timeout, wait_for_client: bool):
+        self.client, self.job_id, self.ranks = client, job_id, ranks
+        self.cbs, self.model, self.timeout, self.wait_for_client = cbs, model, timeout, wait_for_client
+        self.futures: list = []
         self.events: queue.Queue = queue.Queue()
         self.epoch_open: int | None = None
         self.epochs_done: set[int] = set()
         self.logs: dict[str, float] = {}
 
-    def run(self, epochs: int, initial_epoch: int) -> list[dict]:
-        from .comm.dask import abort_on_worker
-
+    @contextlib.contextmanager
+    def running(self):
+        """Subscribed to the job's events; on any exception (Ctrl-C included) every rank is
+        aborted and every task of the job released before the exception goes on."""
         topic = event_topic(self.job_id)
         self.client.subscribe_topic(topic, self.events.put)
-        self.model.stop_training = False
-        self.cbs.on_train_begin()
         try:
-            self._follow()
-            results = self.client.gather(self.futures)
+            yield
         except BaseException as exc:
-            reason = "interrupted on the client (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-            # Only the workers still there: a call to a dead one waits for the connect timeout.
-            alive = self._alive_addresses()
-            self.client.run(abort_on_worker, self.job_id, f"training aborted: {reason}",
-                            workers=[w.address for w in self.ranks if w.address in alive], on_error="ignore")
-            self._release()
+            self._abort(exc)
             raise
         finally:
             self.client.unsubscribe_topic(topic)
+
+    def follow(self, initial_epoch: int) -> list[dict]:
+        """Until every rank has returned; then every rank's result."""
+        self._follow()
+        # Finished futures hold results on their workers; a worker that dies right now would
+        # leave the fetch waiting for a re-run that cannot happen: bound it.
+        results = [f.result(timeout=self.timeout) for f in self.futures]
         # Epochs whose events did not arrive (they travel separately from results) still reach
         # the callbacks, from rank 0's own record.
         for offset, logs in enumerate(results[0]["history"]):
             self._epoch_end(initial_epoch + offset, logs, notify=False)
-        self.cbs.on_train_end(self.logs)
         return results
+
+    def _abort(self, exc: BaseException) -> None:
+        from .comm.dask import abort_on_worker
+
+        reason = "interrupted on the client (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        try:  # only the workers still there: a call to a dead one waits for the connect timeout
+            alive = self._alive_addresses()
+            targets = [w.address for w in self.ranks if w.address in alive]
+        except Exception:
+            targets = [w.address for w in self.ranks]
+        try:
+            self.client.run(abort_on_worker, self.job_id, f"training aborted: {reason}", workers=targets, on_error="ignore")
+        except Exception:  # the scheduler is unreachable: the ranks' own deadlines stop them
+            pass
+        self._release()
 
     def _follow(self) -> None:
         next_liveness = time.monotonic()
@@ -447,15 +476,22 @@ class _Supervisor:
                 continue
             except queue.Empty:
                 pass
-            failed = [f for f in self.futures if f.status == "error"]
-            if failed:
-                error = self._first_error()
-                try:  # a rank's error caused by a lost worker: say that first
+            statuses = [f.status for f in self.futures]
+            gone = [r for r, status in enumerate(statuses) if status in ("cancelled", "lost")]
+            if "error" in statuses or gone:
+                if "error" in statuses:
+                    error = self._first_error()
+                else:
+                    error = RuntimeError(
+                        f"The task of rank {gone[0]} was {statuses[gone[0]]} by the scheduler (did the client lose "
+                        "its connection, or was the task cancelled elsewhere?); training was stopped on every rank."
+                    )
+                try:  # caused by a lost worker (the scheduler also cancels tasks whose data died): say that
                     self._check_workers_alive()
                 except WorkerLostError as lost:
                     raise lost from error
                 raise error
-            if all(f.status == "finished" for f in self.futures):
+            if all(status == "finished" for status in statuses):
                 return
             if time.monotonic() >= next_liveness:
                 self._check_workers_alive()
@@ -484,13 +520,10 @@ class _Supervisor:
         self.epochs_done.add(epoch)
         self.epoch_open = None
         self.logs = logs
-        if notify and self.cbs_wait():
+        if notify and self.wait_for_client:
             # Rank 0 waits for this answer before it starts the next epoch (EarlyStopping...).
             self.client.run(deliver_on_worker, self.job_id, "driver", f"epoch-{epoch}", bool(self.model.stop_training),
                             workers=[self.ranks[0].address])
-
-    def cbs_wait(self) -> bool:
-        return any(not isinstance(cb, (callbacks_module.History, callbacks_module.ProgressBar)) for cb in self.cbs.callbacks)
 
     def _first_error(self) -> BaseException:
         """The original error: a rank's own failure rather than a peer's resulting abort."""
@@ -525,7 +558,10 @@ class _Supervisor:
         deadline = time.monotonic() + ABORT_GRACE_S
         while time.monotonic() < deadline and not all(f.done() for f in self.futures):
             time.sleep(0.05)
-        self.client.cancel(self.futures)
+        try:
+            self.client.cancel(self.futures)
+        except Exception:
+            pass
 
 
 def _timing(results: list[dict], plan: ShardPlan) -> tuple[dict[str, float], dict[str, np.ndarray]]:

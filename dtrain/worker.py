@@ -26,6 +26,7 @@ from .model import Sequential, Totals
 from .sampling import EpochSampler, ShardPlan
 
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
+STARTUP_TIMEOUT_S = 600.0   # how long ranks wait for each other while loading their shards
 
 
 @dataclass
@@ -100,19 +101,26 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         )
     plugin = get_plugin(worker)
     plugin.open_job(spec.job_id)
-    comm = make_communicator(
-        spec.comm, job_id=spec.job_id, rank=spec.rank, size=spec.size, peers=spec.peers,
-        timeout=spec.timeout, nccl_id=spec.nccl_id,
-    )
+    comm = None
     try:
+        # Start-up waits (for the slowest rank to load its rows) may be long; the driver watches
+        # the workers meanwhile. Between steps every wait is bounded by spec.timeout.
+        comm = make_communicator(
+            spec.comm, job_id=spec.job_id, rank=spec.rank, size=spec.size, peers=spec.peers,
+            timeout=max(spec.timeout, STARTUP_TIMEOUT_S), nccl_id=spec.nccl_id,
+        )
         return _train(spec, comm, worker, readers, dependencies, initial)
     except Aborted:
         raise
     except BaseException as exc:
-        comm.abort(f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}")
+        if comm is not None:
+            comm.abort(f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}")
+        else:
+            plugin.abort_job(spec.job_id, f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}")
         raise
     finally:
-        comm.close()
+        if comm is not None:
+            comm.close()
         plugin.close_job(spec.job_id)
 
 
@@ -138,11 +146,9 @@ def _load_checked(model: Sequential, spec: RankSpec, readers, dependencies, x_ke
     return x, y
 
 
-def _build_replica(spec: RankSpec, comm, initial: dict | None) -> Sequential:
+def _build_replica(model: Sequential, spec: RankSpec, comm, initial: dict | None) -> None:
     """The same network on every rank: rank 0 sets the client's weights (and optimizer state),
     then broadcasts them, so all replicas start bitwise identical."""
-    model = Sequential.from_config(spec.model_config, device=spec.device)
-    model.compile(**spec.compile_config)
     model.build(spec.input_dim, seed=spec.seed)
     if spec.rank == 0 and initial is not None:
         model.params[...] = model.backend.asarray(initial["params"])
@@ -154,7 +160,6 @@ def _build_replica(spec: RankSpec, comm, initial: dict | None) -> Sequential:
     iterations = np.array([model.optimizer.iterations], dtype=np.float64)
     comm.broadcast(iterations, root=0)
     model.optimizer.iterations = int(iterations[0])
-    return model
 
 
 class _Reporter:
@@ -176,13 +181,16 @@ class _Reporter:
 
 
 def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict:
-    # -- the replica and this rank's data -----------------------------------------------------
-    model = _build_replica(spec, comm, initial)
-    xp = model.backend.xp
+    # -- this rank's data, then the replica -----------------------------------------------------
+    model = Sequential.from_config(spec.model_config, device=spec.device)
+    model.compile(**spec.compile_config)  # the loss decides the form of the targets
     x, y = _load_checked(model, spec, readers, dependencies, "x", "y", "training")
     val_x = val_y = None
     if spec.has_validation:
         val_x, val_y = _load_checked(model, spec, readers, dependencies, "val_x", "val_y", "validation")
+    _build_replica(model, spec, comm, initial)  # waits for every rank to have loaded
+    comm.set_timeout(spec.timeout)
+    xp = model.backend.xp
     plan = ShardPlan(spec.rows, spec.shards, spec.batch_size)
     sampler = EpochSampler(plan, spec.owned, spec.seed, spec.shuffle)
     if x is None or len(x) != sampler.rows:
@@ -225,10 +233,12 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
                 totals.add(*model.compute_gradients(xb, yb, scale=1.0 / global_count))
             else:  # this rank's shards give nothing to this step; it still joins the allreduce
                 model.grads.fill(0)
+            model.backend.synchronize()  # GPU: the backward kernels belong to compute, not to the allreduce
             t1 = time.perf_counter()
             comm.allreduce(model.grads)
             t2 = time.perf_counter()
             model.apply_gradients()
+            model.backend.synchronize()
             t3 = time.perf_counter()
             times.compute.append((t1 - t0) + (t3 - t2))
             times.allreduce.append(t2 - t1)
@@ -254,8 +264,16 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
             if spec.rank == 0:
                 from .comm.dask import get_plugin
 
-                stop[0] = float(get_plugin(worker).wait_for(spec.job_id, "driver", f"epoch-{epoch}", spec.timeout))
+                stop[0] = float(get_plugin(worker).wait_for(
+                    spec.job_id, "driver", f"epoch-{epoch}", spec.timeout,
+                    waiting_for=f"the client's callbacks after epoch {epoch + 1} (a callback slower than "
+                    f"timeout={spec.timeout:g} s, or the client is gone)",
+                ))
+            # The others wait while rank 0 waits for the client: give them longer, so that a slow
+            # callback is reported by rank 0 as such, not as a dead rank 0.
+            comm.set_timeout(2 * spec.timeout)
             comm.broadcast(stop, root=0)
+            comm.set_timeout(spec.timeout)
             if stop[0]:
                 break
 

@@ -390,3 +390,72 @@ def test_sigint_stops_fit_within_seconds_and_the_workers_stay_usable(tmp_path):
         assert "usable" in rest and proc.returncode == 0
     finally:
         proc.kill()
+
+
+def test_builtin_callbacks_passed_by_the_user_and_on_train_end_sees_trained_weights(client2):
+    x, y = blobs(100)
+    seen = {}
+
+    def at_end(logs):
+        seen["weights"] = [w.copy() for w in model.get_weights()]
+
+    model = _model()
+    model.fit(
+        x, y, batch_size=10, epochs=2, seed=0, client=client2, verbose=0, timeout=10,
+        callbacks=[callbacks.ProgressBar(2), callbacks.LambdaCallback(on_train_end=at_end)],
+    )
+    for got, want in zip(seen["weights"], model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    local = _model()
+    local.fit(x, y, batch_size=10, epochs=2, seed=0, shards=2, verbose=0)
+    _assert_weights_close(model, local, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"restore_best_weights=True\) is not supported with client="):
+        model.fit(x, y, client=client2, verbose=0, callbacks=[callbacks.EarlyStopping(restore_best_weights=True)])
+
+
+# -- device and communicator choice (plain functions of what the workers reported) ----------------
+def _info(address, gpu=False, uid=None, nccl=False, host="10.0.0.1"):
+    from dtrain.driver import WorkerInfo
+
+    return WorkerInfo(address=address, worker_id="w", host=host, gpu=gpu, gpu_index=0 if gpu else None, gpu_uid=uid,
+                      nccl=nccl, memory_limit=None, memory_used=0, pause_fraction=0.8, has_plugin=True)
+
+
+def test_device_and_communicator_follow_what_the_workers_have():
+    from dtrain.driver import choose_communicator, choose_device
+
+    cpu = [_info("a"), _info("b")]
+    gpus = [_info("a", True, "0000:01:00.0", True), _info("b", True, "0000:02:00.0", True)]
+    shared = [_info("a", True, "0000:01:00.0", True), _info("b", True, "0000:01:00.0", True)]
+    no_nccl = [_info("a", True, "0000:01:00.0"), _info("b", True, "0000:02:00.0")]
+    assert choose_device("auto", cpu) == "cpu" and choose_communicator("cpu", cpu) == "dask"
+    assert choose_communicator("cpu", cpu[:1]) == "local"
+    assert choose_device("auto", gpus) == "gpu" and choose_communicator("gpu", gpus) == "nccl"
+    assert choose_communicator("gpu", shared) == "host-staged"  # NCCL refuses two ranks on one GPU
+    assert choose_communicator("gpu", no_nccl) == "host-staged"
+    assert choose_device("cpu", gpus) == "cpu"
+    assert choose_device("auto", [gpus[0], cpu[1]]) == "cpu"  # all ranks must agree
+    with pytest.raises(RuntimeError, match=r"workers \['b'\] have no usable GPU"):
+        choose_device("gpu", [gpus[0], cpu[1]])
+
+
+@pytest.mark.gpu
+def test_gpu_workers_train_like_one_process():
+    """One GPU: one rank (NCCL-free local path), then two workers sharing the GPU over the
+    host-staged path; both equal single-process training on the GPU."""
+    from dask_cuda import LocalCUDACluster
+    from distributed import Client, LocalCluster
+
+    x, y = blobs(200)
+    reference = _model()
+    reference.fit(x, y, batch_size=20, epochs=2, seed=0, shards=2, verbose=0)
+    with LocalCUDACluster(n_workers=1, dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
+        model = _model()
+        history = model.fit(x, y, batch_size=20, epochs=2, seed=0, shards=2, client=client, verbose=0)
+        assert history.device == "gpu" and history.communicator == "local"
+        _assert_weights_close(model, reference, rtol=1e-9, atol=1e-11)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
+        model = _model(device="gpu")
+        history = model.fit(x, y, batch_size=20, epochs=2, seed=0, client=client, verbose=0)
+        assert history.device == "gpu" and history.communicator == "host-staged"
+        _assert_weights_close(model, reference, rtol=1e-9, atol=1e-11)

@@ -50,6 +50,11 @@ class Communicator(Protocol):
     def barrier(self) -> None:
         """Return once every rank has entered the barrier."""
 
+    def set_timeout(self, seconds: float) -> None:
+        """Change the deadline of every later wait (ranks wait longer at start-up, while the
+        slowest one loads its data, than between steps)."""
+        ...
+
     def check_abort(self) -> None:
         """Raise :class:`Aborted` if the job was aborted (cheap: called every step)."""
 
@@ -80,6 +85,9 @@ class LocalCommunicator:
     def __init__(self, abort_event: threading.Event | Mailbox | None = None) -> None:
         self._abort = abort_event if abort_event is not None else threading.Event()
         self._reason: str | None = None
+
+    def set_timeout(self, seconds: float) -> None:
+        pass  # nothing to wait for
 
     def allreduce(self, array: Any) -> None:
         pass

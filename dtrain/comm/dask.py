@@ -337,6 +337,9 @@ class DaskCommunicator(TransportCommunicator):
         """This rank's mailbox of the job; ``mailbox.is_set()`` is the job's abort flag."""
         return self._box
 
+    def set_timeout(self, seconds: float) -> None:
+        self.timeout = self._transport.timeout = float(seconds)
+
     def check_abort(self) -> None:
         reason = self._box.reason
         if reason is not None:

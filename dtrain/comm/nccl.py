@@ -28,6 +28,8 @@ from .. import backend
 from .base import WAIT_SLICE, Aborted, CommError, Communicator, Mailbox, _abort_reason, failure_message
 from .collectives import flat_view
 
+ABORT_DEADLINE_S = 10.0  # how long a rank waits for ncclCommAbort before it gives up on it
+
 UNIQUE_ID_BYTES = 128
 
 _NCCL_DTYPES = {
@@ -219,13 +221,27 @@ class NcclCommunicator:
 
     def _abort_nccl(self) -> None:
         comm, self._comm = self._comm, None
-        if comm is not None:
+        if comm is None:
+            return
+
+        def abort() -> None:
             try:
                 comm.abort()
             except Exception:  # already broken: nothing more to release
                 pass
 
+        # ncclCommAbort itself has been seen to hang when peers are gone (NCCL issues #863,
+        # #1777): give it a daemon thread and a deadline, so the rank still fails and frees its worker.
+        thread = threading.Thread(target=abort, name=f"nccl-abort-{self.job_id}", daemon=True)
+        thread.start()
+        thread.join(ABORT_DEADLINE_S)
+
     # -- abort and close --------------------------------------------------------------------------
+
+    def set_timeout(self, seconds: float) -> None:
+        self.timeout = float(seconds)
+        if self._control is not None:
+            self._control.set_timeout(seconds)
 
     def check_abort(self) -> None:
         if self._abort.is_set():
@@ -246,6 +262,9 @@ class NcclCommunicator:
             pass
 
     def close(self) -> None:
+        if self._abort.is_set():
+            # Peers are gone or out of step: ncclCommDestroy could wait for them forever.
+            self._abort_nccl()
         comm, self._comm = self._comm, None
         if comm is not None:
             comm.destroy()
@@ -299,6 +318,9 @@ class HostStagedCommunicator:
 
     def barrier(self) -> None:
         self.inner.barrier()
+
+    def set_timeout(self, seconds: float) -> None:
+        self.inner.set_timeout(seconds)
 
     def check_abort(self) -> None:
         self.inner.check_abort()
