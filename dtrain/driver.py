@@ -396,7 +396,7 @@ def fit_on_cluster(
                     pure=False, retries=0,
                 )
             )
-        results = supervisor.follow(initial_epoch)
+        results = supervisor.follow(initial_epoch, epochs)
 
     # -- the trained model back in the client's hands -----------------------------------------
     rank0 = results[0]
@@ -424,6 +424,7 @@ class _Supervisor:
         self.events: queue.Queue = queue.Queue()
         self.epoch_open: int | None = None
         self.epochs_done: set[int] = set()
+        self.epochs = 0
         self.logs: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -440,8 +441,11 @@ class _Supervisor:
         finally:
             self.client.unsubscribe_topic(topic)
 
-    def follow(self, initial_epoch: int) -> list[dict]:
+    def follow(self, initial_epoch: int, epochs: int) -> list[dict]:
         """Until every rank has returned; then every rank's result."""
+        self.epochs = epochs
+        if initial_epoch < epochs:  # the workers start the first epoch now
+            self._begin(initial_epoch)
         self._follow()
         # Finished futures hold results on their workers; a worker that dies right now would
         # leave the fetch waiting for a re-run that cannot happen: bound it.
@@ -501,9 +505,7 @@ class _Supervisor:
         epoch = message["epoch"]
         if epoch in self.epochs_done:
             return
-        if self.epoch_open != epoch:
-            self.cbs.on_epoch_begin(epoch)
-            self.epoch_open = epoch
+        self._begin(epoch)
         if message["kind"] == "progress":
             self.cbs.on_train_batch_end(message["step"], message["logs"])
         else:
@@ -514,8 +516,7 @@ class _Supervisor:
 
         if epoch in self.epochs_done:
             return
-        if self.epoch_open != epoch:
-            self.cbs.on_epoch_begin(epoch)
+        self._begin(epoch)
         self.cbs.on_epoch_end(epoch, logs)
         self.epochs_done.add(epoch)
         self.epoch_open = None
@@ -524,6 +525,13 @@ class _Supervisor:
             # Rank 0 waits for this answer before it starts the next epoch (EarlyStopping...).
             self.client.run(deliver_on_worker, self.job_id, "driver", f"epoch-{epoch}", bool(self.model.stop_training),
                             workers=[self.ranks[0].address])
+        if notify and not self.model.stop_training and epoch + 1 < self.epochs:
+            self._begin(epoch + 1)  # the workers go straight on: the progress bar times from here
+
+    def _begin(self, epoch: int) -> None:
+        if self.epoch_open != epoch and epoch not in self.epochs_done:
+            self.cbs.on_epoch_begin(epoch)
+            self.epoch_open = epoch
 
     def _first_error(self) -> BaseException:
         """The original error: a rank's own failure rather than a peer's resulting abort."""

@@ -87,7 +87,7 @@ def test_verbose_shows_traceback():
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["seed_network.py", "digits.py"])
+@pytest.mark.parametrize("script", ["seed_network.py", "digits.py", "digits_cluster.py"])
 def test_examples_run_and_assert_their_claims(script):
     proc = run(str(ROOT / "examples" / script))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -132,9 +132,19 @@ def test_callbacks_on_the_client_see_every_epoch_and_can_stop_training(client2):
             if epoch == 1:
                 self.model.stop_training = True
 
+    order = []
+    recorder = callbacks.LambdaCallback(
+        on_train_begin=lambda logs: order.append("train"),
+        on_epoch_begin=lambda epoch, logs: order.append(("begin", epoch)),
+        on_epoch_end=lambda epoch, logs: order.append(("end", epoch)),
+        on_train_end=lambda logs: order.append("done"),
+    )
     model = _model()
-    history = model.fit(x, y, batch_size=10, epochs=10, seed=0, client=client2, verbose=0, callbacks=[stopper, StopAfterTwo()])
+    history = model.fit(
+        x, y, batch_size=10, epochs=10, seed=0, client=client2, verbose=0, callbacks=[stopper, StopAfterTwo(), recorder]
+    )
     assert [e for e, _ in seen] == [0, 1]
+    assert order == ["train", ("begin", 0), ("end", 0), ("begin", 1), ("end", 1), "done"]
     assert len(history.history["loss"]) == 2
     local = _model()
     local.fit(x, y, batch_size=10, epochs=2, seed=0, shards=2, verbose=0)
@@ -459,3 +469,11 @@ def test_gpu_workers_train_like_one_process():
         history = model.fit(x, y, batch_size=20, epochs=2, seed=0, client=client, verbose=0)
         assert history.device == "gpu" and history.communicator == "host-staged"
         _assert_weights_close(model, reference, rtol=1e-9, atol=1e-11)
+
+
+def test_a_cluster_without_workers_is_refused():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
+        with pytest.raises(RuntimeError, match="has no workers"):
+            _model().fit(*blobs(20), client=client, verbose=0)
