@@ -139,8 +139,10 @@ def _load_checked(model: Sequential, spec: RankSpec, readers, dependencies, x_ke
     where = f"{what} {_rows_label(readers[x_key])}"
     if not xs or sum(len(part) for part in xs) == 0:
         return None, None
-    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
-    y = np.concatenate(ys) if len(ys) > 1 else ys[0]
+    # Aligned, contiguous rows (a copy only where the transport left them misaligned): every
+    # batch is gathered from them, and a misaligned gather costs ~10% of a step.
+    x = np.require(np.concatenate(xs) if len(xs) > 1 else xs[0], requirements=["C", "A"])
+    y = np.require(np.concatenate(ys) if len(ys) > 1 else ys[0], requirements=["C", "A"])
     x = check_features(x, spec.input_dim, model.dtype, name=f"x ({where})")
     y = check_targets(y, len(x), model.loss, model.output_units, model.dtype, name=f"y ({where})", x_name=f"x ({where})")
     return x, y
