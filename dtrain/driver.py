@@ -185,7 +185,7 @@ def _sources(model, x, y, validation_split: float, validation_data, client) -> t
             )
         check_same_rows(xs, ys)
         if xs.n_rows == 0:
-            raise ValueError(f"{prefix}x is empty ({xs.describe()}): there are no samples to train on.")
+            raise ValueError(f"{prefix}x is empty ({xs.describe()}): it has no samples.")
         return xs, ys
 
     if x is None or y is None:
@@ -670,6 +670,8 @@ def predict_on_cluster(model, x, *, client, workers, batch_size: int) -> np.ndar
                 f"x has rows of shape {source.row_shape} ({source.describe()}), but the model expects "
                 f"input_dim={model.input_dim}."
             )
+        if source.n_rows == 0:
+            raise ValueError(f"x is empty ({source.describe()}): there is nothing to predict.")
     rows = _Rows(source, None, 0, source.n_rows)
     ranks, device, params, parts = _inference_parts(model, client, workers, rows)
     futures = []

@@ -477,3 +477,14 @@ def test_a_cluster_without_workers_is_refused():
     with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
         with pytest.raises(RuntimeError, match="has no workers"):
             _model().fit(*blobs(20), client=client, verbose=0)
+
+
+def test_empty_dask_inputs_are_refused_with_a_clear_message(client2):
+    import dask.array as da
+
+    model = _model()
+    empty = da.zeros((0, 20), chunks=5, dtype="float32")
+    with pytest.raises(ValueError, match="nothing to predict"):
+        model.predict(empty, client=client2)
+    with pytest.raises(ValueError, match="it has no samples"):
+        model.evaluate(empty, da.zeros(0, chunks=5, dtype="int64"), client=client2)
