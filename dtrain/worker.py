@@ -98,7 +98,6 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
             f"Rank {spec.rank} of job {spec.job_id} was started again on a restarted worker "
             f"({worker.address}); a restarted worker never re-runs a rank. Run fit again."
         )
-    _serve_large_buffers_from_heap()
     plugin = get_plugin(worker)
     plugin.open_job(spec.job_id)
     comm = None
@@ -123,30 +122,6 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         if comm is not None:
             comm.close()
         plugin.close_job(spec.job_id)
-
-
-_MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest allowed value
-
-
-def _serve_large_buffers_from_heap() -> None:
-    """Let glibc serve allocations up to 32 MiB from its heap instead of a fresh mmap each.
-
-    Every step the allreduce receives the peers' gradients in new buffers. Dask's nanny sets
-    MALLOC_TRIM_THRESHOLD_, which freezes glibc's mmap threshold at 128 KiB, so each of those
-    buffers was mapped, page-faulted in and unmapped again: measured on 2 workers, the 7.4 MB
-    gradient of 784-1024-1024-10 took 8.0-8.8 ms to allreduce, and 6.6-6.8 ms with this (the
-    step went from 45-49 to 41-42 ms). Freed memory is still trimmed back to the system as
-    the nanny intended. A no-op where the C library is not glibc."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, _MMAP_THRESHOLD_BYTES)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _load(readers: Sequence, dependencies: Sequence) -> list[np.ndarray]:
