@@ -405,6 +405,7 @@ def fit_on_cluster(
     history.timing, history.step_times = _timing(results, plan)
     history.replica_hashes = [r["replica_hashes"] for r in results] if record_replica_hashes else None
     history.workers = [w.address for w in ranks]
+    history.placement = {w.address: owned[r] for r, w in enumerate(ranks)}  # logical shards per worker
     history.device, history.communicator = device, comm_kind
     model.history = history
     cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model

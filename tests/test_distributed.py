@@ -488,3 +488,19 @@ def test_empty_dask_inputs_are_refused_with_a_clear_message(client2):
         model.predict(empty, client=client2)
     with pytest.raises(ValueError, match="it has no samples"):
         model.evaluate(empty, da.zeros(0, chunks=5, dtype="int64"), client=client2)
+
+
+def test_dask_array_shards_train_where_their_chunks_already_are(client2):
+    import dask.array as da
+
+    x, y = blobs(100)
+    first, second = sorted(client2.scheduler_info()["workers"])
+    # Rows 0-49 live on the second worker, rows 50-99 on the first: the reverse of rank order.
+    parts = [client2.scatter(x[:50], workers=[second]), client2.scatter(x[50:], workers=[first])]
+    xd = da.concatenate([da.from_delayed(f, shape=(50, 20), dtype=x.dtype) for f in parts])
+    model = _model()
+    history = model.fit(xd, y, batch_size=10, epochs=1, seed=0, client=client2, verbose=0)
+    assert history.placement == {second: [0], first: [1]}
+    local = _model()
+    local.fit(x, y, batch_size=10, epochs=1, seed=0, shards=2, verbose=0)
+    _assert_weights_close(model, local, rtol=1e-10, atol=1e-12)  # placement never changes the result
