@@ -82,8 +82,11 @@ def _check_client(client) -> None:
     if not isinstance(client, Client):
         raise TypeError(f"client= expects a distributed.Client, received {type(client).__name__} {client!r}.")
     if client.status != "running":
+        where = getattr(client.scheduler, "address", None) if client.scheduler is not None else None
+        hint = f" (it cannot reach the scheduler at {where}: is the scheduler running?)" if client.status == "connecting" else ""
         raise RuntimeError(
-            f"The Dask client is {client.status}, not running: create a new distributed.Client and pass it as client=."
+            f"The Dask client is {client.status}, not running{hint}: pass a client connected to a running "
+            "scheduler, e.g. distributed.Client('tcp://scheduler:8786')."
         )
 
 

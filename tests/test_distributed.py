@@ -504,3 +504,36 @@ def test_dask_array_shards_train_where_their_chunks_already_are(client2):
     local = _model()
     local.fit(x, y, batch_size=10, epochs=1, seed=0, shards=2, verbose=0)
     _assert_weights_close(model, local, rtol=1e-10, atol=1e-12)  # placement never changes the result
+
+
+@pytest.mark.slow
+def test_an_unreachable_scheduler_is_a_clear_error_at_once():
+    """Real `dask scheduler` and `dask worker` processes; the scheduler dies before fit."""
+    import socket
+    import subprocess
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(["dask", "scheduler", "--port", str(port), "--dashboard-address", ":0"], **quiet)
+    worker = subprocess.Popen(["dask", "worker", address, "--nthreads", "1"], **quiet)
+    try:
+        client = Client(address, timeout=30, set_as_default=False)
+        client.wait_for_workers(1, timeout=30)
+        scheduler.kill()
+        scheduler.wait()
+        deadline = time.monotonic() + 10
+        while client.status == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match=f"cannot reach the scheduler at {address}"):
+            _model().fit(*blobs(50), client=client, verbose=0)
+        assert time.monotonic() - start < 5
+        client.close(timeout=5)
+    finally:
+        scheduler.kill()
+        worker.kill()
