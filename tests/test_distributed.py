@@ -537,3 +537,30 @@ def test_an_unreachable_scheduler_is_a_clear_error_at_once():
     finally:
         scheduler.kill()
         worker.kill()
+
+
+def test_files_with_validation_split_and_tables_train_like_numpy(client2, tmp_path):
+    import pandas as pd
+
+    x, y = blobs(120)
+    reference = _model()
+    reference_history = reference.fit(x, y, batch_size=12, epochs=2, seed=3, validation_split=0.2, client=client2, verbose=0)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    from_files = _model()
+    history = from_files.fit(
+        str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), batch_size=12, epochs=2, seed=3, validation_split=0.2,
+        client=client2, verbose=0,
+    )
+    _assert_weights_close(from_files, reference, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(history.history["val_loss"], reference_history.history["val_loss"], rtol=1e-10)
+
+    # The same rows as a CSV table (features f0..f19, label column "label"), in several partitions.
+    table = pd.DataFrame(x.astype(np.float64), columns=[f"f{i}" for i in range(20)])
+    table["label"] = y
+    table.to_csv(tmp_path / "train.csv", index=False)
+    tx, ty = dtrain.from_csv(tmp_path / "train.csv", label="label", blocksize=2000)
+    from_csv = _model()
+    from_csv.fit(tx, ty, batch_size=12, epochs=2, seed=3, validation_split=0.2, client=client2, verbose=0)
+    # CSV keeps float64 text of float32 values: the parsed features equal x exactly.
+    _assert_weights_close(from_csv, reference, rtol=1e-10, atol=1e-12)
