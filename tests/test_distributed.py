@@ -564,3 +564,17 @@ def test_files_with_validation_split_and_tables_train_like_numpy(client2, tmp_pa
     from_csv.fit(tx, ty, batch_size=12, epochs=2, seed=3, validation_split=0.2, client=client2, verbose=0)
     # CSV keeps float64 text of float32 values: the parsed features equal x exactly.
     _assert_weights_close(from_csv, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_a_second_fit_continues_from_the_optimizer_state_like_one_process(client2):
+    """Adam's moments and step count go to the workers and come back: two cluster fits in a
+    row (the second with initial_epoch) equal the same two fits in one process."""
+    x, y = blobs(100)
+    local, distributed = _model(), _model()
+    for model, client in ((local, None), (distributed, client2)):
+        model.fit(x, y, batch_size=10, epochs=2, seed=6, shards=2, client=client, verbose=0)
+        model.fit(x, y, batch_size=10, epochs=4, initial_epoch=2, seed=6, shards=2, client=client, verbose=0)
+    assert distributed.optimizer.iterations == local.optimizer.iterations == 40
+    _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
+    for name, slot in local.optimizer.slots.items():
+        np.testing.assert_allclose(distributed.optimizer.slots[name], slot, rtol=1e-10, atol=1e-14)
