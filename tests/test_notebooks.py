@@ -18,8 +18,11 @@ def test_notebook_runs(notebook, tmp_path):
     pytest.importorskip("matplotlib")
     cells = json.loads(notebook.read_text())["cells"]
     code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    script = tmp_path / f"{notebook.stem}.py"
-    script.write_text(code)
+    (tmp_path / f"{notebook.stem}_cells.py").write_text(code)
+    # Dask starts worker processes with "spawn", which re-imports the main script: run the cells
+    # from a guarded entry point, as a notebook kernel (which has no script) effectively does.
+    script = tmp_path / "run_notebook.py"
+    script.write_text(f"import runpy\nif __name__ == '__main__':\n    runpy.run_path({notebook.stem + '_cells.py'!r}, run_name='notebook')\n")
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
