@@ -8,7 +8,6 @@ import sys
 
 import dask.array as da
 import numpy as np
-import pandas as pd
 import pytest
 from distributed import get_worker
 
@@ -39,7 +38,8 @@ def grid(n: int = N, f: int = F, dtype=np.float32) -> np.ndarray:
     return (100 * np.arange(n)[:, None] + np.arange(f)).astype(dtype)
 
 
-def frame(n: int = N) -> pd.DataFrame:
+def frame(n: int = N):
+    pd = pytest.importorskip("pandas")  # the `data` extra: only the table tests need it
     x = grid(n, 6, np.float64)
     df = pd.DataFrame(x, columns=[f"f{j}" for j in range(6)])
     df["label"] = np.arange(n) % 3
