@@ -38,14 +38,9 @@ def measure_dtrain(layers: list[int], batch: int, steps: int, workers: int) -> d
     import numpy as np
     from distributed import Client, LocalCluster
 
-    from dtrain.layers import Dense
-    from dtrain.models import Sequential
+    from .single_process import build_mlp
 
-    model = Sequential(device="cpu")
-    for i, units in enumerate(layers[1:]):
-        last = i == len(layers) - 2
-        model.add(Dense(units, activation="softmax" if last else "relu", input_dim=layers[0] if i == 0 else None))
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model = build_mlp(layers)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch * steps, layers[0])).astype(np.float32)
     y = rng.integers(0, layers[-1], size=batch * steps)

@@ -38,10 +38,8 @@ def _thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def measure_dtrain(layers: list[int], batch: int, steps: int, warmup: int) -> dict:
-    """Runs inside a fresh process whose BLAS thread count was set by the environment."""
-    import numpy as np
-
+def build_mlp(layers: list[int]):
+    """The peers' network: relu hidden layers, softmax output, SGD, sparse cross-entropy, on CPU."""
     from dtrain.layers import Dense
     from dtrain.models import Sequential
 
@@ -50,6 +48,14 @@ def measure_dtrain(layers: list[int], batch: int, steps: int, warmup: int) -> di
         last = i == len(layers) - 2
         model.add(Dense(units, activation="softmax" if last else "relu", input_dim=layers[0] if i == 0 else None))
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def measure_dtrain(layers: list[int], batch: int, steps: int, warmup: int) -> dict:
+    """Runs inside a fresh process whose BLAS thread count was set by the environment."""
+    import numpy as np
+
+    model = build_mlp(layers)
     model.build(seed=0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, layers[0])).astype(np.float32)

@@ -11,6 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
+pytest.importorskip("distributed")  # a base dependency; without it there is nothing to test
+
 from dtrain.comm import Aborted, CommError, LocalCommunicator, Mailbox, algorithms, make_communicator
 from dtrain.comm.dask import (
     PLUGIN_NAME,

@@ -6,9 +6,11 @@ import os
 import pickle
 import sys
 
-import dask.array as da
 import numpy as np
 import pytest
+
+pytest.importorskip("distributed")  # a base dependency; without it there is nothing to test
+import dask.array as da  # noqa: E402
 from distributed import get_worker
 
 from dtrain import sources
