@@ -414,10 +414,97 @@ def _rank_sends_large(job_id, rank, peers):
 @pytest.mark.cluster
 def test_large_arrays_arrive_aligned(client2):
     """Misaligned arrays make NumPy's additions 2-3x slower; the Dask transport sends a lead
-    buffer so that Dask gives large arrays an allocation of their own (see dask._send)."""
+    buffer so that Dask gives large arrays an allocation of their own (see _send_array)."""
     client = plugged(client2)
     _, _, futures = launch(client, _rank_sends_large)
     assert client.gather(futures) == [None, True]
+
+
+def _rank_shared_memory(job_id, rank, peers, off_ranks, bucket_bytes):
+    from dtrain.comm import dask as dask_comm
+
+    saved = algorithms.BUCKET_BYTES
+    algorithms.BUCKET_BYTES = bucket_bytes  # several messages per collective: the slots are reused under pressure
+    try:
+        with DaskCommunicator(job_id, rank, peers, timeout=20, shared_memory=rank not in off_ranks) as comm:
+            digests = []
+            for step, n in enumerate([300_000, 20_000, 300_000, 2_000_000, 2_000_000, 300_000]):
+                grads = rank_data(rank + 10 * step, n)
+                comm.allreduce(grads)
+                digests.append(hashlib.sha1(grads.tobytes()).hexdigest())
+                weights = np.full(n, float(rank), np.float32)
+                comm.broadcast(weights, root=step % len(peers))
+                assert (weights == step % len(peers)).all()
+            transport = comm._transport
+            slots = {peer: len(slots) for peer, slots in transport._slots.items()}
+            return digests, grads, sorted(transport.shared_peers), slots
+    finally:
+        algorithms.BUCKET_BYTES = saved
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("off_ranks", [(), (1,), (0, 1, 2)], ids=["all-shared", "rank1-tcp", "all-tcp"])
+def test_large_arrays_between_workers_of_one_machine_go_through_shared_memory(off_ranks, client3):
+    """Same sums, bitwise identical, whichever way the bytes travel; a rank that declines shared
+    memory is reached over TCP in both directions while the others still share; slots are reused."""
+    from dtrain.comm.dask import SHARED_SLOTS_PER_PEER
+
+    client = plugged(client3)
+    _, _, futures = launch(client, _rank_shared_memory, off_ranks, 2**20)
+    _wait_done(futures, 60)
+    results = client.gather(futures)
+    for step_digests in zip(*(digests for digests, *_ in results)):
+        assert len(set(step_digests)) == 1
+    assert_allreduced([grads for _, grads, _, _ in results], [rank_data(r + 50, 300_000) for r in range(3)])
+    for rank, (_, _, shared_peers, slots) in enumerate(results):
+        expected = [] if rank in off_ranks else [p for p in range(3) if p != rank and p not in off_ranks]
+        assert shared_peers == expected
+        assert sorted(slots) == expected and all(1 <= count <= SHARED_SLOTS_PER_PEER for count in slots.values())
+
+
+def _rank_root_leaves_early(job_id, rank, peers):
+    with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
+        comm.barrier()  # agrees on shared memory
+        if rank != 0:
+            time.sleep(0.5)  # the root has sent, returned and is closing before this rank looks
+        weights = np.full(1_000_000, float(rank), np.float32)
+        comm.broadcast(weights, root=0)
+        shared = bool(comm._transport.shared_peers)
+    return shared, float(weights.min()), float(weights.max())
+
+
+@pytest.mark.cluster
+def test_a_rank_that_finishes_first_keeps_its_shared_memory_until_the_peers_have_read_it(client3):
+    client = plugged(client3)
+    _, _, futures = launch(client, _rank_root_leaves_early)
+    _wait_done(futures, 30)
+    assert client.gather(futures) == [(True, 0.0, 0.0)] * 3
+
+
+def test_shared_segments_are_checked_before_they_are_read():
+    from dtrain.comm import shm
+
+    if not shm.available():
+        pytest.skip("shared memory between processes needs Linux memfd and /proc")
+    segment = shm.Segment(shm.slot_capacity(4000))
+    peers = shm.PeerSegments()
+    try:
+        data = np.arange(1000, dtype=np.float32)
+        segment.write(data)
+        ref = segment.ref(data.dtype, data.size, 0, 1)
+        got = peers.array(ref)
+        np.testing.assert_array_equal(got, data)
+        assert not got.flags.writeable and got.ctypes.data % 64 == 0
+        with pytest.raises(OSError, match="token mismatch"):
+            shm.PeerSegments().array(shm.SharedRef(**{**ref.to_msg(), "token": "00" * shm.TOKEN_BYTES}))
+        with pytest.raises(OSError, match="bytes, expected"):
+            shm.PeerSegments().array(shm.SharedRef(**{**ref.to_msg(), "size": ref.size + 1}))
+        with pytest.raises(OSError):
+            shm.PeerSegments().array(shm.SharedRef(**{**ref.to_msg(), "fd": 10_000}))
+        assert shm.SharedRef.from_msg(ref.to_msg()) == ref
+    finally:
+        peers.close()
+        segment.close()
 
 
 def _rank_wait_forever(job_id, rank, peers, timeout):

@@ -14,7 +14,8 @@ folded ranks and the ring's allgather receive copies of sums made once. Nothing 
 (Two different NaN payloads are the one exception: x86 keeps the first operand's.)
 
 A buffer handed to ``send`` may be read until ``wait`` returns (Dask sends zero-copy), so every
-algorithm waits for a send before it writes to the memory it sent.
+algorithm waits for a send before it writes to the memory it sent; and a received array may be
+the sender's shared memory, so every algorithm releases it once it has been read.
 
 Buffers are processed in buckets of at most :data:`BUCKET_BYTES` (Dask splits larger frames and
 merges them again with a copy). Tests shrink the module constants; they are read at call time.
@@ -46,6 +47,10 @@ class Transport(Protocol):
 
     def wait(self, handle: Any) -> None:
         """Block until the send is complete: its buffer may be written again."""
+
+    def release(self, peer: int, tag: str) -> None:
+        """The array received from ``peer`` under ``tag`` is no longer read (it may live in the
+        sender's shared memory, which the sender can then reuse)."""
 
 
 def allreduce(t: Transport, array: np.ndarray, tag: str, *, allow_ring: bool = True) -> None:
@@ -116,6 +121,7 @@ def _receive_into(t: Transport, out: np.ndarray, peer: int, tag: str, *, copy: b
         out[...] = got
     else:
         np.add(out, got, out=out)
+    t.release(peer, tag)
 
 
 def _doubling_allreduce(t: Transport, buf: np.ndarray, tag: str) -> None:
@@ -135,10 +141,12 @@ def _doubling_allreduce(t: Transport, buf: np.ndarray, tag: str) -> None:
     while mask < pof2:
         vpeer = vr ^ mask
         peer = 2 * vpeer + 1 if vpeer < extra else vpeer + extra
-        h = t.send(peer, f"{tag}.d{mask}", buf)
-        got = _checked(t, t.recv(peer, f"{tag}.d{mask}"), buf, peer, f"{tag}.d{mask}")
+        rtag = f"{tag}.d{mask}"
+        h = t.send(peer, rtag, buf)
+        got = _checked(t, t.recv(peer, rtag), buf, peer, rtag)
         t.wait(h)  # our buffer is on the wire until then
         np.add(buf, got, out=buf)
+        t.release(peer, rtag)
         mask <<= 1
     if r < 2 * extra:
         t.wait(t.send(r - 1, f"{tag}.unfold", buf))

@@ -160,6 +160,11 @@ class Mailbox:
             self._items.clear()
             self._cond.notify_all()
 
+    def poll(self, source: Hashable, tag: str) -> bool:
+        """Remove the item (source, tag) if it has arrived; never waits."""
+        with self._cond:
+            return self._items.pop((source, tag), _MISSING) is not _MISSING
+
     def take(
         self,
         source: Hashable,

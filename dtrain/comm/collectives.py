@@ -49,8 +49,13 @@ class TransportCommunicator:
         self._seq = 0
 
     def _tag(self, op: str) -> str:
+        if self._seq == 0:
+            self._connect()
         self._seq += 1
         return f"{self._seq}.{op}"
+
+    def _connect(self) -> None:
+        """Runs on every rank at the start of its first collective (a point all ranks reach in step)."""
 
     def allreduce(self, array: Any) -> None:
         buf = flat_view(array, self.name)

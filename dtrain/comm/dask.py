@@ -26,6 +26,7 @@ from distributed import WorkerPlugin, get_worker
 from distributed.comm import get_address_host
 from distributed.protocol import to_serialize
 
+from . import shm as shared
 from .base import WAIT_SLICE, Aborted, CommError, Mailbox, failure_message
 from .collectives import TransportCommunicator
 
@@ -116,9 +117,13 @@ class DtrainWorkerPlugin(WorkerPlugin):
 
     # -- handlers: event loop; store and return at once ------------------------------------------
 
-    def _handle_message(self, job_id: str, source: Hashable, tag: str, data: Any, lead: Any = None) -> None:
-        # ``lead``: a 1-byte buffer sent before large arrays so that they arrive aligned (see _send)
-        self._jobs.deliver(job_id, source, tag, data)
+    def _handle_message(
+        self, job_id: str, source: Hashable, tag: str, data: Any = None, lead: Any = None, shm: Any = None
+    ) -> None:
+        # ``lead``: a 1-byte buffer sent before large arrays so that they arrive aligned (see
+        # _send_array); ``shm``: instead of ``data``, where the sender put a large array in its
+        # shared memory (see _DaskTransport.send)
+        self._jobs.deliver(job_id, source, tag, shared.SharedRef.from_msg(shm) if shm is not None else data)
 
     def _handle_abort(self, job_id: str, reason: str) -> None:
         self._jobs.abort(job_id, reason)
@@ -231,25 +236,52 @@ def deliver_on_worker(
 
 
 _LEAD = np.zeros(1, dtype=np.uint8)
-ALIGN_MIN_BYTES = 2**17  # from this size, arrays are sent after a lead buffer (see _send)
-ACK_MIN_BYTES = 2**24  # from this size, a send waits for the peer's reply (see _send)
+ALIGN_MIN_BYTES = 2**17  # from this size, arrays are sent after a lead buffer (see _send_array)
+ACK_MIN_BYTES = 2**24  # from this size, a send waits for the peer's reply (see _send_array)
+SHARED_MIN_BYTES = 2**16  # from this size, arrays for a peer on this machine go through shared memory
+SHARED_SLOTS_PER_PEER = 4  # segments this rank keeps per peer (in use until the peer frees them)
+
+
+class _Slot:
+    """One of this rank's shared segments for one peer, busy from a send until the peer frees it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.segment = shared.Segment(capacity)
+        self.use = 0  # sends through this slot so far; the peer's "free" notice names the use
+        self.busy = False
+        self.last_send = 0
 
 
 class _DaskTransport:
-    """Sends through the worker's event loop and receives from the job's mailbox."""
+    """Sends through the worker's event loop and receives from the job's mailbox; large arrays for
+    peers on the same machine travel through shared memory (after :meth:`connect_shared_memory`)."""
 
     def __init__(self, worker: Worker, box: Mailbox, job_id: str, rank: int, peers: list[str], timeout: float):
         self.worker, self.box, self.job_id = worker, box, job_id
         self.rank, self.size, self.peers, self.timeout = rank, len(peers), peers, timeout
         self.loop = worker.loop.asyncio_loop
         self._pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
+        self._notices: list[concurrent.futures.Future] = []  # "free" notices in flight (never waited for)
+        self.shared_peers: set[int] = set()  # peers that read this rank's large arrays from shared memory
+        self._slots: dict[int, list[_Slot]] = {}
+        self._sends = 0
+        self._peer_segments = shared.PeerSegments()
+        self._held: dict[tuple[int, str], tuple[int, int]] = {}  # received from shared memory, not yet released
+
+    # -- sending --------------------------------------------------------------------------------------
 
     def send(self, peer: int, tag: str, array: np.ndarray) -> concurrent.futures.Future:
-        future = asyncio.run_coroutine_threadsafe(self._send(self.peers[peer], tag, array), self.loop)
+        if peer in self.shared_peers and array.nbytes >= SHARED_MIN_BYTES:
+            # copied now, in this thread: the caller's buffer is free again as soon as this returns
+            ref = self._put_shared(peer, array)
+            coro = self._send_message(self.peers[peer], tag, shm=ref.to_msg())
+        else:
+            coro = self._send_array(self.peers[peer], tag, array)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         self._pending[future] = (peer, tag)
         return future
 
-    async def _send(self, address: str, tag: str, array: np.ndarray) -> None:  # event loop
+    async def _send_array(self, address: str, tag: str, array: np.ndarray) -> None:  # event loop
         # Dask reads the first NumPy buffer of a message into one allocation together with the
         # message header, at an arbitrary byte offset: the array arrives misaligned and NumPy adds
         # it 2-3x slower. Later buffers get an allocation of their own, so a 1-byte lead buffer goes
@@ -264,7 +296,112 @@ class _DaskTransport:
             job_id=self.job_id, source=self.rank, tag=tag, **lead, data=to_serialize(array), reply=array.nbytes >= ACK_MIN_BYTES
         )
 
+    async def _send_message(self, address: str, tag: str, **fields: Any) -> None:  # event loop
+        """A small message (msgpack-able fields), without waiting for a reply."""
+        await self.worker.rpc(address).dtrain_message(job_id=self.job_id, source=self.rank, tag=tag, **fields, reply=False)
+
+    def _put_shared(self, peer: int, array: np.ndarray) -> shared.SharedRef:
+        slots = self._slots.setdefault(peer, [])
+        index = self._free_slot(peer, slots, array.nbytes)
+        slot = slots[index]
+        slot.segment.write(array)
+        self._sends += 1
+        slot.use, slot.busy, slot.last_send = slot.use + 1, True, self._sends
+        return slot.segment.ref(array.dtype, array.size, index, slot.use)
+
+    def _free_slot(self, peer: int, slots: list[_Slot], nbytes: int) -> int:
+        """A slot for ``peer`` that can take ``nbytes`` and that the peer no longer reads."""
+        for index, slot in enumerate(slots):
+            if slot.segment.capacity >= nbytes and (not slot.busy or self.box.poll(peer, _free_tag(index, slot.use))):
+                slot.busy = False
+                return index
+        if len(slots) < SHARED_SLOTS_PER_PEER:
+            slots.append(_Slot(shared.slot_capacity(nbytes)))
+            return len(slots) - 1
+        # every slot is in use (the peer is behind) or too small: wait for the oldest to be freed
+        index = min(range(len(slots)), key=lambda i: slots[i].last_send)
+        slot = slots[index]
+        self.box.take(
+            peer,
+            _free_tag(index, slot.use),
+            self.timeout,
+            waiting_for=f"rank {peer} ({self.peers[peer]}) to finish reading rank {self.rank}'s shared memory",
+            check=self._check_sends,
+        )
+        slot.busy = False
+        if slot.segment.capacity < nbytes:
+            slot.segment.close()
+            slots[index] = _Slot(shared.slot_capacity(nbytes))
+            slots[index].use = slot.use  # later "free" notices keep distinct names
+        return index
+
+    # -- receiving ------------------------------------------------------------------------------------
+
     def recv(self, peer: int, tag: str) -> np.ndarray:
+        got = self._take(peer, tag)
+        if not isinstance(got, shared.SharedRef):
+            return got
+        try:
+            array = self._peer_segments.array(got)
+        except OSError as exc:
+            raise CommError(
+                f"Rank {self.rank} of job {self.job_id!r} could not read what rank {peer} ({self.peers[peer]}) put in "
+                f"its shared memory for {tag!r} ({exc}): that worker has most likely died; abort the job and restart it."
+            ) from exc
+        self._held[(peer, tag)] = (got.slot, got.use)
+        return array
+
+    def release(self, peer: int, tag: str) -> None:
+        """Tell ``peer`` that the shared slot it sent ``tag`` through may be written again."""
+        held = self._held.pop((peer, tag), None)
+        if held is None:
+            return  # it came over TCP
+        self._notices = [n for n in self._notices if not n.done()]  # a failed notice: the next receive fails too
+        notice = self._send_message(self.peers[peer], _free_tag(*held), data=None)
+        self._notices.append(asyncio.run_coroutine_threadsafe(notice, self.loop))
+
+    # -- shared memory set-up and tear-down -----------------------------------------------------------
+
+    def connect_shared_memory(self, enabled: bool) -> None:
+        """Agree with every peer on this machine whether large arrays go through shared memory.
+
+        Every rank runs this once, at start-up: it offers a probe segment to each peer on its host
+        (or declines), opens the peers' probes, and tells each whether that worked. A rank sends
+        through shared memory only to peers that could read its probe; any other pair stays on TCP.
+        """
+        host = get_address_host(self.peers[self.rank])
+        local = [p for p in range(self.size) if p != self.rank and get_address_host(self.peers[p]) == host]
+        if not local:
+            return
+        probe = shared.Segment(0) if enabled and shared.available() else None
+        try:
+            offer = {"shm": probe.ref(np.dtype(np.uint8), 0, -1, 0).to_msg()} if probe else {"data": None}
+            sent = [self._post(p, "shm.hello", **offer) for p in local]
+            for p in local:
+                ref = self._take(p, "shm.hello")
+                readable = False
+                if enabled and isinstance(ref, shared.SharedRef):
+                    try:
+                        self._peer_segments.array(ref)
+                        readable = True
+                    except OSError:
+                        pass
+                sent.append(self._post(p, "shm.ok", data=readable))
+            for p in local:
+                if self._take(p, "shm.ok") is True:
+                    self.shared_peers.add(p)
+            for future in sent:
+                self.wait(future)
+        finally:
+            if probe is not None:
+                probe.close()
+
+    def _post(self, peer: int, tag: str, **fields: Any) -> concurrent.futures.Future:
+        future = asyncio.run_coroutine_threadsafe(self._send_message(self.peers[peer], tag, **fields), self.loop)
+        self._pending[future] = (peer, tag)
+        return future
+
+    def _take(self, peer: int, tag: str) -> Any:
         return self.box.take(
             peer,
             tag,
@@ -272,6 +409,25 @@ class _DaskTransport:
             waiting_for=f"rank {peer} ({self.peers[peer]}) to send {tag!r} to rank {self.rank} of job {self.job_id!r}",
             check=self._check_sends,
         )
+
+    def close_shared_memory(self, grace: float) -> None:
+        """Free this rank's segments once the peers have read them: a peer that has not opened a
+        segment yet could not after it is closed. Waits ``grace`` seconds at most (none once aborted)."""
+        deadline = time.monotonic() + grace
+        for peer, slots in self._slots.items():
+            for index, slot in enumerate(slots):
+                while slot.busy and self.box.reason is None and not self.box.closed:
+                    if self.box.poll(peer, _free_tag(index, slot.use)):
+                        break
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.001)
+        for slots in self._slots.values():
+            for slot in slots:
+                slot.segment.close()
+        self._slots.clear()
+        self._peer_segments.close()
+        self._held.clear()
 
     def wait(self, future: concurrent.futures.Future) -> None:
         """Block until the send is written to the connection (its buffer is free again)."""
@@ -292,9 +448,10 @@ class _DaskTransport:
             self._send_failed(info, exc)
 
     def cancel_sends(self) -> None:
-        for future in self._pending:
+        for future in [*self._pending, *self._notices]:
             future.cancel()
         self._pending.clear()
+        self._notices.clear()
 
     def _check_sends(self) -> None:
         """Fail fast while waiting for a receive when one of this rank's sends already failed."""
@@ -314,6 +471,11 @@ class _DaskTransport:
         ) from exc
 
 
+def _free_tag(slot: int, use: int) -> str:
+    """The tag of a peer's notice that it has read use ``use`` of this rank's shared slot ``slot``."""
+    return f"shm.free.{slot}.{use}"
+
+
 class DaskCommunicator(TransportCommunicator):
     """CPU collectives between the rank tasks of one job; build it inside the rank task.
 
@@ -321,6 +483,8 @@ class DaskCommunicator(TransportCommunicator):
     ``timeout`` bounds every single wait, so a dead peer is a :class:`CommError` within ``timeout``
     seconds, never a hang. ``allow_ring`` (default: when the peers span several hosts) lets large
     buffers on 3+ ranks use the ring allreduce; on one machine recursive doubling is faster.
+    ``shared_memory`` (default on) sends large arrays to peers on the same machine through shared
+    memory (:mod:`dtrain.comm.shm`) where both sides can use it, and over TCP otherwise.
     Close it (or use it as a context manager) when the rank finishes.
     """
 
@@ -335,6 +499,7 @@ class DaskCommunicator(TransportCommunicator):
         worker: Worker | None = None,
         *,
         allow_ring: bool | None = None,
+        shared_memory: bool = True,
     ) -> None:
         plugin = get_plugin(worker)
         worker = plugin.worker
@@ -354,7 +519,11 @@ class DaskCommunicator(TransportCommunicator):
         self._jobs = plugin._jobs
         if allow_ring is None:
             allow_ring = len({get_address_host(address) for address in peers}) > 1
+        self.shared_memory = shared_memory
         super().__init__(_DaskTransport(worker, self._box, job_id, rank, peers, timeout), allow_ring=allow_ring)
+
+    def _connect(self) -> None:
+        self._transport.connect_shared_memory(self.shared_memory)
 
     @property
     def mailbox(self) -> Mailbox:
@@ -390,6 +559,7 @@ class DaskCommunicator(TransportCommunicator):
 
     def close(self) -> None:
         self._transport.cancel_sends()  # after a failed collective: sends that will never complete
+        self._transport.close_shared_memory(grace=min(self.timeout, ABORT_GRACE))
         self._jobs.close(self.job_id)
 
     def __repr__(self) -> str:

@@ -50,6 +50,9 @@ class _MemoryTransport:
     def wait(self, handle: Any) -> None:
         pass
 
+    def release(self, peer: int, tag: str) -> None:
+        pass  # received arrays are private copies
+
 
 class MemoryCommunicator(TransportCommunicator):
     name = "memory"
