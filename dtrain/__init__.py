@@ -17,7 +17,7 @@ from .backend import floatx, get_backend, gpu_available, set_default_device, set
 from .layers import Dense
 from .model import Sequential
 from .saving import load_model
-from .sources import from_csv, from_npy, from_parquet
+from .sources import from_csv, from_npy, from_npz, from_parquet, from_synthetic
 
 __all__ = [
     "Dense",
@@ -25,7 +25,9 @@ __all__ = [
     "load_model",
     "from_csv",
     "from_npy",
+    "from_npz",
     "from_parquet",
+    "from_synthetic",
     "activations",
     "callbacks",
     "datasets",

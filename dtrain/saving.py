@@ -68,22 +68,18 @@ def save_model(model, path: str | os.PathLike, include_optimizer: bool = True) -
     return target
 
 
-def _not_a_model(path: Path, why: str) -> ValueError:
+def _not_a_model(path: Any, why: str) -> ValueError:
     return ValueError(f"{str(path)!r} is not a dtrain model file: {why}. Save models with model.save(path).")
 
 
-def load_model(path: str | os.PathLike, device: str | None = None, compile: bool = True):
-    """Load a model saved with ``model.save``. ``path`` may be the file or the folder holding
-    ``model.safetensors``. With ``compile`` the optimizer (and its state), loss and metrics
-    come back too, so training can continue."""
+def _is_url(path: Any) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def _read_local(source: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metadata, tensors) of a local model file, memory-mapped by safetensors."""
     from safetensors import SafetensorError, safe_open
 
-    from .backend import check_device
-    from .model import Sequential
-
-    if device is not None:
-        check_device(device)
-    source = _resolve_path(path)
     if not source.exists():
         raise FileNotFoundError(f"No model file at {str(source)!r}.")
     try:
@@ -92,18 +88,76 @@ def load_model(path: str | os.PathLike, device: str | None = None, compile: bool
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise _not_a_model(source, f"it is not a readable safetensors file ({exc})") from None
+    return metadata, tensors
+
+
+def _download(url: str) -> tuple[str, bytes]:
+    """The location and bytes of the model at an fsspec URL: the file, or ``model.safetensors``
+    in the directory it names (a job's output location)."""
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(url)
+    if fs.isdir(path):
+        path = f"{path.rstrip('/')}/{MODEL_FILENAME}"
+    location = fs.unstrip_protocol(path)
+    if not fs.isfile(path):
+        raise FileNotFoundError(f"No model file at {location!r}.")
+    return location, fs.cat_file(path)
+
+
+def _read_bytes(location: str, data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metadata, tensors) of a model file held in memory. safetensors.numpy.load returns the
+    tensors only, so the metadata is read from the header: an 8-byte little-endian length, then
+    that many bytes of JSON."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    if len(data) < 8 or int.from_bytes(data[:8], "little") > len(data) - 8:
+        raise _not_a_model(location, f"its {len(data)} bytes do not hold a safetensors header")
+    try:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        tensors = load(data)
+    except (SafetensorError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _not_a_model(location, f"it is not a readable safetensors file ({exc})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}, tensors
+
+
+def load_model(path: str | os.PathLike, device: str | None = None, compile: bool = True):
+    """Load a model saved with ``model.save``. ``path`` may be the file or the folder holding
+    ``model.safetensors`` (a job's output directory), locally or as an fsspec URL
+    (``s3://bucket/run``, ``memory://runs/x/model.safetensors``...: the file is downloaded into
+    memory). With ``compile`` the optimizer (and its state), loss and metrics come back too, so
+    training can continue."""
+    from .backend import check_device
+
+    if device is not None:
+        check_device(device)
+    if _is_url(path):
+        source, data = _download(path)
+        metadata, tensors = _read_bytes(source, data)
+    else:
+        source = _resolve_path(path)
+        metadata, tensors = _read_local(source)
+    return _model_from(str(source), metadata, tensors, device, compile)
+
+
+def _model_from(source: str, metadata: dict[str, Any], tensors: dict[str, np.ndarray], device: str | None, compile: bool):
+    """The model described by a file's metadata and tensors, every part checked."""
+    from .model import Sequential
+
     if metadata.get("format") != FORMAT:
         raise _not_a_model(source, f"its header has format={metadata.get('format')!r}, expected {FORMAT!r}")
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
         raise ValueError(
-            f"{str(source)!r} uses dtrain model format version {version!r}; this dtrain reads version "
+            f"{source!r} uses dtrain model format version {version!r}; this dtrain reads version "
             f"{FORMAT_VERSION}. Upgrade dtrain to load it."
         )
     try:
         config = json.loads(metadata["config"])
         compile_config = json.loads(metadata["compile"]) if "compile" in metadata else None
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:  # TypeError: a non-text value
         raise _not_a_model(source, f"its header has no valid model config ({exc!r})") from None
 
     try:
@@ -119,5 +173,5 @@ def load_model(path: str | os.PathLike, device: str | None = None, compile: bool
             if state:
                 model.optimizer.set_state(state)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{str(source)!r} is a damaged or inconsistent dtrain model file: {exc}") from exc
+        raise ValueError(f"{source!r} is a damaged or inconsistent dtrain model file: {exc}") from exc
     return model

@@ -3,7 +3,8 @@
 A :class:`Source` is metadata (rows, row shape, dtype) plus the recipe that gets rows
 [start, stop) to the worker training on them, without passing through the client when they
 need not: a NumPy slice is scattered straight to its worker, Dask chunks move worker to worker,
-and files are read by the worker itself. The client never materialises a file-backed source:
+files (.npy, .npz, Parquet, CSV) are read by the worker itself, and synthetic data is generated
+by the worker that trains on it. The client never materialises a file-backed source:
 it reads metadata only (a .npy header, Parquet footers, a CSV sample), and table partition
 lengths are counted on the cluster.
 
@@ -18,8 +19,10 @@ How the driver uses a source (client side unless said otherwise)::
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import struct
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -36,9 +39,13 @@ __all__ = [
     "ArraySource",
     "DaskArraySource",
     "NpySource",
+    "NpzSource",
+    "SyntheticSource",
     "TableSource",
     "as_source",
     "from_npy",
+    "from_npz",
+    "from_synthetic",
     "from_parquet",
     "from_csv",
     "check_same_rows",
@@ -448,13 +455,19 @@ def _read_npy_rows(npy: _NpyFile, start: int, stop: int) -> np.ndarray:
         if (shape, dtype, offset) != (npy.shape, npy.dtype, npy.data_offset):
             raise ValueError(f"{npy.path} changed since its header was read: shape {shape} {dtype}.")
         f.seek(offset + start * row_bytes)
-        view, got = memoryview(rows.view(np.uint8).reshape(-1)), 0
-        while got < len(view):
-            n = f.readinto(view[got:])
-            if not n:
-                raise EOFError(f"{npy.path} ends {len(view) - got} bytes before row {stop}: the file is truncated.")
-            got += n
+        _read_into(f, rows, npy.path, stop)
     return rows
+
+
+def _read_into(f: IO[bytes], rows: np.ndarray, what: str, stop: int) -> None:
+    """Fill ``rows`` (C-contiguous) from ``f``'s current position; ``what`` names the file in the
+    error if it ends early."""
+    view, got = memoryview(rows.view(np.uint8).reshape(-1)), 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise EOFError(f"{what} ends {len(view) - got} bytes before row {stop}: the file is truncated.")
+        got += n
 
 
 class NpySource(Source):
@@ -518,6 +531,344 @@ class _NpyReader(ShardReader):
             return _read_npy_rows(self.file, self.start, self.stop)
         except Exception as exc:
             raise _rewrap(exc, f"reading rows [{self.start}, {self.stop}) of {self.file.path} on {_where()} failed: {exc}") from exc
+
+
+# -- .npz archives ----------------------------------------------------------------------------
+# A .npz is a zip archive of .npy members. A stored (uncompressed) member is a .npy file at a
+# fixed offset inside the archive, so its rows are one byte range, read like a .npy file's. A
+# compressed member (np.savez_compressed) can only be decompressed from its start.
+
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_ZIP_LOCAL_HEADER_SIZE = 30  # fixed part; the member's name and extra field follow it
+_SKIP_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _NpzMember:
+    """One array of a .npz archive: everything a worker needs to read its rows.
+
+    ``file`` is the archive's path and options with the member's shape, dtype and order; its
+    ``data_offset`` is where the rows start: in the archive for a stored member, in the
+    decompressed member otherwise."""
+
+    file: _NpyFile
+    member: str  # the name inside the archive, e.g. "x.npy"
+    compressed: bool
+    npy_offset: int  # where the member's .npy bytes (its header) start in the archive
+
+    def describe(self) -> str:
+        kind = "compressed member" if self.compressed else "member"
+        return f"{kind} {self.member!r} of .npz file {self.file.path}"
+
+
+def _member_name(zf: Any, name: str, path: str, role: str) -> str:
+    """The archive entry holding array ``name`` (np.savez stores ``name`` as ``name.npy``)."""
+    entries = zf.namelist()
+    for candidate in (f"{name}.npy", name):
+        if candidate in entries:
+            return candidate
+    arrays = [e[: -len(".npy")] if e.endswith(".npy") else e for e in entries]
+    raise ValueError(
+        f"{role + ': ' if role else ''}the .npz file {path} has no array {name!r}; it holds {_brief(arrays)}. "
+        f"Name the arrays with from_npz(path, x=..., y=...)."
+    )
+
+
+def _member_data_start(f: IO[bytes], info: Any, path: str) -> int:
+    """Offset of a member's bytes in the archive: after its local header, whose name and extra
+    field lengths may differ from the central directory's (zip64 fields), so read it."""
+    f.seek(info.header_offset)
+    head = f.read(_ZIP_LOCAL_HEADER_SIZE)
+    if len(head) != _ZIP_LOCAL_HEADER_SIZE or head[:4] != _ZIP_LOCAL_HEADER:
+        raise ValueError(f"{path}: the local header of member {info.filename!r} is damaged (not a valid zip archive).")
+    name_length, extra_length = struct.unpack_from("<HH", head, 26)
+    return info.header_offset + _ZIP_LOCAL_HEADER_SIZE + name_length + extra_length
+
+
+def _npz_members(path: str, storage_options: dict | None, wanted: dict[str, str]) -> dict[str, _NpzMember]:
+    """Role -> member, for the arrays named in ``wanted`` (role -> array name). Reads the zip's
+    central directory and each member's .npy header only (for a compressed member, the first
+    block of its stream)."""
+    import zipfile
+
+    archive = _NpyFile(path, storage_options, (), np.dtype("u1"), False, 0)
+    found: dict[str, _NpzMember] = {}
+    with archive.open() as f, zipfile.ZipFile(f) as zf:
+        for role, name in wanted.items():
+            info = zf.getinfo(_member_name(zf, name, path, role))
+            start = _member_data_start(f, info, path)
+            compressed = info.compress_type != zipfile.ZIP_STORED
+            try:
+                if compressed:
+                    with zf.open(info) as stream:
+                        shape, fortran_order, dtype, offset = _read_npy_header(stream)
+                else:
+                    f.seek(start)
+                    shape, fortran_order, dtype, offset = _read_npy_header(f)  # absolute: f is the archive
+            except ValueError as exc:
+                raise ValueError(f"{path}: member {info.filename!r} is not a readable .npy array ({exc}).") from None
+            npy = _NpyFile(path, storage_options, shape, dtype, fortran_order, offset)
+            found[role] = _NpzMember(npy, info.filename, compressed, start)
+    return found
+
+
+def _skip(stream: IO[bytes], nbytes: int, what: str) -> None:
+    """Read and drop ``nbytes`` of a stream that cannot seek (a decompressing one)."""
+    while nbytes > 0:
+        n = len(stream.read(min(nbytes, _SKIP_CHUNK)))
+        if not n:
+            raise EOFError(f"{what} ends {nbytes} bytes early: the file is truncated.")
+        nbytes -= n
+
+
+def _read_npz_rows(m: _NpzMember, start: int, stop: int) -> np.ndarray:
+    npy = m.file
+    rows = np.empty((stop - start, *npy.shape[1:]), npy.dtype)
+    row_bytes = math.prod(npy.shape[1:]) * npy.dtype.itemsize
+
+    def check_header(stream: IO[bytes]) -> None:
+        shape, fortran_order, dtype, offset = _read_npy_header(stream)
+        if (shape, fortran_order, dtype, offset) != (npy.shape, npy.fortran_order, npy.dtype, npy.data_offset):
+            raise ValueError(f"{m.describe()} changed since its header was read: shape {shape} {dtype}.")
+
+    with npy.open() as f:
+        if not m.compressed:  # one byte range, like a .npy file
+            f.seek(m.npy_offset)
+            check_header(f)
+            f.seek(npy.data_offset + start * row_bytes)
+            _read_into(f, rows, m.describe(), stop)
+            return rows
+        import zipfile
+
+        # Decompress from the member's start: O(rows before this shard) of work, nothing kept.
+        with zipfile.ZipFile(f) as zf, zf.open(m.member) as stream:
+            check_header(stream)
+            _skip(stream, start * row_bytes, m.describe())
+            _read_into(stream, rows, m.describe(), stop)
+    return rows
+
+
+def _check_npz_member(m: _NpzMember, where: str) -> str | None:
+    """None if the archive still holds the member the client saw, else why not."""
+    path = m.file.path
+    try:
+        found = _npz_members(path, m.file.storage_options, {"": m.member})[""]
+    except FileNotFoundError:
+        return f"file {path} does not exist on {where}"
+    except PermissionError:
+        return f"file {path} is not readable on {where} (permission denied)"
+    except Exception as exc:  # noqa: BLE001 - any failure is a reason to report, not to crash
+        return f"cannot read {m.describe()} on {where}: {exc}"
+    if found != m:
+        return (
+            f"{m.describe()} on {where} holds shape {found.file.shape} {found.file.dtype}, but shape "
+            f"{m.file.shape} {m.file.dtype} on the client (or lies elsewhere in the archive): the workers "
+            f"must see the same file"
+        )
+    return None
+
+
+class NpzSource(Source):
+    """One array of a .npz archive (local path or fsspec URL); each worker reads its own rows.
+    Made by :func:`from_npz`."""
+
+    def __init__(self, member: _NpzMember, role: str | None = None):
+        self.member, self.role = member, role
+        npy = member.file
+        _check_dims(npy.shape, npy.dtype, f"{_name(role)} ({member.describe()})", role)
+        if npy.fortran_order:
+            raise ValueError(
+                f"{_name(role)}: {member.describe()} is stored in Fortran order, so its rows are not contiguous "
+                f"and cannot be read as one byte range; save it in C order: "
+                f"np.savez(path, {member.member.removesuffix('.npy')}=np.ascontiguousarray(array), ...)."
+            )
+        self.n_rows, self.row_shape, self.dtype = npy.shape[0], npy.shape[1:], npy.dtype
+
+    @property
+    def path(self) -> str:
+        return self.member.file.path
+
+    def describe(self) -> str:
+        return f"{_prefix(self.role)}{self.member.describe()} {self.member.file.shape} {self.dtype}"
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = self._check_range(start, stop)
+        return _read_npz_rows(self.member, start, stop) if stop > start else np.empty((0, *self.row_shape), self.dtype)
+
+    def access_check(self) -> Callable[[], str | None]:
+        return _NpzCheck(self.member)
+
+    def shard(self, start: int, stop: int, client: Any, worker: str) -> ShardReader:
+        start, stop = self._check_range(start, stop)
+        return _NpzReader(start, stop, self.row_shape, self.dtype, member=self.member)
+
+
+@dataclass(frozen=True)
+class _NpzCheck:
+    member: _NpzMember
+
+    def __call__(self) -> str | None:
+        return _check_npz_member(self.member, "this worker")
+
+
+class _NpzReader(ShardReader):
+    def __init__(self, start, stop, row_shape, dtype, member: _NpzMember):
+        super().__init__(start, stop, row_shape, dtype)
+        self.member = member
+
+    def _load(self, resolved: list) -> np.ndarray:
+        try:
+            return _read_npz_rows(self.member, self.start, self.stop)
+        except Exception as exc:
+            raise _rewrap(
+                exc, f"reading rows [{self.start}, {self.stop}) of {self.member.describe()} on {_where()} failed: {exc}"
+            ) from exc
+
+
+def _open_npz(path: str, storage_options: dict | None, x: str, y: str) -> dict[str, _NpzMember]:
+    """:func:`_npz_members` for x and y, with errors that name the file and say what to do."""
+    import zipfile
+
+    try:
+        return _npz_members(path, storage_options, {"x": x, "y": y})
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the .npz file {path} does not exist. The client reads its directory and the workers read "
+            f"its rows, so both must reach the path (a shared filesystem or an fsspec URL)."
+        ) from None
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{path} is not a .npz file (not a zip archive: {exc}). Write it with np.savez.") from None
+    except OSError as exc:
+        raise _rewrap(exc, f"cannot read the .npz file {path}: {exc}") from None
+
+
+# -- generated data ---------------------------------------------------------------------------
+# Rows are generated in fixed blocks, each from its own RNG stream, so row i is the same
+# whichever range it is read in, on whichever worker; the class centres have a stream of their
+# own. A worker generates only the blocks its rows touch.
+
+SYNTHETIC_BLOCK = 4096  # rows per block; changing it changes every dataset
+_CENTRES_STREAM = 2**32 - 1  # the centres' stream id; blocks use 0, 1, 2, ...
+_NOISE = 0.5  # standard deviation around a centre, as dtrain.datasets.make_classification
+
+
+@functools.lru_cache(maxsize=4)
+def _centres(seed: int, classes: int, features: int, separation: float) -> np.ndarray:
+    rng = np.random.default_rng([seed, _CENTRES_STREAM])
+    # As make_classification: centres about `separation` noise units apart, whatever the width.
+    return rng.standard_normal((classes, features)) * (separation * 3.0 / math.sqrt(features))
+
+
+@dataclass(frozen=True)
+class _Synthetic:
+    """A generated classification problem: Gaussian clusters, one per class."""
+
+    samples: int
+    features: int
+    classes: int
+    seed: int
+    separation: float
+    one_hot: bool
+    dtype: np.dtype  # of x, and of one-hot y
+
+    def describe(self) -> str:
+        return (
+            f"synthetic classification data ({self.samples} samples, {self.features} features, {self.classes} "
+            f"classes, seed={self.seed}, separation={self.separation:g})"
+        )
+
+    def _block(self, block: int, with_x: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(labels, x or None) of one whole block, even the last: so the rows of a small dataset
+        are the first rows of a larger one with the same seed. Labels are drawn first, so y
+        never needs the noise."""
+        rng = np.random.default_rng([self.seed, block])
+        labels = rng.integers(0, self.classes, size=SYNTHETIC_BLOCK)
+        if not with_x:
+            return labels, None
+        centres = _centres(self.seed, self.classes, self.features, self.separation)
+        x = centres[labels] + rng.standard_normal((len(labels), self.features)) * _NOISE
+        return labels, x.astype(self.dtype)
+
+    def rows(self, part: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of ``part`` ("x", or "y": one-hot or int64 labels)."""
+        want_x = part == "x"
+        labels = np.empty(stop - start, np.int64)
+        x = np.empty((stop - start, self.features), self.dtype) if want_x else None
+        for block in range(start // SYNTHETIC_BLOCK, -(-stop // SYNTHETIC_BLOCK)):  # only those touched
+            first = block * SYNTHETIC_BLOCK
+            lo, hi = max(start, first), min(stop, first + SYNTHETIC_BLOCK)
+            block_labels, block_x = self._block(block, want_x)
+            labels[lo - start : hi - start] = block_labels[lo - first : hi - first]
+            if x is not None:
+                x[lo - start : hi - start] = block_x[lo - first : hi - first]
+        if x is not None:
+            return x
+        if not self.one_hot:
+            return labels
+        y = np.zeros((stop - start, self.classes), self.dtype)
+        y[np.arange(stop - start), labels] = 1
+        return y
+
+
+class SyntheticSource(Source):
+    """x or y of generated classification data (:func:`from_synthetic`): each worker generates
+    its own rows; nothing is materialised on the client or sent over the network."""
+
+    def __init__(self, spec: _Synthetic, part: str, role: str | None = None):
+        self.spec, self.part, self.role = spec, part, role
+        self.n_rows = spec.samples
+        if part == "x":
+            self.row_shape, self.dtype = (spec.features,), spec.dtype
+        elif spec.one_hot:
+            self.row_shape, self.dtype = (spec.classes,), spec.dtype
+        else:
+            self.row_shape, self.dtype = (), np.dtype(np.int64)
+
+    def describe(self) -> str:
+        what = "features" if self.part == "x" else ("one-hot labels" if self.spec.one_hot else "labels")
+        return f"{_prefix(self.role)}{self.spec.describe()}: {what} {(self.n_rows, *self.row_shape)} {self.dtype}"
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = self._check_range(start, stop)
+        return self.spec.rows(self.part, start, stop) if stop > start else np.empty((0, *self.row_shape), self.dtype)
+
+    def shard(self, start: int, stop: int, client: Any, worker: str) -> ShardReader:
+        start, stop = self._check_range(start, stop)
+        return _SyntheticReader(start, stop, self.row_shape, self.dtype, spec=self.spec, part=self.part)
+
+
+class _SyntheticReader(ShardReader):
+    def __init__(self, start, stop, row_shape, dtype, spec: _Synthetic, part: str):
+        super().__init__(start, stop, row_shape, dtype)
+        self.spec, self.part = spec, part
+
+    def _load(self, resolved: list) -> np.ndarray:
+        return self.spec.rows(self.part, self.start, self.stop)
+
+
+def _positive_int(name: str, value: Any, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"from_synthetic expected {name} to be an integer >= {least}, received {name}={value!r}.")
+    return int(value)
+
+
+def _synthetic_spec(samples, features, classes, seed, separation, one_hot, dtype) -> _Synthetic:
+    """The arguments of :func:`from_synthetic`, checked."""
+    samples, features = _positive_int("samples", samples, 1), _positive_int("features", features, 1)
+    classes, seed = _positive_int("classes", classes, 2), _positive_int("seed", seed, 0)
+    if isinstance(separation, bool) or not isinstance(separation, (int, float, np.number)) or not (
+        math.isfinite(separation) and separation >= 0
+    ):
+        raise ValueError(f"from_synthetic expected separation to be a finite number >= 0, received separation={separation!r}.")
+    if not isinstance(one_hot, bool):
+        raise ValueError(f"from_synthetic expected one_hot to be True or False, received one_hot={one_hot!r}.")
+    try:
+        floats = np.dtype(dtype)
+    except TypeError:
+        floats = None
+    if floats is None or floats.kind != "f":
+        raise ValueError(f"from_synthetic expected a floating-point dtype such as 'float32' or 'float64', received dtype={dtype!r}.")
+    return _Synthetic(samples, features, classes, seed, float(separation), one_hot, floats)
 
 
 # -- tables: Parquet and CSV through dask.dataframe ---------------------------------------------
@@ -838,6 +1189,63 @@ def from_npy(path: str | os.PathLike, storage_options: dict | None = None) -> Np
     return NpySource(path, storage_options)
 
 
+def from_npz(
+    path: str | os.PathLike, x: str = "x", y: str = "y", storage_options: dict | None = None
+) -> tuple[NpzSource, NpzSource]:
+    """(x, y) from two arrays of a .npz archive (``np.savez(path, x=..., y=...)``): a local path or
+    an fsspec URL. The client reads the zip directory and the two .npy headers only.
+
+    Each worker reads its own rows. From a stored member (``np.savez``) that is one byte range of
+    the archive, like a .npy file. A compressed member (``np.savez_compressed``) can only be
+    decompressed from its start, so a worker streams it up to its rows: O(rows before its shard)
+    of work per load (nothing is kept in memory but its own rows). Prefer ``np.savez`` for large
+    data. ``x`` must be 2-D (samples, features); ``y`` may be 1-D labels or 2-D targets.
+    """
+    if not isinstance(x, str) or not isinstance(y, str) or not x or not y:
+        raise ValueError(f"from_npz expected the names of two arrays of the archive, received x={x!r}, y={y!r}.")
+    path = _absolute(os.fspath(path), storage_options)
+    members = _open_npz(path, storage_options, x, y)
+    xs, ys = NpzSource(members["x"], "x"), NpzSource(members["y"], "y")
+    if len(xs.row_shape) != 1:
+        raise ValueError(
+            f"x ({members['x'].describe()}) must be 2-D (samples, features), but its shape is "
+            f"{members['x'].file.shape}. Save it as x.reshape(len(x), -1)."
+        )
+    if xs.n_rows != ys.n_rows:
+        raise ValueError(
+            f"{path}: x ({members['x'].member}, shape {members['x'].file.shape}) and y ({members['y'].member}, "
+            f"shape {members['y'].file.shape}) have different numbers of rows; every sample needs exactly one target."
+        )
+    return xs, ys
+
+
+def from_synthetic(
+    samples: int,
+    features: int,
+    classes: int,
+    *,
+    seed: int = 0,
+    separation: float = 1.0,
+    one_hot: bool = True,
+    dtype: Any = "float32",
+) -> tuple[SyntheticSource, SyntheticSource]:
+    """(x, y) of seeded generated classification data that every worker generates for its own
+    rows: nothing is materialised on the client or sent over the network.
+
+    Gaussian clusters around one random centre per class, as
+    :func:`dtrain.datasets.make_classification` (same ``separation`` scale and noise, but not the
+    same numbers: rows are drawn in blocks of ``SYNTHETIC_BLOCK`` rows, block k from
+    ``default_rng([seed, k])``, the centres from ``default_rng([seed, 2**32 - 1])``). So row i is
+    the same whatever range it is read in. x is (samples, features) of ``dtype``; y is one-hot
+    (samples, classes) of ``dtype``, or int64 labels (samples,) with ``one_hot=False``.
+
+    ``fit(x, y, client=client)`` trains on them; single-process ``fit`` takes arrays, which
+    ``x.read(0, samples)`` and ``y.read(0, samples)`` give.
+    """
+    spec = _synthetic_spec(samples, features, classes, seed, separation, one_hot, dtype)
+    return SyntheticSource(spec, "x", "x"), SyntheticSource(spec, "y", "y")
+
+
 def from_parquet(
     path: Any, label: str | list[str], features: list[str] | None = None, storage_options: dict | None = None, **read_kwargs: Any
 ) -> tuple[TableSource, TableSource]:
@@ -867,6 +1275,11 @@ def as_source(value: Any, role: str) -> Source:
         lower = str(text).lower()
         if lower.endswith(".npy"):
             return NpySource(text, role=role)
+        if lower.endswith(".npz"):
+            raise ValueError(
+                f"{role} is the path {str(text)!r}: a .npz archive holds several arrays, so read it with "
+                f"x, y = dtrain.from_npz({str(text)!r}, x='x', y='y') and pass both to fit(x, y, ...)."
+            )
         is_csv = lower.endswith(_CSV_SUFFIXES)
         if is_csv or lower.endswith(_PARQUET_SUFFIXES) or os.path.isdir(text):
             fn = "from_csv" if is_csv else "from_parquet"
@@ -876,7 +1289,8 @@ def as_source(value: Any, role: str) -> Source:
             )
         raise ValueError(
             f"{role} is the string {str(text)!r}, which dtrain cannot read: pass an array, a Dask array, "
-            f"the path of a .npy file, or sources from dtrain.from_npy / from_parquet / from_csv."
+            f"the path of a .npy file, or sources from dtrain.from_npy / from_npz / from_parquet / from_csv / "
+            f"from_synthetic."
         )
     if isinstance(value, (tuple, list)) and value and all(isinstance(v, Source) for v in value):
         raise ValueError(

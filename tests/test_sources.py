@@ -8,6 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import blobs, small_model
+
+import dtrain
 
 pytest.importorskip("distributed")  # a base dependency; without it there is nothing to test
 import dask.array as da  # noqa: E402
@@ -346,3 +349,249 @@ def test_missing_data_extra_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "dask.dataframe", None)
     with pytest.raises(ImportError, match=r'pip install "dtrain\[data\]"'):
         from_csv(tmp_path / "t.csv", label="y")
+
+
+# -- .npz archives --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_npz_reads_here(monkeypatch):
+    """Fail if the client process reads rows of a .npz member: only the workers do."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rows of a .npz member were read in the client process")
+
+    monkeypatch.setattr(sources, "_read_npz_rows", refuse)
+
+
+def _save_npz(path, compressed: bool, **arrays) -> None:
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "compressed"])
+@pytest.mark.parametrize("kind", ["path", "file-url"])
+def test_npz_rows_are_read_by_each_worker(client2, tmp_path, compressed, kind, no_npz_reads_here):
+    x, labels = grid(), np.arange(N) % 3
+    _save_npz(tmp_path / "d.npz", compressed, features=x, labels=labels, other=np.zeros(3))
+    path = tmp_path / "d.npz" if kind == "path" else f"file://{tmp_path}/d.npz"
+    xs, ys = sources.from_npz(path, x="features", y="labels")
+    assert isinstance(xs, sources.NpzSource) and xs.path.endswith("d.npz")
+    assert ("compressed member 'features.npy'" in xs.describe()) == compressed
+    assert (xs.n_rows, xs.row_shape, xs.dtype, ys.row_shape, ys.dtype) == (N, (F,), x.dtype, (), labels.dtype)
+    assert len(pickle.dumps(xs)) < 1000 and len(pickle.dumps(xs.shard(0, 50, client2, "w"))) < 1000  # metadata only
+    assert set(client2.run(xs.access_check()).values()) == {None}
+    check_shards(client2, xs, x)
+    check_shards(client2, ys, labels)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "compressed"])
+def test_npz_reads_any_range_in_this_process(tmp_path, compressed):
+    x, y = grid(), one_hot_rows(N)
+    _save_npz(tmp_path / "d.npz", compressed, x=x, y=y)
+    xs, ys = dtrain.from_npz(str(tmp_path / "d.npz"))  # default member names x and y
+    check_metadata(xs, x)
+    check_metadata(ys, y)
+    assert xs.read(50, 50).shape == (0, F)
+    pieces = [xs.read(lo, hi) for lo, hi in [(0, 7), (7, 29), (29, 64), (64, N)]]
+    np.testing.assert_array_equal(np.concatenate(pieces), x)
+
+
+def one_hot_rows(n: int) -> np.ndarray:
+    return np.eye(3, dtype=np.float32)[np.arange(n) % 3]
+
+
+def test_npz_compressed_member_streams_to_deep_rows(tmp_path):
+    """Rows far into a compressed member: the worker decompresses (and drops) several MiB first."""
+    x = np.random.default_rng(0).standard_normal((200_000, 4))  # 6.4 MB: many skip chunks
+    np.savez_compressed(tmp_path / "big.npz", x=x, y=np.zeros(len(x)))
+    xs, _ = dtrain.from_npz(tmp_path / "big.npz")
+    np.testing.assert_array_equal(xs.read(180_000, 180_010), x[180_000:180_010])
+    np.testing.assert_array_equal(xs.read(199_990, 200_000), x[199_990:])
+
+
+def test_npz_from_an_fsspec_memory_url(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    x = grid()
+    for compressed in (False, True):
+        _save_npz(tmp_path / "d.npz", compressed, x=x, y=np.arange(N))
+        with fsspec.open("memory://npz-test/d.npz", "wb") as f:
+            f.write((tmp_path / "d.npz").read_bytes())
+        xs, ys = dtrain.from_npz("memory://npz-test/d.npz")
+        assert xs.path == "memory://npz-test/d.npz"
+        check_metadata(xs, x)
+        np.testing.assert_array_equal(ys.read(10, 20), np.arange(10, 20))
+        assert xs.access_check()() is None  # the memory filesystem is this process's: checked here
+    fsspec.filesystem("memory").rm("/npz-test", recursive=True)
+
+
+def test_npz_errors_name_the_file_and_member(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"the .npz file .*missing.npz does not exist"):
+        dtrain.from_npz(tmp_path / "missing.npz")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(ValueError, match=r"text.npz is not a .npz file \(not a zip archive"):
+        dtrain.from_npz(tmp_path / "text.npz")
+    np.savez(tmp_path / "d.npz", features=grid(), labels=np.arange(N), flat=np.arange(N), short=np.arange(N - 1),
+             objects=np.array([{"a": 1}, None]), fortran=np.asfortranarray(grid()))
+    path = tmp_path / "d.npz"
+    with pytest.raises(ValueError, match=r"x: the .npz file .*d.npz has no array 'x'; it holds \['features', 'labels', "):
+        dtrain.from_npz(path)
+    with pytest.raises(ValueError, match=r"y: the .npz file .*d.npz has no array 'target'"):
+        dtrain.from_npz(path, x="features", y="target")
+    with pytest.raises(ValueError, match=r"x \(member 'flat.npy' of .npz file .*d.npz\) must be 2-D .* shape is \(103,\)"):
+        dtrain.from_npz(path, x="flat", y="labels")
+    with pytest.raises(ValueError, match=r"d.npz: x \(features.npy, shape \(103, 5\)\) and y \(short.npy, shape \(102,\)\) have different numbers of rows"):
+        dtrain.from_npz(path, x="features", y="short")
+    with pytest.raises(ValueError, match=r"member 'objects.npy' of .npz file .*d.npz\) must hold numbers, received dtype object"):
+        dtrain.from_npz(path, x="features", y="objects")
+    with pytest.raises(ValueError, match=r"'fortran.npy' .* Fortran order.*np.ascontiguousarray"):
+        dtrain.from_npz(path, x="fortran", y="labels")
+    with pytest.raises(ValueError, match=r"x, y = dtrain.from_npz\('data.npz', x='x', y='y'\)"):
+        as_source("data.npz", "x")
+    with pytest.raises(ValueError, match="names of two arrays"):
+        dtrain.from_npz(path, x=None)
+
+
+@pytest.mark.cluster
+def test_npz_changed_or_missing_on_workers_is_reported(client2, tmp_path):
+    np.savez(tmp_path / "d.npz", x=grid(), y=np.arange(N))
+    xs, _ = dtrain.from_npz(tmp_path / "d.npz")
+    np.savez(tmp_path / "d.npz", x=grid(50), y=np.arange(50))
+    reasons = client2.run(xs.access_check())
+    assert all("holds shape (50, 5) float32, but shape (103, 5)" in r for r in reasons.values())
+    os.remove(tmp_path / "d.npz")
+    assert set(client2.run(xs.access_check()).values()) == {f"file {tmp_path}/d.npz does not exist on this worker"}
+    worker = sorted(client2.nthreads())[0]
+    with pytest.raises(FileNotFoundError, match=f"member 'x.npy' of .npz file .*d.npz on worker {worker} failed"):
+        load_on(client2, xs.shard(0, 5, client2, worker), worker)
+
+
+# -- generated data -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_generation_here(monkeypatch):
+    """Fail if the client process generates synthetic rows: only the workers do."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("synthetic rows were generated in the client process")
+
+    monkeypatch.setattr(sources._Synthetic, "rows", refuse)
+
+
+BLOCK = sources.SYNTHETIC_BLOCK
+BLOCK_RANGES = [(0, 1), (1, BLOCK - 1), (BLOCK - 1, BLOCK + 1), (BLOCK + 1, 2 * BLOCK), (2 * BLOCK, 2 * BLOCK + 700)]
+
+
+def test_synthetic_rows_do_not_depend_on_the_ranges_read():
+    n = 2 * BLOCK + 700
+    x, y = dtrain.from_synthetic(n, 6, 4, seed=3)
+    assert isinstance(x, sources.SyntheticSource) and "seed=3" in x.describe() and "one-hot" in y.describe()
+    assert (x.n_rows, x.row_shape, x.dtype, y.row_shape, y.dtype) == (n, (6,), np.float32, (4,), np.float32)
+    whole_x, whole_y = x.read(0, n), y.read(0, n)
+    for parts in (BLOCK_RANGES, [(0, n)], [(k, min(k + 997, n)) for k in range(0, n, 997)]):
+        np.testing.assert_array_equal(np.concatenate([x.read(lo, hi) for lo, hi in parts]), whole_x)
+        np.testing.assert_array_equal(np.concatenate([y.read(lo, hi) for lo, hi in parts]), whole_y)
+    assert x.read(5, 5).shape == (0, 6) and y.read(n, n).shape == (0, 4)
+    # one-hot rows; the same labels as one_hot=False; every class present in about equal numbers
+    assert set(np.unique(whole_y)) == {0.0, 1.0} and (whole_y.sum(axis=1) == 1).all()
+    _, labels = dtrain.from_synthetic(n, 6, 4, seed=3, one_hot=False)
+    assert (labels.row_shape, labels.dtype) == ((), np.int64)
+    np.testing.assert_array_equal(labels.read(0, n), whole_y.argmax(axis=1))
+    assert np.bincount(labels.read(0, n)).min() > n / 4 * 0.9
+    # a smaller dataset is the prefix of a larger one; another seed is other data
+    np.testing.assert_array_equal(dtrain.from_synthetic(100, 6, 4, seed=3)[0].read(0, 100), whole_x[:100])
+    assert not np.allclose(dtrain.from_synthetic(100, 6, 4, seed=4)[0].read(0, 100), whole_x[:100])
+    x64, _ = dtrain.from_synthetic(n, 6, 4, seed=3, dtype="float64")
+    np.testing.assert_allclose(x64.read(0, n), whole_x, rtol=1e-6)
+    assert x.row_nbytes(np.float64) == 48
+    with pytest.raises(ValueError, match=r"rows \[0, 9999\) are outside"):
+        x.read(0, 9999)
+
+
+def test_synthetic_data_is_learnable_like_make_classification():
+    x, y = dtrain.from_synthetic(1200, 20, 3, seed=0)
+    xa, ya = x.read(0, 1200), y.read(0, 1200)
+    model = small_model(20, classes=3)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(xa, ya, batch_size=32, epochs=5, seed=0, verbose=0)
+    assert history.history["accuracy"][-1] > 0.8  # chance is 1/3
+
+
+@pytest.mark.cluster
+def test_synthetic_rows_are_generated_by_each_worker(client2, no_generation_here):
+    n = 2 * BLOCK + 700
+    x, y = dtrain.from_synthetic(n, 6, 4, seed=3, one_hot=False)
+    readers = [x.shard(lo, hi, client2, "w") for lo, hi in BLOCK_RANGES]
+    assert x.prepare(client2) is x and x.access_check() is None and x.locality(0, n, client2) == {}
+    assert max(len(pickle.dumps(r)) for r in readers) < 1000  # a recipe, not rows
+    expected_x, expected_y = _generated_here(n)  # the oracle: whole blocks, not rows()
+    check_shards(client2, x, expected_x, BLOCK_RANGES)
+    check_shards(client2, y, expected_y, BLOCK_RANGES)
+
+
+def _generated_here(n: int) -> tuple[np.ndarray, np.ndarray]:
+    spec = sources._synthetic_spec(n, 6, 4, 3, 1.0, False, "float32")
+    labels = np.concatenate([spec._block(b, False)[0] for b in range(3)])[:n]
+    blocks = np.concatenate([spec._block(b, True)[1] for b in range(3)])[:n]
+    return blocks, labels
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(samples=0), r"samples to be an integer >= 1, received samples=0"),
+        (dict(features=2.5), r"features to be an integer >= 1, received features=2.5"),
+        (dict(classes=1), r"classes to be an integer >= 2, received classes=1"),
+        (dict(seed=-1), r"seed to be an integer >= 0"),
+        (dict(seed=True), r"seed to be an integer >= 0"),
+        (dict(separation=float("nan")), r"separation to be a finite number >= 0"),
+        (dict(separation=-1), r"separation to be a finite number >= 0"),
+        (dict(one_hot="yes"), r"one_hot to be True or False"),
+        (dict(dtype="int32"), r"floating-point dtype .* received dtype='int32'"),
+        (dict(dtype="float33"), r"floating-point dtype .* received dtype='float33'"),
+    ],
+)
+def test_synthetic_arguments_are_checked(kwargs, message):
+    args = {"samples": 10, "features": 3, "classes": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        dtrain.from_synthetic(args.pop("samples"), args.pop("features"), args.pop("classes"), **args)
+
+
+# -- training on them -----------------------------------------------------------------------------
+
+
+def _float64_model(loss: str):
+    model = small_model(None, classes=3, dtype="float64")
+    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    return model
+
+
+def _assert_trains_like_one_process(client, x, y, loss: str, **fit_kwargs) -> None:
+    """fit(x, y, client=) on the sources equals fit on the materialised arrays with as many shards."""
+    shards = len(client.nthreads())
+    local, distributed = _float64_model(loss), _float64_model(loss)
+    local_history = local.fit(x.read(0, x.n_rows), y.read(0, y.n_rows), shards=shards, verbose=0, **fit_kwargs)
+    history = distributed.fit(x, y, client=client, verbose=0, **fit_kwargs)
+    for got, want in zip(distributed.get_weights(), local.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    for key in local_history.history:
+        np.testing.assert_allclose(history.history[key], local_history.history[key], rtol=1e-10)
+
+
+@pytest.mark.cluster
+def test_synthetic_sources_train_on_a_cluster_like_one_process(client3):
+    # 3 shards of 5000 rows: the last one crosses a block boundary (4096)
+    x, y = dtrain.from_synthetic(5000, 20, 3, seed=11, separation=2.0)
+    _assert_trains_like_one_process(
+        client3, x, y, "categorical_crossentropy", batch_size=256, epochs=2, seed=5, validation_split=0.1
+    )
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "compressed"])
+def test_npz_sources_train_on_a_cluster_like_one_process(client2, tmp_path, compressed):
+    data_x, labels = blobs(101)  # 101 rows: uneven shards
+    _save_npz(tmp_path / "d.npz", compressed, x=data_x, y=labels)
+    x, y = dtrain.from_npz(tmp_path / "d.npz")
+    _assert_trains_like_one_process(client2, x, y, "sparse_categorical_crossentropy", batch_size=16, epochs=2, seed=7)
