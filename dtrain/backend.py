@@ -84,6 +84,12 @@ def gpu_available() -> bool:
     return _probe_cupy()[0] is not None
 
 
+def gpu_count() -> int:
+    """How many CUDA devices CuPy sees (0 without CuPy or a device)."""
+    cupy = _probe_cupy()[0]
+    return 0 if cupy is None else int(cupy.cuda.runtime.getDeviceCount())
+
+
 def device_info() -> dict[str, Any]:
     """What this process can train on: {"gpu": bool, "gpu_index": int | None, "nccl": bool,
     "reason": why there is no GPU}. The GPU index is the physical one (the first entry of

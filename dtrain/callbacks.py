@@ -16,6 +16,11 @@ class Callback:
     holds ``epochs``, ``steps`` (per epoch), ``batch_size``, ``samples`` and ``seed``.
     Set ``self.model.stop_training = True`` to stop after the current batch."""
 
+    # With fit(..., client=), the workers wait at the end of each epoch for the client's callbacks
+    # to decide whether to go on (EarlyStopping...). A callback that never stops training nor
+    # changes the model sets this, and the workers then go straight on.
+    observes_only = False
+
     def __init__(self):
         self.model = None
         self.params: dict[str, Any] = {}
@@ -82,6 +87,8 @@ class CallbackList:
 
 class History(Callback):
     """Records the epoch logs: ``history.history["loss"]`` is the list of per-epoch losses."""
+
+    observes_only = True
 
     def __init__(self):
         super().__init__()
@@ -207,6 +214,8 @@ def format_logs(logs: dict[str, float]) -> str:
 class ProgressBar(Callback):
     """``verbose=1``: a live bar per epoch (tqdm: text in terminals, a widget in notebooks);
     ``verbose=2``: one line per epoch."""
+
+    observes_only = True
 
     def __init__(self, verbose: int = 1):
         super().__init__()

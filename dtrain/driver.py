@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ ABORT_GRACE_S = 10.0          # how long aborted ranks get to return before thei
 
 class WorkerLostError(RuntimeError):
     """A worker running a rank left the cluster during training."""
+
+
+class JobCancelled(RuntimeError):
+    """Training was stopped on request (the ``stop`` event of :func:`fit_on_cluster` was set)."""
 
 
 # -- the workers ------------------------------------------------------------------------------
@@ -322,8 +327,12 @@ def fit_on_cluster(
     seed: int,
     timeout: float | None,
     record_replica_hashes: bool = False,
+    stop: threading.Event | None = None,
 ) -> callbacks_module.History:
-    """``Sequential.fit(..., client=client)``: see the module docstring for the phases."""
+    """``Sequential.fit(..., client=client)``: see the module docstring for the phases.
+
+    ``stop`` (used by the job service): once set, every rank is aborted within a moment and
+    :class:`JobCancelled` is raised."""
     from .comm.dask import PLUGIN_NAME, DtrainWorkerPlugin
 
     timeout = _check_timeout(timeout)
@@ -336,6 +345,8 @@ def fit_on_cluster(
             )
     ranks = cluster_ranks(client, workers)
     train, validation = _sources(model, x, y, validation_split, validation_data, client)
+    if stop is not None and stop.is_set():  # preparing the sources can take a while
+        raise JobCancelled("training was cancelled before it started")
     plan = ShardPlan(train.count, len(ranks) if shards is None else shards, batch_size)
     ranks = ranks[: plan.shards]  # more workers than shards: the extra ones would have nothing to train on
     device = choose_device(model.requested_device, ranks)
@@ -366,8 +377,9 @@ def fit_on_cluster(
     if model.optimizer.iterations:
         initial["optimizer"] = model.optimizer.get_state()
     # The workers wait for the client's callbacks after each epoch only when there are some.
-    wait_for_client = bool(callbacks)
-    supervisor = _Supervisor(client, job_id, ranks, cbs, model, timeout, wait_for_client)
+    # Callbacks that only observe (the job service's recorder) need no answer.
+    wait_for_client = any(not getattr(cb, "observes_only", False) for cb in callbacks)
+    supervisor = _Supervisor(client, job_id, ranks, cbs, model, timeout, wait_for_client, stop)
     model.stop_training = False
     cbs.on_train_begin()
     with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
@@ -421,10 +433,11 @@ class _Supervisor:
     workers, Ctrl-C. Runs in the caller's thread; Dask events arrive on the client's event
     loop and are handed over through a queue."""
 
-    def __init__(self, client, job_id, ranks, cbs, model, timeout, wait_for_client: bool):
+    def __init__(self, client, job_id, ranks, cbs, model, timeout, wait_for_client: bool, stop=None):
         self.client, self.job_id, self.ranks = client, job_id, ranks
         self.cbs, self.model, self.timeout, self.wait_for_client = cbs, model, timeout, wait_for_client
         self.futures: list = []
+        self.stop = stop
         self.events: queue.Queue = queue.Queue()
         self.epoch_open: int | None = None
         self.epochs_done: set[int] = set()
@@ -484,6 +497,8 @@ class _Supervisor:
                 continue
             except queue.Empty:
                 pass
+            if self.stop is not None and self.stop.is_set():
+                raise JobCancelled("training was cancelled")
             statuses = [f.status for f in self.futures]
             gone = [r for r, status in enumerate(statuses) if status in ("cancelled", "lost")]
             if "error" in statuses or gone:

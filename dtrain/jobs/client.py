@@ -1,0 +1,147 @@
+"""Talking to the job service from any process that can reach the scheduler.
+
+    jobs = JobsClient("tcp://scheduler:8786")
+    record = jobs.submit(load_job("job.yaml"))          # registers the service if needed
+    jobs.status(record["job_id"]); jobs.logs(job_id); jobs.cancel(job_id); jobs.list()
+    final = jobs.wait(job_id, on_update=print)           # polls until the job has ended
+
+Every call returns the service's plain dicts (what ``--json`` prints). The scheduler address
+comes from the argument, else ``$DTRAIN_SCHEDULER``, else Dask's ``scheduler-address`` config.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from .service import HANDLER, SERVICE_NAME, TERMINAL, JobService
+
+ADDRESS_ENV = "DTRAIN_SCHEDULER"
+POLL_INTERVAL_S = 0.25
+
+
+class SchedulerUnreachable(ConnectionError):
+    """No scheduler answered at the address (or none was given)."""
+
+
+class JobServiceError(RuntimeError):
+    """The service refused a request: an unknown job, an invalid job file, ..."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def scheduler_address(address: str | None = None) -> str:
+    """The scheduler to use: ``address``, else $DTRAIN_SCHEDULER, else Dask's config."""
+    if address:
+        return address
+    if os.environ.get(ADDRESS_ENV):
+        return os.environ[ADDRESS_ENV]
+    import dask
+
+    configured = dask.config.get("scheduler-address", None)
+    if configured:
+        return configured
+    raise SchedulerUnreachable(
+        f"no scheduler address: pass --scheduler ADDRESS, or set ${ADDRESS_ENV} "
+        "(or Dask's scheduler-address config, e.g. $DASK_SCHEDULER_ADDRESS)"
+    )
+
+
+class JobsClient:
+    """The job service of one scheduler. Pass ``client`` to reuse a connected ``distributed.Client``."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = 10.0, client: Any = None) -> None:
+        from distributed import Client
+
+        if client is None:
+            address = scheduler_address(address)
+            try:
+                client = Client(address, timeout=f"{timeout}s", set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerUnreachable(f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc})") from exc
+            self._owned = True
+        else:
+            self._owned = False
+        self.client = client
+        self.address = client.scheduler.address
+        self._service_seen = False  # once there, it stays for the scheduler's lifetime
+
+    def close(self) -> None:
+        if self._owned:
+            self.client.close()
+
+    def __enter__(self) -> JobsClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def has_service(self) -> bool:
+        if not self._service_seen:
+            try:
+                self._service_seen = bool(self.client.run_on_scheduler(_has_service))
+            except OSError as exc:
+                raise SchedulerUnreachable(f"lost the Dask scheduler at {self.address} ({exc})") from exc
+        return self._service_seen
+
+    def ensure_service(self) -> None:
+        """Register the service on the scheduler unless it is there (dtrain must be installed there)."""
+        if not self.has_service():
+            try:
+                self.client.register_plugin(JobService(), name=SERVICE_NAME)
+            except Exception as exc:
+                raise JobServiceError(
+                    f"could not start dtrain's job service on the scheduler at {self.address} ({type(exc).__name__}: "
+                    f"{exc}); is dtrain installed in the scheduler's Python environment?"
+                ) from exc
+
+    def submit(self, job: Any) -> dict[str, Any]:
+        """Queue a validated :class:`~dtrain.jobs.spec.Job`; returns its record (``job_id``, ``state``...)."""
+        self.ensure_service()
+        return self._call("submit", spec=job.to_dict(), source=job.source)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call("status", job_id=job_id)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("cancel", job_id=job_id)
+
+    def logs(self, job_id: str, since: int = 0) -> dict[str, Any]:
+        return self._call("logs", job_id=job_id, since=since)
+
+    def list(self) -> list[dict[str, Any]]:
+        if not self.has_service():
+            return []
+        return self._call("list")["jobs"]
+
+    def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll: float = POLL_INTERVAL_S) -> dict[str, Any]:
+        """Poll the job until it has ended; ``on_update(record)`` sees every poll. Returns the final record."""
+        while True:
+            record = self.status(job_id)
+            if on_update is not None:
+                on_update(record)
+            if record["state"] in TERMINAL:
+                return record
+            time.sleep(poll)
+
+    def _call(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        if op != "submit" and not self.has_service():
+            raise JobServiceError(
+                f"no dtrain jobs on the scheduler at {self.address}: nothing was submitted to it yet (or it was "
+                "restarted, which forgets its jobs)", kind="unknown",
+            )
+        try:
+            reply = self.client.sync(getattr(self.client.scheduler, HANDLER), action=op, **kwargs)
+        except OSError as exc:
+            raise SchedulerUnreachable(f"lost the Dask scheduler at {self.address} ({exc})") from exc
+        if "refused" in reply:
+            raise JobServiceError(reply["refused"], reply.get("kind", ""))
+        return reply
+
+
+def _has_service(dask_scheduler: Any) -> bool:
+    return HANDLER in dask_scheduler.handlers

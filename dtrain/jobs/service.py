@@ -1,0 +1,378 @@
+"""The job service: training jobs run by the Dask scheduler itself.
+
+A :class:`JobService` is a scheduler plugin (registered by the first ``dtrain submit``, or at
+start-up with ``dask scheduler --preload dtrain.jobs.service``). It keeps the table of jobs,
+gives each job the workers it asked for (or every free one), queues the jobs that cannot get
+theirs yet, and runs each started job in a thread of the scheduler process: a Dask client of
+that scheduler trains the job exactly as ``fit(..., client=)`` does and writes its outputs.
+So a job outlives the process that submitted it, and the scheduler is the only server a user
+runs. Clients talk to it through one scheduler handler, ``dtrain_jobs`` (see
+:mod:`dtrain.jobs.client`).
+
+Where code runs: the handler and the plugin hooks on the scheduler's event loop; each job's
+driver in its own thread. They share the table under one lock, held only for short updates.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from ..callbacks import Callback
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+SERVICE_NAME = "dtrain-jobs"
+HANDLER = "dtrain_jobs"
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")
+MAX_LOG_LINES = 10_000  # per job; older lines are dropped (the count of dropped ones is kept)
+KEEP_FINISHED = 1_000  # finished jobs remembered per scheduler; the oldest are forgotten
+
+
+@dataclass
+class JobRecord:
+    """One job as the service knows it. ``public()`` is what ``dtrain status --json`` prints."""
+
+    job_id: str
+    name: str
+    spec: dict
+    output: str
+    requested: Any  # None (all free workers), a count, or a list of addresses
+    epochs: int
+    state: str = "queued"
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    workers: list[str] = field(default_factory=list)
+    epoch: int = 0  # the epoch under way or last finished, counted from 1
+    step: int = 0  # steps done in that epoch
+    steps: int = 0  # steps per epoch
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    restarts: int = 0
+    restart_reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    waiting_for: str | None = None  # why a queued job has not started
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    dropped_lines: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def log(self, text: str) -> None:
+        self.lines.append((time.time(), text))
+        if len(self.lines) > MAX_LOG_LINES:
+            del self.lines[: len(self.lines) - MAX_LOG_LINES]
+            self.dropped_lines += 1
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "state": self.state,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "step": self.step,
+            "steps": self.steps,
+            "metrics": dict(self.metrics),
+            "history": [dict(row) for row in self.history],
+            "restarts": self.restarts,
+            "restart_reasons": list(self.restart_reasons),
+            "error": self.error,
+            "output": self.output,
+            "files": dict(self.files),
+            "workers": list(self.workers),
+            "requested_workers": self.requested,
+            "waiting_for": self.waiting_for,
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+
+
+class _JobTable:
+    """Every job of one scheduler, and which workers the running ones hold."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: dict[str, JobRecord] = {}  # in submission order
+        self.busy: dict[str, str] = {}  # worker address -> job id
+
+
+# One table per scheduler, shared by every instance of the plugin: registering it again (a second
+# client racing the first) must not lose the jobs.
+_TABLES: weakref.WeakKeyDictionary[Scheduler, _JobTable] = weakref.WeakKeyDictionary()
+_TABLES_LOCK = threading.Lock()
+
+
+def _table(scheduler: Scheduler) -> _JobTable:
+    with _TABLES_LOCK:
+        table = _TABLES.get(scheduler)
+        if table is None:
+            table = _TABLES[scheduler] = _JobTable()
+        return table
+
+
+class JobService(SchedulerPlugin):
+    """dtrain's job table and runner on the scheduler. Register it with
+    ``client.register_plugin(JobService())`` (once is enough; again is a no-op)."""
+
+    name = SERVICE_NAME
+    idempotent = True
+
+    async def start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.table = _table(scheduler)
+        scheduler.handlers[HANDLER] = self.handle
+
+    def add_worker(self, scheduler: Scheduler, worker: str) -> None:
+        self._schedule()  # a queued job may fit now
+
+    # -- the handler: event loop --------------------------------------------------------------------
+
+    async def handle(self, action: str, **kwargs: Any) -> dict[str, Any]:
+        """Answers with a job record (or list, or log), or ``{"refused": why, "kind": ...}``.
+        ("op" would be the natural name of ``action``, but Dask's RPC uses it for the handler's.)"""
+        operations = {
+            "submit": self._submit,
+            "status": self._status,
+            "list": self._list,
+            "cancel": self._cancel,
+            "logs": self._logs,
+        }
+        if action not in operations:
+            return {"refused": f"unknown action {action!r}: expected one of {', '.join(operations)}"}
+        try:
+            return operations[action](**kwargs)
+        except TypeError as exc:  # wrong arguments from a client of another version
+            return {"refused": f"bad request for {action!r}: {exc}"}
+
+    def _submit(self, spec: dict, source: str | None = None) -> dict[str, Any]:
+        from .spec import JobError, job_from_dict
+
+        try:
+            job = job_from_dict(spec, check_files=False, source=source)
+        except JobError as exc:
+            return {"refused": str(exc), "kind": "invalid"}
+        record = JobRecord(
+            job_id=_new_job_id(job.name), name=job.name, spec=job.to_dict(), output=job.output_dir,
+            requested=job.workers, epochs=job.epochs,
+        )
+        record.log(f"submitted{f' from {source}' if source else ''}; output: {record.output}")
+        with self.table.lock:
+            self.table.jobs[record.job_id] = record
+            self._forget_old()
+        self._schedule()
+        return record.public()
+
+    def _status(self, job_id: str) -> dict[str, Any]:
+        record = self.table.jobs.get(job_id)
+        return record.public() if record else _unknown(job_id)
+
+    def _list(self) -> dict[str, Any]:
+        with self.table.lock:
+            records = list(self.table.jobs.values())
+        return {"jobs": [_brief(r) for r in records]}
+
+    def _cancel(self, job_id: str) -> dict[str, Any]:
+        record = self.table.jobs.get(job_id)
+        if record is None:
+            return _unknown(job_id)
+        with self.table.lock:
+            if record.state in TERMINAL:
+                return record.public()
+            record.cancel.set()
+            if record.state == "queued":  # nothing runs yet: cancelled at once
+                record.state, record.ended_at, record.waiting_for = "cancelled", time.time(), None
+                record.log("cancelled while queued")
+            else:
+                record.log("cancel requested: stopping every rank")
+        return record.public()
+
+    def _logs(self, job_id: str, since: int = 0) -> dict[str, Any]:
+        """Log lines from index ``since`` (of all lines ever logged), and the next index to ask for."""
+        record = self.table.jobs.get(job_id)
+        if record is None:
+            return _unknown(job_id)
+        lines = list(record.lines)
+        first = record.dropped_lines  # index of lines[0] among all lines ever logged
+        start = max(since - first, 0)
+        return {
+            "job_id": job_id,
+            "state": record.state,
+            "lines": [{"time": t, "text": text} for t, text in lines[start:]],
+            "next": first + len(lines),
+        }
+
+    # -- scheduling: any thread -----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Start every queued job whose workers are free, in submission order; a job that cannot
+        start does not hold back later ones that can (they ask for other or fewer workers)."""
+        started: list[JobRecord] = []
+        with self.table.lock:
+            present = list(self.scheduler.workers)
+            for record in self.table.jobs.values():
+                if record.state != "queued":
+                    continue
+                free = [address for address in present if address not in self.table.busy]
+                workers, reason = _claim(record.requested, free, present)
+                if workers is None:
+                    if reason != record.waiting_for:
+                        record.waiting_for = reason
+                        record.log(f"queued: {reason}")
+                    continue
+                for address in workers:
+                    self.table.busy[address] = record.job_id
+                record.state, record.workers, record.waiting_for = "running", workers, None
+                record.started_at = time.time()
+                started.append(record)
+        for record in started:
+            threading.Thread(target=self._run, args=(record,), name=f"dtrain-job-{record.job_id}", daemon=True).start()
+
+    def _release(self, record: JobRecord) -> None:
+        with self.table.lock:
+            for address in record.workers:
+                if self.table.busy.get(address) == record.job_id:
+                    del self.table.busy[address]
+        self._schedule()
+
+    def _forget_old(self) -> None:
+        finished = [job_id for job_id, r in self.table.jobs.items() if r.state in TERMINAL]
+        for job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.table.jobs[job_id]
+
+    # -- one job: its own thread ----------------------------------------------------------------------
+
+    def _run(self, record: JobRecord) -> None:
+        from ..driver import JobCancelled
+
+        record.log(f"started on {len(record.workers)} worker(s): {', '.join(record.workers)}")
+        try:
+            files = self._train(record)
+        except JobCancelled:
+            self._finish(record, "cancelled", "cancelled: every rank was stopped")
+        except BaseException as exc:  # the job fails; the service goes on
+            record.error = f"{type(exc).__name__}: {exc}"
+            for line in traceback.format_exception(exc)[-12:]:
+                for text in line.rstrip().splitlines():
+                    record.log(f"  {text}")
+            self._finish(record, "failed", f"failed: {record.error}")
+        else:
+            record.files = files
+            self._finish(record, "succeeded", f"succeeded; outputs in {record.output}")
+        finally:
+            self._release(record)
+
+    def _train(self, record: JobRecord) -> dict[str, str]:
+        from distributed import Client
+
+        from ..driver import JobCancelled, fit_on_cluster
+        from .outputs import write_outputs, write_record
+        from .spec import job_from_dict
+
+        job = job_from_dict(record.spec, check_files=False)
+        write_record(record.output, record.public())  # the output location says a job is on it
+        model = job.build_model()
+        data = job.data()
+        options = job.fit_options()
+        with Client(self.scheduler.address, security=getattr(self.scheduler, "security", None), set_as_default=False, timeout="30s") as client:
+            if record.cancel.is_set():
+                raise JobCancelled(f"job {record.job_id} was cancelled")
+            history = fit_on_cluster(
+                model, data["x"], data["y"], client=client, workers=record.workers, shards=options["shards"],
+                batch_size=options["batch_size"], epochs=options["epochs"], verbose=0,
+                callbacks=[_Recorder(record)], validation_split=data["validation_split"],
+                validation_data=data["validation_data"], shuffle=options["shuffle"], initial_epoch=0,
+                seed=options["seed"], timeout=options["timeout"], stop=record.cancel,
+            )
+        record.log(f"trained: {_format_metrics(record.metrics)}; writing outputs")
+        done = record.public()
+        done.update(state="succeeded", ended_at=time.time())
+        return write_outputs(record.output, model=model, history=history, job_yaml=job.to_yaml(), record=done)
+
+    def _finish(self, record: JobRecord, state: str, message: str) -> None:
+        from .outputs import write_record
+
+        with self.table.lock:
+            record.state, record.ended_at = state, time.time()
+        record.log(message)
+        if state != "succeeded":  # a successful job wrote its record with its outputs
+            try:
+                write_record(record.output, record.public())
+            except Exception as exc:  # the job's own error matters more
+                record.log(f"could not write result.json to {record.output}: {type(exc).__name__}: {exc}")
+
+
+class _Recorder(Callback):
+    """Keeps a job's record up to date from fit's callbacks (it never changes the training)."""
+
+    observes_only = True  # the workers need not wait for it at the end of an epoch
+
+    def __init__(self, record: JobRecord) -> None:
+        super().__init__()
+        self.record = record
+
+    def on_train_begin(self, logs=None):
+        self.record.steps = int(self.params.get("steps", 0))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.record.epoch, self.record.step = epoch + 1, 0
+        self._epoch_start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.record.step = batch + 1
+        self.record.metrics = dict(logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        r = self.record
+        r.epoch, r.step, r.metrics = epoch + 1, r.steps, dict(logs or {})
+        seconds = time.monotonic() - getattr(self, "_epoch_start", time.monotonic())
+        r.history.append({"epoch": epoch + 1, **r.metrics, "seconds": round(seconds, 3)})
+        r.log(f"epoch {epoch + 1}/{r.epochs}: {_format_metrics(r.metrics)} ({seconds:.1f} s)")
+
+
+def _claim(requested: Any, free: list[str], present: list[str]) -> tuple[list[str] | None, str]:
+    """The workers a job gets now, or (None, why it waits)."""
+    if requested is None:
+        if free:
+            return free, ""
+        return None, f"waiting for a free worker (the cluster has {len(present)}, all busy)" if present else "waiting for workers to join the cluster"
+    if isinstance(requested, int):
+        if len(free) >= requested:
+            return free[:requested], ""
+        return None, f"waiting for {requested} free workers ({len(free)} free of {len(present)} in the cluster)"
+    missing = [a for a in requested if a not in present]
+    busy = [a for a in requested if a in present and a not in free]
+    if not missing and not busy:
+        return list(requested), ""
+    parts = ([f"not in the cluster: {', '.join(missing)}"] if missing else []) + ([f"busy: {', '.join(busy)}"] if busy else [])
+    return None, f"waiting for its workers ({'; '.join(parts)})"
+
+
+def _new_job_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _unknown(job_id: str) -> dict[str, Any]:
+    return {"refused": f"no job {job_id!r} on this scheduler (see `dtrain list`; a restarted scheduler forgets its jobs)", "kind": "unknown"}
+
+
+def _brief(record: JobRecord) -> dict[str, Any]:
+    return {key: value for key, value in record.public().items() if key not in ("history", "files", "restart_reasons")}
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name}={value:.4g}" for name, value in metrics.items()) or "no metrics yet"
+
+
+def dask_setup(scheduler: Scheduler) -> None:
+    """``dask scheduler --preload dtrain.jobs.service``: the service is there from the start."""
+    scheduler.add_plugin(JobService(), name=SERVICE_NAME, idempotent=True)

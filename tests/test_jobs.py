@@ -1,0 +1,235 @@
+"""The job service and its command line, run as users run them: `dtrain` subprocesses against
+real `dask scheduler` / `dask worker` processes (and `dtrain run`'s embedded cluster)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dtrain
+
+pytest.importorskip("distributed")
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_JOB = ROOT / "examples" / "jobs" / "seed_network.yaml"
+pytestmark = pytest.mark.cluster
+
+
+def dtrain_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dtrain", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def json_of(proc: subprocess.CompletedProcess) -> dict:
+    """The one JSON document a --json command prints on stdout."""
+    return json.loads(proc.stdout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A real `dask scheduler` and 2 single-threaded `dask worker` processes; yields the address."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bindir = Path(sys.executable).parent
+    dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet)]
+    try:
+        procs += [
+            subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard"], **quiet)
+            for _ in range(2)
+        ]
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = json_of(dtrain_cli("status", job_id, "--scheduler", address, "--json"))
+        if record["state"] in states or time.monotonic() > deadline:
+            return record
+        time.sleep(0.5)
+
+
+def long_job_args(output: Path, workers: int = 1) -> list[str]:
+    """The seed job made long enough to be cancelled while it runs."""
+    return [
+        "--set", f"output.dir={output}", "--set", f"cluster.workers={workers}", "--set", "fit.epochs=200",
+        "--set", "data.train.samples=20000",
+    ]
+
+
+# -- dtrain run: the embedded cluster -----------------------------------------------------------------
+
+
+def test_run_trains_on_an_embedded_cluster_and_writes_every_output(tmp_path):
+    out = tmp_path / "seed"
+    proc = dtrain_cli("run", str(SEED_JOB), "--workers", "2", "--json", "--set", f"output.dir={out}", "--set", "fit.epochs=3")
+    assert proc.returncode == 0, proc.stderr
+    result = json_of(proc)
+    assert result["state"] == "succeeded" and result["job_id"] and result["output"] == str(out)
+    assert len(result["workers"]) == 2 and result["epoch"] == 3 and len(result["history"]) == 3
+    assert result["metrics"]["val_accuracy"] > 0.8
+    for name in ("model.safetensors", "history.csv", "job.yaml", "training.png", "result.json"):
+        assert (out / name).is_file(), name
+    model = dtrain.load_model(out)  # from the output directory itself
+    x, y = dtrain.datasets.make_classification(100, seed=1)
+    assert model.predict(x).shape == (100, 10)
+    # the resolved job file is a job file again, and it says what ran
+    from dtrain.jobs.spec import load_job
+
+    resolved = load_job(out / "job.yaml")
+    assert resolved.epochs == 3 and resolved.output_dir == str(out)
+    report = dtrain_cli("report", str(out), "--json")
+    assert report.returncode == 0, report.stderr
+    assert json_of(report)["state"] == "succeeded"
+    human = dtrain_cli("report", str(out))
+    assert human.returncode == 0 and "val_accuracy" in human.stdout
+
+
+def test_run_shows_progress_and_a_summary(tmp_path):
+    proc = dtrain_cli("run", str(SEED_JOB), "--workers", "1", "--set", f"output.dir={tmp_path}", "--set", "fit.epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/2:" in proc.stdout and "epoch 2/2:" in proc.stdout
+    assert "succeeded" in proc.stdout and str(tmp_path) in proc.stdout
+
+
+def test_an_invalid_job_exits_2_naming_the_key_and_runs_nothing(tmp_path):
+    proc = dtrain_cli("run", str(SEED_JOB), "--set", "fit.epochs=-1", "--set", f"output.dir={tmp_path / 'never'}")
+    assert proc.returncode == 2
+    assert "fit.epochs" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "never").exists()
+    as_json = dtrain_cli("validate", str(SEED_JOB), "--set", "fit.epochs=-1", "--json")
+    assert as_json.returncode == 2 and "fit.epochs" in json_of(as_json)["error"]
+    ok = dtrain_cli("validate", str(SEED_JOB), "--json")
+    assert ok.returncode == 0 and json_of(ok)["valid"] is True
+
+
+# -- dtrain submit and friends: a real scheduler ------------------------------------------------------
+
+
+def test_a_detached_job_outlives_its_submitter(scheduler, tmp_path):
+    out = tmp_path / "detached"
+    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--detach", "--json",
+                      "--set", f"output.dir={out}", "--set", "fit.epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    job_id = json_of(proc)["job_id"]  # the submitting process has exited
+    record = wait_for_state(scheduler, job_id, ("succeeded", "failed", "cancelled"))
+    assert record["state"] == "succeeded", record["error"]
+    assert record["epoch"] == 2 and record["restarts"] == 0 and record["error"] is None
+    assert record["started_at"] <= record["ended_at"] and record["output"] == str(out)
+    assert (out / "model.safetensors").is_file()
+    logs = json_of(dtrain_cli("logs", job_id, "--scheduler", scheduler, "--json"))
+    texts = [line["text"] for line in logs["lines"]]
+    assert any(t.startswith("epoch 2/2:") for t in texts) and any("succeeded" in t for t in texts)
+    listed = json_of(dtrain_cli("list", "--scheduler", scheduler, "--json"))["jobs"]
+    assert job_id in [job["job_id"] for job in listed]
+    # the address may come from the environment instead
+    by_env = dtrain_cli("status", job_id, "--json", env={"DTRAIN_SCHEDULER": scheduler})
+    assert by_env.returncode == 0 and json_of(by_env)["state"] == "succeeded"
+
+
+def test_submit_follows_the_job_and_prints_one_json_document(scheduler, tmp_path):
+    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--json",
+                      "--set", f"output.dir={tmp_path}", "--set", "fit.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    result = json_of(proc)
+    assert result["state"] == "succeeded" and result["output"] == str(tmp_path) and result["job_id"]
+
+
+def test_jobs_queue_for_workers_and_cancelling_frees_them(scheduler, tmp_path):
+    ids = []
+    for name in ("a", "b", "c"):
+        proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--detach", "--json",
+                          *long_job_args(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        ids.append(json_of(proc)["job_id"])
+    a, b, c = ids
+    try:
+        assert wait_for_state(scheduler, a, ("running",))["state"] == "running"
+        assert wait_for_state(scheduler, b, ("running",))["state"] == "running"
+        queued = json_of(dtrain_cli("status", c, "--scheduler", scheduler, "--json"))
+        assert queued["state"] == "queued" and "waiting for 1 free workers" in queued["waiting_for"]
+        # a and b run side by side on one worker each
+        running = [json_of(dtrain_cli("status", j, "--scheduler", scheduler, "--json")) for j in (a, b)]
+        assert len({w for r in running for w in r["workers"]}) == 2
+        start = time.monotonic()
+        cancelled = dtrain_cli("cancel", a, "--scheduler", scheduler, "--json")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert json_of(cancelled)["state"] == "cancelled"
+        assert time.monotonic() - start < 20
+        # the freed worker goes to the queued job
+        assert wait_for_state(scheduler, c, ("running",), timeout=30)["state"] == "running"
+    finally:
+        for job_id in ids:
+            dtrain_cli("cancel", job_id, "--scheduler", scheduler)
+    for job_id in ids:
+        assert wait_for_state(scheduler, job_id, ("cancelled", "succeeded", "failed"))["state"] == "cancelled"
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["state"] == "cancelled"
+
+
+def test_a_failing_job_reports_its_error(scheduler, tmp_path):
+    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--set", f"output.dir={tmp_path}",
+                      "--set", "cluster.device=gpu", "--set", "fit.epochs=1")
+    assert proc.returncode == 1
+    assert "failed" in proc.stderr and "GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "result.json").read_text())["state"] == "failed"
+
+
+def test_ctrl_c_on_submit_cancels_the_job(scheduler, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dtrain", "submit", str(SEED_JOB), "--scheduler", scheduler, *long_job_args(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        job_id = proc.stdout.readline().split()[-1]  # "job <id>"
+        assert wait_for_state(scheduler, job_id, ("running",))["state"] == "running"
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert wait_for_state(scheduler, job_id, ("cancelled",), timeout=30)["state"] == "cancelled"
+
+
+def test_unknown_jobs_and_unreachable_schedulers_are_one_line_errors(scheduler):
+    unknown = dtrain_cli("status", "no-such-job", "--scheduler", scheduler)
+    assert unknown.returncode == 1 and "no-such-job" in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
+    as_json = dtrain_cli("cancel", "no-such-job", "--scheduler", scheduler, "--json")
+    assert as_json.returncode == 1 and json_of(as_json)["exit_code"] == 1
+    start = time.monotonic()
+    gone = dtrain_cli("list", "--scheduler", f"tcp://127.0.0.1:{_free_port()}", "--connect-timeout", "2")
+    assert gone.returncode == 3 and "cannot reach" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 30
+    nowhere = dtrain_cli("list", env={"DTRAIN_SCHEDULER": "", "DASK_SCHEDULER_ADDRESS": ""})
+    assert nowhere.returncode == 3 and "--scheduler" in nowhere.stderr
