@@ -122,6 +122,43 @@ def test_run_shows_progress_and_a_summary(tmp_path):
     assert "succeeded" in proc.stdout and str(tmp_path) in proc.stdout
 
 
+def test_the_real_data_example_job_reaches_95_percent(tmp_path):
+    proc = dtrain_cli("run", str(ROOT / "examples" / "jobs" / "digits.yaml"), "--workers", "2", "--json",
+                      "--set", f"output.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    result = json_of(proc)
+    assert result["metrics"]["val_accuracy"] >= 0.95, result["metrics"]
+
+
+def test_a_job_reads_npy_files_relative_to_its_own_folder(tmp_path):
+    x, y = dtrain.datasets.make_classification(600, n_features=12, n_classes=3, seed=4, one_hot=False)
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "x.npy", x)
+    np.save(tmp_path / "data" / "y.npy", y)
+    (tmp_path / "job.yaml").write_text(
+        "model:\n  layers: [{units: 16, activation: relu}, {units: 3, activation: softmax}]\n"
+        "compile: {loss: sparse_categorical_crossentropy, optimizer: adam, metrics: [accuracy]}\n"
+        "data:\n  train: {format: npy, x: data/x.npy, y: data/y.npy}\n"
+        "fit: {epochs: 10, batch_size: 50, seed: 1}\n"
+    )
+    proc = dtrain_cli("run", str(tmp_path / "job.yaml"), "--workers", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json_of(proc)
+    assert result["output"] == str(tmp_path / "runs" / "job")  # the default: runs/<name> next to the job file
+    assert result["metrics"]["accuracy"] > 0.8
+    # the same job in one process (same seed, one shard per worker) gives the same weights
+    model = dtrain.load_model(tmp_path / "runs" / "job")
+    from dtrain.jobs.spec import load_job
+
+    job = load_job(tmp_path / "job.yaml")
+    alone = job.build_model()
+    options = {**job.fit_options(), "shards": 2}
+    options.pop("timeout")
+    alone.fit(x, y, verbose=0, **options)
+    for got, expected in zip(model.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_an_invalid_job_exits_2_naming_the_key_and_runs_nothing(tmp_path):
     proc = dtrain_cli("run", str(SEED_JOB), "--set", "fit.epochs=-1", "--set", f"output.dir={tmp_path / 'never'}")
     assert proc.returncode == 2
@@ -142,6 +179,8 @@ def test_a_detached_job_outlives_its_submitter(scheduler, tmp_path):
                       "--set", f"output.dir={out}", "--set", "fit.epochs=2")
     assert proc.returncode == 0, proc.stderr
     job_id = json_of(proc)["job_id"]  # the submitting process has exited
+    followed = dtrain_cli("logs", job_id, "--scheduler", scheduler, "--follow")  # returns when the job ends
+    assert followed.returncode == 0 and "epoch 2/2:" in followed.stdout and "succeeded" in followed.stdout
     record = wait_for_state(scheduler, job_id, ("succeeded", "failed", "cancelled"))
     assert record["state"] == "succeeded", record["error"]
     assert record["epoch"] == 2 and record["restarts"] == 0 and record["error"] is None
