@@ -94,10 +94,19 @@ class History(Callback):
         super().__init__()
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
+        self._before: list[dict[str, float]] = []
+
+    def restore(self, epochs: list[dict[str, float]]) -> None:
+        """Start from these finished epochs' logs (a run resumed from a checkpoint, or restarted
+        from one after a failure: the epochs after it are trained, and recorded, again)."""
+        self._before = [dict(logs) for logs in epochs]
+        self.on_train_begin()
 
     def on_train_begin(self, logs=None):
         self.epoch = []
         self.history = {}
+        for epoch, logs in enumerate(self._before):
+            self.on_epoch_end(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)

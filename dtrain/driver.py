@@ -20,13 +20,14 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
 
 from . import callbacks as callbacks_module
+from . import recovery
 from .backend import device_info, host_copy
 from .sampling import ShardPlan
 from .worker import RankSpec, event_topic, run_rank
@@ -328,13 +329,22 @@ def fit_on_cluster(
     timeout: float | None,
     record_replica_hashes: bool = False,
     stop: threading.Event | None = None,
+    checkpoints: recovery.CheckpointPolicy | None = None,
+    resume_from: str | None = None,
+    max_restarts: int = 0,
+    on_nonfinite: str = "stop",
+    checkpoint_extra: dict | None = None,
+    on_restart: Callable[[int, str], None] | None = None,
+    faults: list | None = None,
 ) -> callbacks_module.History:
     """``Sequential.fit(..., client=client)``: see the module docstring for the phases.
 
     ``stop`` (used by the job service): once set, every rank is aborted within a moment and
-    :class:`JobCancelled` is raised."""
-    from .comm.dask import PLUGIN_NAME, DtrainWorkerPlugin
-
+    :class:`JobCancelled` is raised. A run that fails in a way a restart can cure (a lost or
+    stuck worker, a broken connection) restarts from the latest checkpoint in ``checkpoints``
+    (else from its start) on the workers then alive, up to ``max_restarts`` times;
+    ``on_restart(count, reason)`` hears of each. ``checkpoint_extra`` is recorded in (and must
+    match when resuming from) every checkpoint; ``faults`` are injected failures (tests)."""
     timeout = _check_timeout(timeout)
     for cb in callbacks:
         if getattr(cb, "restore_best_weights", False):
@@ -347,71 +357,51 @@ def fit_on_cluster(
     train, validation = _sources(model, x, y, validation_split, validation_data, client)
     if stop is not None and stop.is_set():  # preparing the sources can take a while
         raise JobCancelled("training was cancelled before it started")
+    # The plan (shard count included) is fixed for the whole run, restarts too: that is what
+    # keeps the maths the same when a restart has fewer workers.
     plan = ShardPlan(train.count, len(ranks) if shards is None else shards, batch_size)
-    ranks = ranks[: plan.shards]  # more workers than shards: the extra ones would have nothing to train on
-    device = choose_device(model.requested_device, ranks)
-    comm_kind = choose_communicator(device, ranks)
     input_dim = train.x.row_shape[0]
     sources = [train.x, train.y] + ([validation.x, validation.y] if validation else [])
-    _check_access(client, {id(s): s for s in sources}.values(), ranks)
+    sources = list({id(s): s for s in sources}.values())
 
     # The model's starting point is built here, exactly as single-process fit builds it.
     history = callbacks_module.History()
     cbs = model._callback_list(callbacks, history, verbose, plan, epochs, seed)
     model.build(input_dim, seed)
+    meta = recovery.checkpoint_meta(model, plan, seed, shuffle, checkpoint_extra)
+    if resume_from is not None:
+        start = recovery.resume_point(resume_from, meta)
+        recovery.restore(model, start)
+    else:
+        start = recovery.ResumePoint(epoch=initial_epoch)
+    start.params = host_copy(model.params)
+    start.optimizer = model.optimizer.get_state() if model.optimizer.iterations else None
+    history.restore(start.history or [])
+    run = _Run(
+        client=client, model=model, cbs=cbs, plan=plan, train=train, validation=validation, sources=sources,
+        input_dim=input_dim, timeout=timeout, seed=seed, shuffle=shuffle, epochs=epochs, stop=stop,
+        wait_for_client=any(not getattr(cb, "observes_only", False) for cb in callbacks),
+        record_replica_hashes=record_replica_hashes, checkpoints=checkpoints, meta=meta,
+        on_nonfinite=on_nonfinite, faults=list(faults or []),
+    )
 
-    owned = _place_shards(plan, ranks, train, client)
-    val_split = _split(validation.count, len(ranks)) if validation is not None else None
-    _check_memory(model, plan, owned, ranks, train, validation, val_split)
-
-    if not all(w.has_plugin for w in ranks):  # a peer without it would never answer
-        client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
-    job_id = f"fit-{uuid.uuid4().hex[:12]}"
-    nccl_id = None
-    if comm_kind == "nccl":
-        from .comm.nccl import make_unique_id
-
-        nccl_id = client.submit(make_unique_id, workers=[ranks[0].address], pure=False).result()
-
-    initial = {"params": host_copy(model.params)}
-    if model.optimizer.iterations:
-        initial["optimizer"] = model.optimizer.get_state()
-    # The workers wait for the client's callbacks after each epoch only when there are some.
-    # Callbacks that only observe (the job service's recorder) need no answer.
-    wait_for_client = any(not getattr(cb, "observes_only", False) for cb in callbacks)
-    supervisor = _Supervisor(client, job_id, ranks, cbs, model, timeout, wait_for_client, stop)
     model.stop_training = False
     cbs.on_train_begin()
-    with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
-        # Only rank 0 receives the weights; it broadcasts them to the others.
-        [initial_future] = client.scatter([initial], workers=[ranks[0].address], hash=False)
-        for r, worker in enumerate(ranks):
-            readers: dict[str, list] = {"x": [], "y": [], "val_x": [], "val_y": []}
-            for shard in owned[r]:
-                xr, yr = train.readers(*plan.bounds[shard], client, worker.address)
-                readers["x"].append(xr)
-                readers["y"].append(yr)
-            if validation is not None and val_split[r][1] > val_split[r][0]:
-                xr, yr = validation.readers(*val_split[r], client, worker.address)
-                readers["val_x"].append(xr)
-                readers["val_y"].append(yr)
-            dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
-            spec = RankSpec(
-                job_id=job_id, rank=r, peers=[w.address for w in ranks], worker_id=worker.worker_id,
-                model_config=model.get_config(), compile_config=model.compile_config(), input_dim=input_dim,
-                device=device, comm=comm_kind, timeout=timeout, rows=plan.rows, shards=plan.shards,
-                batch_size=plan.batch_size, owned=owned[r], seed=seed, shuffle=shuffle, epochs=epochs,
-                initial_epoch=initial_epoch, has_validation=validation is not None,
-                wait_for_client=wait_for_client, record_replica_hashes=record_replica_hashes, nccl_id=nccl_id,
-            )
-            supervisor.futures.append(
-                client.submit(
-                    run_rank, spec, readers, dependencies, initial_future if r == 0 else None,
-                    key=f"dtrain-{job_id}-rank-{r}", workers=[worker.address], allow_other_workers=False,
-                    pure=False, retries=0,
-                )
-            )
-        results = supervisor.follow(initial_epoch, epochs)
+    point, restarts = start, []
+    while True:
+        try:
+            results, supervisor = run.attempt(ranks, point)
+            break
+        except BaseException as exc:
+            if len(restarts) >= max_restarts or not _recoverable(exc):
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+            restarts.append(reason)
+            point = _restart_point(checkpoints, meta, start)
+            history.restore(point.history or [])
+            if on_restart is not None:
+                on_restart(len(restarts), reason)
+            ranks = _surviving_ranks(client, workers, run.stuck, reason)
 
     # -- the trained model back in the client's hands -----------------------------------------
     rank0 = results[0]
@@ -419,12 +409,150 @@ def fit_on_cluster(
     model.optimizer.set_state(rank0["optimizer"])
     history.timing, history.step_times = _timing(results, plan)
     history.replica_hashes = [r["replica_hashes"] for r in results] if record_replica_hashes else None
-    history.workers = [w.address for w in ranks]
-    history.placement = {w.address: owned[r] for r, w in enumerate(ranks)}  # logical shards per worker
-    history.device, history.communicator = device, comm_kind
+    history.workers = list(run.ranks)
+    history.placement = dict(run.placement)  # logical shards per worker
+    history.device, history.communicator = run.device, run.comm_kind
+    history.restarts = restarts
+    history.skipped_steps = int(rank0.get("skipped_steps", 0))
     model.history = history
     cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model
     return history
+
+
+@dataclass
+class _Run:
+    """What stays the same across the attempts of one fit (a first start and its restarts)."""
+
+    client: Any
+    model: Any
+    cbs: Any
+    plan: ShardPlan
+    train: Any
+    validation: Any
+    sources: list
+    input_dim: int
+    timeout: float
+    seed: int
+    shuffle: bool
+    epochs: int
+    stop: threading.Event | None
+    wait_for_client: bool
+    record_replica_hashes: bool
+    checkpoints: Any
+    meta: dict
+    on_nonfinite: str
+    faults: list
+    # set by each attempt
+    ranks: list = field(default_factory=list)
+    placement: dict = field(default_factory=dict)
+    device: str = "cpu"
+    comm_kind: str = "local"
+    stuck: list = field(default_factory=list)  # workers whose rank did not stop when aborted
+    epochs_done: set = field(default_factory=set)
+
+    def attempt(self, ranks: list[WorkerInfo], point: recovery.ResumePoint) -> tuple[list[dict], _Supervisor]:
+        """Launch every rank from ``point`` and follow them to the end; returns their results."""
+        from .comm.dask import PLUGIN_NAME, DtrainWorkerPlugin
+
+        client, plan, model, validation = self.client, self.plan, self.model, self.validation
+        ranks = ranks[: plan.shards]  # more workers than shards: the extra ones would have nothing to train on
+        self.device = choose_device(model.requested_device, ranks)
+        self.comm_kind = choose_communicator(self.device, ranks)
+        _check_access(client, self.sources, ranks)
+        owned = _place_shards(plan, ranks, self.train, client)
+        val_split = _split(validation.count, len(ranks)) if validation is not None else None
+        _check_memory(model, plan, owned, ranks, self.train, validation, val_split)
+        self.ranks = [w.address for w in ranks]
+        self.placement = {w.address: owned[r] for r, w in enumerate(ranks)}
+
+        if not all(w.has_plugin for w in ranks):  # a peer without it would never answer
+            client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
+        job_id = f"fit-{uuid.uuid4().hex[:12]}"  # new for every attempt: new task keys, events, NCCL id
+        nccl_id = None
+        if self.comm_kind == "nccl":
+            from .comm.nccl import make_unique_id
+
+            nccl_id = client.submit(make_unique_id, workers=[ranks[0].address], pure=False).result()
+
+        initial = {"params": point.params, "optimizer": point.optimizer, "totals": point.totals, "history": point.history}
+        self.epochs_done = {e for e in self.epochs_done if e < point.epoch}  # later ones are trained again
+        supervisor = _Supervisor(client, job_id, ranks, self.cbs, model, self.timeout, self.wait_for_client, self.stop)
+        supervisor.epochs_done = self.epochs_done
+        try:
+            with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
+                # Only rank 0 receives the weights; it broadcasts them to the others.
+                [initial_future] = client.scatter([initial], workers=[ranks[0].address], hash=False)
+                for r, worker in enumerate(ranks):
+                    readers: dict[str, list] = {"x": [], "y": [], "val_x": [], "val_y": []}
+                    for shard in owned[r]:
+                        xr, yr = self.train.readers(*plan.bounds[shard], client, worker.address)
+                        readers["x"].append(xr)
+                        readers["y"].append(yr)
+                    if validation is not None and val_split[r][1] > val_split[r][0]:
+                        xr, yr = validation.readers(*val_split[r], client, worker.address)
+                        readers["val_x"].append(xr)
+                        readers["val_y"].append(yr)
+                    dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
+                    spec = RankSpec(
+                        job_id=job_id, rank=r, peers=self.ranks, worker_id=worker.worker_id,
+                        model_config=model.get_config(), compile_config=model.compile_config(), input_dim=self.input_dim,
+                        device=self.device, comm=self.comm_kind, timeout=self.timeout, rows=plan.rows,
+                        shards=plan.shards, batch_size=plan.batch_size, owned=owned[r], seed=self.seed,
+                        shuffle=self.shuffle, epochs=self.epochs, initial_epoch=point.epoch, start_step=point.step,
+                        has_validation=validation is not None, wait_for_client=self.wait_for_client,
+                        record_replica_hashes=self.record_replica_hashes, nccl_id=nccl_id,
+                        checkpoint=self.checkpoints, checkpoint_meta=self.meta, on_nonfinite=self.on_nonfinite,
+                        faults=self.faults,
+                    )
+                    supervisor.futures.append(
+                        client.submit(
+                            run_rank, spec, readers, dependencies, initial_future if r == 0 else None,
+                            key=f"dtrain-{job_id}-rank-{r}", workers=[worker.address], allow_other_workers=False,
+                            pure=False, retries=0,
+                        )
+                    )
+                results = supervisor.follow(point.epoch, self.epochs)
+        finally:
+            self.stuck = supervisor.stuck
+        return results, supervisor
+
+
+def _recoverable(exc: BaseException) -> bool:
+    """Failures a restart on the workers left can cure: a lost or stuck worker, a broken
+    connection or a deadline (the step deadline of a hung rank). Not: the data, the maths
+    (NaN), a cancel, Ctrl-C, or a scheduler that cannot be reached."""
+    from distributed import KilledWorker
+
+    from .comm import CommError
+
+    if isinstance(exc, (JobCancelled, recovery.NonFiniteError, KeyboardInterrupt, ConnectionError)):
+        return False
+    return isinstance(exc, (WorkerLostError, CommError, KilledWorker, OSError, TimeoutError))
+
+
+def _restart_point(policy, meta: dict, start: recovery.ResumePoint) -> recovery.ResumePoint:
+    """Where a restart begins: the latest good checkpoint, else the run's own start."""
+    from .checkpoints import load_latest
+
+    if policy is None or load_latest(policy.directory, expect=None) is None:
+        return start
+    return recovery.resume_point(policy.directory, meta)
+
+
+def _surviving_ranks(client, workers, stuck: list[str], reason: str) -> list[WorkerInfo]:
+    """The workers a restart runs on: those still in the cluster (of ``workers=``, when given),
+    joined ones included, minus those whose rank did not stop (they are restarted, and serve
+    again at a later restart)."""
+    alive = set(client.scheduler_info(n_workers=-1)["workers"])
+    if stuck:
+        try:
+            client.restart_workers([w for w in stuck if w in alive], timeout=60, raise_for_error=False)
+        except Exception:
+            pass
+    candidates = [w for w in (workers or alive) if w in alive and w not in stuck]
+    if not candidates:
+        raise WorkerLostError(f"No worker left to restart on after: {reason}")
+    return cluster_ranks(client, candidates)
 
 
 # -- supervision --------------------------------------------------------------------------------
@@ -438,6 +566,7 @@ class _Supervisor:
         self.cbs, self.model, self.timeout, self.wait_for_client = cbs, model, timeout, wait_for_client
         self.futures: list = []
         self.stop = stop
+        self.stuck: list[str] = []  # workers whose rank was still running after an abort
         self.events: queue.Queue = queue.Queue()
         self.epoch_open: int | None = None
         self.epochs_done: set[int] = set()
@@ -585,6 +714,9 @@ class _Supervisor:
         deadline = time.monotonic() + ABORT_GRACE_S
         while time.monotonic() < deadline and not all(f.done() for f in self.futures):
             time.sleep(0.05)
+        # A rank still running now ignores the abort (stuck in a step): its worker's thread is
+        # taken until it returns, so a restart must not count on that worker.
+        self.stuck = [self.ranks[r].address for r, f in enumerate(self.futures) if not f.done()]
         try:
             self.client.cancel(self.futures)
         except Exception:

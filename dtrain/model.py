@@ -17,7 +17,7 @@ import numpy as np
 
 from . import callbacks as callbacks_module
 from . import layers as layers_module
-from . import losses, metrics as metrics_module, optimizers
+from . import losses, metrics as metrics_module, optimizers, recovery
 from .backend import Backend, check_dtype, get_backend, get_default_device, host_copy, to_numpy
 from .buffers import BufferCache
 from .data import (
@@ -329,6 +329,12 @@ class Sequential:
         client: Any = None,
         workers: Sequence[str] | None = None,
         timeout: float | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int | str = "epoch",
+        keep_checkpoints: int = 3,
+        resume_from: str | None = None,
+        max_restarts: int = 0,
+        on_nonfinite: str = "stop",
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs of global batches of ``batch_size`` (default 32) samples.
 
@@ -346,6 +352,17 @@ class Sequential:
         ``seed`` to float rounding. ``x`` and ``y`` may then also be Dask arrays or file
         sources (``dtrain.from_npy``, ``from_parquet``, ``from_csv``). ``timeout`` (seconds,
         default 60) bounds every wait on another worker: a lost worker fails the job within it.
+
+        Checkpoints: with ``checkpoint_dir`` (a directory or fsspec URL) the weights, optimizer
+        state and position are written at the end of every epoch (``checkpoint_every="epoch"``)
+        or also every N steps (``checkpoint_every=N``), the last ``keep_checkpoints`` kept
+        (see ``dtrain.checkpoints``). ``resume_from`` (such a directory) continues from its
+        latest good checkpoint, and the final weights equal an uninterrupted run's. With
+        ``client=``, a run that loses a worker (or whose step exceeds ``timeout``) restarts
+        from the latest checkpoint on the workers left, up to ``max_restarts`` times.
+        ``on_nonfinite``: "stop" (raise NonFiniteError naming the epoch and step, before the
+        update), "skip" (leave out the steps whose summed gradient holds NaN or inf) or
+        "ignore" (apply them, as Keras does; pair it with the TerminateOnNaN callback).
         """
         self._require_compiled("fit")
         batch_size = check_batch_size(batch_size)
@@ -368,6 +385,10 @@ class Sequential:
                 f"fit() expected callbacks as a list of dtrain.callbacks.Callback, received "
                 f"{type(callbacks).__name__} {callbacks!r}."
             )
+        policy = recovery.CheckpointPolicy.make(checkpoint_dir, checkpoint_every, keep_checkpoints)
+        on_nonfinite = recovery.check_nonfinite_policy(on_nonfinite)
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, (int, np.integer)) or max_restarts < 0:
+            raise ValueError(f"Expected max_restarts to be a non-negative integer, received max_restarts={max_restarts!r}.")
         if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
             raise ValueError(
                 f"validation_data must be a tuple (x_val, y_val), received {type(validation_data).__name__}"
@@ -381,10 +402,13 @@ class Sequential:
                 self, x, y, client=client, workers=workers, shards=shards, batch_size=batch_size,
                 epochs=epochs, verbose=verbose, callbacks=list(callbacks), validation_split=validation_split,
                 validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch, seed=seed,
-                timeout=timeout,
+                timeout=timeout, checkpoints=policy, resume_from=resume_from, max_restarts=int(max_restarts),
+                on_nonfinite=on_nonfinite,
             )
         if workers is not None:
             raise ValueError("workers= selects Dask workers and needs client= as well.")
+        if max_restarts:
+            raise ValueError("max_restarts restarts a run on the workers of a cluster: it needs client= as well.")
 
         # Every check runs before the model is built or touched: a bad call changes nothing.
         x, y = self._check_xy(x, y)
@@ -405,28 +429,54 @@ class Sequential:
         cbs = self._callback_list(callbacks, history, verbose, plan, epochs, seed)
         self.build(x.shape[1], seed)
 
+        meta = recovery.checkpoint_meta(self, plan, seed, shuffle)
+        point = recovery.resume_point(resume_from, meta) if resume_from is not None else recovery.ResumePoint(epoch=initial_epoch)
+        recovery.restore(self, point)
+        history.restore(point.history or [])
+        done: list[dict[str, float]] = list(point.history or [])  # finished epochs, for the checkpoints
+
         sampler = EpochSampler(plan, range(plan.shards), seed, shuffle)
         x_rows, y_rows = BatchGatherer(x), BatchGatherer(y)
+        names = [m.name for m in self.metrics]
+        finite = recovery.FiniteCheck(self.backend.xp, self.grads)
         self.stop_training = False
         logs: dict[str, float] = {}
         cbs.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
+        for epoch in range(point.epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            totals = Totals([m.name for m in self.metrics])
-            for step, (rows, _) in enumerate(sampler.epoch(epoch)):
+            first_step = point.step if epoch == point.epoch else 0
+            totals = Totals(names)
+            if first_step and point.totals is not None:
+                totals = Totals.from_array(names, point.totals)  # the steps before the checkpoint
+            completed = True
+            for step, (rows, _) in enumerate(sampler.epoch(epoch, first_step), start=first_step):
                 cbs.on_train_batch_begin(step)
                 if isinstance(rows, slice):  # in order: the batch is a view, nothing to copy
                     xb, yb = x[rows], y[rows]
                 else:
                     xb, yb = x_rows.take(rows), y_rows.take(rows)
-                totals.add(*self._train_step(xb, yb))
+                sums = self.compute_gradients(self.backend.asarray(xb), self.backend.asarray(yb))
+                if on_nonfinite == "ignore" or finite(self.grads):
+                    totals.add(*sums)
+                    self.apply_gradients()
+                elif on_nonfinite == "stop":
+                    raise recovery.NonFiniteError(epoch, step)
                 cbs.on_train_batch_end(step, totals.logs())
+                if policy is not None and policy.due_within_epoch(step + 1, plan.steps):
+                    recovery.write(policy, self, epoch=epoch, step=step + 1, position=epoch * plan.steps + step + 1,
+                                   totals=totals.to_array(), history=done, meta=meta)
                 if self.stop_training:
+                    completed = step + 1 == plan.steps
                     break
             logs = totals.logs()
             if validation is not None:
                 val_logs = self._evaluate_checked(*validation, batch_size)
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            if completed:
+                done.append(logs)
+                if policy is not None:
+                    recovery.write(policy, self, epoch=epoch + 1, step=0, position=(epoch + 1) * plan.steps,
+                                   totals=None, history=done, meta=meta)
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break

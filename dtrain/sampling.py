@@ -126,11 +126,12 @@ class EpochSampler:
         # One shard, in order: every batch is a contiguous range of the local rows.
         self.contiguous = not shuffle and len(self.owned) == 1
 
-    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray | slice, int]]:
-        """Yields, for every step: (local rows of this step, rows in the whole global batch)."""
+    def epoch(self, epoch: int, first_step: int = 0) -> Iterator[tuple[np.ndarray | slice, int]]:
+        """Yields, for every step from ``first_step`` on (a run resumed mid-epoch): (local rows of
+        this step, rows in the whole global batch)."""
         plan = self.plan
         if self.contiguous:
-            for t in range(plan.steps):
+            for t in range(first_step, plan.steps):
                 yield slice(int(self._step_bounds[t]), int(self._step_bounds[t + 1])), int(plan.global_counts[t])
             return
         # All of this epoch's local rows grouped by step (shards in owned order within a step):
@@ -140,5 +141,5 @@ class EpochSampler:
             orders.append(self._local_start[i] + shard_order(int(plan.sizes[s]), self.seed, epoch, s, self.shuffle))
             steps_of.append(np.repeat(np.arange(plan.steps), self._per_step[i]))
         schedule = np.concatenate(orders)[np.argsort(np.concatenate(steps_of), kind="stable")]
-        for t in range(plan.steps):
+        for t in range(first_step, plan.steps):
             yield schedule[self._step_bounds[t] : self._step_bounds[t + 1]], int(plan.global_counts[t])

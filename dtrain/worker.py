@@ -23,6 +23,8 @@ import numpy as np
 from .backend import host_copy
 from .data import BatchGatherer, check_features, check_targets
 from .model import Sequential, Totals
+from .recovery import FiniteCheck, NonFiniteError
+from .recovery import write as write_checkpoint
 from .sampling import EpochSampler, ShardPlan
 
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
@@ -51,10 +53,15 @@ class RankSpec:
     shuffle: bool
     epochs: int
     initial_epoch: int
+    start_step: int = 0                   # steps of initial_epoch already done (resuming from a checkpoint)
     has_validation: bool = False          # the job validates (every rank joins the allreduce)
     wait_for_client: bool = False         # rank 0 waits for the client's continue/stop after each epoch
     record_replica_hashes: bool = False   # tests: a hash of the weights after every step
     nccl_id: Any = None
+    checkpoint: Any = None                # a recovery.CheckpointPolicy: rank 0 writes checkpoints
+    checkpoint_meta: dict | None = None   # what a checkpoint records about the run (recovery.checkpoint_meta)
+    on_nonfinite: str = "stop"            # "stop" | "skip" a step whose summed gradient is not finite
+    faults: list = field(default_factory=list)  # tests only: injected failures (see _inject)
 
     @property
     def size(self) -> int:
@@ -218,28 +225,59 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
     names = [m.name for m in model.metrics]
     times = StepTimes()
     replica_hashes: list[str] = []
-    history: list[dict[str, float]] = []
+    resumed = initial or {}
+    history: list[dict[str, float]] = []  # the epochs this run trains
+    before: list[dict[str, float]] = list(resumed.get("history") or [])  # epochs done before a resume
     stop = np.zeros(1, dtype=np.float64)
+    finite = FiniteCheck(xp, model.grads)
+    policy = spec.checkpoint
+    skipped = 0
+
+    def checkpoint(epoch: int, step: int, totals_so_far) -> None:
+        """Every rank calls it at the same points (mid-epoch ones sum the epoch's metrics so far);
+        rank 0 writes. A non-finite state is refused by the writer and fails the job."""
+        if totals_so_far is not None:
+            totals_so_far = totals_so_far.to_array()
+            comm.allreduce(totals_so_far)
+        if spec.rank == 0:
+            write_checkpoint(
+                policy, model, epoch=epoch, step=step, position=epoch * plan.steps + step,
+                totals=totals_so_far, history=before + history, meta=spec.checkpoint_meta or {},
+            )
 
     # -- the loop -------------------------------------------------------------------------------
     for epoch in range(spec.initial_epoch, spec.epochs):
         epoch_start = time.perf_counter()
+        first_step = spec.start_step if epoch == spec.initial_epoch else 0
         totals = Totals(names)
-        for step, (rows, global_count) in enumerate(sampler.epoch(epoch)):
+        if first_step and spec.rank == 0 and resumed.get("totals") is not None:
+            totals = Totals.from_array(names, np.asarray(resumed["totals"]))  # all ranks' sums of the steps before
+        for step, (rows, global_count) in enumerate(sampler.epoch(epoch, first_step), start=first_step):
             comm.check_abort()
+            _inject(spec, epoch, step, model)
             t0 = time.perf_counter()
             local_count = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
+            sums = None
             if local_count:
                 # scale 1/global batch: the allreduced sum is the gradient of the global mean loss.
                 xb, yb = batch(rows)
-                totals.add(*model.compute_gradients(xb, yb, scale=1.0 / global_count))
+                sums = model.compute_gradients(xb, yb, scale=1.0 / global_count)
             else:  # this rank's shards give nothing to this step; it still joins the allreduce
                 model.grads.fill(0)
+            _inject(spec, epoch, step, model, after_backward=True)
             model.backend.synchronize()  # GPU: the backward kernels belong to compute, not to the allreduce
             t1 = time.perf_counter()
             comm.allreduce(model.grads)
             t2 = time.perf_counter()
-            model.apply_gradients()
+            # The summed gradient is the same on every rank, so every rank decides alike, at once.
+            if spec.on_nonfinite == "ignore" or finite(model.grads):
+                if sums is not None:
+                    totals.add(*sums)
+                model.apply_gradients()
+            elif spec.on_nonfinite == "stop":
+                raise NonFiniteError(epoch, step)
+            else:
+                skipped += 1
             model.backend.synchronize()
             t3 = time.perf_counter()
             times.compute.append((t1 - t0) + (t3 - t2))
@@ -248,6 +286,8 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
                 replica_hashes.append(hashlib.blake2b(host_copy(model.params).tobytes(), digest_size=16).hexdigest())
             reporter.progress(epoch, step, totals.logs())
             times.step.append(time.perf_counter() - t0)
+            if policy is not None and policy.due_within_epoch(step + 1, plan.steps):
+                checkpoint(epoch, step + 1, totals)
 
         # Epoch metrics over the whole global batch: every rank's sums, added up.
         summed = totals.to_array()
@@ -259,6 +299,8 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
             comm.allreduce(summed)
             logs.update({f"val_{k}": v for k, v in Totals.from_array(names, summed).logs().items()})
         history.append(logs)
+        if policy is not None:
+            checkpoint(epoch + 1, 0, None)
         reporter.epoch_end(epoch, logs, time.perf_counter() - epoch_start)
 
         # Client callbacks (EarlyStopping...) decide after each epoch; every rank must agree.
@@ -280,7 +322,24 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
                 break
 
     # -- results --------------------------------------------------------------------------------
-    result: dict[str, Any] = {"rank": spec.rank, "times": times.as_arrays(), "replica_hashes": replica_hashes}
+    result: dict[str, Any] = {
+        "rank": spec.rank, "times": times.as_arrays(), "replica_hashes": replica_hashes, "skipped_steps": skipped,
+    }
     if spec.rank == 0:
         result.update(params=host_copy(model.params), optimizer=model.optimizer.get_state(), history=history)
     return result
+
+
+def _inject(spec: RankSpec, epoch: int, step: int, model: Sequential, after_backward: bool = False) -> None:
+    """Failures injected by the tests at a known (rank, epoch, step): a hang (a sleep that
+    ignores aborts, as a deadlock would), a crash, or a NaN in this rank's gradient."""
+    for fault in spec.faults:
+        if (fault["rank"], fault["epoch"], fault["step"]) != (spec.rank, epoch, step):
+            continue
+        kind = fault["kind"]
+        if kind == "nan" and after_backward:
+            model.grads[0] = np.nan
+        elif kind == "hang" and not after_backward:
+            time.sleep(fault.get("seconds", 3600))
+        elif kind == "crash" and not after_backward:
+            raise RuntimeError(f"injected crash at epoch {epoch + 1}, step {step + 1}")

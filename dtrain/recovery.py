@@ -1,0 +1,162 @@
+"""Checkpoints during training, resuming from them, and non-finite steps: the policy that the
+single-process loop (``Sequential.fit``) and every rank's loop (``dtrain.worker``) share.
+
+Where a run is in training is its *position*: steps done since the start of epoch 0,
+``epoch * steps_per_epoch + step``. The sampling order of every epoch is a function of
+(seed, epoch, shard) only (``dtrain.sampling``), so a run restored to the weights, optimizer
+state and position of a checkpoint takes exactly the batches the uninterrupted run took from
+there, and ends with the same weights. The file format is :mod:`dtrain.checkpoints`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NONFINITE_POLICIES = ("stop", "skip", "ignore")  # ignore: apply the step anyway, as Keras does
+
+
+class NonFiniteError(FloatingPointError):
+    """A step produced a NaN or infinite gradient (``on_nonfinite="stop"``, the default)."""
+
+    def __init__(self, epoch: int, step: int, message: str | None = None) -> None:
+        self.epoch, self.step = epoch, step
+        super().__init__(
+            message
+            or f"Non-finite gradient (NaN or inf) at epoch {epoch + 1}, step {step + 1}: training stopped before "
+            "the update, so the weights are those of the step before. Lower the learning rate, check the data "
+            "for extreme values, or pass on_nonfinite='skip' to skip such steps."
+        )
+
+    def __reduce__(self):  # raised on workers, pickled back to the client
+        return (type(self), (self.epoch, self.step, str(self)))
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Where and how often checkpoints are written: ``every`` is "epoch" (at the end of every
+    epoch) or a number of steps N (every N steps, and at the end of every epoch)."""
+
+    directory: str
+    every: str | int = "epoch"
+    keep: int = 3
+
+    @classmethod
+    def make(cls, directory: Any, every: Any = "epoch", keep: Any = 3) -> CheckpointPolicy | None:
+        """Checked arguments of ``fit(checkpoint_dir=, checkpoint_every=, keep_checkpoints=)``."""
+        if directory is None:
+            return None
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise ValueError(f"checkpoint_dir must be a directory path or URL, received {directory!r}.")
+        if every != "epoch" and (isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1):
+            raise ValueError(f'checkpoint_every must be "epoch" or a positive number of steps, received {every!r}.')
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
+            raise ValueError(f"keep_checkpoints must be a positive integer, received {keep!r}.")
+        return cls(os.fspath(directory), every if every == "epoch" else int(every), int(keep))
+
+    def due_within_epoch(self, steps_done_in_epoch: int, steps_per_epoch: int) -> bool:
+        """After this many steps of an epoch, a checkpoint is due (the epoch's last step excluded:
+        the end-of-epoch checkpoint, with the epoch's metrics, covers it)."""
+        return (
+            self.every != "epoch" and steps_done_in_epoch < steps_per_epoch and steps_done_in_epoch % self.every == 0
+        )
+
+
+def check_nonfinite_policy(value: Any) -> str:
+    if value not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, received {value!r}.")
+    return value
+
+
+class FiniteCheck:
+    """Whether a gradient buffer is all finite, without allocating per step: the dot product
+    with a zero vector is 0 when every entry is finite and NaN otherwise (0 * inf is NaN), and
+    unlike a sum it cannot overflow."""
+
+    def __init__(self, xp: Any, like: Any) -> None:
+        self._zeros = xp.zeros_like(like)
+        self._xp = xp
+
+    def __call__(self, grads: Any) -> bool:
+        return bool(self._xp.isfinite(self._xp.dot(grads, self._zeros)))
+
+
+@dataclass
+class ResumePoint:
+    """Where a run starts: the weights and optimizer state to load (None: as built), the epoch
+    and steps done in it, the epoch's global metric sums so far, and the finished epochs' logs."""
+
+    params: np.ndarray | None = None
+    optimizer: dict[str, np.ndarray] | None = None
+    epoch: int = 0
+    step: int = 0
+    totals: np.ndarray | None = None
+    history: list[dict[str, float]] | None = None
+    source: str | None = None  # the checkpoint it came from
+
+
+def checkpoint_meta(model, plan, seed: int, shuffle: bool, extra: dict | None = None) -> dict[str, Any]:
+    """What a checkpoint must agree on with the run that resumes from it: the network, its
+    compile settings and the data plan (same rows, shards, batch, seed and shuffling)."""
+    meta = {
+        "model": model.get_config()["layers"],
+        "dtype": model.dtype,
+        "compile": model.compile_config(),
+        "plan": {"rows": plan.rows, "shards": plan.shards, "batch_size": plan.batch_size, "seed": seed, "shuffle": shuffle},
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def write(policy: CheckpointPolicy, model, *, epoch: int, step: int, position: int, totals: np.ndarray | None,
+          history: list[dict[str, float]], meta: dict[str, Any]) -> str:
+    """Write the model's state at ``position`` as a checkpoint; returns its location."""
+    from .backend import host_copy
+    from .checkpoints import Checkpoint, write_checkpoint
+
+    arrays = {"params": host_copy(model.params)}
+    arrays.update({f"optimizer.{name}": np.asarray(value) for name, value in model.optimizer.get_state().items()})
+    if totals is not None:
+        arrays["totals"] = np.asarray(totals, dtype=np.float64)
+    return write_checkpoint(
+        policy.directory,
+        Checkpoint(arrays=arrays, epoch=epoch, step=step, global_step=position, meta={**meta, "history": history}),
+        keep=policy.keep,
+    )
+
+
+def resume_point(directory: Any, meta: dict[str, Any]) -> ResumePoint:
+    """The latest good checkpoint in ``directory`` that fits this run (falling back, with a
+    warning, past bad or incompatible ones); an error when there is none."""
+    from .checkpoints import CheckpointError, load_latest
+
+    directory = os.fspath(directory)
+    expect = {key: meta[key] for key in ("model", "dtype", "compile", "plan", "job") if key in meta}
+    checkpoint = load_latest(directory, expect=expect)
+    if checkpoint is None:
+        raise CheckpointError(
+            f"No checkpoint in {directory!r} to resume from: train with checkpoint_dir= (or a job file's "
+            "output.checkpoint) first, or leave resume_from out to start afresh."
+        )
+    arrays = checkpoint.arrays
+    optimizer = {name[len("optimizer."):]: value for name, value in arrays.items() if name.startswith("optimizer.")}
+    return ResumePoint(
+        params=arrays["params"], optimizer=optimizer, epoch=checkpoint.epoch, step=checkpoint.step,
+        totals=arrays.get("totals"), history=list(checkpoint.meta.get("history", [])),
+        source=checkpoint.location,
+    )
+
+
+def restore(model, point: ResumePoint) -> None:
+    """Load a resume point's weights and optimizer state into a built, compiled model."""
+    if point.params is not None:
+        if point.params.shape != model.params.shape:
+            raise ValueError(
+                f"The checkpoint holds {point.params.size} weights, the model has {model.params.size}: it is "
+                "another network."
+            )
+        model.params[...] = model.backend.asarray(point.params)
+    if point.optimizer:
+        model.optimizer.set_state(point.optimizer)
