@@ -4,6 +4,7 @@
     dtrain validate JOB [--set key.path=value ...]
     dtrain run JOB [--workers N] [--set ...]                 # on an embedded local Dask cluster
     dtrain submit JOB [--scheduler ADDRESS] [--detach] [--set ...]
+    dtrain resume OUTPUT [--scheduler ADDRESS] [--workers N] [--detach] [--set ...]
     dtrain status JOB_ID | logs JOB_ID [--follow] | cancel JOB_ID | list     [--scheduler ADDRESS]
     dtrain report OUTPUT
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
+import traceback
 from typing import Any, Sequence
 
 # Exit codes: a finished job's state, or why the command could not do its work.
@@ -80,9 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON document on stdout, no progress")
 
     # Options every job command takes, after its name (``dtrain status ID --json --verbose``).
+    # (SUPPRESS: the subcommand's copy of --verbose must not reset a `dtrain --verbose CMD`.)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
-    common.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -121,6 +125,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("job", metavar="JOB", help="the job file (YAML or JSON)")
     submit.add_argument("--detach", action="store_true", help="return once the job is queued")
+
+    resume = commands.add_parser(
+        "resume", parents=[common, overrides], help="continue a job from its latest checkpoint",
+        description="Continue a job from the latest good checkpoint in its output location (its job file is "
+        "there too): on an embedded local cluster, or with --scheduler on a Dask cluster. The final weights "
+        "equal those of an uninterrupted run.",
+    )
+    resume.add_argument("output", metavar="OUTPUT", help="the job's output location (output.dir)")
+    resume.add_argument("--scheduler", metavar="ADDRESS", help="run it on this Dask scheduler (default: a local cluster)")
+    resume.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    resume.add_argument("--workers", type=_positive_int, help="local worker processes (without --scheduler)")
+    resume.add_argument("--detach", action="store_true", help="with --scheduler: return once the job is queued")
 
     for name, text in (("status", "show a job's state and progress"), ("cancel", "cancel a queued or running job")):
         command = commands.add_parser(name, parents=[common, scheduler], help=text, description=text[0].upper() + text[1:] + ".")
@@ -212,33 +228,59 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = _load(args)
+    return _run_locally(_load(args), args, resume=False)
+
+
+def _run_locally(job, args: argparse.Namespace, resume: bool) -> int:
+    """The job on a local cluster of its own: every worker of it is the job's."""
     if isinstance(job.workers, list):
         raise _UsageError(
             "cluster.workers lists worker addresses, which only exist on a running cluster: use `dtrain submit` "
             "there, or --set cluster.workers=N to run on N local workers"
         )
     workers = args.workers or job.workers or _default_local_workers(job.device)
+    job.spec["cluster"]["workers"] = None  # all of the cluster below, whatever size it could be given
     with _local_client(workers, job.device) as client:
         from .jobs.client import JobsClient
 
         jobs = JobsClient(client=client)
-        record = jobs.submit(job)
+        record = jobs.submit(job, resume=resume)
         return _follow(jobs, record, args)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .jobs.outputs import read_job_file
+    from .jobs.spec import load_job
+
+    with tempfile.TemporaryDirectory() as folder:  # the resolved job file (absolute paths) with --set applied
+        path = os.path.join(folder, "job.yaml")
+        with open(path, "w") as f:
+            f.write(read_job_file(args.output))
+        job = load_job(path, args.overrides)
+    if not args.scheduler:
+        return _run_locally(job, args, resume=True)
+    with _jobs_client(args) as jobs:
+        return _submitted(jobs, jobs.submit(job, resume=True), args)
 
 
 def _submit(args: argparse.Namespace) -> int:
     job = _load(args)
     with _jobs_client(args) as jobs:
-        record = jobs.submit(job)
-        if args.detach:
-            if args.json:
-                _print_json(record)
-            else:
-                print(record["job_id"])
-                print(f"queued on {jobs.address}; follow it with: dtrain logs {record['job_id']} --follow", file=sys.stderr)
-            return EXIT_OK
+        return _submitted(jobs, jobs.submit(job), args)
+
+
+def _submitted(jobs, record: dict, args: argparse.Namespace) -> int:
+    """A job just queued: print its id and return (--detach), or follow it to the end."""
+    if not args.detach:
         return _follow(jobs, record, args)
+    if args.json:
+        _print_json(record)
+    else:
+        print(record["job_id"])
+        print(f"queued on {jobs.address}; follow it with: dtrain logs {record['job_id']} --follow", file=sys.stderr)
+    return EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -259,11 +301,13 @@ def _cancel(args: argparse.Namespace) -> int:
             while record["state"] == "running" and time.monotonic() < deadline:
                 time.sleep(0.2)
                 record = jobs.status(args.job_id)
+    if record["state"] == "running":
+        raise RuntimeError(f"job {args.job_id} is still stopping after 30 s; check `dtrain status {args.job_id}`")
     if args.json:
         _print_json(record)
     else:
         print(f"{record['job_id']}: {record['state']}")
-    return EXIT_OK if record["state"] in ("cancelled", "succeeded", "failed") else EXIT_FAILED
+    return EXIT_OK
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -440,13 +484,9 @@ def _describe(record: dict) -> str:
 
 
 def _print_json(document: Any) -> None:
-    print(json.dumps(document, default=_json_default))
+    from .jobs.outputs import json_text
 
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # NumPy scalars and arrays
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    print(json_text(document))  # strict JSON: a diverged job's NaN loss is null
 
 
 # -- clusters ---------------------------------------------------------------------------------------
@@ -468,11 +508,17 @@ def _default_local_workers(device: str) -> int:
     """One worker per GPU when the job may use GPUs and there are some; else one per CPU core."""
     import os
 
-    if device in ("auto", "gpu"):
+    if device in ("auto", "gpu") and _have_dask_cuda():
         gpus = _gpu_count()
         if gpus:
             return gpus
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _have_dask_cuda() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dask_cuda") is not None
 
 
 def _gpu_count() -> int:
@@ -519,6 +565,7 @@ HANDLERS = {
     "validate": _validate,
     "run": _run,
     "submit": _submit,
+    "resume": _resume,
     "status": _status,
     "logs": _logs,
     "cancel": _cancel,
@@ -539,8 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dtrain: interrupted", file=sys.stderr)
         return _error(args, "interrupted", EXIT_INTERRUPTED)
     except Exception as exc:  # one line for users (one per problem for an invalid job); the traceback with --verbose
-        if args.verbose:
-            raise
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
         code, message = _classify(exc)
         print(f"dtrain {args.command}: error: {message}", file=sys.stderr)
         return _error(args, message, code)
@@ -558,7 +605,9 @@ def _classify(exc: Exception) -> tuple[int, str]:
         return EXIT_UNREACHABLE, str(exc)
     if isinstance(exc, JobServiceError):
         return (EXIT_USAGE if exc.kind == "invalid" else EXIT_FAILED), str(exc)
-    return EXIT_FAILED, str(exc) or type(exc).__name__
+    if isinstance(exc, (KeyError, IndexError, AttributeError, TypeError)) or not str(exc):
+        return EXIT_FAILED, f"{type(exc).__name__}: {exc}"  # these say little without their type
+    return EXIT_FAILED, str(exc)
 
 
 def _error(args: argparse.Namespace, message: str, code: int) -> int:

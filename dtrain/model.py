@@ -359,7 +359,8 @@ class Sequential:
         (see ``dtrain.checkpoints``). ``resume_from`` (such a directory) continues from its
         latest good checkpoint, and the final weights equal an uninterrupted run's. With
         ``client=``, a run that loses a worker (or whose step exceeds ``timeout``) restarts
-        from the latest checkpoint on the workers left, up to ``max_restarts`` times.
+        from the latest checkpoint on the workers left, up to ``max_restarts`` times (one
+        process has nothing to restart: there it is accepted and unused).
         ``on_nonfinite``: "stop" (raise NonFiniteError naming the epoch and step, before the
         update), "skip" (leave out the steps whose summed gradient holds NaN or inf) or
         "ignore" (apply them, as Keras does; pair it with the TerminateOnNaN callback).
@@ -407,8 +408,6 @@ class Sequential:
             )
         if workers is not None:
             raise ValueError("workers= selects Dask workers and needs client= as well.")
-        if max_restarts:
-            raise ValueError("max_restarts restarts a run on the workers of a cluster: it needs client= as well.")
 
         # Every check runs before the model is built or touched: a bad call changes nothing.
         x, y = self._check_xy(x, y)

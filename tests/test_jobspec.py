@@ -78,9 +78,10 @@ def test_defaults_are_filled_in(tmp_path):
             "train": {"format": "synthetic", "samples": 60, "features": 4, "classes": 3, "seed": 0, "separation": 1.0},
             "validation": None,
         },
-        "fit": {"epochs": 1, "batch_size": 32, "seed": 0, "shuffle": True, "shards": None, "timeout": 60},
+        "fit": {"epochs": 1, "batch_size": 32, "seed": 0, "shuffle": True, "shards": None, "timeout": 60,
+                "max_restarts": 2, "on_nonfinite": "stop"},
         "cluster": {"workers": None, "device": "auto"},
-        "output": {"dir": str(tmp_path / "runs" / "tiny-job")},
+        "output": {"dir": str(tmp_path / "runs" / "tiny-job"), "checkpoint": {"every": "epoch", "keep": 3}},
     }
     assert json.loads(json.dumps(job.spec)) == job.spec  # plain JSON-able
     assert (job.name, job.epochs, job.workers, job.device) == ("tiny-job", 1, None, "auto")
@@ -482,7 +483,10 @@ def test_build_model_gives_the_compiled_model(tmp_path):
 
 def test_fit_options_are_what_fit_takes(tmp_path):
     job = load_job(write(tmp_path, "job.yaml", MINIMAL + "fit: {epochs: 1, batch_size: 16, seed: 3, shards: 2, timeout: 5}\n"))
-    assert job.fit_options() == {"epochs": 1, "batch_size": 16, "seed": 3, "shuffle": True, "shards": 2, "timeout": 5}
+    assert job.fit_options() == {
+        "epochs": 1, "batch_size": 16, "seed": 3, "shuffle": True, "shards": 2, "timeout": 5,
+        "max_restarts": 2, "on_nonfinite": "stop",
+    }
     x, y = make_classification(60, 4, 3, seed=0)
     model = job.build_model()
     history = model.fit(x, y, verbose=0, **job.fit_options())

@@ -86,6 +86,11 @@ class JobsClient:
                 self._service_seen = bool(self.client.run_on_scheduler(_has_service))
             except OSError as exc:
                 raise SchedulerUnreachable(f"lost the Dask scheduler at {self.address} ({exc})") from exc
+            except Exception as exc:  # e.g. dtrain cannot be imported there
+                raise JobServiceError(
+                    f"could not ask the scheduler at {self.address} about dtrain's job service ({type(exc).__name__}: "
+                    f"{exc}); is dtrain installed in the scheduler's Python environment?"
+                ) from exc
         return self._service_seen
 
     def ensure_service(self) -> None:
@@ -99,10 +104,11 @@ class JobsClient:
                     f"{exc}); is dtrain installed in the scheduler's Python environment?"
                 ) from exc
 
-    def submit(self, job: Any) -> dict[str, Any]:
-        """Queue a validated :class:`~dtrain.jobs.spec.Job`; returns its record (``job_id``, ``state``...)."""
+    def submit(self, job: Any, *, resume: bool = False) -> dict[str, Any]:
+        """Queue a validated :class:`~dtrain.jobs.spec.Job`; returns its record (``job_id``, ``state``...).
+        ``resume``: continue from the latest checkpoint in the job's output location."""
         self.ensure_service()
-        return self._call("submit", spec=job.to_dict(), source=job.source)
+        return self._call("submit", spec=job.to_dict(), source=job.source, resume=resume)
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._call("status", job_id=job_id)
@@ -138,6 +144,12 @@ class JobsClient:
             reply = self.client.sync(getattr(self.client.scheduler, HANDLER), action=op, **kwargs)
         except OSError as exc:
             raise SchedulerUnreachable(f"lost the Dask scheduler at {self.address} ({exc})") from exc
+        if not isinstance(reply, dict):  # the handler is gone: the scheduler restarted
+            self._service_seen = False
+            raise JobServiceError(
+                f"no dtrain job service on the scheduler at {self.address} any more (it restarted and forgot its jobs; "
+                "their outputs remain: `dtrain resume OUTPUT` continues one)", kind="unknown",
+            )
         if "refused" in reply:
             raise JobServiceError(reply["refused"], reply.get("kind", ""))
         return reply

@@ -162,12 +162,32 @@ def write_outputs(output: str | os.PathLike, *, model, history, job_yaml: str, r
     return files
 
 
-def write_record(output: str | os.PathLike, record: dict) -> str:
+def write_record(output: str | os.PathLike, record: dict, job_yaml: str | None = None) -> str:
     """Write (or replace) ``output``/result.json with ``record`` alone: the service calls it when
-    a job starts, fails or is cancelled. Returns its location."""
+    a job starts (then with ``job_yaml``, the resolved job file that ``dtrain resume`` reads),
+    fails or is cancelled. Returns its location."""
     where = _Location(output)
     where.make()
+    if job_yaml is not None:
+        where.write(JOB_FILE, job_yaml.encode())
     return where.write(RESULT_FILE, _json_bytes(record))
+
+
+def read_job_file(output: str | os.PathLike) -> str:
+    """The resolved job file a job wrote to ``output`` when it started (for ``dtrain resume``)."""
+    where = _Location(output)
+    try:
+        return where.read(JOB_FILE).decode()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{where.where(JOB_FILE)} does not exist: OUTPUT must be the output location (output.dir) of a "
+            "job started by `dtrain run` or `dtrain submit`."
+        ) from None
+
+
+def json_text(value: Any) -> str:
+    """``value`` as one line of strict JSON (NaN and infinities as null): what --json prints."""
+    return json.dumps(_plain(value), allow_nan=False, default=str)
 
 
 def _write_model(where: _Location, model) -> str:

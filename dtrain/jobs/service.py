@@ -14,9 +14,11 @@ driver in its own thread. They share the table under one lock, held only for sho
 """
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
+import inspect
 import traceback
 import weakref
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "dtrain-jobs"
 HANDLER = "dtrain_jobs"
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+# A job's states: queued -> running -> succeeded | failed | cancelled (or queued -> cancelled).
 TERMINAL = ("succeeded", "failed", "cancelled")
 MAX_LOG_LINES = 10_000  # per job; older lines are dropped (the count of dropped ones is kept)
 KEEP_FINISHED = 1_000  # finished jobs remembered per scheduler; the oldest are forgotten
@@ -47,6 +49,8 @@ class JobRecord:
     output: str
     requested: Any  # None (all free workers), a count, or a list of addresses
     epochs: int
+    max_workers: int | None = None  # with requested None: no more than this (the job's shard count)
+    resume: bool = False  # continue from the latest checkpoint in the output location
     state: str = "queued"
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -63,14 +67,22 @@ class JobRecord:
     files: dict[str, str] = field(default_factory=dict)
     waiting_for: str | None = None  # why a queued job has not started
     lines: list[tuple[float, str]] = field(default_factory=list)
-    dropped_lines: int = 0
+    logged: int = 0  # lines ever logged; lines[0] is line number logged - len(lines)
     cancel: threading.Event = field(default_factory=threading.Event)
+    _log_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def log(self, text: str) -> None:
-        self.lines.append((time.time(), text))
-        if len(self.lines) > MAX_LOG_LINES:
-            del self.lines[: len(self.lines) - MAX_LOG_LINES]
-            self.dropped_lines += 1
+        with self._log_lock:  # the event loop and the job's thread both log
+            self.lines.append((time.time(), text))
+            self.logged += 1
+            if len(self.lines) > MAX_LOG_LINES:
+                del self.lines[: len(self.lines) - MAX_LOG_LINES]
+
+    def log_since(self, since: int) -> tuple[list[tuple[float, str]], int]:
+        """The lines logged from line number ``since`` on (those still kept), and the next number."""
+        with self._log_lock:
+            first = self.logged - len(self.lines)
+            return self.lines[max(since - first, 0):], self.logged
 
     def public(self) -> dict[str, Any]:
         return {
@@ -133,7 +145,8 @@ class JobService(SchedulerPlugin):
         scheduler.handlers[HANDLER] = self.handle
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
-        self._schedule()  # a queued job may fit now
+        if hasattr(self, "table"):  # (with --preload, workers may register before start() ran)
+            self._schedule()  # a queued job may fit now
 
     # -- the handler: event loop --------------------------------------------------------------------
 
@@ -150,26 +163,40 @@ class JobService(SchedulerPlugin):
         if action not in operations:
             return {"refused": f"unknown action {action!r}: expected one of {', '.join(operations)}"}
         try:
-            return operations[action](**kwargs)
-        except TypeError as exc:  # wrong arguments from a client of another version
+            inspect.signature(operations[action]).bind(**kwargs)
+        except TypeError as exc:  # a client of another version
             return {"refused": f"bad request for {action!r}: {exc}"}
+        if action == "submit":  # validation may import fsspec backends: off the event loop
+            return await asyncio.to_thread(self._submit, **kwargs)
+        return operations[action](**kwargs)
 
-    def _submit(self, spec: dict, source: str | None = None) -> dict[str, Any]:
+    def _submit(self, spec: dict, source: str | None = None, resume: bool = False) -> dict[str, Any]:
         from .spec import JobError, job_from_dict
 
         try:
             job = job_from_dict(spec, check_files=False, source=source)
         except JobError as exc:
             return {"refused": str(exc), "kind": "invalid"}
-        record = JobRecord(
-            job_id=_new_job_id(job.name), name=job.name, spec=job.to_dict(), output=job.output_dir,
-            requested=job.workers, epochs=job.epochs,
-        )
-        record.log(f"submitted{f' from {source}' if source else ''}; output: {record.output}")
         with self.table.lock:
+            holder = next(
+                (r for r in self.table.jobs.values() if r.output == job.output_dir and r.state not in TERMINAL), None
+            )
+            if holder is not None:
+                return {
+                    "refused": f"job {holder.job_id} ({holder.state}) already writes to {job.output_dir}: wait for it, "
+                    "cancel it, or choose another output.dir", "kind": "invalid",
+                }
+            job_id = _new_job_id(job.name)
+            while job_id in self.table.jobs:
+                job_id = _new_job_id(job.name)
+            record = JobRecord(
+                job_id=job_id, name=job.name, spec=job.to_dict(), output=job.output_dir, requested=job.workers,
+                epochs=job.epochs, max_workers=job.fit_options()["shards"], resume=resume,
+            )
+            record.log(f"submitted{f' from {source}' if source else ''}; output: {record.output}")
             self.table.jobs[record.job_id] = record
             self._forget_old()
-        self._schedule()
+        self._schedule_soon()
         return record.public()
 
     def _status(self, job_id: str) -> dict[str, Any]:
@@ -197,19 +224,13 @@ class JobService(SchedulerPlugin):
         return record.public()
 
     def _logs(self, job_id: str, since: int = 0) -> dict[str, Any]:
-        """Log lines from index ``since`` (of all lines ever logged), and the next index to ask for."""
+        """Log lines from number ``since`` (of all lines ever logged), and the next number to ask for."""
         record = self.table.jobs.get(job_id)
         if record is None:
             return _unknown(job_id)
-        lines = list(record.lines)
-        first = record.dropped_lines  # index of lines[0] among all lines ever logged
-        start = max(since - first, 0)
-        return {
-            "job_id": job_id,
-            "state": record.state,
-            "lines": [{"time": t, "text": text} for t, text in lines[start:]],
-            "next": first + len(lines),
-        }
+        state = record.state  # before the lines: a job's last line is logged before its final state is set
+        lines, next_line = record.log_since(since)
+        return {"job_id": job_id, "state": state, "lines": [{"time": t, "text": text} for t, text in lines], "next": next_line}
 
     # -- scheduling: any thread -----------------------------------------------------------------------
 
@@ -218,12 +239,12 @@ class JobService(SchedulerPlugin):
         start does not hold back later ones that can (they ask for other or fewer workers)."""
         started: list[JobRecord] = []
         with self.table.lock:
-            present = list(self.scheduler.workers)
+            present = [address for address, ws in self.scheduler.workers.items() if ws.status.name == "running"]
             for record in self.table.jobs.values():
                 if record.state != "queued":
                     continue
                 free = [address for address in present if address not in self.table.busy]
-                workers, reason = _claim(record.requested, free, present)
+                workers, reason = _claim(record.requested, free, present, record.max_workers)
                 if workers is None:
                     if reason != record.waiting_for:
                         record.waiting_for = reason
@@ -242,7 +263,11 @@ class JobService(SchedulerPlugin):
             for address in record.workers:
                 if self.table.busy.get(address) == record.job_id:
                     del self.table.busy[address]
-        self._schedule()
+        self._schedule_soon()
+
+    def _schedule_soon(self) -> None:
+        """Schedule on the event loop: the scheduler's worker table is only safe to read there."""
+        self.scheduler.loop.add_callback(self._schedule)
 
     def _forget_old(self) -> None:
         finished = [job_id for job_id, r in self.table.jobs.items() if r.state in TERMINAL]
@@ -256,20 +281,20 @@ class JobService(SchedulerPlugin):
 
         record.log(f"started on {len(record.workers)} worker(s): {', '.join(record.workers)}")
         try:
-            files = self._train(record)
+            files = self._train(record)  # frees the workers as soon as training has ended
         except JobCancelled:
             self._finish(record, "cancelled", "cancelled: every rank was stopped")
         except BaseException as exc:  # the job fails; the service goes on
-            record.error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
             for line in traceback.format_exception(exc)[-12:]:
                 for text in line.rstrip().splitlines():
                     record.log(f"  {text}")
-            self._finish(record, "failed", f"failed: {record.error}")
+            self._finish(record, "failed", f"failed: {error}", error=error)
         else:
             record.files = files
             self._finish(record, "succeeded", f"succeeded; outputs in {record.output}")
         finally:
-            self._release(record)
+            self._release(record)  # (again: a no-op once freed)
 
     def _train(self, record: JobRecord) -> dict[str, str]:
         from distributed import Client
@@ -279,36 +304,56 @@ class JobService(SchedulerPlugin):
         from .spec import job_from_dict
 
         job = job_from_dict(record.spec, check_files=False)
-        write_record(record.output, record.public())  # the output location says a job is on it
+        # The job file first: a job that dies with its scheduler is resumed from it (dtrain resume).
+        write_record(record.output, record.public(), job_yaml=job.to_yaml())
         model = job.build_model()
         data = job.data()
         options = job.fit_options()
-        with Client(self.scheduler.address, security=getattr(self.scheduler, "security", None), set_as_default=False, timeout="30s") as client:
-            if record.cancel.is_set():
-                raise JobCancelled(f"job {record.job_id} was cancelled")
-            history = fit_on_cluster(
-                model, data["x"], data["y"], client=client, workers=record.workers, shards=options["shards"],
-                batch_size=options["batch_size"], epochs=options["epochs"], verbose=0,
-                callbacks=[_Recorder(record)], validation_split=data["validation_split"],
-                validation_data=data["validation_data"], shuffle=options["shuffle"], initial_epoch=0,
-                seed=options["seed"], timeout=options["timeout"], stop=record.cancel,
-            )
+        recovery_options = job.recovery_options()
+        resume_from = None
+        if record.resume:
+            if recovery_options["checkpoints"] is None:
+                raise ValueError("this job writes no checkpoints (output.checkpoint: false): there is nothing to resume from")
+            resume_from = recovery_options["checkpoints"].directory
+            record.log(f"resuming from the latest checkpoint in {resume_from}")
+        try:
+            with Client(self.scheduler.address, security=getattr(self.scheduler, "security", None),
+                        set_as_default=False, timeout="30s") as client:
+                if record.cancel.is_set():
+                    raise JobCancelled(f"job {record.job_id} was cancelled")
+                history = fit_on_cluster(
+                    model, data["x"], data["y"], client=client, workers=record.workers, shards=options["shards"],
+                    batch_size=options["batch_size"], epochs=options["epochs"], verbose=0,
+                    callbacks=[_Recorder(record)], validation_split=data["validation_split"],
+                    validation_data=data["validation_data"], shuffle=options["shuffle"], initial_epoch=0,
+                    seed=options["seed"], timeout=options["timeout"], stop=record.cancel, resume_from=resume_from,
+                    on_restart=lambda count, reason: _restarted(record, count, reason), **recovery_options,
+                )
+        finally:
+            self._release(record)  # the workers are free as soon as training has ended
+        if record.cancel.is_set():
+            record.log("cancel came too late: training had finished; writing the outputs")
         record.log(f"trained: {_format_metrics(record.metrics)}; writing outputs")
         done = record.public()
         done.update(state="succeeded", ended_at=time.time())
         return write_outputs(record.output, model=model, history=history, job_yaml=job.to_yaml(), record=done)
 
-    def _finish(self, record: JobRecord, state: str, message: str) -> None:
+    def _finish(self, record: JobRecord, state: str, message: str, error: str | None = None) -> None:
+        """result.json first (a successful job wrote it with its outputs), then the last log line,
+        then the state: a client that sees the final state finds the record and the log complete."""
         from .outputs import write_record
 
-        with self.table.lock:
-            record.state, record.ended_at = state, time.time()
-        record.log(message)
-        if state != "succeeded":  # a successful job wrote its record with its outputs
+        ended = time.time()
+        if state != "succeeded":
+            final = record.public()
+            final.update(state=state, ended_at=ended, error=error)
             try:
-                write_record(record.output, record.public())
+                write_record(record.output, final)
             except Exception as exc:  # the job's own error matters more
                 record.log(f"could not write result.json to {record.output}: {type(exc).__name__}: {exc}")
+        record.log(message)
+        with self.table.lock:
+            record.error, record.state, record.ended_at = error, state, ended
 
 
 class _Recorder(Callback):
@@ -339,16 +384,24 @@ class _Recorder(Callback):
         r.log(f"epoch {epoch + 1}/{r.epochs}: {_format_metrics(r.metrics)} ({seconds:.1f} s)")
 
 
-def _claim(requested: Any, free: list[str], present: list[str]) -> tuple[list[str] | None, str]:
-    """The workers a job gets now, or (None, why it waits)."""
+def _restarted(record: JobRecord, count: int, reason: str) -> None:
+    record.restarts = count
+    record.restart_reasons.append(reason)
+    record.log(f"restart {count}: {reason}; continuing from the latest checkpoint on the workers left")
+
+
+def _claim(requested: Any, free: list[str], present: list[str], cap: int | None) -> tuple[list[str] | None, str]:
+    """The workers a job gets now, or (None, why it waits). ``cap``: at most that many of "every
+    free worker" (a job with fewer shards than workers could use no more)."""
     if requested is None:
         if free:
-            return free, ""
+            return free[:cap], ""
         return None, f"waiting for a free worker (the cluster has {len(present)}, all busy)" if present else "waiting for workers to join the cluster"
     if isinstance(requested, int):
         if len(free) >= requested:
             return free[:requested], ""
-        return None, f"waiting for {requested} free workers ({len(free)} free of {len(present)} in the cluster)"
+        short = f"; the cluster has only {len(present)}: add workers or lower cluster.workers" if len(present) < requested else ""
+        return None, f"waiting for {requested} free workers ({len(free)} free of {len(present)} in the cluster{short})"
     missing = [a for a in requested if a not in present]
     busy = [a for a in requested if a in present and a not in free]
     if not missing and not busy:
@@ -358,7 +411,7 @@ def _claim(requested: Any, free: list[str], present: list[str]) -> tuple[list[st
 
 
 def _new_job_id(name: str) -> str:
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
 
 def _unknown(job_id: str) -> dict[str, Any]:

@@ -57,10 +57,15 @@ SOURCE_FORMATS: dict[str, dict[str, Any]] = {
     "parquet": {"format": _REQUIRED, "path": _REQUIRED, "label": _REQUIRED, "features": None, "storage_options": {}},
     "csv": {"format": _REQUIRED, "path": _REQUIRED, "label": _REQUIRED, "features": None, "storage_options": {}},
 }
-FIT_DEFAULTS: dict[str, Any] = {"epochs": 1, "batch_size": 32, "seed": 0, "shuffle": True, "shards": None, "timeout": 60}
+FIT_DEFAULTS: dict[str, Any] = {
+    "epochs": 1, "batch_size": 32, "seed": 0, "shuffle": True, "shards": None, "timeout": 60,
+    "max_restarts": 2, "on_nonfinite": "stop",
+}
+NONFINITE = ("stop", "skip", "ignore")
+CHECKPOINT_DEFAULTS: dict[str, Any] = {"every": "epoch", "keep": 3}
 CLUSTER_DEFAULTS: dict[str, Any] = {"workers": None, "device": "auto"}
 DEVICES = ("auto", "cpu", "gpu")
-OUTPUT_KEYS = ("dir",)
+OUTPUT_KEYS = ("dir", "checkpoint")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = ("*", "?", "[")
@@ -824,6 +829,8 @@ def _check_fit(ck: _Checker, raw: dict) -> dict:
     if fit["shards"] is not None:
         _integer(ck, fit["shards"], "fit.shards")
     _positive_number(ck, fit["timeout"], "fit.timeout")
+    _integer(ck, fit["max_restarts"], "fit.max_restarts", least=0)
+    _choice(ck, fit["on_nonfinite"], "fit.on_nonfinite", NONFINITE)
     return fit
 
 
@@ -845,8 +852,22 @@ def _check_cluster(ck: _Checker, raw: dict) -> dict:
 def _check_output(ck: _Checker, raw: dict, name: Any) -> dict:
     section = _optional_section(ck, raw, "output", OUTPUT_KEYS)
     if "dir" not in section:
-        return {"dir": _local_path(ck, os.path.join("runs", str(name)))}
-    return {"dir": _check_location(ck, section["dir"], "output.dir", kind="")}  # it need not exist yet
+        directory = _local_path(ck, os.path.join("runs", str(name)))
+    else:
+        directory = _check_location(ck, section["dir"], "output.dir", kind="")  # it need not exist yet
+    return {"dir": directory, "checkpoint": _check_checkpoint(ck, section.get("checkpoint", {}))}
+
+
+def _check_checkpoint(ck: _Checker, value: Any) -> dict | bool:
+    """``output.checkpoint``: false (none), or {every: epoch | N steps, keep: N} (default: every epoch, keep 3)."""
+    if value is False:
+        return False
+    section = {} if value is None or value is True else _mapping(ck, value, "output.checkpoint", tuple(CHECKPOINT_DEFAULTS)) or {}
+    checkpoint = {key: section.get(key, default) for key, default in CHECKPOINT_DEFAULTS.items()}
+    if checkpoint["every"] != "epoch":
+        _integer(ck, checkpoint["every"], "output.checkpoint.every")
+    _integer(ck, checkpoint["keep"], "output.checkpoint.keep")
+    return checkpoint
 
 
 # -- checks across sections --------------------------------------------------------------------------------
@@ -1120,5 +1141,29 @@ class Job:
         return read(source["path"], label=source["label"], features=source["features"], storage_options=options)
 
     def fit_options(self) -> dict:
-        """``epochs, batch_size, seed, shuffle, shards, timeout`` as ``Sequential.fit`` takes them."""
+        """``epochs, batch_size, seed, shuffle, shards, timeout, max_restarts, on_nonfinite`` as
+        ``Sequential.fit`` takes them."""
         return dict(self.spec["fit"])
+
+    @property
+    def checkpoint_dir(self) -> str | None:
+        """``<output.dir>/checkpoints``, or None when ``output.checkpoint`` is false."""
+        if self.spec["output"]["checkpoint"] is False:
+            return None
+        base = self.output_dir
+        return f"{base.rstrip('/')}/checkpoints" if "://" in base else os.path.join(base, "checkpoints")
+
+    def recovery_options(self) -> dict:
+        """What ``fit_on_cluster`` takes for checkpoints and restarts: the policy, the number of
+        restarts, the non-finite policy, and the job's data as part of every checkpoint's
+        identity (a checkpoint of another job's data is never resumed from)."""
+        from ..checkpoints import spec_hash
+        from ..recovery import CheckpointPolicy
+
+        checkpoint = self.spec["output"]["checkpoint"]
+        policy = None if checkpoint is False else CheckpointPolicy.make(self.checkpoint_dir, checkpoint["every"], checkpoint["keep"])
+        fit = self.spec["fit"]
+        return {
+            "checkpoints": policy, "max_restarts": fit["max_restarts"], "on_nonfinite": fit["on_nonfinite"],
+            "checkpoint_extra": {"job": spec_hash(self.spec["data"])},
+        }
