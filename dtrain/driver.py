@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
@@ -374,6 +375,7 @@ def fit_on_cluster(
         recovery.restore(model, start)
     else:
         start = recovery.ResumePoint(epoch=initial_epoch)
+    meta["run"] = start.run or recovery.new_run_id()  # a resumed run continues its lineage
     start.params = host_copy(model.params)
     start.optimizer = model.optimizer.get_state() if model.optimizer.iterations else None
     history.restore(start.history or [])
@@ -511,6 +513,7 @@ class _Run:
                             pure=False, retries=0,
                         )
                     )
+                self.faults = []  # injected failures strike once, not again after a restart
                 results = supervisor.follow(point.epoch, self.epochs)
         finally:
             self.stuck = supervisor.stuck
@@ -531,12 +534,18 @@ def _recoverable(exc: BaseException) -> bool:
 
 
 def _restart_point(policy, meta: dict, start: recovery.ResumePoint) -> recovery.ResumePoint:
-    """Where a restart begins: the latest good checkpoint, else the run's own start."""
-    from .checkpoints import load_latest
+    """Where a restart begins: this run's latest good checkpoint, else the run's own start."""
+    from .checkpoints import CheckpointError
 
-    if policy is None or load_latest(policy.directory, expect=None) is None:
+    if policy is None:
         return start
-    return recovery.resume_point(policy.directory, meta)
+    try:
+        with warnings.catch_warnings():  # other runs' checkpoints in the folder are expected here
+            warnings.simplefilter("ignore")
+            point = recovery.resume_point(policy.directory, meta, same_run=True)
+    except CheckpointError:  # none of this run is good (or none yet): from the start
+        return start
+    return point if point.epoch * 10**9 + point.step >= start.epoch * 10**9 + start.step else start
 
 
 def _surviving_ranks(client, workers, stuck: list[str], reason: str) -> list[WorkerInfo]:

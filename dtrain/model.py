@@ -431,6 +431,7 @@ class Sequential:
         meta = recovery.checkpoint_meta(self, plan, seed, shuffle)
         point = recovery.resume_point(resume_from, meta) if resume_from is not None else recovery.ResumePoint(epoch=initial_epoch)
         recovery.restore(self, point)
+        meta["run"] = point.run or recovery.new_run_id()
         history.restore(point.history or [])
         done: list[dict[str, float]] = list(point.history or [])  # finished epochs, for the checkpoints
 

@@ -95,13 +95,19 @@ class ResumePoint:
     totals: np.ndarray | None = None
     history: list[dict[str, float]] | None = None
     source: str | None = None  # the checkpoint it came from
+    run: str | None = None  # the run (lineage of starts, resumes and restarts) that wrote it
 
 
 def checkpoint_meta(model, plan, seed: int, shuffle: bool, extra: dict | None = None) -> dict[str, Any]:
     """What a checkpoint must agree on with the run that resumes from it: the network, its
     compile settings and the data plan (same rows, shards, batch, seed and shuffling)."""
+    # Layer names are left out: auto-generated ones ("dense_4") differ from process to process.
+    layers = [
+        {"class_name": layer["class_name"], "config": {k: v for k, v in layer["config"].items() if k != "name"}}
+        for layer in model.get_config()["layers"]
+    ]
     meta = {
-        "model": model.get_config()["layers"],
+        "model": layers,
         "dtype": model.dtype,
         "compile": model.compile_config(),
         "plan": {"rows": plan.rows, "shards": plan.shards, "batch_size": plan.batch_size, "seed": seed, "shuffle": shuffle},
@@ -127,13 +133,15 @@ def write(policy: CheckpointPolicy, model, *, epoch: int, step: int, position: i
     )
 
 
-def resume_point(directory: Any, meta: dict[str, Any]) -> ResumePoint:
+def resume_point(directory: Any, meta: dict[str, Any], *, same_run: bool = False) -> ResumePoint:
     """The latest good checkpoint in ``directory`` that fits this run (falling back, with a
-    warning, past bad or incompatible ones); an error when there is none."""
+    warning, past bad or incompatible ones); an error when there is none. ``same_run`` (a
+    restart): only checkpoints this run wrote, never those an earlier run left in the folder."""
     from .checkpoints import CheckpointError, load_latest
 
     directory = os.fspath(directory)
-    expect = {key: meta[key] for key in ("model", "dtype", "compile", "plan", "job") if key in meta}
+    keys = ("model", "dtype", "compile", "plan", "job") + (("run",) if same_run else ())
+    expect = {key: meta[key] for key in keys if key in meta}
     checkpoint = load_latest(directory, expect=expect)
     if checkpoint is None:
         raise CheckpointError(
@@ -145,8 +153,14 @@ def resume_point(directory: Any, meta: dict[str, Any]) -> ResumePoint:
     return ResumePoint(
         params=arrays["params"], optimizer=optimizer, epoch=checkpoint.epoch, step=checkpoint.step,
         totals=arrays.get("totals"), history=list(checkpoint.meta.get("history", [])),
-        source=checkpoint.location,
+        source=checkpoint.location, run=checkpoint.meta.get("run"),
     )
+
+
+def new_run_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:16]
 
 
 def restore(model, point: ResumePoint) -> None:

@@ -1,0 +1,238 @@
+"""Checkpoints during training, exact resume, restarts after a lost or stuck worker, and
+non-finite steps: one process and real LocalClusters with worker processes."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import dtrain
+from dtrain.callbacks import Callback
+from dtrain.checkpoints import list_checkpoints
+from dtrain.layers import Dense
+from dtrain.recovery import NonFiniteError
+
+from conftest import blobs, one_hot
+
+
+def make_model(dtype="float64"):
+    model = dtrain.Sequential([Dense(16, activation="relu", input_dim=10), Dense(3, activation="softmax")], dtype=dtype)
+    model.compile(loss="categorical_crossentropy", optimizer=dtrain.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"])
+    return model
+
+
+def data(n=203):
+    x, labels = blobs(n, features=10, classes=3, seed=2)
+    return x, one_hot(labels, 3)
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(Callback):
+    """Raises at (epoch, step): a run that dies there."""
+
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.at, self.epoch = (epoch, step), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise Interrupt()
+
+
+FIT = dict(epochs=4, batch_size=20, seed=3, verbose=0)
+
+
+# -- one process ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("every", ["epoch", 3])
+def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, every):
+    x, y = data()
+    whole = make_model()
+    whole.fit(x, y, **FIT)
+    interrupted = make_model()
+    with pytest.raises(Interrupt):
+        interrupted.fit(x, y, checkpoint_dir=tmp_path, checkpoint_every=every, callbacks=[InterruptAt(2, 5)], **FIT)
+    assert list_checkpoints(tmp_path)
+    resumed = make_model()
+    history = resumed.fit(x, y, resume_from=tmp_path, checkpoint_dir=tmp_path, checkpoint_every=every, **FIT)
+    for got, expected in zip(resumed.get_weights(), whole.get_weights()):
+        assert np.array_equal(got, expected)  # same arithmetic in the same order: bitwise
+    assert resumed.optimizer.iterations == whole.optimizer.iterations
+    assert len(history.history["loss"]) == 4  # the epochs before the checkpoint come back too
+    np.testing.assert_allclose(history.history["loss"], whole.history.history["loss"], rtol=1e-12)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    x, y = data()
+    make_model().fit(x, y, checkpoint_dir=tmp_path, **FIT)
+    other = make_model()
+    with warnings.catch_warnings(), pytest.raises(dtrain.checkpoints.CheckpointError, match="plan"):
+        warnings.simplefilter("ignore")
+        other.fit(x, y, resume_from=tmp_path, **{**FIT, "batch_size": 25})  # another data plan
+    with pytest.raises(dtrain.checkpoints.CheckpointError, match="No checkpoint"):
+        other.fit(x, y, resume_from=tmp_path / "empty", **FIT)
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path):
+    x, y = data()
+    whole = make_model()
+    whole.fit(x, y, **FIT)
+    make_model().fit(x, y, checkpoint_dir=tmp_path, keep_checkpoints=5, **{**FIT, "epochs": 3})
+    newest = list_checkpoints(tmp_path)[-1]
+    path = tmp_path / f"{newest}.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    resumed = make_model()
+    with pytest.warns(dtrain.checkpoints.CheckpointWarning, match=newest):
+        resumed.fit(x, y, resume_from=tmp_path, **FIT)
+    for got, expected in zip(resumed.get_weights(), whole.get_weights()):
+        assert np.array_equal(got, expected)
+
+
+def test_a_nan_step_stops_with_its_epoch_and_step_or_is_skipped():
+    x, y = data()
+    x = x.astype(np.float64)
+    x[57] = 1.7e308  # overflows in the float64 model -> inf -> NaN gradient in the batch holding row 57
+    model = make_model()
+    with pytest.raises(NonFiniteError, match=r"epoch 1, step 3\b"), np.errstate(all="ignore"):  # row 57: step 3
+        model.fit(x, y, shuffle=False, **FIT)
+    assert model.optimizer.iterations == 2  # stopped before the bad update
+    skipping = make_model()
+    with np.errstate(all="ignore"):
+        skipping.fit(x, y, shuffle=False, on_nonfinite="skip", **FIT)
+    assert all(np.isfinite(w).all() for w in skipping.get_weights())
+    assert skipping.optimizer.iterations == 4 * 11 - 4  # the step holding row 57 left out in each epoch
+
+
+def test_a_non_finite_state_is_never_written(tmp_path):
+    x, y = data()
+    x = x.astype(np.float64)
+    x[57] = 1.7e308
+    with np.errstate(all="ignore"):
+        with pytest.raises(dtrain.checkpoints.NonFiniteCheckpoint):
+            make_model().fit(x, y, shuffle=False, on_nonfinite="ignore", checkpoint_dir=tmp_path, **FIT)
+    assert list_checkpoints(tmp_path) == []
+
+
+# -- on a cluster ---------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_resume_on_a_cluster_equals_an_uninterrupted_run(client3, tmp_path):
+    x, y = data()
+    whole = make_model()
+    whole.fit(x, y, client=client3, **FIT)
+    from dtrain.driver import fit_on_cluster  # the injected crash is a test hook of the driver
+
+    crashed = make_model()
+    with pytest.raises(RuntimeError, match="injected crash"):
+        fit_on_cluster(
+            crashed, x, y, client=client3, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30,
+            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=4),
+            faults=[{"rank": 1, "epoch": 2, "step": 6, "kind": "crash"}],
+        )
+    resumed = make_model()
+    history = resumed.fit(x, y, client=client3, resume_from=tmp_path, **FIT)
+    for got, expected in zip(resumed.get_weights(), whole.get_weights()):
+        assert np.array_equal(got, expected)  # same workers, same order of sums: bitwise
+    assert len(history.history["loss"]) == 4
+    alone = make_model()
+    alone.fit(x, y, shards=3, **FIT)
+    for got, expected in zip(resumed.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.cluster
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step(client2):
+    from dtrain.driver import fit_on_cluster
+
+    x, y = data()
+    model = make_model()
+    start = time.monotonic()
+    with pytest.raises(NonFiniteError, match=r"epoch 2, step 4\b"):
+        fit_on_cluster(
+            model, x, y, client=client2, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30,
+            faults=[{"rank": 1, "epoch": 1, "step": 3, "kind": "nan"}],
+        )
+    assert time.monotonic() - start < 20
+    skipping = make_model()
+    history = fit_on_cluster(
+        skipping, x, y, client=client2, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
+        validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30,
+        on_nonfinite="skip", faults=[{"rank": 1, "epoch": 1, "step": 3, "kind": "nan"}],
+    )
+    assert history.skipped_steps == 1 and skipping.optimizer.iterations == 4 * 11 - 1
+
+
+def _fresh_cluster(n):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB")
+    return cluster, Client(cluster, set_as_default=False)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_worker_killed_mid_training_costs_a_restart_not_the_result(tmp_path):
+    x, y = data(2000)
+    fit = {**FIT, "epochs": 40, "batch_size": 10}
+    alone = make_model()
+    alone.fit(x, y, shards=3, **fit)
+    cluster, client = _fresh_cluster(3)
+    try:
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[1]
+        killer = threading.Timer(3.0, os.kill, (pids[victim], signal.SIGKILL))
+        killer.start()
+        model = make_model()
+        history = model.fit(x, y, client=client, checkpoint_dir=tmp_path, checkpoint_every=50, max_restarts=2, **fit)
+        killer.cancel()
+    finally:
+        client.close()
+        cluster.close()
+    assert len(history.restarts) == 1 and victim in history.restarts[0]
+    for got, expected in zip(model.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_stuck_rank_is_caught_by_the_step_deadline_and_the_run_restarts(tmp_path):
+    from dtrain.driver import fit_on_cluster
+
+    x, y = data()
+    alone = make_model()
+    alone.fit(x, y, shards=3, **FIT)
+    cluster, client = _fresh_cluster(3)
+    try:
+        model = make_model()
+        start = time.monotonic()
+        history = fit_on_cluster(
+            model, x, y, client=client, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=2,
+            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=4), max_restarts=1,
+            faults=[{"rank": 2, "epoch": 1, "step": 5, "kind": "hang", "seconds": 60}],
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        client.close()
+        cluster.close()
+    assert len(history.restarts) == 1 and "Timed out after 2 s" in history.restarts[0]
+    assert elapsed < 45  # the deadline, the abort grace and a restart; not the 60 s hang
+    for got, expected in zip(model.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
