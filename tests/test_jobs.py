@@ -272,3 +272,120 @@ def test_unknown_jobs_and_unreachable_schedulers_are_one_line_errors(scheduler):
     assert time.monotonic() - start < 30
     nowhere = dtrain_cli("list", env={"DTRAIN_SCHEDULER": "", "DASK_SCHEDULER_ADDRESS": ""})
     assert nowhere.returncode == 3 and "--scheduler" in nowhere.stderr
+
+
+# -- losing workers and schedulers ----------------------------------------------------------------------
+
+
+class Cluster:
+    """A real `dask scheduler` and `dask worker --no-nanny` processes (a killed worker stays dead)."""
+
+    def __init__(self, workers: int):
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        bindir = Path(sys.executable).parent
+        dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
+        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.scheduler = subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--dashboard-address", ":0"], **quiet
+        )
+        self.workers = [
+            subprocess.Popen([dask, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                              "--memory-limit", "2GiB"], **quiet)
+            for _ in range(workers)
+        ]
+        from distributed import Client
+
+        with Client(self.address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=60)
+
+    def kill(self):
+        for proc in [*self.workers, self.scheduler]:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in [*self.workers, self.scheduler]:
+            proc.wait(timeout=15)
+
+
+def uninterrupted(job_file: Path, overrides: list[str], shards: int):
+    """The same job trained in one process with the same logical shards: what every restart must reproduce."""
+    from dtrain.jobs.spec import load_job
+
+    job = load_job(job_file, overrides[1::2])  # overrides: ["--set", "key=value", ...]
+    model = job.build_model()
+    data = job.data()
+    n = data["x"].n_rows
+    options = {**job.fit_options(), "shards": shards}
+    for key in ("timeout", "max_restarts"):
+        options.pop(key)
+    model.fit(data["x"].read(0, n), data["y"].read(0, n), verbose=0, **options)
+    return model
+
+
+def wait_until(address: str, job_id: str, predicate, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = json_of(dtrain_cli("status", job_id, "--scheduler", address, "--json"))
+        if predicate(record) or time.monotonic() > deadline:
+            return record
+        time.sleep(0.3)
+
+
+def recovery_job(out: Path) -> list[str]:
+    return [
+        "--set", f"output.dir={out}", "--set", "data.validation=null", "--set", "fit.epochs=12",
+        "--set", "data.train.samples=6000", "--set", "fit.batch_size=16",
+    ]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_path):
+    out = tmp_path / "out"
+    overrides = recovery_job(out)
+    cluster = Cluster(3)
+    try:
+        proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", cluster.address, "--detach", "--json", *overrides)
+        assert proc.returncode == 0, proc.stderr
+        job_id = json_of(proc)["job_id"]
+        assert wait_until(cluster.address, job_id, lambda r: r["epoch"] >= 3)["state"] == "running"
+        cluster.workers[1].send_signal(signal.SIGKILL)
+        record = wait_until(cluster.address, job_id, lambda r: r["state"] in ("succeeded", "failed", "cancelled"), 300)
+    finally:
+        cluster.kill()
+    assert record["state"] == "succeeded", record["error"]
+    assert record["restarts"] == 1 and len(record["workers"]) == 3
+    assert "left the cluster" in record["restart_reasons"][0] or "Error" in record["restart_reasons"][0]
+    model = dtrain.load_model(out)
+    expected = uninterrupted(SEED_JOB, overrides, shards=3)
+    for got, want in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(tmp_path):
+    out = tmp_path / "out"
+    overrides = recovery_job(out)
+    first = Cluster(2)
+    try:
+        proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", first.address, "--detach", "--json", *overrides)
+        assert proc.returncode == 0, proc.stderr
+        job_id = json_of(proc)["job_id"]
+        assert wait_until(first.address, job_id, lambda r: r["epoch"] >= 4)["state"] == "running"
+    finally:
+        first.kill()
+    start = time.monotonic()
+    gone = dtrain_cli("status", job_id, "--scheduler", first.address, "--json", "--connect-timeout", "3")
+    assert gone.returncode == 3 and time.monotonic() - start < 30
+    second = Cluster(2)
+    try:
+        resumed = dtrain_cli("resume", str(out), "--scheduler", second.address, "--json")
+    finally:
+        second.kill()
+    assert resumed.returncode == 0, resumed.stderr
+    result = json_of(resumed)
+    assert result["state"] == "succeeded" and result["epoch"] == 12
+    assert 0 < len(result["history"]) <= 12 - 4  # it went on from a checkpoint, not from the start
+    model = dtrain.load_model(out)
+    expected = uninterrupted(SEED_JOB, overrides, shards=2)
+    for got, want in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
