@@ -580,6 +580,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if not getattr(args, "verbose", False) and args.command not in ("validate", "report"):
+        # Dask logs its own view of a failure (a lost scheduler: reconnect tracebacks) on
+        # stderr; the CLI's one line says what happened and what to do.
+        import logging
+
+        import distributed  # noqa: F401  (configures its loggers, one level each: set them after)
+
+        for name in ["distributed", *[n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]]:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:

@@ -42,6 +42,11 @@ class WorkerLostError(RuntimeError):
     """A worker running a rank left the cluster during training."""
 
 
+class SchedulerLostError(ConnectionError):
+    """The client lost its Dask scheduler during training (a restart cannot help: resume from
+    the latest checkpoint on a new cluster)."""
+
+
 class JobCancelled(RuntimeError):
     """Training was stopped on request (the ``stop`` event of :func:`fit_on_cluster` was set)."""
 
@@ -706,7 +711,25 @@ class _Supervisor:
         return chosen.with_traceback(future.traceback())
 
     def _alive_addresses(self) -> set[str]:
-        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+        # A client that lost its scheduler answers from a stale (or emptied) copy of the worker
+        # list: ask whether it is still connected first, or a lost scheduler looks like lost workers.
+        problem = None
+        if self.client.status != "running":
+            problem = f"the client is {self.client.status}"
+        else:
+            try:
+                workers = set(self.client.scheduler_info(n_workers=-1)["workers"])
+            except OSError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if self.client.status == "running":
+                    return workers
+                problem = f"the client is {self.client.status}"
+        raise SchedulerLostError(
+            f"Lost the Dask scheduler at {self.client.scheduler.address} during training ({problem}). Start a new "
+            "cluster and fit again with resume_from= the checkpoint directory (jobs: `dtrain resume OUTPUT`) to go "
+            "on from the latest checkpoint."
+        )
 
     def _check_workers_alive(self) -> None:
         alive = self._alive_addresses()

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -389,3 +390,60 @@ def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(tmp_path)
     expected = uninterrupted(SEED_JOB, overrides, shards=2)
     for got, want in zip(model.get_weights(), expected.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_fit_on_a_cluster_whose_scheduler_dies_fails_soon_and_says_so():
+    from distributed import Client
+
+    from dtrain.driver import SchedulerLostError
+
+    cluster = Cluster(2)
+    client = Client(cluster.address, timeout="10s", set_as_default=False)
+    x, y = dtrain.datasets.make_classification(20000, seed=0)
+    model = dtrain.Sequential([dtrain.Dense(64, activation="relu", input_dim=100), dtrain.Dense(10, activation="softmax")])
+    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    outcome = {}
+
+    def train():
+        try:
+            model.fit(x, y, epochs=100, batch_size=16, verbose=0, client=client)
+            outcome["result"] = "finished"
+        except BaseException as exc:
+            outcome["result"] = exc
+
+    thread = threading.Thread(target=train, daemon=True)
+    try:
+        thread.start()
+        time.sleep(4)
+        killed_at = time.monotonic()
+        cluster.scheduler.kill()
+        thread.join(60)
+        took = time.monotonic() - killed_at
+    finally:
+        client.close(timeout=5)
+        cluster.kill()
+    assert not thread.is_alive(), "fit did not return within 60 s of losing its scheduler"
+    assert isinstance(outcome["result"], SchedulerLostError), outcome["result"]
+    assert "resume_from" in str(outcome["result"]) and took < 45
+
+
+@pytest.mark.slow
+def test_following_a_job_whose_scheduler_dies_is_one_line_and_exit_3(tmp_path):
+    cluster = Cluster(2)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dtrain", "submit", str(SEED_JOB), "--scheduler", cluster.address,
+             *long_job_args(tmp_path, workers=2)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        job_id = proc.stdout.readline().split()[-1]
+        assert wait_for_state(cluster.address, job_id, ("running",))["state"] == "running"
+        killed_at = time.monotonic()
+        cluster.scheduler.kill()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - killed_at
+    finally:
+        cluster.kill()
+    assert proc.returncode == 3 and took < 30
+    assert err.strip().splitlines() == [err.strip()] and "lost the Dask scheduler" in err

@@ -135,6 +135,8 @@ class JobsClient:
             time.sleep(poll)
 
     def _call(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        if self.client.status not in ("running", "newly-created"):  # it lost the scheduler
+            raise SchedulerUnreachable(f"lost the Dask scheduler at {self.address} (the client is {self.client.status})")
         if op != "submit" and not self.has_service():
             raise JobServiceError(
                 f"no dtrain jobs on the scheduler at {self.address}: nothing was submitted to it yet (or it was "
