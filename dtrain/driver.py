@@ -341,6 +341,7 @@ def fit_on_cluster(
     on_nonfinite: str = "stop",
     checkpoint_extra: dict | None = None,
     on_restart: Callable[[int, str], None] | None = None,
+    restart_workers: Callable[[list[str]], list[str]] | None = None,
     faults: list | None = None,
 ) -> callbacks_module.History:
     """``Sequential.fit(..., client=client)``: see the module docstring for the phases.
@@ -349,7 +350,8 @@ def fit_on_cluster(
     :class:`JobCancelled` is raised. A run that fails in a way a restart can cure (a lost or
     stuck worker, a broken connection) restarts from the latest checkpoint in ``checkpoints``
     (else from its start) on the workers then alive, up to ``max_restarts`` times;
-    ``on_restart(count, reason)`` hears of each. ``checkpoint_extra`` is recorded in (and must
+    ``on_restart(count, reason)`` hears of each; ``restart_workers(usable)`` (the job service)
+    picks the workers of a restart among those usable, instead of all of them. ``checkpoint_extra`` is recorded in (and must
     match when resuming from) every checkpoint; ``faults`` are injected failures (tests)."""
     timeout = _check_timeout(timeout)
     for cb in callbacks:
@@ -408,7 +410,7 @@ def fit_on_cluster(
             history.restore(point.history or [])
             if on_restart is not None:
                 on_restart(len(restarts), reason)
-            ranks = _surviving_ranks(client, workers, run.stuck, reason)
+            ranks = _surviving_ranks(client, workers, run.stuck, reason, restart_workers)
 
     # -- the trained model back in the client's hands -----------------------------------------
     rank0 = results[0]
@@ -553,17 +555,21 @@ def _restart_point(policy, meta: dict, start: recovery.ResumePoint) -> recovery.
     return point if point.epoch * 10**9 + point.step >= start.epoch * 10**9 + start.step else start
 
 
-def _surviving_ranks(client, workers, stuck: list[str], reason: str) -> list[WorkerInfo]:
+def _surviving_ranks(client, workers, stuck: list[str], reason: str, choose=None) -> list[WorkerInfo]:
     """The workers a restart runs on: those still in the cluster (of ``workers=``, when given),
     joined ones included, minus those whose rank did not stop (they are restarted, and serve
-    again at a later restart)."""
+    again at a later restart); ``choose`` may narrow them (the job service's allocation)."""
     alive = set(client.scheduler_info(n_workers=-1)["workers"])
     if stuck:
         try:
             client.restart_workers([w for w in stuck if w in alive], timeout=60, raise_for_error=False)
         except Exception:
             pass
-    candidates = [w for w in (workers or alive) if w in alive and w not in stuck]
+    usable = [w for w in sorted(alive) if w not in stuck]
+    if choose is not None:
+        candidates = [w for w in choose(usable) if w in usable]
+    else:
+        candidates = [w for w in (workers or usable) if w in usable]
     if not candidates:
         raise WorkerLostError(f"No worker left to restart on after: {reason}")
     return cluster_ranks(client, candidates)

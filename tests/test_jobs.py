@@ -354,7 +354,7 @@ def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_pat
     finally:
         cluster.kill()
     assert record["state"] == "succeeded", record["error"]
-    assert record["restarts"] == 1 and len(record["workers"]) == 3
+    assert record["restarts"] == 1 and len(record["workers"]) == 2  # it finished on the two left
     assert "left the cluster" in record["restart_reasons"][0] or "Error" in record["restart_reasons"][0]
     model = dtrain.load_model(out)
     expected = uninterrupted(SEED_JOB, overrides, shards=3)

@@ -258,6 +258,28 @@ class JobService(SchedulerPlugin):
         for record in started:
             threading.Thread(target=self._run, args=(record,), name=f"dtrain-job-{record.job_id}", daemon=True).start()
 
+    def _reallocate(self, record: JobRecord, usable: list[str]) -> list[str]:
+        """A restart's workers: the job's own that are still usable, plus free ones that joined
+        meanwhile where the job asked for all free workers or for more than it has left."""
+        with self.table.lock:
+            for address in record.workers:
+                if address not in usable and self.table.busy.get(address) == record.job_id:
+                    del self.table.busy[address]  # gone (or stuck and being restarted)
+            kept = [a for a in record.workers if a in usable]
+            free = [a for a in usable if a not in self.table.busy]
+            if record.requested is None:
+                wanted = len(kept) + len(free) if record.max_workers is None else record.max_workers
+            elif isinstance(record.requested, int):
+                wanted = record.requested
+            else:
+                wanted = len(kept)  # named workers: only those
+            workers = kept + free[: max(0, wanted - len(kept))]
+            for address in workers:
+                self.table.busy[address] = record.job_id
+            record.workers = workers
+        record.log(f"restarting on {len(workers)} worker(s): {', '.join(workers)}")
+        return workers
+
     def _release(self, record: JobRecord) -> None:
         with self.table.lock:
             for address in record.workers:
@@ -327,7 +349,8 @@ class JobService(SchedulerPlugin):
                     callbacks=[_Recorder(record)], validation_split=data["validation_split"],
                     validation_data=data["validation_data"], shuffle=options["shuffle"], initial_epoch=0,
                     seed=options["seed"], timeout=options["timeout"], stop=record.cancel, resume_from=resume_from,
-                    on_restart=lambda count, reason: _restarted(record, count, reason), **recovery_options,
+                    on_restart=lambda count, reason: _restarted(record, count, reason),
+                    restart_workers=lambda usable: self._reallocate(record, usable), **recovery_options,
                 )
         finally:
             self._release(record)  # the workers are free as soon as training has ended
