@@ -439,6 +439,7 @@ class Sequential:
         x_rows, y_rows = BatchGatherer(x), BatchGatherer(y)
         names = [m.name for m in self.metrics]
         finite = recovery.FiniteCheck(self.backend.xp, self.grads)
+        skipped = 0
         self.stop_training = False
         logs: dict[str, float] = {}
         cbs.on_train_begin()
@@ -461,6 +462,8 @@ class Sequential:
                     self.apply_gradients()
                 elif on_nonfinite == "stop":
                     raise recovery.NonFiniteError(epoch, step)
+                else:
+                    skipped += 1
                 cbs.on_train_batch_end(step, totals.logs())
                 if policy is not None and policy.due_within_epoch(step + 1, plan.steps):
                     recovery.write(policy, self, epoch=epoch, step=step + 1, position=epoch * plan.steps + step + 1,
@@ -480,6 +483,7 @@ class Sequential:
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
+        history.restarts, history.skipped_steps = [], skipped  # (as with client=; one process never restarts)
         cbs.on_train_end(logs)
         self.history = history
         return history

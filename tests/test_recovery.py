@@ -115,6 +115,7 @@ def test_a_nan_step_stops_with_its_epoch_and_step_or_is_skipped():
         skipping.fit(x, y, shuffle=False, on_nonfinite="skip", **FIT)
     assert all(np.isfinite(w).all() for w in skipping.get_weights())
     assert skipping.optimizer.iterations == 4 * 11 - 4  # the step holding row 57 left out in each epoch
+    assert skipping.history.skipped_steps == 4 and skipping.history.restarts == []
 
 
 def test_a_non_finite_state_is_never_written(tmp_path):
