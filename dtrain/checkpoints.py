@@ -40,13 +40,14 @@ import json
 import os
 import posixpath
 import re
-import secrets
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .storage import Location
 
 FORMAT = "dtrain.checkpoint"
 FORMAT_VERSION = 1
@@ -122,138 +123,23 @@ def spec_hash(obj: Any) -> str:
 # -- the directory ----------------------------------------------------------------------------------
 
 
-class _Store:
-    """A checkpoint directory: a local folder (os.replace, fsync) or a folder on an fsspec
-    filesystem (pipe_file, then mv). Like dtrain.jobs.outputs._Location, with the temporary
-    names this format uses, listing and deletion."""
-
-    def __init__(self, directory: str | os.PathLike):
-        text = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
-        if not isinstance(text, str) or not text:
-            raise ValueError(f"Expected a checkpoint directory (a path or an fsspec URL), received {directory!r}.")
-        self.text = text
-        self.fs = None
-        if "://" in text:
-            from fsspec.core import url_to_fs
-
-            self.fs, root = url_to_fs(text)
-            self.root = root.rstrip("/") or "/"
-        else:
-            self.root = os.path.abspath(text)
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.root, name) if self.fs is None else f"{self.root.rstrip('/')}/{name}"
-
-    def where(self, name: str) -> str:
-        """The location of ``name`` as users write it: a path, or a URL with its protocol."""
-        return self.path(name) if self.fs is None else self.fs.unstrip_protocol(self.path(name))
-
-    # - the folder itself -
-    def _is_file(self) -> bool:
-        return os.path.isfile(self.root) if self.fs is None else self.fs.isfile(self.root)
-
-    def _check_not_file(self) -> None:
-        if self._is_file():
-            raise NotADirectoryError(
-                f"The checkpoint directory {self.text} is a file. Give a directory (it is created if missing); "
-                f"to load one checkpoint file, use load_checkpoint."
-            )
-
-    def exists(self) -> bool:
-        self._check_not_file()
-        return os.path.isdir(self.root) if self.fs is None else self.fs.isdir(self.root)
-
-    def make(self) -> None:
-        self._check_not_file()
-        if self.fs is None:
-            os.makedirs(self.root, exist_ok=True)
-        else:
-            self.fs.makedirs(self.root, exist_ok=True)  # a no-op on object stores
-
-    def names(self) -> list[str]:
-        """Names of the files in the folder ([] if there is no folder)."""
-        if not self.exists():
-            return []
-        if self.fs is None:
-            return os.listdir(self.root)
-        self.fs.invalidate_cache(self.root)  # another process (an earlier attempt) may have written here
-        try:
-            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-        except FileNotFoundError:
-            return []
-
-    # - files -
-    def write(self, name: str, data: bytes) -> str:
-        """Write ``name`` whole under a temporary name, then rename it into place."""
-        tmp = f".{name}.tmp-{secrets.token_hex(6)}"
-        if self.fs is None:
-            self._write_local(tmp, name, data)
-        else:
-            self._write_remote(tmp, name, data)
-        return self.where(name)
-
-    def _write_local(self, tmp: str, name: str, data: bytes) -> None:
-        path = self.path(tmp)
-        try:
-            with open(path, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())  # the bytes are on disk before the name is: no empty file after a power cut
-            os.replace(path, self.path(name))
-        except BaseException:
-            _remove_quietly(path)
-            raise
-
-    def _write_remote(self, tmp: str, name: str, data: bytes) -> None:
-        # On object stores mv is a copy then a delete, but the final name still appears only once whole.
-        try:
-            self.fs.pipe_file(self.path(tmp), data)
-            self.fs.mv(self.path(tmp), self.path(name))
-        except BaseException:
-            try:
-                self.fs.rm_file(self.path(tmp))
-            except Exception:  # noqa: BLE001 - the original error matters more than the leftover
-                pass
-            raise
-
-    def sync(self) -> None:
-        """Make the renames durable (local folders; object stores have no such step)."""
-        if self.fs is not None:
-            return
-        try:
-            fd = os.open(self.root, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:  # some platforms and filesystems cannot sync a folder
-            pass
-        finally:
-            os.close(fd)
-
-    def read(self, name: str) -> bytes:
-        """The bytes of ``name``; FileNotFoundError if it is not there."""
-        if self.fs is None:
-            with open(self.path(name), "rb") as f:
-                return f.read()
-        return self.fs.cat_file(self.path(name))
-
-    def remove(self, name: str) -> None:
-        """Delete ``name`` if it is there."""
-        if self.fs is None:
-            _remove_quietly(self.path(name))
-            return
-        try:
-            self.fs.rm_file(self.path(name))
-        except FileNotFoundError:
-            pass
+def _store(directory: str | os.PathLike) -> Location:
+    # durable: each file is fsynced before its rename, and write_checkpoint syncs the folder.
+    return Location(directory, what="a checkpoint directory (a path or an fsspec URL)", durable=True)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+def _check_not_file(store: Location) -> None:
+    if store.is_file():
+        raise NotADirectoryError(
+            f"The checkpoint directory {store.text} is a file. Give a directory (it is created if missing); "
+            f"to load one checkpoint file, use load_checkpoint."
+        )
+
+
+def _names(store: Location) -> list[str]:
+    """Names of the files in the checkpoint directory ([] if there is no directory)."""
+    _check_not_file(store)
+    return store.names()
 
 
 def _arrays_file(name: str) -> str:
@@ -277,7 +163,7 @@ def _complete(files: list[str]) -> list[str]:
 def list_checkpoints(directory: str | os.PathLike) -> list[str]:
     """Names of the checkpoints in ``directory`` (those with a manifest; whether they are intact is
     not checked), oldest first. [] when the directory does not exist."""
-    return _complete(_Store(directory).names())
+    return _complete(_names(_store(directory)))
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -306,7 +192,8 @@ def write_checkpoint(directory: str | os.PathLike, checkpoint: Checkpoint, *, ke
     data = _safetensors_bytes(arrays, name)
     manifest = _manifest(name, data, arrays, global_step=global_step, epoch=epoch, step=step, meta=meta)
 
-    store = _Store(directory)
+    store = _store(directory)
+    _check_not_file(store)
     store.make()
     location = store.write(_arrays_file(name), data)
     store.write(_manifest_file(name), manifest)
@@ -407,13 +294,13 @@ def _manifest(name: str, data: bytes, arrays: dict[str, np.ndarray], *, global_s
     return (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
 
 
-def _prune(store: _Store, *, newest: str, keep: int) -> None:
+def _prune(store: Location, *, newest: str, keep: int) -> None:
     """Delete the checkpoints older than the ``keep`` newest up to ``newest`` (the one just
     written, which ``latest`` names), with the leftovers of interrupted writes among them.
     Checkpoints with a higher global step than ``newest`` (an abandoned run's, or ones skipped
     as bad when this run resumed) are not older, so they stay: counting them instead would
     delete the checkpoints this run has just written, ``latest`` included."""
-    files = store.names()
+    files = _names(store)
     limit = _step_of(newest)
     kept = [n for n in _complete(files) if _step_of(n) <= limit][-keep:]
     oldest_kept = _step_of(kept[0]) if kept else limit
@@ -441,7 +328,7 @@ class _Bad(Exception):
         self.file, self.reason = file, reason
 
 
-def _read_pointer(store: _Store) -> str | None:
+def _read_pointer(store: Location) -> str | None:
     """The text of ``latest`` (stripped), or None if there is none."""
     try:
         return store.read(POINTER).decode("utf-8", "replace").strip()
@@ -457,8 +344,8 @@ def load_latest(directory: str | os.PathLike, *, expect: dict | None = None) -> 
     why it was refused, if there are checkpoints but none is good."""
     if expect is not None and not isinstance(expect, dict):
         raise TypeError(f"Expected expect to be a dict of meta key -> value, received {type(expect).__name__}.")
-    store = _Store(directory)
-    names = _complete(store.names())
+    store = _store(directory)
+    names = _complete(_names(store))
     refused: list[tuple[str, str]] = []
     for name in _search_order(store, names):
         try:
@@ -476,7 +363,7 @@ def load_latest(directory: str | os.PathLike, *, expect: dict | None = None) -> 
     )
 
 
-def _search_order(store: _Store, names: list[str]) -> list[str]:
+def _search_order(store: Location, names: list[str]) -> list[str]:
     """The checkpoint ``latest`` names first, then every other one, newest first. A pointer that
     names no checkpoint is reported (it should not happen: the pointer is written last and its
     checkpoint is never pruned) and the search goes on without it."""
@@ -507,7 +394,7 @@ def load_checkpoint(location: str | os.PathLike, *, expect: dict | None = None) 
             f"(and .json). To find the latest checkpoint in a directory, use load_latest."
         )
     try:
-        return _load(_Store(directory), stem, expect)
+        return _load(_store(directory), stem, expect)
     except _Bad as bad:
         raise CheckpointError(f"Cannot use checkpoint {bad.file}: {bad.reason}.") from None
 
@@ -522,7 +409,7 @@ def _split(location: str) -> tuple[str, str]:
     return fs.unstrip_protocol(posixpath.dirname(path)), posixpath.basename(path)
 
 
-def _load(store: _Store, name: str, expect: dict | None) -> Checkpoint:
+def _load(store: Location, name: str, expect: dict | None) -> Checkpoint:
     """Checkpoint ``name`` of ``store``, every part checked; _Bad says what is wrong."""
     manifest = _read_manifest(store, name)
     if expect:
@@ -533,7 +420,7 @@ def _load(store: _Store, name: str, expect: dict | None) -> Checkpoint:
                       location=store.where(_arrays_file(name)))
 
 
-def _read_manifest(store: _Store, name: str) -> dict:
+def _read_manifest(store: Location, name: str) -> dict:
     where = store.where(_manifest_file(name))
     try:
         manifest = json.loads(store.read(_manifest_file(name)))
@@ -559,7 +446,7 @@ def _read_manifest(store: _Store, name: str) -> dict:
     return manifest
 
 
-def _read_arrays(store: _Store, name: str, manifest: dict) -> dict[str, np.ndarray]:
+def _read_arrays(store: Location, name: str, manifest: dict) -> dict[str, np.ndarray]:
     file = _arrays_file(name)
     where = store.where(file)
     expected = manifest["files"].get(file)

@@ -17,7 +17,6 @@ import warnings
 import numpy as np
 import pytest
 
-from dtrain import checkpoints
 from dtrain.checkpoints import (
     FORMAT,
     FORMAT_VERSION,
@@ -31,6 +30,7 @@ from dtrain.checkpoints import (
     spec_hash,
     write_checkpoint,
 )
+from dtrain.storage import Location
 
 fsspec = pytest.importorskip("fsspec")
 
@@ -259,14 +259,14 @@ def test_a_crash_while_writing_leaves_the_previous_latest(directory, monkeypatch
     """A failure before the manifest (or before the pointer) is in place: the previous
     checkpoint is what load_latest returns, and nothing is half-written under a final name."""
     write_checkpoint(directory, state(10))
-    real_write = checkpoints._Store.write
+    real_write = Location.write
 
     def write(self, file, data):
         if file.endswith(crash_at):
             raise KeyboardInterrupt("killed")
         return real_write(self, file, data)
 
-    monkeypatch.setattr(checkpoints._Store, "write", write)
+    monkeypatch.setattr(Location, "write", write)
     with pytest.raises(KeyboardInterrupt):
         write_checkpoint(directory, state(20))
     monkeypatch.undo()
@@ -318,14 +318,14 @@ def test_rewriting_a_step_replaces_it(three):
 def test_a_crash_while_rewriting_a_step(three, monkeypatch, same_arrays):
     """The old manifest stays until the new one replaces it: it still vouches for identical
     arrays (a deterministic run writing the step again), and refuses different ones."""
-    real_write = checkpoints._Store.write
+    real_write = Location.write
 
     def write(self, file, data):
         if file.endswith(".json"):
             raise KeyboardInterrupt("killed")
         return real_write(self, file, data)
 
-    monkeypatch.setattr(checkpoints._Store, "write", write)
+    monkeypatch.setattr(Location, "write", write)
     changed = {**state(30).arrays, "params": np.zeros(6, dtype=np.float32)}  # same size, other bytes
     again = state(30) if same_arrays else state(30, arrays=changed)
     with pytest.raises(KeyboardInterrupt):
@@ -673,13 +673,13 @@ def test_long_values_are_abbreviated(directory):
 
 def test_incompatible_checkpoints_are_refused_before_their_arrays_are_read(three, monkeypatch):
     read_files = []
-    real_read = checkpoints._Store.read
+    real_read = Location.read
 
     def spy(self, file):
         read_files.append(file)
         return real_read(self, file)
 
-    monkeypatch.setattr(checkpoints._Store, "read", spy)
+    monkeypatch.setattr(Location, "read", spy)
     with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError):
         load_latest(three, expect={"job_hash": "other"})
     assert not any(f.endswith(".safetensors") for f in read_files)
@@ -760,13 +760,13 @@ def test_spec_hash():
 def test_an_error_reading_the_storage_is_raised_not_skipped(three, monkeypatch):
     """A permission or network error says nothing about the checkpoint: falling back past it
     would throw its progress away (and pruning could then delete it)."""
-    real_read = checkpoints._Store.read
+    real_read = Location.read
 
     def read_(self, file):
         if file == f"{name(30)}.safetensors":
             raise PermissionError(13, "Permission denied", file)
         return real_read(self, file)
 
-    monkeypatch.setattr(checkpoints._Store, "read", read_)
+    monkeypatch.setattr(Location, "read", read_)
     with pytest.raises(PermissionError):
         load_latest(three)

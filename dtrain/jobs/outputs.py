@@ -15,8 +15,9 @@ result.json         the job record, its ``final`` metrics and the ``files`` writ
 ==================  ==========================================================================
 
 result.json is written last, so a result.json that lists a file means the file is complete.
-Each file is written under a temporary name and moved into place, so a reader never sees half
-a file (on object stores the move is a copy, but the final name still appears only once whole).
+Each file is written under a temporary name and moved into place (dtrain.storage.Location), so
+a reader never sees half a file (on object stores the move is a copy, but the final name still
+appears only once whole).
 """
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ import io
 import json
 import math
 import os
-import secrets
 import statistics
 import tempfile
 import time
 from typing import Any
 
 from ..saving import MODEL_FILENAME
+from ..storage import Location
 
 MODEL_FILE = MODEL_FILENAME
 HISTORY_FILE = "history.csv"
@@ -50,92 +51,21 @@ _TABLE_ROWS = 12  # epochs shown in format_summary's table; longer histories sho
 # -- where the files go -----------------------------------------------------------------------------
 
 
-class _Location:
-    """An output location: a local directory, or a directory URL on an fsspec filesystem."""
-
-    def __init__(self, output: str | os.PathLike):
-        text = os.fspath(output)
-        if not isinstance(text, str) or not text:
-            raise ValueError(f"Expected an output directory or URL, received {output!r}.")
-        self.text = text
-        self.is_url = "://" in text
-        if self.is_url:
-            from fsspec.core import url_to_fs
-
-            self.fs, self.root = url_to_fs(text)
-            self.root = self.root.rstrip("/") or "/"
-        else:
-            self.fs, self.root = None, os.path.abspath(text)
-
-    def where(self, name: str) -> str:
-        """The location of file ``name`` as users write it: a path, or a URL with its protocol."""
-        if not self.is_url:
-            return os.path.join(self.root, name)
-        return self.fs.unstrip_protocol(f"{self.root.rstrip('/')}/{name}")
-
-    def _inside(self, name: str) -> str:
-        return os.path.join(self.root, name) if not self.is_url else f"{self.root.rstrip('/')}/{name}"
-
-    def make(self) -> None:
-        if self.is_url:
-            self.fs.makedirs(self.root, exist_ok=True)  # a no-op on object stores
-            return
-        if os.path.exists(self.root) and not os.path.isdir(self.root):
-            raise NotADirectoryError(
-                f"The output location {self.root} is a file; give a directory (it is created if missing)."
-            )
-        os.makedirs(self.root, exist_ok=True)
-
-    def write(self, name: str, data: bytes) -> str:
-        """Write ``name`` whole under a temporary name, then move it into place."""
-        tmp = f"{name}.tmp-{secrets.token_hex(6)}"
-        if not self.is_url:
-            path = self._inside(tmp)
-            try:
-                with open(path, "wb") as f:
-                    f.write(data)
-                os.replace(path, self._inside(name))
-            except BaseException:
-                _remove_quietly(path)
-                raise
-        else:
-            self.fs.pipe_file(self._inside(tmp), data)
-            self._move_into_place(tmp, name)
-        return self.where(name)
-
-    def upload(self, name: str, local_file: str) -> str:
-        """Copy a local file to ``name`` (URLs only), through a temporary name."""
-        tmp = f"{name}.tmp-{secrets.token_hex(6)}"
-        self.fs.put_file(local_file, self._inside(tmp))
-        self._move_into_place(tmp, name)
-        return self.where(name)
-
-    def _move_into_place(self, tmp: str, name: str) -> None:
-        try:
-            self.fs.mv(self._inside(tmp), self._inside(name))
-        except BaseException:
-            try:
-                self.fs.rm_file(self._inside(tmp))
-            except Exception:  # noqa: BLE001 - the original error matters more than the leftover
-                pass
-            raise
-
-    def exists(self, name: str) -> bool:
-        path = self._inside(name)
-        return os.path.isfile(path) if not self.is_url else self.fs.isfile(path)
-
-    def read(self, name: str) -> bytes:
-        if not self.is_url:
-            with open(self._inside(name), "rb") as f:
-                return f.read()
-        return self.fs.cat_file(self._inside(name))
+def _location(output: str | os.PathLike) -> Location:
+    # os.fspath first: an argument that is not a path at all raises TypeError, as it always has.
+    return Location(os.fspath(output), what="an output directory or URL")
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+def _made(output: str | os.PathLike) -> Location:
+    """The output location, created if missing."""
+    where = _location(output)
+    # Checked locally only: on object stores a file and a folder can share a name.
+    if not where.is_url and os.path.exists(where.root) and not os.path.isdir(where.root):
+        raise NotADirectoryError(
+            f"The output location {where.root} is a file; give a directory (it is created if missing)."
+        )
+    where.make()
+    return where
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -147,8 +77,7 @@ def write_outputs(output: str | os.PathLike, *, model, history, job_yaml: str, r
     gets it with ``final`` (the last epoch's metrics) and ``files`` (kind -> file name in
     ``output``). Returns kind -> location of every file written: "model", "history", "steps"
     (only when the fit recorded step times), "job", "plot", "result"."""
-    where = _Location(output)
-    where.make()
+    where = _made(output)
     files = {"model": _write_model(where, model)}
     files["history"] = where.write(HISTORY_FILE, _history_csv(history, record).encode())
     steps = _steps_csv(history)
@@ -166,8 +95,7 @@ def write_record(output: str | os.PathLike, record: dict, job_yaml: str | None =
     """Write (or replace) ``output``/result.json with ``record`` alone: the service calls it when
     a job starts (then with ``job_yaml``, the resolved job file that ``dtrain resume`` reads),
     fails or is cancelled. Returns its location."""
-    where = _Location(output)
-    where.make()
+    where = _made(output)
     if job_yaml is not None:
         where.write(JOB_FILE, job_yaml.encode())
     return where.write(RESULT_FILE, _json_bytes(record))
@@ -175,7 +103,7 @@ def write_record(output: str | os.PathLike, record: dict, job_yaml: str | None =
 
 def read_job_file(output: str | os.PathLike) -> str:
     """The resolved job file a job wrote to ``output`` when it started (for ``dtrain resume``)."""
-    where = _Location(output)
+    where = _location(output)
     try:
         return where.read(JOB_FILE).decode()
     except FileNotFoundError:
@@ -190,7 +118,7 @@ def json_text(value: Any) -> str:
     return json.dumps(_plain(value), allow_nan=False, default=str)
 
 
-def _write_model(where: _Location, model) -> str:
+def _write_model(where: Location, model) -> str:
     """save_model writes atomically where it can rename; a URL gets a local copy uploaded."""
     from ..saving import save_model
 
@@ -346,7 +274,7 @@ def read_summary(output: str | os.PathLike) -> dict:
     """What ``dtrain report OUTPUT`` shows, from OUTPUT's result.json and history.csv (and
     steps.csv): name, job id, state, times, epochs, final metrics, the best value of every val_
     metric and its epoch, the median step time, the files present. JSON-able."""
-    where = _Location(output)
+    where = _location(output)
     if not where.exists(RESULT_FILE):
         raise FileNotFoundError(
             f"{where.where(RESULT_FILE)} does not exist, so {where.text} is not a job's output location. "
@@ -387,7 +315,7 @@ def read_summary(output: str | os.PathLike) -> dict:
     }
 
 
-def _read_csv(where: _Location, name: str) -> list[dict[str, float | None]] | None:
+def _read_csv(where: Location, name: str) -> list[dict[str, float | None]] | None:
     """Rows of a CSV file of numbers (empty cells: None), or None if the file is absent."""
     if not where.exists(name):
         return None
