@@ -29,6 +29,7 @@ from .sampling import EpochSampler, ShardPlan
 
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
 STARTUP_TIMEOUT_S = 600.0   # how long ranks wait for each other while loading their shards
+CHECKPOINT_TIMEOUT_S = 600.0  # how long ranks wait for rank 0 to write a checkpoint
 
 
 @dataclass
@@ -244,6 +245,12 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
                 policy, model, epoch=epoch, step=step, position=epoch * plan.steps + step,
                 totals=totals_so_far, history=before + history, meta=spec.checkpoint_meta or {},
             )
+        # The others wait while rank 0 writes (to an object store, that can outlast the step
+        # deadline): wait for it here, with a deadline of its own, so a slow write is not
+        # mistaken for a dead rank 0.
+        comm.set_timeout(max(spec.timeout, CHECKPOINT_TIMEOUT_S))
+        comm.barrier()
+        comm.set_timeout(spec.timeout)
 
     # -- the loop -------------------------------------------------------------------------------
     for epoch in range(spec.initial_epoch, spec.epochs):
