@@ -2,6 +2,7 @@
 
     python -m benchmarks.allreduce                      # 2 workers: 8 KiB and 40 MiB, median of 20
     python -m benchmarks.allreduce --workers 3 --sizes 8KiB 4MiB 40MiB
+    python -m benchmarks.allreduce --sizes 8KiB 64MiB --raw-sizes 8KiB 64MiB   # raw socket per size too
 
 Prints one JSON line. Figures (milliseconds, medians):
 
@@ -11,7 +12,10 @@ Prints one JSON line. Figures (milliseconds, medians):
   one-byte reply), the fastest the machine moves bytes between processes;
 - ``raw_exchange_40MiB``: both ends send 40 MiB to each other at once: the data movement a
   2-rank allreduce cannot avoid (each rank sends and receives the whole buffer);
-- ``add_40MiB``: one in-place NumPy float32 addition of 40 MiB, the arithmetic of the allreduce.
+- ``add_40MiB``: one in-place NumPy float32 addition of 40 MiB, the arithmetic of the allreduce;
+- ``raw_oneway_ms`` / ``raw_exchange_ms``: the same two raw figures for each of ``--raw-sizes``
+  (default 40 MiB only, which also gives the two 40 MiB figures above), keyed like
+  ``allreduce_ms``.
 
 ``--ring allow`` lets the workers use the ring allreduce on one machine (by default they use it
 only across hosts); ``--ring-min-bytes`` / ``--ring-min-size`` move its thresholds.
@@ -110,10 +114,10 @@ def _recv_exactly(sock: socket.socket, buf: memoryview) -> None:
         got += n
 
 
-def _raw_peer(port: int, mode: str, reps: int) -> None:
+def _raw_peer(port: int, mode: str, reps: int, nbytes: int = RAW_BYTES) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    inbox, outbox = bytearray(RAW_BYTES), np.ones(RAW_BYTES, np.uint8)
+    inbox, outbox = bytearray(nbytes), np.ones(nbytes, np.uint8)
     for _ in range(reps):
         if mode == "oneway":
             _recv_exactly(sock, memoryview(inbox))
@@ -126,15 +130,17 @@ def _raw_peer(port: int, mode: str, reps: int) -> None:
     sock.close()
 
 
-def measure_raw(mode: str, reps: int) -> float:
+def measure_raw(mode: str, reps: int, nbytes: int = RAW_BYTES) -> float:
+    """Median ms of moving ``nbytes`` over a loopback TCP socket to a fresh process: "oneway"
+    (send, then a one-byte reply) or "exchange" (both ends send ``nbytes`` at once)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    peer = mp.get_context("spawn").Process(target=_raw_peer, args=(listener.getsockname()[1], mode, reps))
+    peer = mp.get_context("spawn").Process(target=_raw_peer, args=(listener.getsockname()[1], mode, reps, nbytes))
     peer.start()
     sock, _ = listener.accept()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    outbox, inbox, ack = np.ones(RAW_BYTES, np.uint8), bytearray(RAW_BYTES), bytearray(1)
+    outbox, inbox, ack = np.ones(nbytes, np.uint8), bytearray(nbytes), bytearray(1)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sizes", nargs="+", default=["8KiB", "40MiB"])
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--raw-sizes", nargs="+", default=["40MiB"],
+                        help="sizes the raw socket moves (one way and both ways), each in its own pair of processes")
     parser.add_argument("--ring-min-bytes", type=parse_bytes, default=None)
     parser.add_argument("--ring-min-size", type=int, default=None)
     parser.add_argument("--ring", choices=["auto", "allow", "never"], default="auto",
@@ -181,20 +189,25 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ring != "auto":
         overrides["allow_ring"] = args.ring == "allow"
     sizes = [parse_bytes(s) for s in args.sizes]
+    raw_sizes = [parse_bytes(s) for s in args.raw_sizes]
+    allreduce_ms = measure_dask(args.workers, sizes, args.reps, overrides)  # first, as before
+    raw = {mode: {_label(n): measure_raw(mode, args.reps, n) for n in raw_sizes} for mode in ("oneway", "exchange")}
     report = {
         "benchmark": "allreduce",
         "workers": args.workers,
         "reps": args.reps,
         "overrides": overrides,
-        "allreduce_ms": measure_dask(args.workers, sizes, args.reps, overrides),
-        "raw_oneway_40MiB_ms": measure_raw("oneway", args.reps),
-        "raw_exchange_40MiB_ms": measure_raw("exchange", args.reps),
+        "allreduce_ms": allreduce_ms,
+        "raw_oneway_40MiB_ms": raw["oneway"].get("40MiB"),
+        "raw_exchange_40MiB_ms": raw["exchange"].get("40MiB"),
+        "raw_oneway_ms": raw["oneway"],
+        "raw_exchange_ms": raw["exchange"],
         "add_40MiB_ms": measure_add(args.reps),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
     big = report["allreduce_ms"].get("40MiB")
-    if big is not None:
+    if big is not None and report["raw_oneway_40MiB_ms"] is not None:
         report["ratio_vs_raw_oneway"] = round(big / report["raw_oneway_40MiB_ms"], 2)
         report["ratio_vs_raw_exchange"] = round(big / report["raw_exchange_40MiB_ms"], 2)
     print(json.dumps(report))
