@@ -110,6 +110,7 @@ class DtrainWorkerPlugin(WorkerPlugin):
 
     def setup(self, worker: Worker) -> None:  # event loop
         serve_large_buffers_from_heap()
+        _quiet_aborted_ranks()
         self.worker = worker
         self._jobs = _table(worker)
         worker.handlers["dtrain_message"] = self._handle_message
@@ -160,6 +161,24 @@ class DtrainWorkerPlugin(WorkerPlugin):
         box = self._jobs.mailbox(job_id, reopen=True)
         assert box is not None
         return box
+
+
+class _AbortedRankFilter:
+    """Drops the worker's "Compute Failed" report of a dtrain rank that stopped because its job
+    was aborted (a cancel, Ctrl-C, a peer's failure): that is the job stopping as asked, and the
+    cause is reported once, by the driver. Other failures are logged as usual."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not ("Compute Failed" in message and "dtrain-" in message and "Aborted(" in message)
+
+
+def _quiet_aborted_ranks() -> None:
+    import logging
+
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _AbortedRankFilter) for f in log.filters):
+        log.addFilter(_AbortedRankFilter())
 
 
 _MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest allowed value
