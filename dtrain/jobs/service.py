@@ -339,7 +339,7 @@ class JobService(SchedulerPlugin):
             resume_from = recovery_options["checkpoints"].directory
             record.log(f"resuming from the latest checkpoint in {resume_from}")
         try:
-            with Client(self.scheduler.address, security=getattr(self.scheduler, "security", None),
+            with Client(self.scheduler.address, security=_client_security(self.scheduler),
                         set_as_default=False, timeout="30s") as client:
                 if record.cancel.is_set():
                     raise JobCancelled(f"job {record.job_id} was cancelled")
@@ -405,6 +405,20 @@ class _Recorder(Callback):
         seconds = time.monotonic() - getattr(self, "_epoch_start", time.monotonic())
         r.history.append({"epoch": epoch + 1, **r.metrics, "seconds": round(seconds, 3)})
         r.log(f"epoch {epoch + 1}/{r.epochs}: {_format_metrics(r.metrics)} ({seconds:.1f} s)")
+
+
+def _client_security(scheduler: Scheduler) -> Any:
+    """The job drivers' client talks to its own scheduler: with TLS and no client certificate
+    configured, it presents the scheduler's (the same identity, trusted by the same CA)."""
+    security = getattr(scheduler, "security", None)
+    if security is None or not getattr(security, "tls_scheduler_cert", None) or security.tls_client_cert:
+        return security
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=security.tls_ca_file, tls_client_cert=security.tls_scheduler_cert,
+        tls_client_key=security.tls_scheduler_key, require_encryption=True,
+    )
 
 
 def _restarted(record: JobRecord, count: int, reason: str) -> None:
