@@ -594,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dtrain: interrupted", file=sys.stderr)
         return _error(args, "interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:  # `dtrain ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # one line for users (one per problem for an invalid job); the traceback with --verbose
         if getattr(args, "verbose", False):
             traceback.print_exc()

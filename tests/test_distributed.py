@@ -578,3 +578,33 @@ def test_a_second_fit_continues_from_the_optimizer_state_like_one_process(client
     _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
     for name, slot in local.optimizer.slots.items():
         np.testing.assert_allclose(distributed.optimizer.slots[name], slot, rtol=1e-10, atol=1e-14)
+
+
+def _blas_threads_in_a_rank():
+    from threadpoolctl import threadpool_info
+
+    from distributed import get_worker
+
+    from dtrain.worker import _blas_threads
+
+    def count():
+        return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=0)
+
+    outside = count()
+    with _blas_threads(get_worker()):
+        inside = count()
+    return outside, inside
+
+
+@pytest.mark.cluster
+def test_a_rank_uses_as_many_blas_threads_as_its_worker_has(monkeypatch):
+    """An OPENBLAS_NUM_THREADS set where the cluster starts beats Dask's one-thread default;
+    the rank limits itself to its worker's threads all the same."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        outside, inside = client.submit(_blas_threads_in_a_rank, pure=False).result()
+    assert outside == 2 and inside == 1

@@ -61,6 +61,13 @@ class JobsClient:
                 client = Client(address, timeout=f"{timeout}s", set_as_default=False)
             except (OSError, TimeoutError) as exc:
                 raise SchedulerUnreachable(f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc})") from exc
+            except TypeError as exc:  # Dask's way of saying that a tls:// address has no TLS settings
+                if not address.startswith("tls://"):
+                    raise
+                raise SchedulerUnreachable(
+                    f"{address} needs TLS: set Dask's TLS client settings (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+                    "__TLS__CLIENT__CERT and __TLS__CLIENT__KEY; see deploy/README.md) and try again"
+                ) from exc
             self._owned = True
         else:
             self._owned = False
