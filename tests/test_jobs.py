@@ -339,16 +339,22 @@ def recovery_job(out: Path) -> list[str]:
     ]
 
 
+def submit_and_reach(address: str, overrides: list[str], epoch: int) -> str:
+    """Submit the seed job detached; return its id once it is running epoch ``epoch`` (from 1)."""
+    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", address, "--detach", "--json", *overrides)
+    assert proc.returncode == 0, proc.stderr
+    job_id = json_of(proc)["job_id"]
+    assert wait_until(address, job_id, lambda r: r["epoch"] >= epoch)["state"] == "running"
+    return job_id
+
+
 @pytest.mark.slow
 def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_path):
     out = tmp_path / "out"
     overrides = recovery_job(out)
     cluster = Cluster(3)
     try:
-        proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", cluster.address, "--detach", "--json", *overrides)
-        assert proc.returncode == 0, proc.stderr
-        job_id = json_of(proc)["job_id"]
-        assert wait_until(cluster.address, job_id, lambda r: r["epoch"] >= 3)["state"] == "running"
+        job_id = submit_and_reach(cluster.address, overrides, epoch=3)
         cluster.workers[1].send_signal(signal.SIGKILL)
         record = wait_until(cluster.address, job_id, lambda r: r["state"] in ("succeeded", "failed", "cancelled"), 300)
     finally:
@@ -368,10 +374,7 @@ def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(tmp_path)
     overrides = recovery_job(out)
     first = Cluster(2)
     try:
-        proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", first.address, "--detach", "--json", *overrides)
-        assert proc.returncode == 0, proc.stderr
-        job_id = json_of(proc)["job_id"]
-        assert wait_until(first.address, job_id, lambda r: r["epoch"] >= 4)["state"] == "running"
+        job_id = submit_and_reach(first.address, overrides, epoch=4)
     finally:
         first.kill()
     start = time.monotonic()
