@@ -58,7 +58,10 @@ def run_peer(peer: Path, layers: str, batch: int, steps: int, world: int) -> dic
     """The PyTorch peer with ``world`` ranks of 1 thread each, in fresh processes."""
     cmd = [sys.executable, str(peer), "--layers", layers, "--batch", str(batch), "--steps", str(steps),
            "--world", str(world), "--threads", "1"]
-    return distributed._run_json(cmd)
+    try:
+        return distributed._run_json(cmd)
+    except RuntimeError:  # gloo's ranks now and then abort on exit ("terminate called ..."): once more
+        return distributed._run_json(cmd)
 
 
 def _median(values: list[float]) -> float | None:

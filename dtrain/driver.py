@@ -394,6 +394,7 @@ def fit_on_cluster(
         on_nonfinite=on_nonfinite, faults=list(faults or []),
     )
 
+    run.epochs_done = set(range(start.epoch))  # a resumed run's earlier epochs belong to an earlier fit
     model.stop_training = False
     cbs.on_train_begin()
     point, restarts = start, []
@@ -407,7 +408,6 @@ def fit_on_cluster(
             reason = f"{type(exc).__name__}: {exc}"
             restarts.append(reason)
             point = _restart_point(checkpoints, meta, start)
-            history.restore(point.history or [])
             if on_restart is not None:
                 on_restart(len(restarts), reason)
             ranks = _surviving_ranks(client, workers, run.stuck, reason, restart_workers)
@@ -484,9 +484,13 @@ class _Run:
             nccl_id = client.submit(make_unique_id, workers=[ranks[0].address], pure=False).result()
 
         initial = {"params": point.params, "optimizer": point.optimizer, "totals": point.totals, "history": point.history}
-        self.epochs_done = {e for e in self.epochs_done if e < point.epoch}  # later ones are trained again
         supervisor = _Supervisor(client, job_id, ranks, self.cbs, model, self.timeout, self.wait_for_client, self.stop)
+        # The callbacks see each epoch once. Epochs after the checkpoint are trained again but
+        # not reported again; epochs the checkpoint holds whose end never reached the client
+        # (rank 0 died between writing and reporting) are reported now.
         supervisor.epochs_done = self.epochs_done
+        for epoch, logs in enumerate(point.history or []):
+            supervisor._epoch_end(epoch, logs, notify=False)
         try:
             with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
                 # Only rank 0 receives the weights; it broadcasts them to the others.
@@ -535,9 +539,13 @@ def _recoverable(exc: BaseException) -> bool:
 
     from .comm import CommError
 
-    if isinstance(exc, (JobCancelled, recovery.NonFiniteError, KeyboardInterrupt, ConnectionError)):
+    from distributed.comm import CommClosedError
+
+    if isinstance(exc, (JobCancelled, recovery.NonFiniteError, KeyboardInterrupt, SchedulerLostError)):
         return False
-    return isinstance(exc, (WorkerLostError, CommError, KilledWorker, OSError, TimeoutError))
+    # Connection failures only: a full disk or a missing file fails the same way again.
+    connection = (CommClosedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+    return isinstance(exc, (WorkerLostError, CommError, KilledWorker, TimeoutError, *connection))
 
 
 def _restart_point(policy, meta: dict, start: recovery.ResumePoint) -> recovery.ResumePoint:
@@ -552,7 +560,7 @@ def _restart_point(policy, meta: dict, start: recovery.ResumePoint) -> recovery.
             point = recovery.resume_point(policy.directory, meta, same_run=True)
     except CheckpointError:  # none of this run is good (or none yet): from the start
         return start
-    return point if point.epoch * 10**9 + point.step >= start.epoch * 10**9 + start.step else start
+    return point if (point.epoch, point.step) >= (start.epoch, start.step) else start
 
 
 def _surviving_ranks(client, workers, stuck: list[str], reason: str, choose=None) -> list[WorkerInfo]:
@@ -671,7 +679,9 @@ class _Supervisor:
 
     def _on_event(self, message: dict) -> None:
         epoch = message["epoch"]
-        if epoch in self.epochs_done:
+        if epoch in self.epochs_done:  # trained again after a restart: its callbacks ran the first time
+            if message["kind"] == "epoch":
+                self._answer(epoch)
             return
         self._begin(epoch)
         if message["kind"] == "progress":
@@ -680,8 +690,6 @@ class _Supervisor:
             self._epoch_end(epoch, message["logs"], notify=True)
 
     def _epoch_end(self, epoch: int, logs: dict, notify: bool) -> None:
-        from .comm.dask import deliver_on_worker
-
         if epoch in self.epochs_done:
             return
         self._begin(epoch)
@@ -689,12 +697,18 @@ class _Supervisor:
         self.epochs_done.add(epoch)
         self.epoch_open = None
         self.logs = logs
-        if notify and self.wait_for_client:
-            # Rank 0 waits for this answer before it starts the next epoch (EarlyStopping...).
-            self.client.run(deliver_on_worker, self.job_id, "driver", f"epoch-{epoch}", bool(self.model.stop_training),
-                            workers=[self.ranks[0].address])
+        if notify:
+            self._answer(epoch)
         if notify and not self.model.stop_training and epoch + 1 < self.epochs:
             self._begin(epoch + 1)  # the workers go straight on: the progress bar times from here
+
+    def _answer(self, epoch: int) -> None:
+        """Rank 0 waits for this answer before it starts the next epoch (EarlyStopping...)."""
+        from .comm.dask import deliver_on_worker
+
+        if self.wait_for_client:
+            self.client.run(deliver_on_worker, self.job_id, "driver", f"epoch-{epoch}", bool(self.model.stop_training),
+                            workers=[self.ranks[0].address])
 
     def _begin(self, epoch: int) -> None:
         if self.epoch_open != epoch and epoch not in self.epochs_done:

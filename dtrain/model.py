@@ -374,6 +374,12 @@ class Sequential:
         if not isinstance(shuffle, bool):
             raise ValueError(f"Expected shuffle to be True or False, received shuffle={shuffle!r}.")
         seed = check_seed(seed)
+        if resume_from is not None and (seed is None or shards is None):
+            # What the run left unset comes from the run it resumes: its seed, and its number
+            # of logical shards (which with client= defaulted to its number of workers).
+            plan = recovery.checkpoint_plan(resume_from)
+            seed = plan.get("seed") if seed is None else seed
+            shards = plan.get("shards") if shards is None else shards
         seed = new_seed() if seed is None else seed
         if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
             raise ValueError(f"Expected validation_split in [0, 1), received validation_split={validation_split!r}.")
@@ -467,7 +473,7 @@ class Sequential:
                 cbs.on_train_batch_end(step, totals.logs())
                 if policy is not None and policy.due_within_epoch(step + 1, plan.steps):
                     recovery.write(policy, self, epoch=epoch, step=step + 1, position=epoch * plan.steps + step + 1,
-                                   totals=totals.to_array(), history=done, meta=meta)
+                                   totals=totals.to_array(), history=done, meta=meta, on_nonfinite=on_nonfinite)
                 if self.stop_training:
                     completed = step + 1 == plan.steps
                     break
@@ -479,7 +485,7 @@ class Sequential:
                 done.append(logs)
                 if policy is not None:
                     recovery.write(policy, self, epoch=epoch + 1, step=0, position=(epoch + 1) * plan.steps,
-                                   totals=None, history=done, meta=meta)
+                                   totals=None, history=done, meta=meta, on_nonfinite=on_nonfinite)
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break

@@ -10,12 +10,17 @@ there, and ends with the same weights. The file format is :mod:`dtrain.checkpoin
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 NONFINITE_POLICIES = ("stop", "skip", "ignore")  # ignore: apply the step anyway, as Keras does
+
+
+class NonFiniteCheckpointWarning(UserWarning):
+    """A checkpoint was not written because the state held NaN or inf (``on_nonfinite="ignore"``)."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -117,10 +122,22 @@ def checkpoint_meta(model, plan, seed: int, shuffle: bool, extra: dict | None = 
 
 
 def write(policy: CheckpointPolicy, model, *, epoch: int, step: int, position: int, totals: np.ndarray | None,
-          history: list[dict[str, float]], meta: dict[str, Any]) -> str:
-    """Write the model's state at ``position`` as a checkpoint; returns its location."""
+          history: list[dict[str, float]], meta: dict[str, Any], on_nonfinite: str = "stop") -> str | None:
+    """Write the model's state at ``position`` as a checkpoint; returns its location. A
+    non-finite state is never written: an error, except with ``on_nonfinite="ignore"`` (the
+    run means to go on, or to stop through TerminateOnNaN), where it is skipped with a warning."""
     from .backend import host_copy
-    from .checkpoints import Checkpoint, write_checkpoint
+    from .checkpoints import Checkpoint, write_checkpoint  # it raises NonFiniteCheckpoint for a non-finite state
+
+    if on_nonfinite == "ignore" and not all(
+        np.isfinite(a).all() for a in [host_copy(model.params), *model.optimizer.get_state().values()]
+    ):
+        warnings.warn(
+            f"Checkpoint at epoch {epoch + 1 if step else epoch}, step {step} skipped: the weights or optimizer state "
+            "hold NaN or inf (on_nonfinite='ignore'); the latest checkpoint stays the previous one.",
+            NonFiniteCheckpointWarning, stacklevel=3,
+        )
+        return None
 
     arrays = {"params": host_copy(model.params)}
     arrays.update({f"optimizer.{name}": np.asarray(value) for name, value in model.optimizer.get_state().items()})
@@ -131,6 +148,18 @@ def write(policy: CheckpointPolicy, model, *, epoch: int, step: int, position: i
         Checkpoint(arrays=arrays, epoch=epoch, step=step, global_step=position, meta={**meta, "history": history}),
         keep=policy.keep,
     )
+
+
+def checkpoint_plan(directory: Any) -> dict[str, Any]:
+    """The data plan (rows, shards, batch_size, seed, shuffle) of the latest good checkpoint in
+    ``directory``, whatever run it is of ({} when there is none): a resumed run takes from it
+    what its caller left unset."""
+    from .checkpoints import load_latest
+
+    with warnings.catch_warnings():  # resume_point() warns about bad ones, once
+        warnings.simplefilter("ignore")
+        checkpoint = load_latest(os.fspath(directory))
+    return dict(checkpoint.meta.get("plan", {})) if checkpoint is not None else {}
 
 
 def resume_point(directory: Any, meta: dict[str, Any], *, same_run: bool = False) -> ResumePoint:

@@ -258,6 +258,7 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
             write_checkpoint(
                 policy, model, epoch=epoch, step=step, position=epoch * plan.steps + step,
                 totals=totals_so_far, history=before + history, meta=spec.checkpoint_meta or {},
+                on_nonfinite=spec.on_nonfinite,
             )
         # The others wait while rank 0 writes (to an object store, that can outlast the step
         # deadline): wait for it here, with a deadline of its own, so a slow write is not

@@ -122,10 +122,36 @@ def test_a_non_finite_state_is_never_written(tmp_path):
     x, y = data()
     x = x.astype(np.float64)
     x[57] = 1.7e308
-    with np.errstate(all="ignore"):
-        with pytest.raises(dtrain.checkpoints.NonFiniteCheckpoint):
-            make_model().fit(x, y, shuffle=False, on_nonfinite="ignore", checkpoint_dir=tmp_path, **FIT)
+    with np.errstate(all="ignore"), pytest.warns(dtrain.recovery.NonFiniteCheckpointWarning):
+        # on_nonfinite="ignore" goes on with NaN weights, as Keras does: no checkpoint of them
+        history = make_model().fit(x, y, shuffle=False, on_nonfinite="ignore", checkpoint_dir=tmp_path, **FIT)
+    assert len(history.history["loss"]) == 4 and list_checkpoints(tmp_path) == []
+    with np.errstate(all="ignore"), pytest.raises(dtrain.checkpoints.NonFiniteCheckpoint):
+        dtrain.recovery.write(dtrain.recovery.CheckpointPolicy(str(tmp_path)), make_nan_model(), epoch=1, step=0,
+                              position=11, totals=None, history=[], meta={})
     assert list_checkpoints(tmp_path) == []
+
+
+def make_nan_model():
+    model = make_model()
+    model.build(10, seed=0)
+    model.params[0] = np.nan
+    return model
+
+
+def test_resume_takes_the_seed_and_shards_it_was_not_given(tmp_path):
+    x, y = data()
+    interrupted = make_model()
+    with pytest.raises(Interrupt):
+        interrupted.fit(x, y, epochs=4, batch_size=20, verbose=0, shards=3, checkpoint_dir=tmp_path,
+                        callbacks=[InterruptAt(2, 5)])  # no seed: a fresh one
+    resumed = make_model()
+    resumed.fit(x, y, epochs=4, batch_size=20, verbose=0, resume_from=tmp_path)  # neither seed nor shards
+    seed = dtrain.recovery.checkpoint_plan(tmp_path)["seed"]
+    whole = make_model()
+    whole.fit(x, y, epochs=4, batch_size=20, verbose=0, shards=3, seed=seed)
+    for got, expected in zip(resumed.get_weights(), whole.get_weights()):
+        assert np.array_equal(got, expected)
 
 
 # -- on a cluster ---------------------------------------------------------------------------------
@@ -180,6 +206,15 @@ def test_a_nan_on_one_rank_stops_every_rank_at_that_step(client2):
     assert history.skipped_steps == 1 and skipping.optimizer.iterations == 4 * 11 - 1
 
 
+class EpochsSeen(Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
 def _fresh_cluster(n):
     from distributed import Client, LocalCluster
 
@@ -201,12 +236,15 @@ def test_a_worker_killed_mid_training_costs_a_restart_not_the_result(tmp_path):
         killer = threading.Timer(3.0, os.kill, (pids[victim], signal.SIGKILL))
         killer.start()
         model = make_model()
-        history = model.fit(x, y, client=client, checkpoint_dir=tmp_path, checkpoint_every=50, max_restarts=2, **fit)
+        seen = EpochsSeen()
+        history = model.fit(x, y, client=client, checkpoint_dir=tmp_path, checkpoint_every=50, max_restarts=2,
+                            callbacks=[seen], **fit)
         killer.cancel()
     finally:
         client.close()
         cluster.close()
     assert len(history.restarts) == 1 and victim in history.restarts[0]
+    assert seen.epochs == list(range(40)) and history.epoch == list(range(40))  # each epoch reported once
     for got, expected in zip(model.get_weights(), alone.get_weights()):
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
