@@ -733,17 +733,18 @@ class _Supervisor:
     def _alive_addresses(self) -> set[str]:
         # A client that lost its scheduler answers from a stale (or emptied) copy of the worker
         # list: ask whether it is still connected first, or a lost scheduler looks like lost workers.
+        # (Client.scheduler_info() would not do: it answers from its cache when the call fails.)
         problem = None
         if self.client.status != "running":
             problem = f"the client is {self.client.status}"
         else:
             try:
-                workers = set(self.client.scheduler_info(n_workers=-1)["workers"])
+                identity = self.client.sync(self.client.scheduler.identity, n_workers=-1)
             except OSError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if self.client.status == "running":
-                    return workers
+                    return set(identity["workers"])
                 problem = f"the client is {self.client.status}"
         raise SchedulerLostError(
             f"Lost the Dask scheduler at {self.client.scheduler.address} during training ({problem}). Start a new "

@@ -463,11 +463,8 @@ class Sequential:
                 else:
                     xb, yb = x_rows.take(rows), y_rows.take(rows)
                 sums = self.compute_gradients(self.backend.asarray(xb), self.backend.asarray(yb))
-                if on_nonfinite == "ignore" or finite(self.grads):
+                if recovery.take_step(self, finite, on_nonfinite, epoch, step):
                     totals.add(*sums)
-                    self.apply_gradients()
-                elif on_nonfinite == "stop":
-                    raise recovery.NonFiniteError(epoch, step)
                 else:
                     skipped += 1
                 cbs.on_train_batch_end(step, totals.logs())

@@ -88,6 +88,18 @@ class FiniteCheck:
         return bool(self._xp.isfinite(self._xp.dot(grads, self._zeros)))
 
 
+def take_step(model, finite: FiniteCheck, on_nonfinite: str, epoch: int, step: int) -> bool:
+    """Apply the (summed) gradient in ``model.grads`` unless it holds NaN or inf: True when the
+    step was applied, False when skipped ("skip"); NonFiniteError with "stop"; "ignore" applies
+    it regardless. Both training loops call this, so both decide alike."""
+    if on_nonfinite == "ignore" or finite(model.grads):
+        model.apply_gradients()
+        return True
+    if on_nonfinite == "stop":
+        raise NonFiniteError(epoch, step)
+    return False
+
+
 @dataclass
 class ResumePoint:
     """Where a run starts: the weights and optimizer state to load (None: as built), the epoch

@@ -23,7 +23,7 @@ import numpy as np
 from .backend import host_copy
 from .data import BatchGatherer, check_features, check_targets
 from .model import Sequential, Totals
-from .recovery import FiniteCheck, NonFiniteError
+from .recovery import FiniteCheck, take_step
 from .recovery import write as write_checkpoint
 from .sampling import EpochSampler, ShardPlan
 
@@ -292,12 +292,9 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
             comm.allreduce(model.grads)
             t2 = time.perf_counter()
             # The summed gradient is the same on every rank, so every rank decides alike, at once.
-            if spec.on_nonfinite == "ignore" or finite(model.grads):
+            if take_step(model, finite, spec.on_nonfinite, epoch, step):
                 if sums is not None:
                     totals.add(*sums)
-                model.apply_gradients()
-            elif spec.on_nonfinite == "stop":
-                raise NonFiniteError(epoch, step)
             else:
                 skipped += 1
             model.backend.synchronize()
