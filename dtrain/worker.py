@@ -77,16 +77,21 @@ def event_topic(job_id: str) -> str:
     return f"dtrain-{job_id}"
 
 
-@dataclass
 class StepTimes:
-    """Seconds per step: local work (batch, forward, backward, update), allreduce, whole step."""
+    """Seconds per step: local work (batch, forward, backward, update), allreduce, whole step.
+    Preallocated for every step the run can take, so recording them allocates nothing per step."""
 
-    compute: list[float] = field(default_factory=list)
-    allreduce: list[float] = field(default_factory=list)
-    step: list[float] = field(default_factory=list)
+    def __init__(self, steps: int) -> None:
+        self._table = np.zeros((3, max(steps, 0)), dtype=np.float64)
+        self.count = 0
+
+    def record(self, compute: float, allreduce: float, step: float) -> None:
+        self._table[:, self.count] = (compute, allreduce, step)
+        self.count += 1
 
     def as_arrays(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(values, dtype=np.float64) for name, values in vars(self).items()}
+        used = self._table[:, : self.count]
+        return {"compute": used[0].copy(), "allreduce": used[1].copy(), "step": used[2].copy()}
 
 
 def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, list], initial: dict | None) -> dict:
@@ -238,7 +243,7 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
 
     reporter = _Reporter(spec, worker)
     names = [m.name for m in model.metrics]
-    times = StepTimes()
+    times = StepTimes((spec.epochs - spec.initial_epoch) * plan.steps - spec.start_step)
     replica_hashes: list[str] = []
     resumed = initial or {}
     history: list[dict[str, float]] = []  # the epochs this run trains
@@ -299,12 +304,11 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
                 skipped += 1
             model.backend.synchronize()
             t3 = time.perf_counter()
-            times.compute.append((t1 - t0) + (t3 - t2))
-            times.allreduce.append(t2 - t1)
+            compute, allreduce = (t1 - t0) + (t3 - t2), t2 - t1
             if spec.record_replica_hashes:
                 replica_hashes.append(hashlib.blake2b(host_copy(model.params).tobytes(), digest_size=16).hexdigest())
             reporter.progress(epoch, step, totals.logs())
-            times.step.append(time.perf_counter() - t0)
+            times.record(compute, allreduce, time.perf_counter() - t0)
             if policy is not None and policy.due_within_epoch(step + 1, plan.steps):
                 checkpoint(epoch, step + 1, totals)
 
