@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .single_process import machine_record
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PEER = ROOT.parent / "shared" / "peers" / "torch_mlp.py"
@@ -126,8 +127,6 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     summary = {key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0] if key != "round"}
-    import numpy
-
     report = {
         "benchmark": "distributed_fit",
         "command": "python -m benchmarks.distributed " + " ".join(sys.argv[1:]),
@@ -135,7 +134,7 @@ def main() -> int:
         "global_batch": args.batch,
         "dtype": "float32",
         "optimizer": "sgd",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "numpy": numpy.__version__},
+        "machine": machine_record(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rounds": rounds,
         "median": summary,

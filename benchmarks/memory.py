@@ -47,12 +47,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from .single_process import machine_record
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "memory.json"
@@ -1006,8 +1007,6 @@ def run(quick: bool = False, **kwargs: Any) -> dict:
     (seconds per measurement)). A measurement that fails is
     recorded as ``{"error": ...}`` in its place and its targets count as not measured; bad
     arguments raise ValueError. Writes no file (the CLI does)."""
-    import numpy
-
     cfg = _config(quick, kwargs)
     layers = cfg["layers"]
     result: dict[str, Any] = {
@@ -1016,7 +1015,7 @@ def run(quick: bool = False, **kwargs: Any) -> dict:
         "quick": bool(quick),
         "network": {"layers": layers, "activations": _activations(layers), "dtype": "float32", "loss": "sparse_categorical_crossentropy",
                     "global_batch": cfg["batch"], "samples": cfg["samples"], "min_steps": cfg["steps"]},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "numpy": numpy.__version__},
+        "machine": machine_record(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "single_process": {},
     }

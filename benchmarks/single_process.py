@@ -31,6 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PEER = ROOT.parent / "shared" / "peers" / "torch_mlp.py"
 
 
+def machine_record() -> dict:
+    """The machine a benchmark ran on, as its JSON results record it."""
+    import numpy
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": numpy.__version__}
+
+
 def _thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -141,8 +149,6 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     summary = {key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0] if key != "round"}
-    import numpy
-
     report = {
         "benchmark": "single_process_step",
         "command": "python -m benchmarks.single_process " + " ".join(sys.argv[1:]),
@@ -151,7 +157,7 @@ def main() -> int:
         "threads": args.threads,
         "dtype": "float32",
         "optimizer": "sgd",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "numpy": numpy.__version__},
+        "machine": machine_record(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rounds": rounds,
         "median": summary,

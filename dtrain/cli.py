@@ -506,10 +506,10 @@ def _jobs_client(args: argparse.Namespace):
 
 def _default_local_workers(device: str) -> int:
     """One worker per GPU when the job may use GPUs and there are some; else one per CPU core."""
-    import os
+    from .backend import gpu_count
 
     if device in ("auto", "gpu") and _have_dask_cuda():
-        gpus = _gpu_count()
+        gpus = gpu_count()
         if gpus:
             return gpus
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
@@ -519,12 +519,6 @@ def _have_dask_cuda() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("dask_cuda") is not None
-
-
-def _gpu_count() -> int:
-    from .backend import gpu_count
-
-    return gpu_count()
 
 
 @contextlib.contextmanager
@@ -539,17 +533,19 @@ def _local_client(workers: int, device: str = "cpu"):
 
     from distributed import Client, LocalCluster
 
+    from .backend import gpu_count
+
     # Worker start/stop chatter would bury the training output.
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cluster = None
-    if device in ("auto", "gpu") and _gpu_count():
+    if device in ("auto", "gpu") and gpu_count():
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
             LocalCUDACluster = None
         if LocalCUDACluster is not None:
             cluster = LocalCUDACluster(
-                CUDA_VISIBLE_DEVICES=list(range(min(workers, _gpu_count()))), threads_per_worker=1,
+                CUDA_VISIBLE_DEVICES=list(range(min(workers, gpu_count()))), threads_per_worker=1,
                 dashboard_address=None, silence_logs=logging.ERROR,
             )
     if cluster is None:

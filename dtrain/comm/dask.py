@@ -262,13 +262,13 @@ SHARED_SLOTS_PER_PEER = 4  # segments this rank keeps per peer (in use until the
 
 
 class _Slot:
-    """One of this rank's shared segments for one peer, busy from a send until the peer frees it."""
+    """One of this rank's shared segments for one peer. Once sent through, it is in use until the
+    peer's "free" notice for that use arrives (the notice names the use)."""
 
     def __init__(self, capacity: int) -> None:
         self.segment = shared.Segment(capacity)
-        self.use = 0  # sends through this slot so far; the peer's "free" notice names the use
-        self.busy = False
-        self.last_send = 0
+        self.use = 0  # sends through this slot so far
+        self.last_send = 0  # this rank's send count at its latest use: the oldest is waited for first
 
 
 class _DaskTransport:
@@ -296,6 +296,10 @@ class _DaskTransport:
             coro = self._send_message(self.peers[peer], tag, shm=ref.to_msg())
         else:
             coro = self._send_array(self.peers[peer], tag, array)
+        return self._launch(peer, tag, coro)
+
+    def _launch(self, peer: int, tag: str, coro) -> concurrent.futures.Future:
+        """Run a send on the event loop; :meth:`wait` (or a failed receive) collects it."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         self._pending[future] = (peer, tag)
         return future
@@ -325,14 +329,13 @@ class _DaskTransport:
         slot = slots[index]
         slot.segment.write(array)
         self._sends += 1
-        slot.use, slot.busy, slot.last_send = slot.use + 1, True, self._sends
+        slot.use, slot.last_send = slot.use + 1, self._sends
         return slot.segment.ref(array.dtype, array.size, index, slot.use)
 
     def _free_slot(self, peer: int, slots: list[_Slot], nbytes: int) -> int:
         """A slot for ``peer`` that can take ``nbytes`` and that the peer no longer reads."""
-        for index, slot in enumerate(slots):
-            if slot.segment.capacity >= nbytes and (not slot.busy or self.box.poll(peer, _free_tag(index, slot.use))):
-                slot.busy = False
+        for index, slot in enumerate(slots):  # (a slot is created for a send: each here has been used)
+            if slot.segment.capacity >= nbytes and self.box.poll(peer, _free_tag(index, slot.use)):
                 return index
         if len(slots) < SHARED_SLOTS_PER_PEER:
             slots.append(_Slot(shared.slot_capacity(nbytes)))
@@ -347,7 +350,6 @@ class _DaskTransport:
             waiting_for=f"rank {peer} ({self.peers[peer]}) to finish reading rank {self.rank}'s shared memory",
             check=self._check_sends,
         )
-        slot.busy = False
         if slot.segment.capacity < nbytes:
             slot.segment.close()
             slots[index] = _Slot(shared.slot_capacity(nbytes))
@@ -416,9 +418,7 @@ class _DaskTransport:
                 probe.close()
 
     def _post(self, peer: int, tag: str, **fields: Any) -> concurrent.futures.Future:
-        future = asyncio.run_coroutine_threadsafe(self._send_message(self.peers[peer], tag, **fields), self.loop)
-        self._pending[future] = (peer, tag)
-        return future
+        return self._launch(peer, tag, self._send_message(self.peers[peer], tag, **fields))
 
     def _take(self, peer: int, tag: str) -> Any:
         return self.box.take(
@@ -435,10 +435,8 @@ class _DaskTransport:
         deadline = time.monotonic() + grace
         for peer, slots in self._slots.items():
             for index, slot in enumerate(slots):
-                while slot.busy and self.box.reason is None and not self.box.closed:
+                while self.box.reason is None and not self.box.closed and time.monotonic() <= deadline:
                     if self.box.poll(peer, _free_tag(index, slot.use)):
-                        break
-                    if time.monotonic() > deadline:
                         break
                     time.sleep(0.001)
         for slots in self._slots.values():
