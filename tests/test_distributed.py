@@ -608,3 +608,32 @@ def test_a_rank_uses_as_many_blas_threads_as_its_worker_has(monkeypatch):
             Client(cluster, set_as_default=False) as client:
         outside, inside = client.submit(_blas_threads_in_a_rank, pure=False).result()
     assert outside == 2 and inside == 1
+
+
+def _monitoring_states():
+    """On a worker: which of its profiler / tick callbacks run, and at what period, outside a
+    rank, inside one, inside two nested (two fits sharing the worker), and after both left."""
+    from distributed import get_worker
+
+    from dtrain.worker import _quiet_monitoring
+
+    worker = get_worker()
+
+    def state():
+        profile, tick = worker.periodic_callbacks["profile"], worker.periodic_callbacks["tick"]
+        return profile.is_running(), tick.callback_time
+
+    seen = [state()]
+    with _quiet_monitoring(worker):
+        seen.append(state())
+        with _quiet_monitoring(worker):
+            seen.append(state())
+        seen.append(state())  # the other rank still runs
+    seen.append(state())
+    return seen
+
+
+def test_a_rank_pauses_its_workers_profiler_and_puts_it_back(client2):
+    outside, inside, nested, one_left, after = client2.submit(_monitoring_states, pure=False).result()
+    assert outside[0] is True and outside == after
+    assert inside == nested == one_left == (False, 1000.0)
