@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import threading
 import time
@@ -505,6 +506,96 @@ def test_shared_segments_are_checked_before_they_are_read():
     finally:
         peers.close()
         segment.close()
+
+
+def test_pipe_frames_carry_descriptors_small_arrays_and_notices_in_order():
+    """Frames split anywhere across reads arrive whole, in order; a peer's exit ends its pipe."""
+    from dtrain.comm import pipes, shm
+
+    if not shm.available():
+        pytest.skip("pipes between processes need Linux and /proc")
+    box = Mailbox()
+    inbound = pipes.Inbound(box, [0, 1], name="test-pipes")
+    try:
+        out = pipes.Outbound(os.getpid(), inbound.write_end(1), "rank 1")
+        ref = shm.SharedRef(pid=1, fd=2, token="ab" * 16, size=64, dtype="<f4", count=0, slot=3, use=4)
+        small = np.arange(7, dtype=np.float64).reshape(7, 1)
+        frames = [("a", ref), ("b", small), ("c", None)]
+        # the reader's parser, fed one byte at a time
+        data = b"".join(pipes.encode(tag, value) for tag, value in frames)
+        buffer = bytearray()
+        for i in range(len(data)):
+            inbound._deliver(1, buffer, data[i : i + 1])
+        assert box.poll(1, "c") and box.take(1, "a", 1) == ref
+        got = box.take(1, "b", 1)
+        assert got.flags.writeable and got.dtype == np.float64 and got.shape == (7, 1)
+        np.testing.assert_array_equal(got, small)
+        # and through the pipe, with the reader thread
+        inbound.keep_only({1})
+        for tag, value in frames:
+            out.send(tag, value, timeout=1, abort=box)
+        assert box.take(1, "a", 2) == ref and box.take(1, "c", 2) is None
+        assert not inbound.ended_check(1)()
+        out.close()  # the only write end left: the reader sees the end
+        deadline = time.monotonic() + 2
+        while 1 not in inbound.ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+        check = inbound.ended_check(1)
+        assert check() is False and check() is True  # one more look at the mailbox first
+    finally:
+        inbound.close()
+
+
+def test_a_pipe_whose_reader_stopped_reading_fails_the_send_at_its_deadline():
+    from dtrain.comm import pipes, shm
+
+    if not shm.available():
+        pytest.skip("pipes between processes need Linux and /proc")
+    box = Mailbox()
+    inbound = pipes.Inbound(box, [0], name="test-pipes")  # no reader thread started: nobody drains it
+    out = pipes.Outbound(os.getpid(), inbound.write_end(0), "rank 0 (stuck)")
+    try:
+        start = time.monotonic()
+        with pytest.raises(CommError, match=r"rank 0 \(stuck\) did not complete within 0.3 s"):
+            while time.monotonic() - start < 10:
+                out.send("x", np.zeros(4096, np.float32), timeout=0.3, abort=box)
+        assert time.monotonic() - start < 5
+        box.abort("cancelled")
+        with pytest.raises(Aborted, match="cancelled"):
+            out.send("x", np.zeros(4096, np.float32), timeout=30, abort=box)
+        with pytest.raises(OSError, match="not a pipe"):
+            pipes.Outbound(os.getpid(), os.open(os.devnull, os.O_RDONLY), "rank 0")
+    finally:
+        out.close()
+        inbound.close()
+
+
+def _rank_dies_after_connecting(job_id, rank, peers):
+    with DaskCommunicator(job_id, rank, peers, timeout=30) as comm:
+        comm.barrier()  # the ranks have agreed on shared memory and pipes
+        shared = sorted(comm._transport.shared_peers)
+        if rank == 1:
+            os._exit(1)  # as a kill would: no goodbye, no close
+        time.sleep(0.5)
+        start = time.monotonic()
+        try:
+            comm.allreduce(np.ones(1_000_000, np.float32))
+        except CommError as exc:
+            return shared, str(exc), time.monotonic() - start
+    return shared, "returned", time.monotonic() - start
+
+
+@pytest.mark.cluster
+def test_a_peer_on_the_same_machine_that_dies_is_an_error_at_once_not_at_the_deadline():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        _, peers, futures = launch(plugged(client), _rank_dies_after_connecting)
+        shared, message, elapsed = futures[0].result(timeout=20)
+    assert shared == [1]
+    assert f"rank 1 ({peers[1]})" in message and ("died" in message or "exited" in message), message
+    assert elapsed < 3  # the deadline is 30 s
 
 
 def _rank_wait_forever(job_id, rank, peers, timeout):

@@ -5,7 +5,10 @@ A :class:`DtrainWorkerPlugin`, registered once per cluster, adds two RPC handler
 mailbox of its job, ``dtrain_abort`` aborts a job. The rank task (a long-lived task pinned to its
 worker, running in a task thread) builds a :class:`DaskCommunicator`, which sends with
 ``worker.rpc(peer).dtrain_message(...)`` scheduled on the worker's event loop and waits for the
-arrays it expects in its mailbox. NumPy arrays travel zero-copy (``to_serialize``).
+arrays it expects in its mailbox. NumPy arrays travel zero-copy (``to_serialize``). Ranks on
+the same machine agree at their first collective to bypass all this: large arrays then go through
+shared memory (:mod:`dtrain.comm.shm`) and every message through a pipe (:mod:`dtrain.comm.pipes`),
+written and read without the event loop.
 
 Where code runs is labelled: *event loop* (handlers, ``client.run`` functions, the coroutines that
 send) or *task thread* (the rank's training loop). They share the job table under one lock, held
@@ -19,13 +22,14 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Hashable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Hashable, NoReturn
 
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 from distributed.comm import get_address_host
 from distributed.protocol import to_serialize
 
+from . import pipes
 from . import shm as shared
 from .base import WAIT_SLICE, Aborted, CommError, Mailbox, failure_message
 from .collectives import TransportCommunicator
@@ -118,13 +122,9 @@ class DtrainWorkerPlugin(WorkerPlugin):
 
     # -- handlers: event loop; store and return at once ------------------------------------------
 
-    def _handle_message(
-        self, job_id: str, source: Hashable, tag: str, data: Any = None, lead: Any = None, shm: Any = None
-    ) -> None:
-        # ``lead``: a 1-byte buffer sent before large arrays so that they arrive aligned (see
-        # _send_array); ``shm``: instead of ``data``, where the sender put a large array in its
-        # shared memory (see _DaskTransport.send)
-        self._jobs.deliver(job_id, source, tag, shared.SharedRef.from_msg(shm) if shm is not None else data)
+    def _handle_message(self, job_id: str, source: Hashable, tag: str, data: Any = None, lead: Any = None) -> None:
+        # ``lead``: a 1-byte buffer sent before large arrays so that they arrive aligned (see _send_array)
+        self._jobs.deliver(job_id, source, tag, data)
 
     def _handle_abort(self, job_id: str, reason: str) -> None:
         self._jobs.abort(job_id, reason)
@@ -272,31 +272,33 @@ class _Slot:
 
 
 class _DaskTransport:
-    """Sends through the worker's event loop and receives from the job's mailbox; large arrays for
-    peers on the same machine travel through shared memory (after :meth:`connect_shared_memory`)."""
+    """Sends through the worker's event loop and receives from the job's mailbox. Between peers on
+    the same machine (after :meth:`connect_shared_memory`) large arrays travel through shared
+    memory and every message through a pipe written by the rank thread (:mod:`dtrain.comm.pipes`)."""
 
     def __init__(self, worker: Worker, box: Mailbox, job_id: str, rank: int, peers: list[str], timeout: float):
         self.worker, self.box, self.job_id = worker, box, job_id
         self.rank, self.size, self.peers, self.timeout = rank, len(peers), peers, timeout
         self.loop = worker.loop.asyncio_loop
         self._pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
-        self._notices: list[concurrent.futures.Future] = []  # "free" notices in flight (never waited for)
         self.shared_peers: set[int] = set()  # peers that read this rank's large arrays from shared memory
         self._slots: dict[int, list[_Slot]] = {}
         self._sends = 0
         self._peer_segments = shared.PeerSegments()
         self._held: dict[tuple[int, str], tuple[int, int]] = {}  # received from shared memory, not yet released
+        self._outbound: dict[int, pipes.Outbound] = {}  # peers this rank writes to through their pipe
+        self._inbound: pipes.Inbound | None = None  # this rank's pipes, read into the mailbox
 
     # -- sending --------------------------------------------------------------------------------------
 
     def send(self, peer: int, tag: str, array: np.ndarray) -> concurrent.futures.Future:
-        if peer in self.shared_peers and array.nbytes >= SHARED_MIN_BYTES:
-            # copied now, in this thread: the caller's buffer is free again as soon as this returns
-            ref = self._put_shared(peer, array)
-            coro = self._send_message(self.peers[peer], tag, shm=ref.to_msg())
-        else:
-            coro = self._send_array(self.peers[peer], tag, array)
-        return self._launch(peer, tag, coro)
+        pipe = self._outbound.get(peer)
+        if pipe is not None:  # done when this returns: the caller's buffer is free again
+            # large arrays are copied into this rank's shared memory, small ones go in the frame
+            value = self._put_shared(peer, array) if array.nbytes >= SHARED_MIN_BYTES else array
+            pipe.send(tag, value, self.timeout, self.box)
+            return _SENT
+        return self._launch(peer, tag, self._send_array(self.peers[peer], tag, array))
 
     def _launch(self, peer: int, tag: str, coro) -> concurrent.futures.Future:
         """Run a send on the event loop; :meth:`wait` (or a failed receive) collects it."""
@@ -348,7 +350,7 @@ class _DaskTransport:
             _free_tag(index, slot.use),
             self.timeout,
             waiting_for=f"rank {peer} ({self.peers[peer]}) to finish reading rank {self.rank}'s shared memory",
-            check=self._check_sends,
+            check=self._checker(peer, _free_tag(index, slot.use)),
         )
         if slot.segment.capacity < nbytes:
             slot.segment.close()
@@ -375,45 +377,60 @@ class _DaskTransport:
     def release(self, peer: int, tag: str) -> None:
         """Tell ``peer`` that the shared slot it sent ``tag`` through may be written again."""
         held = self._held.pop((peer, tag), None)
-        if held is None:
-            return  # it came over TCP
-        self._notices = [n for n in self._notices if not n.done()]  # a failed notice: the next receive fails too
-        notice = self._send_message(self.peers[peer], _free_tag(*held), data=None)
-        self._notices.append(asyncio.run_coroutine_threadsafe(notice, self.loop))
+        if held is not None:  # it came through shared memory (so its descriptor came through the pipe)
+            self._outbound[peer].send(_free_tag(*held), None, self.timeout, self.box)
 
     # -- shared memory set-up and tear-down -----------------------------------------------------------
 
     def connect_shared_memory(self, enabled: bool) -> None:
-        """Agree with every peer on this machine whether large arrays go through shared memory.
+        """Agree with every peer on this machine whether to talk through shared memory and pipes.
 
-        Every rank runs this once, at start-up: it offers a probe segment to each peer on its host
-        (or declines), opens the peers' probes, and tells each whether that worked. A rank sends
-        through shared memory only to peers that could read its probe; any other pair stays on TCP.
+        Every rank runs this once, at start-up: it offers each peer on its host a probe segment and
+        a pipe of its own (or declines), opens the peers' probes and pipes, and tells each whether
+        that worked. A pair where both sides could open both talks through them from then on; any
+        other pair stays on TCP (through Dask), in both directions.
         """
         host = get_address_host(self.peers[self.rank])
         local = [p for p in range(self.size) if p != self.rank and get_address_host(self.peers[p]) == host]
         if not local:
             return
-        probe = shared.Segment(0) if enabled and shared.available() else None
+        probe = inbound = None
+        opened: dict[int, pipes.Outbound] = {}
         try:
-            offer = {"shm": probe.ref(np.dtype(np.uint8), 0, -1, 0).to_msg()} if probe else {"data": None}
-            sent = [self._post(p, "shm.hello", **offer) for p in local]
+            if enabled and shared.available():
+                probe = shared.Segment(0)
+                inbound = pipes.Inbound(self.box, local, name=f"dtrain-pipes-{self.job_id}-rank{self.rank}")
+            sent = []
             for p in local:
-                ref = self._take(p, "shm.hello")
-                readable = False
-                if enabled and isinstance(ref, shared.SharedRef):
+                offer = None
+                if probe is not None:
+                    offer = {"segment": probe.ref(np.dtype(np.uint8), 0, -1, 0).to_msg(), "pipe": inbound.write_end(p)}
+                sent.append(self._post(p, "shm.hello", data=offer))
+            for p in local:
+                offer = self._take(p, "shm.hello")
+                if probe is not None and isinstance(offer, dict):
                     try:
+                        ref = shared.SharedRef.from_msg(offer["segment"])
                         self._peer_segments.array(ref)
-                        readable = True
-                    except OSError:
+                        opened[p] = pipes.Outbound(ref.pid, offer["pipe"], f"rank {p} ({self.peers[p]})")
+                    except (OSError, KeyError, TypeError):
                         pass
-                sent.append(self._post(p, "shm.ok", data=readable))
+                sent.append(self._post(p, "shm.ok", data=p in opened))
             for p in local:
-                if self._take(p, "shm.ok") is True:
+                if self._take(p, "shm.ok") is True and p in opened:
                     self.shared_peers.add(p)
             for future in sent:
                 self.wait(future)
+            # the peers that said yes opened our pipes before saying so: our copies can go
+            if inbound is not None:
+                inbound.keep_only(self.shared_peers)
+                self._inbound, inbound = inbound, None
+            self._outbound = {p: opened.pop(p) for p in self.shared_peers}
         finally:
+            for pipe in opened.values():
+                pipe.close()
+            if inbound is not None:
+                inbound.close()
             if probe is not None:
                 probe.close()
 
@@ -426,8 +443,25 @@ class _DaskTransport:
             tag,
             self.timeout,
             waiting_for=f"rank {peer} ({self.peers[peer]}) to send {tag!r} to rank {self.rank} of job {self.job_id!r}",
-            check=self._check_sends,
+            check=self._checker(peer, tag),
         )
+
+    def _checker(self, peer: int, tag: str) -> Callable[[], None]:
+        """What a receive from ``peer`` checks between waits: this rank's failed sends, and whether the
+        peer's pipe has ended (its process exited) without sending ``tag``."""
+        if self._inbound is None or peer not in self.shared_peers:
+            return self._check_sends
+        ended = self._inbound.ended_check(peer)
+
+        def check() -> None:
+            self._check_sends()
+            if ended():
+                raise CommError(
+                    f"Rank {peer} ({self.peers[peer]}) of job {self.job_id!r} exited without sending {tag!r} to rank "
+                    f"{self.rank}: that worker has died or left the job; abort the job and restart it."
+                )
+
+        return check
 
     def close_shared_memory(self, grace: float) -> None:
         """Free this rank's segments once the peers have read them: a peer that has not opened a
@@ -445,6 +479,12 @@ class _DaskTransport:
         self._slots.clear()
         self._peer_segments.close()
         self._held.clear()
+        for pipe in self._outbound.values():
+            pipe.close()
+        self._outbound.clear()
+        if self._inbound is not None:
+            self._inbound.close()
+            self._inbound = None
 
     def wait(self, future: concurrent.futures.Future) -> None:
         """Block until the send is written to the connection (its buffer is free again)."""
@@ -465,10 +505,9 @@ class _DaskTransport:
             self._send_failed(info, exc)
 
     def cancel_sends(self) -> None:
-        for future in [*self._pending, *self._notices]:
+        for future in self._pending:
             future.cancel()
         self._pending.clear()
-        self._notices.clear()
 
     def _check_sends(self) -> None:
         """Fail fast while waiting for a receive when one of this rank's sends already failed."""
@@ -488,6 +527,10 @@ class _DaskTransport:
         ) from exc
 
 
+_SENT: concurrent.futures.Future = concurrent.futures.Future()  # what a send through a pipe returns: done
+_SENT.set_result(None)
+
+
 def _free_tag(slot: int, use: int) -> str:
     """The tag of a peer's notice that it has read use ``use`` of this rank's shared slot ``slot``."""
     return f"shm.free.{slot}.{use}"
@@ -500,8 +543,9 @@ class DaskCommunicator(TransportCommunicator):
     ``timeout`` bounds every single wait, so a dead peer is a :class:`CommError` within ``timeout``
     seconds, never a hang. ``allow_ring`` (default: when the peers span several hosts) lets large
     buffers on 3+ ranks use the ring allreduce; on one machine recursive doubling is faster.
-    ``shared_memory`` (default on) sends large arrays to peers on the same machine through shared
-    memory (:mod:`dtrain.comm.shm`) where both sides can use it, and over TCP otherwise.
+    ``shared_memory`` (default on) sends to peers on the same machine through shared memory and
+    pipes (:mod:`dtrain.comm.shm`, :mod:`dtrain.comm.pipes`) where both sides can use them, and
+    over TCP otherwise.
     Close it (or use it as a context manager) when the rank finishes.
     """
 
