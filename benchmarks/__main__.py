@@ -286,10 +286,12 @@ def _tta_dtrain(c, layers, x, y, xv, yv) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         client = None
         if c["workers"]:
-            from distributed import Client, LocalCluster
+            from distributed import Client
+
+            from dtrain.clusters import local_cluster
 
             begin = time.perf_counter()
-            cluster = stack.enter_context(LocalCluster(n_workers=c["workers"], threads_per_worker=1, processes=True, dashboard_address=":0"))
+            cluster = stack.enter_context(local_cluster(c["workers"], dashboard_address=":0"))
             client = stack.enter_context(Client(cluster))
             client.wait_for_workers(c["workers"])
             startup = time.perf_counter() - begin

@@ -70,13 +70,12 @@ def _rank(job_id: str, rank: int, peers: list[str], sizes: list[int], reps: int,
 
 
 def measure_dask(workers: int, sizes: list[int], reps: int, overrides: dict) -> dict[str, float]:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from dtrain.clusters import local_cluster
     from dtrain.comm.dask import PLUGIN_NAME, DtrainWorkerPlugin
 
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
-    ) as cluster, Client(cluster) as client:
+    with local_cluster(workers, dashboard_address=":0", memory_limit="2GiB") as cluster, Client(cluster) as client:
         client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
         peers = sorted(client.scheduler_info()["workers"])
         job_id = f"bench-{uuid.uuid4().hex}"

@@ -5,7 +5,8 @@
 
 Each round, in fresh processes, one after the other so all see the same machine load:
 
-- dtrain ``fit(..., client=)`` on a LocalCluster of 1 worker and of 2 workers, 1 thread each
+- dtrain ``fit(..., client=)`` on ``dtrain.local_cluster`` (a LocalCluster with dtrain's Dask
+  settings) of 1 worker and of 2 workers, 1 thread each
   (Dask's nanny pins BLAS to one thread per worker): samples/s from the second epoch's time
   per step as measured inside the ranks (the slower rank's; the first epoch warms up);
 - the PyTorch peer ``../shared/peers/torch_mlp.py --world 2`` (DDP over gloo, 2 ranks x 1
@@ -37,7 +38,9 @@ DEFAULT_PEER = ROOT.parent / "shared" / "peers" / "torch_mlp.py"
 def measure_dtrain(layers: list[int], batch: int, steps: int, workers: int) -> dict:
     """Runs in a fresh process: a LocalCluster with ``workers`` single-threaded workers."""
     import numpy as np
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from dtrain.clusters import local_cluster
 
     from .single_process import build_mlp
 
@@ -45,7 +48,7 @@ def measure_dtrain(layers: list[int], batch: int, steps: int, workers: int) -> d
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch * steps, layers[0])).astype(np.float32)
     y = rng.integers(0, layers[-1], size=batch * steps)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with local_cluster(workers, dashboard_address=":0") as cluster, Client(cluster) as client:
         start = time.perf_counter()
         history = model.fit(x, y, batch_size=batch, epochs=2, verbose=0, seed=0, client=client)
         wall = time.perf_counter() - start

@@ -635,9 +635,10 @@ def _child_cluster(cfg: dict) -> dict:
 
     import numpy as np
     import psutil
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from dtrain.callbacks import Callback
+    from dtrain.clusters import local_cluster
     from dtrain.sampling import ShardPlan
 
     layers, batch, rows, workers, optimizer = tuple(cfg["layers"]), cfg["batch"], cfg["samples"], cfg["workers"], cfg["optimizer"]
@@ -706,7 +707,7 @@ def _child_cluster(cfg: dict) -> dict:
     # 3600): worker memory grows with time whatever the task does. Off unless asked for.
     profiler = bool(cfg.get("dask_profiler", False))
     with dask.config.set({"distributed.worker.profile.enabled": profiler}), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            local_cluster(workers, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         client.wait_for_workers(workers, timeout=120)
         profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))

@@ -323,7 +323,7 @@ def _distributed_md(d: dict | None) -> list[str]:
     if _error(d):
         return lines + _error(d)
     lines += [f"Network {d.get('layers')}, global batch {d.get('global_batch')}, 1 thread per worker / rank. dtrain: `fit(..., client=)` on a "
-              "LocalCluster (`benchmarks.distributed.measure_dtrain`: 2 epochs, the second timed, time per step as the slower rank lives it). "
+              "`dtrain.local_cluster` (a LocalCluster with dtrain's Dask settings; `benchmarks.distributed.measure_dtrain`: 2 epochs, the second timed, time per step as the slower rank lives it). "
               f"PyTorch: {d.get('peer') or 'not measured'}.", ""]
     if d.get("note"):
         lines += [f"> {d['note']}", ""]

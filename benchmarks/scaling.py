@@ -6,7 +6,7 @@
 Each round, for n = 1 .. ``--max-workers`` (default: the cores this process may use), one
 after the other in fresh processes so all see the same machine load:
 
-- dtrain ``fit(..., client=)`` on a LocalCluster of n workers x 1 thread, measured by
+- dtrain ``fit(..., client=)`` on ``dtrain.local_cluster`` of n workers x 1 thread, measured by
   ``benchmarks.distributed.measure_dtrain`` (2 epochs, the second timed; its time per step as
   the slower rank lives it, and the step split into compute, communication, waiting and
   overhead);

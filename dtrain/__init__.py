@@ -14,6 +14,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 from . import activations, callbacks, datasets, initializers, layers, losses, metrics, optimizers, utils
 from .backend import floatx, get_backend, gpu_available, set_default_device, set_floatx
+from .clusters import TRAINING_DASK_CONFIG, local_cluster, training_environment
 from .layers import Dense
 from .model import Sequential
 from .saving import load_model
@@ -28,6 +29,9 @@ __all__ = [
     "from_npz",
     "from_parquet",
     "from_synthetic",
+    "local_cluster",
+    "training_environment",
+    "TRAINING_DASK_CONFIG",
     "activations",
     "callbacks",
     "datasets",

@@ -531,9 +531,11 @@ def _local_client(workers: int, device: str = "cpu"):
         return
     import logging
 
-    from distributed import Client, LocalCluster
+    import dask
+    from distributed import Client
 
     from .backend import gpu_count
+    from .clusters import local_cluster, training_config
 
     # Worker start/stop chatter would bury the training output.
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -544,14 +546,14 @@ def _local_client(workers: int, device: str = "cpu"):
         except ImportError:
             LocalCUDACluster = None
         if LocalCUDACluster is not None:
-            cluster = LocalCUDACluster(
-                CUDA_VISIBLE_DEVICES=list(range(min(workers, gpu_count()))), threads_per_worker=1,
-                dashboard_address=None, silence_logs=logging.ERROR,
-            )
+            settings = training_config()
+            with dask.config.set(settings):
+                cluster = LocalCUDACluster(
+                    CUDA_VISIBLE_DEVICES=list(range(min(workers, gpu_count()))), threads_per_worker=1,
+                    dashboard_address=None, silence_logs=logging.ERROR, config=settings,
+                )
     if cluster is None:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-        )
+        cluster = local_cluster(workers, dashboard_address=None, silence_logs=logging.ERROR)
     with cluster, Client(cluster, set_as_default=False) as client:
         yield client
 

@@ -204,6 +204,11 @@ def test_local_cluster_start_submit_stop(tmp_path):
         listed = dtrain_cli("list", "--scheduler", address, "--json")
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout) == {"scheduler": address, "jobs": []}
+        from distributed import Client
+
+        with Client(address, timeout="10s", set_as_default=False) as client:  # dtrain.clusters' settings
+            assert set(client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time).values()) == {1000}
+            assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time) == 1000
 
         again = subprocess.run([*script, "start", "--workers", "1", "--state-dir", str(state)],
                                capture_output=True, text=True, timeout=60)
@@ -366,6 +371,10 @@ def test_dockerfile():
     cmd = json.loads(dict(instructions)["CMD"])
     assert check_command(cmd)["preload"] == ("dtrain.jobs.service",)
     assert dict(instructions)["USER"] != "root"
+    from dtrain.clusters import training_environment
+
+    env = " ".join(args for op, args in instructions if op == "ENV")
+    assert all(f"{name}={value}" in env for name, value in training_environment({}).items())
 
 
 # -- TLS: make-certs.sh, and compose.tls.yaml's commands run as local processes ------------------
@@ -723,6 +732,13 @@ def test_slurm_job_script(slurm):
         assert argv[:3] == [sys.executable, "-m", "distributed.cli.dask_worker"]
         params = check_command(argv)  # the real `dask worker` parser
         assert params["nthreads"] == 1 and params["scheduler"] == cluster.scheduler_address
+        # the training settings of dtrain.clusters, unless the node's environment has its own
+        (setting,) = [line for line in script.splitlines() if "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL" in line]
+        show = f"{setting}; echo $DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+        assert subprocess.run(["bash", "-c", show], env=clean, capture_output=True, text=True).stdout.strip() == "1s"
+        mine = {**clean, "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "5ms"}
+        assert subprocess.run(["bash", "-c", show], env=mine, capture_output=True, text=True).stdout.strip() == "5ms"
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         # The scheduler (in this process) has the job service from the start; nothing was submitted.
         assert HANDLER in cluster.scheduler.handlers and SERVICE_NAME in cluster.scheduler.plugins

@@ -270,13 +270,15 @@ class LocalDeployment:
         return False, gpus
 
     def _spawn(self, role: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        from dtrain.clusters import training_environment  # Dask settings for training (yours win)
+
         assert self.state_dir is not None
         log = self.state_dir / f"{role}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # own session and process group: survives this script, stopped as a group
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **training_environment(), **(env or {})},
             )
         self._popen[proc.pid] = proc
         self.processes.append({

@@ -69,6 +69,8 @@ def make_cluster(
     (default: this one). Other keyword arguments go to ``SLURMCluster``."""
     from dask_jobqueue import SLURMCluster
 
+    from dtrain.clusters import training_environment
+
     security = tls_security(tls_dir) if tls_dir else None
     scheduler_options: dict[str, Any] = {
         "preload": [PRELOAD],                 # the job service is there from the start
@@ -88,7 +90,11 @@ def make_cluster(
         job_cpu=cpus_per_gpu,                  # CPU cores booked for it (data loading, the host side)
         memory=memory,
         job_extra_directives=[f"--gres={gres}", *(job_extra_directives or [])],
-        job_script_prologue=job_script_prologue or [],
+        # Dask settings for training (dtrain.clusters), unless the nodes' environment sets them
+        job_script_prologue=[
+            *(f': "${{{name}:={value}}}"; export {name}' for name, value in training_environment({}).items()),
+            *(job_script_prologue or []),
+        ],
         interface=interface,
         python=python or sys.executable,
         log_directory=log_directory,
