@@ -92,6 +92,7 @@ class Sequential:
         self.dtype = check_dtype(dtype)
         self._layers: list[Layer] = []
         self.params = self.grads = None
+        self._binding: list = []  # (layer, fan-in, spans in the flat buffers), set by build
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: losses.Loss | None = None
         self.metrics: list[metrics_module.Metric] = []
@@ -208,12 +209,8 @@ class Sequential:
                 host[start : start + value.size] = value.ravel()
         self.params = xp.asarray(host.astype(dtype))
         self.grads = xp.zeros_like(self.params)
-
-        def views(flat, spans):
-            return [flat[start : start + math.prod(shape)].reshape(shape) for start, shape in spans]
-
-        for layer, fan_in, spans in plan:
-            layer.bind(xp, fan_in, views(self.params, spans), views(self.grads, spans))
+        self._binding = plan
+        self._bind_layers()
         if self.optimizer is not None:
             self.optimizer.build(xp, self.params)
 
@@ -292,9 +289,27 @@ class Sequential:
             )
         return (n, *sums)
 
-    def apply_gradients(self) -> None:
-        """One optimizer update of all parameters from ``model.grads``."""
-        self.optimizer.apply(self.params, self.grads)
+    def apply_gradients(self, grads: Any = None) -> None:
+        """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same shape)."""
+        self.optimizer.apply(self.params, self.grads if grads is None else grads)
+
+    def use_gradient_buffer(self, buffer: Any) -> None:
+        """Keep the gradients in ``buffer`` (flat, ``model.grads``' size and dtype) from now on:
+        the data-parallel ranks put them in memory their peers read without a copy."""
+        if buffer.shape != self.grads.shape or buffer.dtype != self.grads.dtype:
+            raise ValueError(f"A gradient buffer must be {self.grads.shape} {self.grads.dtype}, not {buffer.shape} {buffer.dtype}.")
+        buffer[...] = self.grads
+        self.grads = buffer
+        self._bind_layers()
+
+    def _bind_layers(self) -> None:
+        """Give every layer its views into the flat parameter and gradient buffers."""
+
+        def views(flat, spans):
+            return [flat[start : start + math.prod(shape)].reshape(shape) for start, shape in spans]
+
+        for layer, fan_in, spans in self._binding:
+            layer.bind(self.backend.xp, fan_in, views(self.params, spans), views(self.grads, spans))
 
     def _train_step(self, x_host, y_host) -> tuple[int, float, list[float]]:
         x, y = self.backend.asarray(x_host), self.backend.asarray(y_host)

@@ -88,12 +88,13 @@ class FiniteCheck:
         return bool(self._xp.isfinite(self._xp.dot(grads, self._zeros)))
 
 
-def take_step(model, finite: FiniteCheck, on_nonfinite: str, epoch: int, step: int) -> bool:
-    """Apply the (summed) gradient in ``model.grads`` unless it holds NaN or inf: True when the
-    step was applied, False when skipped ("skip"); NonFiniteError with "stop"; "ignore" applies
-    it regardless. Both training loops call this, so both decide alike."""
-    if on_nonfinite == "ignore" or finite(model.grads):
-        model.apply_gradients()
+def take_step(model, finite: FiniteCheck, on_nonfinite: str, epoch: int, step: int, grads: Any = None) -> bool:
+    """Apply the (summed) gradient in ``model.grads`` (or ``grads``) unless it holds NaN or inf:
+    True when the step was applied, False when skipped ("skip"); NonFiniteError with "stop";
+    "ignore" applies it regardless. Both training loops call this, so both decide alike."""
+    grads = model.grads if grads is None else grads
+    if on_nonfinite == "ignore" or finite(grads):
+        model.apply_gradients(grads)
         return True
     if on_nonfinite == "stop":
         raise NonFiniteError(epoch, step)

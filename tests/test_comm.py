@@ -92,6 +92,42 @@ def test_allreduce_sums_bitwise_identically(size, dtype, algorithm, small_bucket
         assert_allreduced([r[i] for r in results], [rank_data(rank, n, dtype) for rank in range(size)])
 
 
+@pytest.mark.parametrize("algorithm", ["doubling", "ring"])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_allreduce_into_leaves_the_source_and_gives_the_same_bits_as_in_place(size, algorithm, small_buckets, monkeypatch):
+    monkeypatch.setattr(algorithms, "RING_MIN_BYTES", 0 if algorithm == "ring" else 2**62)
+    monkeypatch.setattr(algorithms, "RING_MIN_SIZE", 2 if algorithm == "ring" else 3)
+    lengths = [0, 1, 7, 1000, 4099]
+
+    def body(comm):
+        results = []
+        for n in lengths:
+            source, out, in_place = rank_data(comm.rank, n), np.full(n, np.nan, np.float32), rank_data(comm.rank, n)
+            comm.allreduce_into(source, out)
+            comm.allreduce(in_place)
+            results.append((source, out, in_place))
+        return results
+
+    results = run_ranks(size, body)
+    for i, n in enumerate(lengths):
+        for rank, (source, out, in_place) in enumerate(r[i] for r in results):
+            np.testing.assert_array_equal(source, rank_data(rank, n))
+            assert out.tobytes() == in_place.tobytes()
+        assert_allreduced([r[i][1] for r in results], [rank_data(rank, n) for rank in range(size)])
+
+
+def test_allreduce_into_refuses_buffers_that_do_not_match():
+    def body(comm):
+        for source, out in [(np.ones(4, np.float32), np.ones(5, np.float32)), (np.ones(4), np.ones(4, np.float32))]:
+            with pytest.raises(ValueError, match="two separate buffers of one size and dtype"):
+                comm.allreduce_into(source, out)
+        both = np.ones(8, np.float32)
+        with pytest.raises(ValueError, match="overlap"):
+            comm.allreduce_into(both[:4], both[2:6])
+
+    run_ranks(2, body)
+
+
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_allreduce_accepts_any_contiguous_shape_and_integers(size):
     def body(comm):
@@ -463,6 +499,46 @@ def test_large_arrays_between_workers_of_one_machine_go_through_shared_memory(of
         assert sorted(slots) == expected and all(1 <= count <= SHARED_SLOTS_PER_PEER for count in slots.values())
 
 
+def _rank_lends_its_gradients(job_id, rank, peers, n, steps):
+    with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
+        assert comm.shared_array(n, np.float32) is None  # before the first collective: nothing agreed yet
+        comm.barrier()
+        grads = comm.shared_array(n, np.float32)
+        sums, digests = np.empty(n, np.float32), []
+        for step in range(steps):
+            grads[...] = rank_data(rank + 10 * step, n)  # the backward pass writes here, then:
+            comm.allreduce_into(grads, sums)
+            np.testing.assert_array_equal(grads, rank_data(rank + 10 * step, n))  # left as it was
+            digests.append(hashlib.sha1(sums.tobytes()).hexdigest())
+        comm.allreduce(grads)  # in place, the same memory: copied, never lent (no deadlock)
+        transport = comm._transport
+        lent_uses = [slot.use for slot in transport._lendable]
+        copied = {peer: [slot.use for slot in slots] for peer, slots in transport._slots.items()}
+        return digests, sums, grads.copy(), lent_uses, copied
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("workers", [2, 3])
+def test_gradients_in_shared_memory_are_lent_to_the_peers_not_copied(workers, request):
+    """On 2 ranks (a power of two) the first exchange reads the peer's gradient buffer itself; on
+    3 the folding ranks need a copy. Either way: the same sums on every rank, the source intact."""
+    client = plugged(request.getfixturevalue(f"client{workers}"))
+    n, steps = 300_000, 4
+    _, _, futures = launch(client, _rank_lends_its_gradients, n, steps)
+    _wait_done(futures, 60)
+    results = client.gather(futures)
+    for step_digests in zip(*(digests for digests, *_ in results)):
+        assert len(set(step_digests)) == 1
+    assert_allreduced([sums for _, sums, *_ in results], [rank_data(r + 10 * (steps - 1), n) for r in range(workers)])
+    assert_allreduced([grads for _, _, grads, *_ in results], [rank_data(r + 10 * (steps - 1), n) for r in range(workers)])
+    for _, _, _, lent_uses, copied in results:
+        if workers == 2:
+            assert lent_uses == [steps]  # every step lent, uncopied; only the in-place allreduce copied
+            assert sum(sum(uses) for uses in copied.values()) == 1
+        else:
+            assert lent_uses == [0]
+
+
 def _rank_root_leaves_early(job_id, rank, peers):
     with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
         comm.barrier()  # agrees on shared memory
@@ -503,6 +579,13 @@ def test_shared_segments_are_checked_before_they_are_read():
         with pytest.raises(OSError):
             shm.PeerSegments().array(shm.SharedRef(**{**ref.to_msg(), "fd": 10_000}))
         assert shm.SharedRef.from_msg(ref.to_msg()) == ref
+        # an array inside a segment is found where it is, and read there by the peer
+        inner = segment.data[64:64 + 400].view(np.float32)
+        inner[...] = np.arange(100)
+        assert segment.offset_of(inner) == 64 and segment.offset_of(data) is None
+        np.testing.assert_array_equal(peers.array(segment.ref(inner.dtype, inner.size, -1, 1, offset=64)), inner)
+        with pytest.raises(OSError, match="does not fit"):
+            peers.array(segment.ref(inner.dtype, inner.size, -1, 1, offset=segment.capacity - 8))
     finally:
         peers.close()
         segment.close()

@@ -537,3 +537,31 @@ def test_work_buffers_stay_bounded_when_predicting_many_lengths():
     assert all(len(layer._buffers) <= layer._buffers.max_sizes for layer in model.layers)
     # and the cached sizes are the most recent ones
     assert model.layers[0]._buffers.peek(59) is not None and model.layers[0]._buffers.peek(1) is None
+
+
+def test_gradients_moved_to_another_buffer_are_computed_there_and_applied_from_any_buffer():
+    """What a data-parallel rank does with shared memory: the backward pass writes into the new
+    buffer, and the optimizer may take its gradient from a separate (summed) buffer."""
+    x = np.random.default_rng(0).standard_normal((32, 6))
+    y = np.random.default_rng(1).integers(0, 3, 32)
+
+    def model():
+        m = Sequential([Dense(5, activation="relu", input_dim=6), Dense(3, activation="softmax")])
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        m.build(seed=0)
+        return m
+
+    plain, moved = model(), model()
+    buffer = np.full_like(moved.grads, np.nan)
+    moved.use_gradient_buffer(buffer)
+    assert moved.grads is buffer and not np.isnan(buffer).any()  # took the current values
+    with pytest.raises(ValueError, match="gradient buffer must be"):
+        moved.use_gradient_buffer(np.zeros(3))
+    plain.compute_gradients(x, y)
+    moved.compute_gradients(x, y)
+    np.testing.assert_array_equal(buffer, plain.grads)
+    elsewhere = buffer.copy()
+    buffer[...] = np.nan  # the step must read `elsewhere`, not the model's buffer
+    plain.apply_gradients()
+    moved.apply_gradients(elsewhere)
+    np.testing.assert_array_equal(moved.params, plain.params)

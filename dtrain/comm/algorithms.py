@@ -13,9 +13,12 @@ Bitwise identity: every rank ends with the same bits. In recursive doubling both
 folded ranks and the ring's allgather receive copies of sums made once. Nothing reassociates.
 (Two different NaN payloads are the one exception: x86 keeps the first operand's.)
 
-A buffer handed to ``send`` may be read until ``wait`` returns (Dask sends zero-copy), so every
-algorithm waits for a send before it writes to the memory it sent; and a received array may be
-the sender's shared memory, so every algorithm releases it once it has been read.
+A buffer handed to ``send`` may be read until ``wait`` returns (Dask sends zero-copy, and so does
+shared memory for a buffer the transport allocated), so every algorithm waits for a send before
+it writes to the memory it sent; and a received array may be the sender's shared memory, so every
+algorithm releases it once it has been read. :func:`allreduce_into` leaves its source as it was:
+its first exchange adds straight from the source into the output, so a source in shared memory is
+never copied (the ranks read each other's and release them before they wait for their own).
 
 Buffers are processed in buckets of at most :data:`BUCKET_BYTES` (Dask splits larger frames and
 merges them again with a copy). Tests shrink the module constants; they are read at call time.
@@ -39,8 +42,10 @@ class Transport(Protocol):
     rank: int
     size: int
 
-    def send(self, peer: int, tag: str, array: np.ndarray) -> Any:
-        """Start sending ``array`` to ``peer`` under ``tag``; return a handle for :meth:`wait`."""
+    def send(self, peer: int, tag: str, array: np.ndarray, lend: bool = False) -> Any:
+        """Start sending ``array`` to ``peer`` under ``tag``; return a handle for :meth:`wait`.
+        ``lend``: the peer may read ``array``'s own memory (where it is shared) until it releases
+        it, which :meth:`wait` then waits for; only for arrays the caller will not write first."""
 
     def recv(self, peer: int, tag: str) -> np.ndarray:
         """Block until the array that ``peer`` sent under ``tag`` arrives (read-only use)."""
@@ -67,6 +72,25 @@ def allreduce(t: Transport, array: np.ndarray, tag: str, *, allow_ring: bool = T
         if allow_ring and t.size >= RING_MIN_SIZE and bucket.nbytes >= RING_MIN_BYTES:
             _ring_allreduce(t, bucket, btag)
         else:
+            _doubling_allreduce(t, bucket, btag)
+
+
+def allreduce_into(t: Transport, source: np.ndarray, out: np.ndarray, tag: str, *, allow_ring: bool = True) -> None:
+    """``out`` = the sum over all ranks of ``source`` (contiguous 1-D, same size and dtype, not
+    overlapping); ``source`` is left as it was, and may be written again when this returns."""
+    if t.size == 1 or source.size == 0:
+        out[...] = source
+        return
+    pof2 = 1 << (t.size.bit_length() - 1)
+    for i, (src, bucket) in enumerate(zip(_buckets(source), _buckets(out))):
+        btag = f"{tag}.b{i}"
+        if allow_ring and t.size >= RING_MIN_SIZE and bucket.nbytes >= RING_MIN_BYTES:
+            bucket[...] = src
+            _ring_allreduce(t, bucket, btag)
+        elif pof2 == t.size:  # no folded ranks: the first exchange reads the source itself
+            _doubling_allreduce(t, bucket, btag, source=src)
+        else:
+            bucket[...] = src
             _doubling_allreduce(t, bucket, btag)
 
 
@@ -124,10 +148,12 @@ def _receive_into(t: Transport, out: np.ndarray, peer: int, tag: str, *, copy: b
     t.release(peer, tag)
 
 
-def _doubling_allreduce(t: Transport, buf: np.ndarray, tag: str) -> None:
+def _doubling_allreduce(t: Transport, buf: np.ndarray, tag: str, source: np.ndarray | None = None) -> None:
+    """In place in ``buf``; or, with ``source`` (power-of-two sizes only), ``buf`` = the sum of ``source``."""
     r, p = t.rank, t.size
     pof2 = 1 << (p.bit_length() - 1)
     extra = p - pof2  # ranks 0, 2, .., 2*extra-2 hand their data to the next odd rank and sit out
+    assert source is None or extra == 0, "an out-of-place allreduce needs a power-of-two number of ranks"
     if r < 2 * extra:
         if r % 2 == 0:
             t.wait(t.send(r + 1, f"{tag}.fold", buf))
@@ -142,11 +168,19 @@ def _doubling_allreduce(t: Transport, buf: np.ndarray, tag: str) -> None:
         vpeer = vr ^ mask
         peer = 2 * vpeer + 1 if vpeer < extra else vpeer + extra
         rtag = f"{tag}.d{mask}"
-        h = t.send(peer, rtag, buf)
-        got = _checked(t, t.recv(peer, rtag), buf, peer, rtag)
-        t.wait(h)  # our buffer is on the wire until then
-        np.add(buf, got, out=buf)
-        t.release(peer, rtag)
+        if source is not None:  # out of place: the peer may read our source while we add
+            h = t.send(peer, rtag, source, lend=True)
+            got = _checked(t, t.recv(peer, rtag), buf, peer, rtag)
+            np.add(source, got, out=buf)
+            t.release(peer, rtag)
+            t.wait(h)  # the peer has read our source (and we released theirs first: no deadlock)
+            source = None
+        else:
+            h = t.send(peer, rtag, buf)
+            got = _checked(t, t.recv(peer, rtag), buf, peer, rtag)
+            t.wait(h)  # our buffer is on the wire until then
+            np.add(buf, got, out=buf)
+            t.release(peer, rtag)
         mask <<= 1
     if r < 2 * extra:
         t.wait(t.send(r - 1, f"{tag}.unfold", buf))

@@ -44,6 +44,14 @@ class Communicator(Protocol):
     def allreduce(self, array: Any) -> None:
         """Sum ``array`` (contiguous) over all ranks, in place; afterwards it is bitwise identical on every rank."""
 
+    def allreduce_into(self, array: Any, out: Any) -> None:
+        """``out`` = the sum over all ranks of ``array`` (same size and dtype); ``array`` is left as
+        it was. With ``array`` from :meth:`shared_array`, the peers read it where it is, uncopied."""
+
+    def shared_array(self, size: int, dtype: Any) -> Any | None:
+        """A zeroed 1-D buffer that :meth:`allreduce_into` sends without copying it (memory the peers
+        on this machine can read), or None where there is no such thing."""
+
     def broadcast(self, array: Any, root: int = 0) -> None:
         """Overwrite ``array`` in place with rank ``root``'s copy."""
 
@@ -91,6 +99,12 @@ class LocalCommunicator:
 
     def allreduce(self, array: Any) -> None:
         pass
+
+    def allreduce_into(self, array: Any, out: Any) -> None:
+        out[...] = array
+
+    def shared_array(self, size: int, dtype: Any) -> None:
+        return None
 
     def broadcast(self, array: Any, root: int = 0) -> None:
         if root != 0:

@@ -63,6 +63,20 @@ class TransportCommunicator:
         self.check_abort()
         algorithms.allreduce(self._transport, buf, tag, allow_ring=self.allow_ring)
 
+    def allreduce_into(self, array: Any, out: Any) -> None:
+        source, buf = flat_view(array, self.name), flat_view(out, self.name)
+        if source.shape != buf.shape or source.dtype != buf.dtype or np.shares_memory(source, buf):
+            raise ValueError(
+                f"allreduce_into needs two separate buffers of one size and dtype; received {source.size} "
+                f"{source.dtype} and {buf.size} {buf.dtype}{' that overlap' if np.shares_memory(source, buf) else ''}."
+            )
+        tag = self._tag("allreduce")
+        self.check_abort()
+        algorithms.allreduce_into(self._transport, source, buf, tag, allow_ring=self.allow_ring)
+
+    def shared_array(self, size: int, dtype: Any) -> np.ndarray | None:
+        return None
+
     def broadcast(self, array: Any, root: int = 0) -> None:
         if not isinstance(root, int) or not 0 <= root < self.size:
             raise ValueError(f"root={root!r} is not a rank: expected an integer in [0, {self.size}).")

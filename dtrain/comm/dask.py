@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, NoReturn
 
 import numpy as np
@@ -287,18 +288,42 @@ class _DaskTransport:
         self._peer_segments = shared.PeerSegments()
         self._held: dict[tuple[int, str], tuple[int, int]] = {}  # received from shared memory, not yet released
         self._outbound: dict[int, pipes.Outbound] = {}  # peers this rank writes to through their pipe
+        self._lendable: list[_Slot] = []  # segments the caller writes into itself (shared_array): sent uncopied
         self._inbound: pipes.Inbound | None = None  # this rank's pipes, read into the mailbox
 
     # -- sending --------------------------------------------------------------------------------------
 
-    def send(self, peer: int, tag: str, array: np.ndarray) -> concurrent.futures.Future:
+    def send(self, peer: int, tag: str, array: np.ndarray, lend: bool = False) -> Any:
         pipe = self._outbound.get(peer)
-        if pipe is not None:  # done when this returns: the caller's buffer is free again
-            # large arrays are copied into this rank's shared memory, small ones go in the frame
-            value = self._put_shared(peer, array) if array.nbytes >= SHARED_MIN_BYTES else array
-            pipe.send(tag, value, self.timeout, self.box)
-            return _SENT
-        return self._launch(peer, tag, self._send_array(self.peers[peer], tag, array))
+        if pipe is None:
+            return self._launch(peer, tag, self._send_array(self.peers[peer], tag, array))
+        lent = self._lent_ref(array) if lend else None
+        if lent is not None:  # the peer reads the caller's own memory; wait() waits until it is done
+            pipe.send(tag, lent, self.timeout, self.box)
+            return _Lent(peer, _free_tag(lent.slot, lent.use))
+        # done when this returns: large arrays are copied into this rank's shared memory, small
+        # ones go in the frame, and the caller's buffer is free again
+        value = self._put_shared(peer, array) if array.nbytes >= SHARED_MIN_BYTES else array
+        pipe.send(tag, value, self.timeout, self.box)
+        return _SENT
+
+    def shared_array(self, size: int, dtype: Any) -> np.ndarray | None:
+        """A zeroed array in a segment of this rank's shared memory, which ``send(..., lend=True)``
+        hands to the peers uncopied; None when no peer reads this rank's shared memory."""
+        if not self._outbound:
+            return None
+        dtype = np.dtype(dtype)
+        slot = _Slot(shared.slot_capacity(size * dtype.itemsize))
+        self._lendable.append(slot)
+        return slot.segment.data[: size * dtype.itemsize].view(dtype)
+
+    def _lent_ref(self, array: np.ndarray) -> shared.SharedRef | None:
+        for index, slot in enumerate(self._lendable):
+            offset = slot.segment.offset_of(array)
+            if offset is not None:
+                slot.use += 1  # its free notice is named after this use (lent slots count from -1 down)
+                return slot.segment.ref(array.dtype, array.size, -1 - index, slot.use, offset)
+        return None
 
     def _launch(self, peer: int, tag: str, coro) -> concurrent.futures.Future:
         """Run a send on the event loop; :meth:`wait` (or a failed receive) collects it."""
@@ -473,10 +498,10 @@ class _DaskTransport:
                     if self.box.poll(peer, _free_tag(index, slot.use)):
                         break
                     time.sleep(0.001)
-        for slots in self._slots.values():
-            for slot in slots:
-                slot.segment.close()
+        for slot in [*(slot for slots in self._slots.values() for slot in slots), *self._lendable]:
+            slot.segment.close()  # a lent array still referenced keeps its memory mapped until it goes
         self._slots.clear()
+        self._lendable.clear()
         self._peer_segments.close()
         self._held.clear()
         for pipe in self._outbound.values():
@@ -486,8 +511,18 @@ class _DaskTransport:
             self._inbound.close()
             self._inbound = None
 
-    def wait(self, future: concurrent.futures.Future) -> None:
-        """Block until the send is written to the connection (its buffer is free again)."""
+    def wait(self, future: Any) -> None:
+        """Block until the send is written to the connection, or a lent array has been read by the
+        peer: its buffer is free again."""
+        if isinstance(future, _Lent):
+            self.box.take(
+                future.peer,
+                future.free_tag,
+                self.timeout,
+                waiting_for=f"rank {future.peer} ({self.peers[future.peer]}) to finish reading rank {self.rank}'s shared memory",
+                check=self._checker(future.peer, future.free_tag),
+            )
+            return
         info = self._pending.pop(future, (-1, "?"))
         deadline = time.monotonic() + self.timeout
         while not future.done():
@@ -529,6 +564,14 @@ class _DaskTransport:
 
 _SENT: concurrent.futures.Future = concurrent.futures.Future()  # what a send through a pipe returns: done
 _SENT.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Lent:
+    """What a lending send returns: waiting for it is waiting for the peer's free notice."""
+
+    peer: int
+    free_tag: str
 
 
 def _free_tag(slot: int, use: int) -> str:
@@ -585,6 +628,11 @@ class DaskCommunicator(TransportCommunicator):
 
     def _connect(self) -> None:
         self._transport.connect_shared_memory(self.shared_memory)
+
+    def shared_array(self, size: int, dtype: Any) -> np.ndarray | None:
+        """Memory the peers on this machine read uncopied (after the first collective; None before,
+        or when no peer shares memory with this rank)."""
+        return self._transport.shared_array(size, dtype)
 
     @property
     def mailbox(self) -> Mailbox:

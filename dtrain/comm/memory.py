@@ -39,7 +39,7 @@ class _MemoryTransport:
     def __init__(self, group: MemoryGroup, rank: int) -> None:
         self.group, self.rank, self.size = group, rank, group.size
 
-    def send(self, peer: int, tag: str, array: np.ndarray) -> None:
+    def send(self, peer: int, tag: str, array: np.ndarray, lend: bool = False) -> None:
         self.group.mailboxes[peer].put(self.rank, tag, array.copy())  # a copy, as if it crossed a wire
 
     def recv(self, peer: int, tag: str) -> np.ndarray:

@@ -164,6 +164,13 @@ class NcclCommunicator:
         self._collective("allreduce", array, lambda comm, ptr, n, dt, s: comm.allReduce(
             ptr, ptr, n, dt, self._nccl.NCCL_SUM, s))
 
+    def allreduce_into(self, array: Any, out: Any) -> None:
+        out[...] = array
+        self.allreduce(out)
+
+    def shared_array(self, size: int, dtype: Any) -> None:
+        return None
+
     def broadcast(self, array: Any, root: int = 0) -> None:
         if not isinstance(root, int) or not 0 <= root < self.size:
             raise ValueError(f"root={root!r} is not a rank: expected an integer in [0, {self.size}).")
@@ -294,6 +301,15 @@ class HostStagedCommunicator:
         host = self._to_host(array)
         self.inner.allreduce(host)
         self._to_device(host, array)
+
+    def allreduce_into(self, array: Any, out: Any) -> None:
+        if isinstance(array, np.ndarray) and isinstance(out, np.ndarray):
+            return self.inner.allreduce_into(array, out)
+        out[...] = array
+        self.allreduce(out)
+
+    def shared_array(self, size: int, dtype: Any) -> None:
+        return None  # the GPU's buffers are staged through host memory anyway
 
     def broadcast(self, array: Any, root: int = 0) -> None:
         if isinstance(array, np.ndarray):

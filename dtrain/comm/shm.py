@@ -46,6 +46,7 @@ class SharedRef:
     count: int
     slot: int
     use: int  # how many times the slot has been used: names the "free" notice for this use
+    offset: int = 0  # bytes from the start of the segment's data to the array
 
     def to_msg(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,8 +76,15 @@ class Segment:
     def write(self, array: np.ndarray) -> None:
         np.copyto(self.data[: array.nbytes].view(array.dtype), array.reshape(-1))
 
-    def ref(self, dtype: np.dtype, count: int, slot: int, use: int) -> SharedRef:
-        return SharedRef(os.getpid(), self.fd, self.token.hex(), self.size, dtype.str, count, slot, use)
+    def ref(self, dtype: np.dtype, count: int, slot: int, use: int, offset: int = 0) -> SharedRef:
+        return SharedRef(os.getpid(), self.fd, self.token.hex(), self.size, dtype.str, count, slot, use, offset)
+
+    def offset_of(self, array: np.ndarray) -> int | None:
+        """Where the contiguous ``array`` starts in this segment's data, or None if it is not inside."""
+        start = array.__array_interface__["data"][0] - self.data.__array_interface__["data"][0]
+        if array.flags.c_contiguous and 0 <= start and start + array.nbytes <= self.capacity:
+            return start
+        return None
 
     def close(self) -> None:
         self.data = None  # type: ignore[assignment]  # the view must go before the map can close
@@ -96,10 +104,13 @@ class PeerSegments:
     def array(self, ref: SharedRef) -> np.ndarray:
         """A read-only view of the array ``ref`` describes. Raises OSError when the segment cannot
         be opened (its process is gone or invisible from here) or is not the one announced."""
+        end = HEADER_BYTES + ref.offset + ref.count * np.dtype(ref.dtype).itemsize
+        if ref.offset < 0 or ref.count < 0 or end > ref.size:
+            raise OSError(f"an array of {ref.count} {ref.dtype} at byte {ref.offset} does not fit a segment of {ref.size} bytes")
         mapped = self._maps.get(ref.token)
         if mapped is None:
             mapped = self._maps[ref.token] = _open(ref)
-        return np.frombuffer(mapped, dtype=np.dtype(ref.dtype), count=ref.count, offset=HEADER_BYTES)
+        return np.frombuffer(mapped, dtype=np.dtype(ref.dtype), count=ref.count, offset=HEADER_BYTES + ref.offset)
 
     def close(self) -> None:
         for mapped in self._maps.values():
