@@ -12,7 +12,7 @@ Every measurement runs in a fresh process, one after the other:
   in the bound): the bound is computed from the shapes, itemised (data, parameters, gradients,
   optimizer state, the activations and gradient buffers dtrain's layers keep for one batch size,
   and the other buffers dtrain keeps: the batch gather buffers, the optimizer's scratch, the
-  finite check, the epoch's row order), and added to the process's own baseline RSS, measured
+  epoch's row order), and added to the process's own baseline RSS, measured
   after the imports and before the data exists. Peak RSS during ``fit`` (psutil sampled every
   5 ms, and ``getrusage`` ru_maxrss, the kernel's high-water mark; the larger is used) is divided
   by baseline + bound. RSS after every step (a callback's ``on_train_batch_end``) gives the
@@ -185,7 +185,8 @@ def compute_bound(
     if not SLOTS[optimizer]:
         notes.append(f"{optimizer}: SGD with momentum 0 keeps no optimizer state (no slots).")
     items.append(_item("optimizer scratch", "optimizer work buffer", (flat,), itemsize, "dtrain/optimizers.py Optimizer.build: _scratch", dtype))
-    items.append(_item("finite check zeros", "finite check", (flat,), itemsize, "dtrain/recovery.py FiniteCheck (fit and the rank loop)", dtype))
+    notes.append("the finite check keeps no buffer: it takes g . g (dtrain/recovery.py FiniteCheck), and a zero vector only "
+                 "if that overflows")
 
     # per batch size
     kept = sorted(set(int(n) for n in batch_sizes), reverse=True)[:BUFFER_SIZES_KEPT]
@@ -197,11 +198,24 @@ def compute_bound(
     if shm_peers and grad_bytes < SHM_MIN_BYTES:
         notes.append(f"the {grad_bytes}-byte gradient is under {SHM_MIN_BYTES} bytes: it goes over TCP, no shared-memory segment is kept.")
         shm_peers = 0
+    if shm_peers:
+        # the gradient buffer above lives in this rank's shared memory (it replaced model.grads'
+        # private one); the allreduce adds the peers' into a separate sum
+        items.append(_item("sum of the gradients (allreduce_into's output)", "communication", (flat,), itemsize,
+                           "dtrain/worker.py _gradient_buffers", dtype))
+    lends = shm_peers and (shm_peers + 1) & shm_peers == 0  # a power-of-two number of ranks: nothing copied
     for p in range(shm_peers):
-        items.append(_item(f"own shared-memory segment for peer {p + 1} (gradient written into it)", "communication",
-                           (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment (one slot in use)", "uint8"))
-        items.append(_item(f"peer {p + 1}'s shared-memory segment, mapped (its gradient read from it)", "communication",
+        items.append(_item(f"peer {p + 1}'s gradient buffer, mapped (read where it is)", "communication",
                            (grad_bytes,), 1, "dtrain/comm/shm.py PeerSegments", "uint8"))
+        if not lends:
+            items.append(_item(f"own shared-memory segment for peer {p + 1} (gradient copied into it)", "communication",
+                               (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment (one slot in use)", "uint8"))
+        if rank0:
+            items.append(_item(f"own shared-memory segment for peer {p + 1} (the initial weights broadcast through it)",
+                               "communication", (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment", "uint8"))
+    if shm_peers and not rank0:
+        items.append(_item("rank 0's segment, mapped (the initial weights read from it)", "communication", (grad_bytes,), 1,
+                           "dtrain/comm/shm.py PeerSegments", "uint8"))
     if rank0:
         items.append(_item("initial weights received from the client", "rank 0 transfer", (flat,), itemsize,
                            "dtrain/driver.py: client.scatter of the start point to rank 0", dtype))

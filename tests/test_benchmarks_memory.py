@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Flat buffers: every array padded to 128 bytes = 32 float32 elements.
 #   kernel 1: 20 x 16 = 320 elements -> 320;  bias 1: 16 -> 32
 #   kernel 2: 16 x 3  =  48 elements -> 64;   bias 2:  3 -> 32
-#   448 elements = 1792 bytes, for each of: parameters, gradients, optimizer scratch, finite check
+#   448 elements = 1792 bytes, for each of: parameters, gradients, optimizer scratch
 FLAT_BYTES = 448 * 4
 # One batch of 32 rows:
 #   layer 1: z, a (32 x 16) = 2048 B each; no dx (nobody needs the gradient of the data)
@@ -54,7 +54,6 @@ def hand_bound(optimizer: str) -> dict[str, int]:
         "parameters (flat buffer)": FLAT_BYTES,
         "gradients (flat buffer)": FLAT_BYTES,
         "optimizer scratch": FLAT_BYTES,
-        "finite check zeros": FLAT_BYTES,
     })
     if optimizer == "adam":
         items["optimizer slot 'm'"] = FLAT_BYTES
@@ -112,8 +111,18 @@ def test_compute_bound_by_hand_for_a_worker():
     b = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64, 40], optimizer="sgd",
                              received_shard=True, shm_peers=1, rank0=True)
     items = {i["name"]: i["bytes"] for i in b["items"] if i.get("batch") is None}
-    assert items["own shared-memory segment for peer 1 (gradient written into it)"] == 64 + 4 * flat
-    assert items["peer 1's shared-memory segment, mapped (its gradient read from it)"] == 4 * flat
+    # the gradients live in shared memory and are lent, not copied (2 ranks); a separate sum; the
+    # initial weights went to the peer through a segment of rank 0's
+    assert items["gradients (flat buffer)"] == items["sum of the gradients (allreduce_into's output)"] == 4 * flat
+    assert items["peer 1's gradient buffer, mapped (read where it is)"] == 4 * flat
+    assert items["own shared-memory segment for peer 1 (the initial weights broadcast through it)"] == 64 + 4 * flat
+    assert "own shared-memory segment for peer 1 (gradient copied into it)" not in items
+    other = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=1)
+    other_items = {i["name"] for i in other["items"]}
+    assert "rank 0's segment, mapped (the initial weights read from it)" in other_items
+    assert not any("broadcast through it" in name for name in other_items)
+    three = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=2)
+    assert sum("gradient copied into it" in i["name"] for i in three["items"]) == 2  # 3 ranks: copied, not lent
     assert items["initial weights received from the client"] == 4 * flat
     assert items["trained weights returned to the client"] == 4 * flat
     per_batch = {n: sum(i["bytes"] for i in b["items"] if i.get("batch") == n) for n in (64, 40)}

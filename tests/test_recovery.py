@@ -275,3 +275,19 @@ def test_a_stuck_rank_is_caught_by_the_step_deadline_and_the_run_restarts(tmp_pa
     assert elapsed < 45  # the deadline, the abort grace and a restart; not the 60 s hang
     for got, expected in zip(model.get_weights(), alone.get_weights()):
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_finite_check_is_exact_even_where_the_sum_of_squares_overflows(dtype):
+    from dtrain.recovery import FiniteCheck
+
+    check = FiniteCheck(np, np.zeros(1000, dtype))
+    grads = np.random.default_rng(0).standard_normal(1000).astype(dtype)
+    assert check(grads) and check._zeros is None  # the one-pass test sufficed
+    huge = grads * (np.finfo(dtype).max / 1e4)  # finite, but their squares overflow
+    assert check(huge) and check._zeros is not None
+    for bad in (np.nan, np.inf, -np.inf):
+        for values in (grads, huge):
+            broken = values.copy()
+            broken[737] = bad
+            assert not check(broken)
