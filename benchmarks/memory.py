@@ -203,11 +203,21 @@ def compute_bound(
         # private one); the allreduce adds the peers' into a separate sum
         items.append(_item("sum of the gradients (allreduce_into's output)", "communication", (flat,), itemsize,
                            "dtrain/worker.py _gradient_buffers", dtype))
-    lends = shm_peers and (shm_peers + 1) & shm_peers == 0  # a power-of-two number of ranks: nothing copied
-    for p in range(shm_peers):
-        items.append(_item(f"peer {p + 1}'s gradient buffer, mapped (read where it is)", "communication",
+    ranks = shm_peers + 1
+    if shm_peers and ranks & shm_peers == 0:
+        # a power of two: the first exchange reads the partner's gradient buffer where it is; each
+        # later round (log2(ranks) - 1 of them) sends the partial sum through a copy in a slot
+        items.append(_item("round-1 partner's gradient buffer, mapped (read where it is)", "communication",
                            (grad_bytes,), 1, "dtrain/comm/shm.py PeerSegments", "uint8"))
-        if not lends:
+        for r in range(2, ranks.bit_length()):
+            items.append(_item(f"round-{r} partner's segment, mapped (partial sum read from it)", "communication",
+                               (grad_bytes,), 1, "dtrain/comm/shm.py PeerSegments", "uint8"))
+            items.append(_item(f"own shared-memory segment for the round-{r} partner (partial sum copied into it)",
+                               "communication", (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment", "uint8"))
+    for p in range(shm_peers):
+        if shm_peers and ranks & shm_peers:  # not a power of two: every exchange copies (an upper bound)
+            items.append(_item(f"peer {p + 1}'s segment, mapped (its gradient read from it)", "communication",
+                               (grad_bytes,), 1, "dtrain/comm/shm.py PeerSegments", "uint8"))
             items.append(_item(f"own shared-memory segment for peer {p + 1} (gradient copied into it)", "communication",
                                (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment (one slot in use)", "uint8"))
         if rank0:

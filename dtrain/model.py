@@ -5,7 +5,9 @@ All parameters live in one contiguous array (``model.params``) and all gradients
 (``model.grads``); every layer's kernel and bias are views into them. A training step is
 ``compute_gradients`` (forward, loss, backward: fills ``model.grads``) then
 ``apply_gradients`` (one optimizer update over the flat buffer). Data-parallel training puts
-one allreduce of ``model.grads`` between the two.
+one allreduce between the two: of ``model.grads`` in place, or, where the ranks share memory,
+from ``model.grads`` (moved into that memory, ``use_gradient_buffer``) into a separate buffer
+that ``apply_gradients(grads)`` then reads; ``model.grads`` keeps the local gradient.
 """
 from __future__ import annotations
 

@@ -176,8 +176,8 @@ def _blas_threads(worker):
 # 30-31 ms with these callbacks (and the monitors) slowed, against 29 ms in bare processes.
 # The profile of a one-task-per-worker training job is one stack anyway; both come back after.
 QUIET_CALLBACKS = {"profile": None, "tick": 1000.0}  # None: stopped; a number: its period in ms
-_quiet_lock = threading.Lock()
-_quiet_ranks: dict[int, list] = {}  # id(worker) -> [ranks running, {name: period before}]
+_quiet_lock = threading.Lock()  # held while a worker's callbacks change: enter and exit never interleave
+_quiet_ranks: dict[int, list] = {}  # id(worker) -> [ranks running, {name: period before the first}]
 
 
 @contextlib.contextmanager
@@ -187,19 +187,17 @@ def _quiet_monitoring(worker):
     with _quiet_lock:
         entry = _quiet_ranks.setdefault(id(worker), [0, {}])
         entry[0] += 1
-        first = entry[0] == 1
-    if first:
-        entry[1] = _on_loop(worker, _set_callbacks, worker, QUIET_CALLBACKS)
+        if entry[0] == 1:
+            entry[1] = _on_loop(worker, _set_callbacks, worker, QUIET_CALLBACKS)
     try:
         yield
     finally:
         with _quiet_lock:
             entry[0] -= 1
-            last = entry[0] == 0
-            if last:
+            if entry[0] == 0:
                 del _quiet_ranks[id(worker)]
-        if last and entry[1]:
-            _on_loop(worker, _set_callbacks, worker, entry[1])
+                if entry[1]:
+                    _on_loop(worker, _set_callbacks, worker, entry[1])
 
 
 def _set_callbacks(worker, settings: dict) -> dict:
@@ -224,9 +222,11 @@ def _on_loop(worker, fn, *args):
     async def call():
         return fn(*args)
 
+    future = asyncio.run_coroutine_threadsafe(call(), worker.loop.asyncio_loop)
     try:
-        return asyncio.run_coroutine_threadsafe(call(), worker.loop.asyncio_loop).result(timeout=10)
+        return future.result(timeout=10)
     except Exception:  # a closing worker: monitoring is not worth failing the rank for
+        future.cancel()  # not applied later with nothing recorded to undo it
         return {}
 
 

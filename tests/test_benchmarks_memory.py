@@ -114,7 +114,7 @@ def test_compute_bound_by_hand_for_a_worker():
     # the gradients live in shared memory and are lent, not copied (2 ranks); a separate sum; the
     # initial weights went to the peer through a segment of rank 0's
     assert items["gradients (flat buffer)"] == items["sum of the gradients (allreduce_into's output)"] == 4 * flat
-    assert items["peer 1's gradient buffer, mapped (read where it is)"] == 4 * flat
+    assert items["round-1 partner's gradient buffer, mapped (read where it is)"] == 4 * flat
     assert items["own shared-memory segment for peer 1 (the initial weights broadcast through it)"] == 64 + 4 * flat
     assert "own shared-memory segment for peer 1 (gradient copied into it)" not in items
     other = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=1)
@@ -123,6 +123,9 @@ def test_compute_bound_by_hand_for_a_worker():
     assert not any("broadcast through it" in name for name in other_items)
     three = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=2)
     assert sum("gradient copied into it" in i["name"] for i in three["items"]) == 2  # 3 ranks: copied, not lent
+    four = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=3)
+    names = [i["name"] for i in four["items"]]  # 4 ranks: round 1 lent, round 2 copied
+    assert sum("mapped" in name for name in names) == 3 and sum("copied into it" in name for name in names) == 1
     assert items["initial weights received from the client"] == 4 * flat
     assert items["trained weights returned to the client"] == 4 * flat
     per_batch = {n: sum(i["bytes"] for i in b["items"] if i.get("batch") == n) for n in (64, 40)}

@@ -558,6 +558,28 @@ def test_a_rank_that_finishes_first_keeps_its_shared_memory_until_the_peers_have
     assert client.gather(futures) == [(True, 0.0, 0.0)] * 3
 
 
+def _rank_arrives_after_the_root_closed(job_id, rank, peers):
+    with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
+        weights = np.full(1_000_000, float(rank), np.float32)
+        comm.broadcast(weights, root=0)  # the root's slot is made and mapped
+        comm.barrier()
+        if rank == 1:
+            time.sleep(2.0)  # past the root's 1 s grace: it has closed its pipe when this rank reads
+        weights[...] = rank
+        comm.broadcast(weights, root=0)
+        return float(weights.min()), float(weights.max())
+
+
+@pytest.mark.cluster
+def test_a_free_notice_to_a_peer_that_has_closed_is_dropped_not_an_error(client2):
+    """The root of a last broadcast returns and closes; the late rank still reads the data (its
+    mapping holds it) and its "free" notice, which nobody will read, is no error."""
+    client = plugged(client2)
+    _, _, futures = launch(client, _rank_arrives_after_the_root_closed)
+    _wait_done(futures, 30)
+    assert client.gather(futures) == [(0.0, 0.0), (0.0, 0.0)]
+
+
 def test_shared_segments_are_checked_before_they_are_read():
     from dtrain.comm import shm
 

@@ -402,8 +402,14 @@ class _DaskTransport:
     def release(self, peer: int, tag: str) -> None:
         """Tell ``peer`` that the shared slot it sent ``tag`` through may be written again."""
         held = self._held.pop((peer, tag), None)
-        if held is not None:  # it came through shared memory (so its descriptor came through the pipe)
+        if held is None:
+            return  # it came over TCP
+        try:  # it came through shared memory, so its descriptor came through the pipe
             self._outbound[peer].send(_free_tag(*held), None, self.timeout, self.box)
+        except Aborted:
+            raise
+        except CommError:  # the peer has closed (it finished first) or died: nobody to tell; a
+            pass  # dead peer fails this rank's next receive from it
 
     # -- shared memory set-up and tear-down -----------------------------------------------------------
 
@@ -481,6 +487,8 @@ class _DaskTransport:
         def check() -> None:
             self._check_sends()
             if ended():
+                if self.box.reason is not None:  # it left because the job was aborted: say that
+                    raise Aborted(self.box.reason)
                 raise CommError(
                     f"Rank {peer} ({self.peers[peer]}) of job {self.job_id!r} exited without sending {tag!r} to rank "
                     f"{self.rank}: that worker has died or left the job; abort the job and restart it."
@@ -631,7 +639,8 @@ class DaskCommunicator(TransportCommunicator):
 
     def shared_array(self, size: int, dtype: Any) -> np.ndarray | None:
         """Memory the peers on this machine read uncopied (after the first collective; None before,
-        or when no peer shares memory with this rank)."""
+        or when no peer shares memory with this rank). Every call makes a new segment, kept until
+        :meth:`close`: ask once per buffer."""
         return self._transport.shared_array(size, dtype)
 
     @property
