@@ -5,12 +5,12 @@ import os
 import subprocess
 import sys
 
-import dask
 import pytest
 
 import dtrain
 from dtrain.clusters import TRAINING_DASK_CONFIG, training_config, training_environment
 
+dask = pytest.importorskip("dask")
 pytest.importorskip("distributed")
 
 
