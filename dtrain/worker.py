@@ -145,9 +145,9 @@ def _gradient_buffers(model: Sequential, comm) -> Any:
     """Where the summed gradient goes: ``model.grads`` itself (summed in place), or, where the
     communicator has memory its peers on this machine read uncopied, a buffer of its own: the
     backward pass then writes the gradients straight into that shared memory, and the allreduce
-    adds the peers' into the separate sum. Measured on 2 cores (784-1024-1024-10, 2 workers),
-    without the copy of the 7.4 MB gradient into shared memory the allreduce took 0.8-1.0 ms
-    instead of 1.5-1.7 ms, and the step 31.4-31.9 ms instead of 32.1-33.3 ms."""
+    adds the peers' into the separate sum. Measured on 2 cores (784-1024-1024-10, 2 workers,
+    alternating runs), without the copy of the 7.4 MB gradient into shared memory the allreduce
+    took 1.17-1.28 ms a step instead of 1.38-1.63 ms."""
     shared = comm.shared_array(model.grads.size, model.grads.dtype)
     if shared is None:
         return model.grads
