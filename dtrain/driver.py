@@ -102,11 +102,17 @@ def _check_client(client) -> None:
         )
 
 
+def scheduler_workers(client) -> list[str]:
+    """The workers' addresses, asked of the scheduler itself. (``Client.scheduler_info()`` answers
+    from a cached copy, which a CI run once saw empty while both workers were there.)"""
+    return list(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+
+
 def cluster_ranks(client, workers: Sequence[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> list[WorkerInfo]:
     """The workers to train on, in rank order: by host, then GPU index, then address."""
     _check_client(client)
     try:
-        known = list(client.scheduler_info(n_workers=-1)["workers"])
+        known = scheduler_workers(client)
     except OSError as exc:
         raise ConnectionError(f"Cannot reach the Dask scheduler at {client.scheduler.address}: {exc}") from None
     if not known:
@@ -567,7 +573,7 @@ def _surviving_ranks(client, workers, stuck: list[str], reason: str, choose=None
     """The workers a restart runs on: those still in the cluster (of ``workers=``, when given),
     joined ones included, minus those whose rank did not stop (they are restarted, and serve
     again at a later restart); ``choose`` may narrow them (the job service's allocation)."""
-    alive = set(client.scheduler_info(n_workers=-1)["workers"])
+    alive = set(scheduler_workers(client))
     if stuck:
         try:
             client.restart_workers([w for w in stuck if w in alive], timeout=60, raise_for_error=False)
@@ -739,12 +745,12 @@ class _Supervisor:
             problem = f"the client is {self.client.status}"
         else:
             try:
-                identity = self.client.sync(self.client.scheduler.identity, n_workers=-1)
+                alive = set(scheduler_workers(self.client))
             except OSError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if self.client.status == "running":
-                    return set(identity["workers"])
+                    return alive
                 problem = f"the client is {self.client.status}"
         raise SchedulerLostError(
             f"Lost the Dask scheduler at {self.client.scheduler.address} during training ({problem}). Start a new "
