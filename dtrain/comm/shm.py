@@ -3,9 +3,11 @@
 Between two workers on one host, sending a 7.4 MB gradient over Dask's loopback TCP costs ~5 ms
 of kernel copies on each side (measured on 2 cores: the allreduce of 784-1024-1024-10 took
 6.5 ms of a 40 ms step). Here the sender copies the array once into a memory segment of its own
-(~0.3 ms) and sends only a small descriptor over Dask; the receiver reads the array straight out
-of the sender's segment and, when done with it, tells the sender the slot is free again. This is
-what NCCL's and MPI's shared-memory transports do within a node.
+(~0.3 ms), or lends memory it already wrote there (a buffer from the transport's
+``shared_array``: no copy at all), and sends only a small descriptor (through a pipe,
+:mod:`dtrain.comm.pipes`); the receiver reads the array straight out of the sender's segment and,
+when done with it, tells the sender the slot is free again. This is what NCCL's and MPI's
+shared-memory transports do within a node.
 
 Segments are anonymous ``memfd`` files: the receiver opens them through ``/proc/<pid>/fd/<fd>``,
 and the kernel frees them when the last process using them is gone, so a killed worker leaves
@@ -36,7 +38,7 @@ def available() -> bool:
 
 @dataclass(frozen=True)
 class SharedRef:
-    """What travels over Dask instead of an array: where the sender put it."""
+    """What travels instead of an array: where the sender put it."""
 
     pid: int
     fd: int
