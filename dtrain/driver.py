@@ -429,6 +429,7 @@ def fit_on_cluster(
     history.device, history.communicator = run.device, run.comm_kind
     history.restarts = restarts
     history.skipped_steps = int(rank0.get("skipped_steps", 0))
+    history.sharded_step = bool(rank0.get("sharded_step", False))
     model.history = history
     cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model
     return history

@@ -7,7 +7,10 @@ All parameters live in one contiguous array (``model.params``) and all gradients
 ``apply_gradients`` (one optimizer update over the flat buffer). Data-parallel training puts
 one allreduce between the two: of ``model.grads`` in place, or, where the ranks share memory,
 from ``model.grads`` (moved into that memory, ``use_gradient_buffer``) into a separate buffer
-that ``apply_gradients(grads)`` then reads; ``model.grads`` keeps the local gradient.
+that ``apply_gradients(grads)`` then reads; ``model.grads`` keeps the local gradient. A
+sharded step sums only this rank's part, ``apply_gradients(grads, part)`` updates only that
+part, and the ranks then copy each other's parts of ``model.params`` (moved into shared memory
+with ``use_parameter_buffer``).
 """
 from __future__ import annotations
 
@@ -291,18 +294,29 @@ class Sequential:
             )
         return (n, *sums)
 
-    def apply_gradients(self, grads: Any = None) -> None:
-        """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same shape)."""
-        self.optimizer.apply(self.params, self.grads if grads is None else grads)
+    def apply_gradients(self, grads: Any = None, part: slice = slice(None)) -> None:
+        """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same
+        shape); with ``part``, of that part of the flat buffer only (a rank's share of a sharded step)."""
+        self.optimizer.apply(self.params, self.grads if grads is None else grads, part)
 
     def use_gradient_buffer(self, buffer: Any) -> None:
         """Keep the gradients in ``buffer`` (flat, ``model.grads``' size and dtype) from now on:
         the data-parallel ranks put them in memory their peers read without a copy."""
-        if buffer.shape != self.grads.shape or buffer.dtype != self.grads.dtype:
-            raise ValueError(f"A gradient buffer must be {self.grads.shape} {self.grads.dtype}, not {buffer.shape} {buffer.dtype}.")
-        buffer[...] = self.grads
-        self.grads = buffer
+        self.grads = self._moved_into(buffer, self.grads, "gradient")
         self._bind_layers()
+
+    def use_parameter_buffer(self, buffer: Any) -> None:
+        """Keep the weights in ``buffer`` (flat, ``model.params``' size and dtype) from now on,
+        for the same reason: the ranks of a sharded step copy their peers' updated parts from it."""
+        self.params = self._moved_into(buffer, self.params, "parameter")
+        self._bind_layers()
+
+    @staticmethod
+    def _moved_into(buffer: Any, current: Any, what: str) -> Any:
+        if buffer.shape != current.shape or buffer.dtype != current.dtype:
+            raise ValueError(f"A {what} buffer must be {current.shape} {current.dtype}, not {buffer.shape} {buffer.dtype}.")
+        buffer[...] = current
+        return buffer
 
     def _bind_layers(self) -> None:
         """Give every layer its views into the flat parameter and gradient buffers."""
@@ -503,7 +517,7 @@ class Sequential:
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
-        history.restarts, history.skipped_steps = [], skipped  # (as with client=; one process never restarts)
+        history.restarts, history.skipped_steps, history.sharded_step = [], skipped, False  # (as with client=)
         cbs.on_train_end(logs)
         self.history = history
         return history

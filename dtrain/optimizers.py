@@ -73,13 +73,19 @@ class Optimizer:
     def built(self) -> bool:
         return self._scratch is not None
 
-    def apply(self, params, grads) -> None:
+    def apply(self, params, grads, part: slice = slice(None)) -> None:
+        """One step: ``params`` updated in place from ``grads``. With ``part``, only that part of
+        the flat buffers (and of the state) is updated, as one rank's share of a sharded step:
+        the update is elementwise, so the parts together give the bits of the whole."""
         if not self.built or self._scratch.shape != params.shape:
             raise RuntimeError(f"{type(self).__name__} was not built for these parameters; call build(xp, params).")
         self.iterations += 1
-        self._update(self._xp, params, grads, self._scratch)
+        slots = {name: slot[part] for name, slot in self.slots.items()}
+        self._update(self._xp, params[part], grads[part], self._scratch[part], slots)
 
-    def _update(self, xp, w, g, s) -> None:
+    def _update(self, xp, w, g, s, slots) -> None:
+        """Update ``w`` in place from ``g``, with ``s`` as scratch and ``slots`` the state (views of
+        the same part)."""
         raise NotImplementedError
 
     # -- serialisation ------------------------------------------------------------------------
@@ -128,12 +134,12 @@ class SGD(Optimizer):
         self.nesterov = _flag("nesterov", nesterov)
         self.slot_names = ("momentum",) if self.momentum else ()
 
-    def _update(self, xp, w, g, s):
+    def _update(self, xp, w, g, s, slots):
         xp.multiply(g, -self.learning_rate, out=s)  # s = -lr g
         if not self.momentum:
             w += s
             return
-        v = self.slots["momentum"]
+        v = slots["momentum"]
         v *= self.momentum
         v += s  # v = momentum v - lr g
         if self.nesterov:
@@ -164,10 +170,10 @@ class Adam(Optimizer):
         self.beta_2 = _fraction("beta_2", beta_2, allow_zero=True)
         self.epsilon = _positive("epsilon", epsilon)
 
-    def _update(self, xp, w, g, s):
+    def _update(self, xp, w, g, s, slots):
         t = self.iterations
         alpha = self.learning_rate * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
-        m, v = self.slots["m"], self.slots["v"]
+        m, v = slots["m"], slots["v"]
         xp.subtract(g, m, out=s)
         s *= 1.0 - self.beta_1
         m += s
@@ -213,14 +219,14 @@ class RMSprop(Optimizer):
         self.centered = _flag("centered", centered)
         self.slot_names = ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if self.centered else ())
 
-    def _update(self, xp, w, g, s):
-        r = self.slots["velocity"]
+    def _update(self, xp, w, g, s, slots):
+        r = slots["velocity"]
         r *= self.rho
         xp.multiply(g, g, out=s)
         s *= 1.0 - self.rho
         r += s  # r = rho r + (1 - rho) g^2
         if self.centered:
-            a = self.slots["average_gradient"]
+            a = slots["average_gradient"]
             a *= self.rho
             xp.multiply(g, 1.0 - self.rho, out=s)
             a += s
@@ -236,7 +242,7 @@ class RMSprop(Optimizer):
         xp.divide(g, s, out=s)
         s *= self.learning_rate  # s = lr g / sqrt(d)
         if self.momentum:
-            u = self.slots["momentum"]
+            u = slots["momentum"]
             u *= self.momentum
             u += s
             w -= u

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -98,17 +98,27 @@ class FiniteCheck:
             return bool(xp.isfinite(xp.dot(grads, self._zeros)))
 
 
-def take_step(model, finite: FiniteCheck, on_nonfinite: str, epoch: int, step: int, grads: Any = None) -> bool:
+def take_step(
+    model, finite: FiniteCheck, on_nonfinite: str, epoch: int, step: int, grads: Any = None,
+    *, part: slice = slice(None), agree: Callable[[bool], bool] | None = None,
+) -> bool:
     """Apply the (summed) gradient in ``model.grads`` (or ``grads``) unless it holds NaN or inf:
     True when the step was applied, False when skipped ("skip"); NonFiniteError with "stop";
-    "ignore" applies it regardless. Both training loops call this, so both decide alike."""
+    "ignore" applies it regardless. Both training loops call this, so both decide alike.
+
+    A sharded step passes this rank's ``part`` (only it is checked and updated) and ``agree``,
+    which turns this part's verdict into every rank's (all parts finite), so all decide alike."""
     grads = model.grads if grads is None else grads
-    if on_nonfinite == "ignore" or finite(grads):
-        model.apply_gradients(grads)
+    if on_nonfinite == "ignore" or _all_finite(finite(grads[part]), agree):
+        model.apply_gradients(grads, part)
         return True
     if on_nonfinite == "stop":
         raise NonFiniteError(epoch, step)
     return False
+
+
+def _all_finite(here: bool, agree: Callable[[bool], bool] | None) -> bool:
+    return here if agree is None else agree(here)
 
 
 @dataclass

@@ -116,6 +116,57 @@ def test_allreduce_into_leaves_the_source_and_gives_the_same_bits_as_in_place(si
         assert_allreduced([r[i][1] for r in results], [rank_data(rank, n) for rank in range(size)])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_reduce_scatter_then_allgather_sums_every_part_once_and_shares_it(size, dtype, small_buckets):
+    """The sharded step's collectives: each rank gets the sum of its own part (the parts cover
+    the buffer, in rank order, aligned); the rest of its output and its source stay as they
+    were; the allgather then gives every rank every part, bitwise alike, equal to an allreduce."""
+    lengths = [0, 1, 7, 1000, 4099]  # 1000 and 4099 span several 256-byte buckets
+
+    def body(comm):
+        results = []
+        for n in lengths:
+            source, out = rank_data(comm.rank, n, dtype), np.full(n, np.nan, dtype)
+            part = comm.reduce_scatter_into(source, out)
+            outside = np.ones(n, bool)
+            outside[part] = False
+            summed = out.copy()
+            gathered = np.full(n, np.nan, dtype)
+            gathered[part] = out[part]
+            comm.allgather(gathered)
+            reference = rank_data(comm.rank, n, dtype)
+            comm.allreduce(reference)
+            results.append((part, source, summed, outside, gathered, reference))
+        return results
+
+    results = run_ranks(size, body)
+    for i, n in enumerate(lengths):
+        parts = [r[i][0] for r in results]
+        assert parts == [algorithms.part_of(n, rank, size) for rank in range(size)]
+        assert parts[0].start == 0 and parts[-1].stop == n
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert all(p.start % algorithms.PART_ALIGN == 0 or p.start == n for p in parts)
+        inputs = [rank_data(rank, n, dtype) for rank in range(size)]
+        for rank, (part, source, summed, outside, gathered, reference) in enumerate(r[i] for r in results):
+            np.testing.assert_array_equal(source, inputs[rank])
+            assert np.isnan(summed[outside]).all()
+            if n:
+                assert_allreduced([gathered], inputs)
+            assert gathered.tobytes() == results[0][i][4].tobytes()
+            if size <= 2:  # one addition: the same bits as the allreduce
+                assert gathered.tobytes() == reference.tobytes()
+
+
+def test_local_communicator_reduce_scatter_is_the_whole_buffer():
+    comm = LocalCommunicator()
+    source, out = np.arange(5.0), np.zeros(5)
+    assert comm.reduce_scatter_into(source, out) == slice(0, 5)
+    np.testing.assert_array_equal(out, source)
+    comm.allgather(out)
+    np.testing.assert_array_equal(out, source)
+
+
 def test_allreduce_into_refuses_buffers_that_do_not_match():
     def body(comm):
         for source, out in [(np.ones(4, np.float32), np.ones(5, np.float32)), (np.ones(4), np.ones(4, np.float32))]:
@@ -537,6 +588,45 @@ def test_gradients_in_shared_memory_are_lent_to_the_peers_not_copied(workers, re
             assert sum(sum(uses) for uses in copied.values()) == 1
         else:
             assert lent_uses == [0]
+
+
+def _rank_shards_a_step(job_id, rank, peers, n, steps):
+    """A sharded step over shared memory: reduce-scatter of the gradients, each rank updates its
+    part of the weights, allgather of the weights."""
+    with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
+        comm.barrier()
+        grads, weights = comm.shared_array(n, np.float32), comm.shared_array(n, np.float32)
+        sums = np.empty(n, np.float32)
+        weights[...] = 1.0
+        for step in range(steps):
+            grads[...] = rank_data(rank + 10 * step, n)
+            part = comm.reduce_scatter_into(grads, sums)
+            np.testing.assert_array_equal(grads, rank_data(rank + 10 * step, n))  # left as it was
+            weights[part] -= sums[part]
+            comm.allgather(weights)
+        transport = comm._transport
+        lent_uses = [slot.use for slot in transport._lendable]
+        copied = sum(slot.use for slots in transport._slots.values() for slot in slots)
+        return weights.copy(), lent_uses, copied
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_sharded_step_lends_gradients_and_weights_and_copies_nothing(workers, request):
+    client = plugged(request.getfixturevalue(f"client{workers}"))
+    n, steps = 300_001, 3
+    _, _, futures = launch(client, _rank_shards_a_step, n, steps)
+    _wait_done(futures, 60)
+    results = client.gather(futures)
+    assert len({weights.tobytes() for weights, *_ in results}) == 1
+    expected = np.ones(n)
+    for step in range(steps):
+        expected -= np.sum([rank_data(r + 10 * step, n).astype(np.float64) for r in range(workers)], axis=0)
+    np.testing.assert_allclose(results[0][0], expected, rtol=1e-5, atol=1e-4 * workers * steps)
+    for _, lent_uses, copied in results:
+        # every step lends (workers - 1) parts of the gradients and as many of the weights
+        assert lent_uses == [(workers - 1) * steps] * 2
+        assert copied == 0
 
 
 def _rank_root_leaves_early(job_id, rank, peers):

@@ -580,6 +580,46 @@ def test_a_second_fit_continues_from_the_optimizer_state_like_one_process(client
         np.testing.assert_allclose(distributed.optimizer.slots[name], slot, rtol=1e-10, atol=1e-14)
 
 
+def _wide_model(optimizer, dtype="float64"):
+    """A gradient of 8.4 MB (float64): above SHARDED_STEP_MIN_BYTES, so the step is sharded."""
+    model = dtrain.Sequential([Dense(1024, activation="relu", input_dim=1024), Dense(3, activation="softmax")], dtype=dtype)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.build(seed=11)
+    return model
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [{"class_name": "adam", "config": {"learning_rate": 0.01}},
+     {"class_name": "sgd", "config": {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True}},
+     {"class_name": "rmsprop", "config": {"learning_rate": 0.01, "momentum": 0.5, "centered": True}}],
+    ids=["adam", "sgd-nesterov", "rmsprop-centered"],
+)
+def test_a_sharded_step_equals_one_process_and_brings_back_the_whole_optimizer_state(optimizer, client3):
+    """Large gradients: each rank sums and updates its third of the weights and optimizer state,
+    then the ranks swap parts. The weights, every slot of the state and the replicas agree."""
+    from dtrain.worker import SHARDED_STEP_MIN_BYTES
+
+    x, y = blobs(70, features=1024)
+    local, distributed = _wide_model(optimizer), _wide_model(optimizer)
+    assert distributed.params.nbytes >= SHARDED_STEP_MIN_BYTES
+    local.fit(x, y, batch_size=16, epochs=2, seed=4, shards=3, verbose=0)
+    history = fit_on_cluster(
+        distributed, x, y, client=client3, workers=None, shards=None, batch_size=16, epochs=2, verbose=0,
+        callbacks=[], validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=4,
+        timeout=None, record_replica_hashes=True,
+    )
+    assert history.sharded_step and history.communicator == "dask"
+    _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
+    assert distributed.optimizer.iterations == local.optimizer.iterations == 2 * 5
+    for name, slot in local.optimizer.slots.items():  # every rank's part, gathered before it came back
+        np.testing.assert_allclose(distributed.optimizer.slots[name], slot, rtol=1e-9, atol=1e-14)
+    hashes = history.replica_hashes
+    assert hashes[0] == hashes[1] == hashes[2] and len(set(hashes[0])) == 2 * 5
+    small = _model()
+    assert not small.fit(x[:, :20], y, batch_size=16, epochs=1, client=client3, verbose=0).sharded_step
+
+
 def _blas_threads_in_a_rank():
     from threadpoolctl import threadpool_info
 

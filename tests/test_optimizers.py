@@ -220,6 +220,34 @@ def test_update_is_in_place_and_allocates_nothing(name, config):
     assert w.__array_interface__["data"][0] == address
 
 
+@pytest.mark.parametrize("name, config", CONFIGS)
+def test_updating_the_parts_one_by_one_gives_the_bits_of_the_whole_update(name, config):
+    """A sharded step: each rank updates its part of the weights and of the state, from its part
+    of the gradient. The rules are elementwise, so the parts together equal one whole update."""
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=1001).astype(np.float32)
+    grads = [rng.normal(size=w0.size).astype(np.float32) for _ in range(3)]
+    whole, parted = make(name, config), make(name, config)
+    w_whole, w_parted = w0.copy(), w0.copy()
+    whole.build(np, w_whole)
+    parted.build(np, w_parted)
+    parts = [slice(0, 320), slice(320, 640), slice(640, 1001)]
+    for g in grads:
+        whole.apply(w_whole, g)
+        for part in parts:  # three ranks' shares; the step count must advance once per step
+            parted.iterations = whole.iterations - 1
+            parted.apply(w_parted, g, part)
+    assert w_parted.tobytes() == w_whole.tobytes()
+    for slot in whole.slots:
+        assert parted.slots[slot].tobytes() == whole.slots[slot].tobytes()
+    untouched = make(name, config)
+    w_untouched = w0.copy()
+    untouched.build(np, w_untouched)
+    untouched.apply(w_untouched, grads[0], slice(0, 320))
+    assert w_untouched[320:].tobytes() == w0[320:].tobytes()  # outside the part: left alone
+    assert not np.array_equal(w_untouched[:320], w0[:320])
+
+
 def test_apply_before_build_is_an_error():
     with pytest.raises(RuntimeError, match="not built"):
         optimizers.Adam().apply(np.zeros(3), np.zeros(3))

@@ -206,6 +206,62 @@ def test_a_nan_on_one_rank_stops_every_rank_at_that_step(client2):
     assert history.skipped_steps == 1 and skipping.optimizer.iterations == 4 * 11 - 1
 
 
+def wide_model():
+    """Adam on a 4.2 MB float32 gradient: the ranks shard the step (dtrain.worker.SHARDED_STEP_MIN_BYTES)."""
+    model = dtrain.Sequential([Dense(1024, activation="relu", input_dim=1024), Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.build(seed=2)
+    return model
+
+
+WIDE = dict(workers=None, shards=None, batch_size=16, epochs=3, verbose=0, callbacks=[], validation_split=0.0,
+            validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30)
+
+
+@pytest.mark.cluster
+# -32: the last bias, in rank 1's part (the flat buffer ends in alignment padding no layer writes)
+@pytest.mark.parametrize("index", [0, -32], ids=["rank-0s-part", "rank-1s-part"])
+def test_a_nan_in_any_part_of_a_sharded_step_skips_it_on_every_rank(index, client2):
+    """Rank 1's NaN lands in rank 0's part of the sum (index 0) or in its own (-1): either way
+    only one rank sees it, and every rank must skip the step, or stop at it."""
+    from dtrain.comm.algorithms import part_of
+    from dtrain.driver import fit_on_cluster
+
+    x, y = blobs(64, features=1024)
+    size = wide_model().params.size
+    assert (index % size) in range(size)[part_of(size, 0 if index == 0 else 1, 2)]
+    nan = [{"rank": 1, "epoch": 1, "step": 1, "kind": "nan", "index": index}]
+    with pytest.raises(NonFiniteError, match=r"epoch 2, step 2\b"):
+        fit_on_cluster(wide_model(), x, y, client=client2, faults=nan, **WIDE)
+    skipping = wide_model()
+    history = fit_on_cluster(skipping, x, y, client=client2, faults=nan, on_nonfinite="skip", record_replica_hashes=True, **WIDE)
+    assert history.sharded_step
+    assert history.skipped_steps == 1 and skipping.optimizer.iterations == 3 * 4 - 1
+    assert history.replica_hashes[0] == history.replica_hashes[1]
+    assert all(np.isfinite(w).all() for w in skipping.get_weights())
+
+
+@pytest.mark.cluster
+def test_a_sharded_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one(client2, tmp_path):
+    """The checkpoint holds the whole optimizer state, gathered from every rank's part."""
+    from dtrain.driver import fit_on_cluster
+
+    x, y = blobs(64, features=1024)
+    whole = wide_model()
+    assert fit_on_cluster(whole, x, y, client=client2, **WIDE).sharded_step
+    with pytest.raises(RuntimeError, match="injected crash"):
+        fit_on_cluster(
+            wide_model(), x, y, client=client2, checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=3),
+            faults=[{"rank": 1, "epoch": 2, "step": 1, "kind": "crash"}], **WIDE,
+        )
+    resumed = wide_model()
+    resumed.fit(x, y, client=client2, resume_from=tmp_path, epochs=3, batch_size=16, seed=3, verbose=0)
+    for got, expected in zip(resumed.get_weights(), whole.get_weights()):
+        assert np.array_equal(got, expected)
+    for name, slot in whole.optimizer.slots.items():
+        assert np.array_equal(resumed.optimizer.slots[name], slot)
+
+
 class EpochsSeen(Callback):
     def __init__(self):
         super().__init__()

@@ -6,11 +6,16 @@ so that they run the same over Dask's worker-to-worker comms and in memory betwe
   buffers and for 2 ranks; ring reduce-scatter + allgather (2(p-1) rounds of 1/p of the buffer)
   for large buffers on 3 or more ranks, where link bandwidth matters more than round trips (the
   Dask communicator allows it only when the ranks span several hosts).
+- reduce-scatter and allgather, for the sharded optimizer step (each rank sums and updates only
+  its own part of the buffer, then the ranks swap the updated parts): direct exchanges, each
+  rank sends every peer the peer's part and adds what it receives in rank order.
 - broadcast: binomial tree from the root.
 
 Bitwise identity: every rank ends with the same bits. In recursive doubling both partners compute
 ``mine + theirs``, and IEEE addition commutes, so ``a + b`` and ``b + a`` are the same bits; the
 folded ranks and the ring's allgather receive copies of sums made once. Nothing reassociates.
+A reduce-scatter sums each part once, on the part's owner, always in rank order; the allgather
+hands out copies of it.
 (Two different NaN payloads are the one exception: x86 keeps the first operand's.)
 
 A buffer handed to ``send`` may be read until ``wait`` returns (Dask sends zero-copy, and so does
@@ -34,6 +39,7 @@ from .base import CommError
 BUCKET_BYTES = 64 * 2**20  # largest message: Dask's frame shard size (distributed.comm.shard)
 RING_MIN_BYTES = 4 * 2**20  # ring allreduce from this many bytes per bucket ...
 RING_MIN_SIZE = 3  # ... on this many ranks or more
+PART_ALIGN = 16  # parts start on multiples of 16 elements (64 bytes of float32): whole SIMD lines
 
 
 class Transport(Protocol):
@@ -92,6 +98,72 @@ def allreduce_into(t: Transport, source: np.ndarray, out: np.ndarray, tag: str, 
         else:
             bucket[...] = src
             _doubling_allreduce(t, bucket, btag)
+
+
+def part_of(n: int, rank: int, size: int) -> slice:
+    """The contiguous part of an ``n``-element buffer that ``rank`` of ``size`` owns in a
+    reduce-scatter: equal parts (the last may be shorter, or empty), aligned to PART_ALIGN."""
+    per = -(-n // size)
+    per = -(-per // PART_ALIGN) * PART_ALIGN
+    start = min(n, rank * per)
+    return slice(start, min(n, start + per))
+
+
+def reduce_scatter_into(t: Transport, source: np.ndarray, out: np.ndarray, tag: str) -> slice:
+    """``out[part]`` = the sum over all ranks of ``source[part]``, for this rank's ``part``
+    (:func:`part_of`, returned); the rest of ``out`` is left as it was, and so is ``source``.
+
+    Every rank lends each peer the peer's part of its source and adds the parts it receives into
+    its own, in rank order (so the sum is the same whichever rank owns a part). Each rank moves
+    and adds 1/size of the buffer from every peer: what the ring's reduce-scatter moves, in one
+    round instead of size - 1. Where the source is shared memory, nothing is copied."""
+    r, p = t.rank, t.size
+    parts = [part_of(source.size, q, p) for q in range(p)]
+    mine = parts[r]
+    if p == 1:
+        out[mine] = source[mine]
+        return mine
+    handles = [
+        t.send(q, f"{tag}.c{i}", piece, lend=True)
+        for q in range(p) if q != r
+        for i, piece in enumerate(_buckets(source[parts[q]]))
+    ]
+    for i, (own, acc) in enumerate(zip(_buckets(source[mine]), _buckets(out[mine]))):
+        ptag = f"{tag}.c{i}"
+        first = None  # rank 0's contribution, until rank 1's arrives to be added to it
+        for q in range(p):
+            x = own if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)
+            if q == 0:
+                first = x
+                continue
+            if q == 1:
+                np.add(first, x, out=acc)
+                if r != 0:
+                    t.release(0, ptag)
+            else:
+                np.add(acc, x, out=acc)
+            if q != r:
+                t.release(q, ptag)
+    for h in handles:
+        t.wait(h)  # the peers have read their parts of our source
+    return mine
+
+
+def allgather(t: Transport, array: np.ndarray, tag: str) -> None:
+    """Every rank's part (:func:`part_of`) of ``array`` overwrites the other ranks' copies of that
+    part, in place: afterwards ``array`` is bitwise identical on every rank. Each rank lends its
+    own part to every peer (uncopied where ``array`` is shared memory)."""
+    r, p = t.rank, t.size
+    if p == 1:
+        return
+    parts = [part_of(array.size, q, p) for q in range(p)]
+    handles = [t.send(q, f"{tag}.c{i}", piece, lend=True) for q in range(p) if q != r for i, piece in enumerate(_buckets(array[parts[r]]))]
+    for q in range(p):
+        if q != r:
+            for i, piece in enumerate(_buckets(array[parts[q]])):
+                _receive_into(t, piece, q, f"{tag}.c{i}", copy=True)
+    for h in handles:
+        t.wait(h)  # the peers have copied our part: we may write it again
 
 
 def broadcast(t: Transport, array: np.ndarray, root: int, tag: str) -> None:

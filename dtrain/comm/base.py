@@ -48,9 +48,21 @@ class Communicator(Protocol):
         """``out`` = the sum over all ranks of ``array`` (same size and dtype); ``array`` is left as
         it was. With ``array`` from :meth:`shared_array`, the peers read it where it is, uncopied."""
 
+    has_reduce_scatter: bool  # whether the next two exist (not on the GPU communicators yet)
+
+    def reduce_scatter_into(self, array: Any, out: Any) -> slice:
+        """``out[part]`` = the sum over all ranks of ``array[part]`` for this rank's ``part`` of the
+        flat buffer (returned: contiguous, about 1/size of it); ``array`` and the rest of ``out``
+        are left as they were. Every part is summed once, by its owner."""
+
+    def allgather(self, array: Any) -> None:
+        """Every rank's part (as :meth:`reduce_scatter_into` returns it) of ``array`` overwrites the
+        others' copies of it, in place: afterwards ``array`` is bitwise identical on every rank."""
+
     def shared_array(self, size: int, dtype: Any) -> Any | None:
-        """A zeroed 1-D buffer that :meth:`allreduce_into` sends without copying it (memory the peers
-        on this machine can read), or None where there is no such thing."""
+        """A zeroed 1-D buffer that :meth:`allreduce_into`, :meth:`reduce_scatter_into` and
+        :meth:`allgather` send without copying it (memory the peers on this machine can read), or
+        None where there is no such thing."""
 
     def broadcast(self, array: Any, root: int = 0) -> None:
         """Overwrite ``array`` in place with rank ``root``'s copy."""
@@ -102,6 +114,15 @@ class LocalCommunicator:
 
     def allreduce_into(self, array: Any, out: Any) -> None:
         out[...] = array
+
+    has_reduce_scatter = True
+
+    def reduce_scatter_into(self, array: Any, out: Any) -> slice:
+        out[...] = array
+        return slice(0, out.size)
+
+    def allgather(self, array: Any) -> None:
+        pass
 
     def shared_array(self, size: int, dtype: Any) -> None:
         return None

@@ -64,15 +64,33 @@ class TransportCommunicator:
         algorithms.allreduce(self._transport, buf, tag, allow_ring=self.allow_ring)
 
     def allreduce_into(self, array: Any, out: Any) -> None:
-        source, buf = flat_view(array, self.name), flat_view(out, self.name)
-        if source.shape != buf.shape or source.dtype != buf.dtype or np.shares_memory(source, buf):
-            raise ValueError(
-                f"allreduce_into needs two separate buffers of one size and dtype; received {source.size} "
-                f"{source.dtype} and {buf.size} {buf.dtype}{' that overlap' if np.shares_memory(source, buf) else ''}."
-            )
+        source, buf = self._separate(array, out, "allreduce_into")
         tag = self._tag("allreduce")
         self.check_abort()
         algorithms.allreduce_into(self._transport, source, buf, tag, allow_ring=self.allow_ring)
+
+    has_reduce_scatter = True
+
+    def reduce_scatter_into(self, array: Any, out: Any) -> slice:
+        source, buf = self._separate(array, out, "reduce_scatter_into")
+        tag = self._tag("reduce_scatter")
+        self.check_abort()
+        return algorithms.reduce_scatter_into(self._transport, source, buf, tag)
+
+    def allgather(self, array: Any) -> None:
+        buf = flat_view(array, self.name)
+        tag = self._tag("allgather")
+        self.check_abort()
+        algorithms.allgather(self._transport, buf, tag)
+
+    def _separate(self, array: Any, out: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+        source, buf = flat_view(array, self.name), flat_view(out, self.name)
+        if source.shape != buf.shape or source.dtype != buf.dtype or np.shares_memory(source, buf):
+            raise ValueError(
+                f"{what} needs two separate buffers of one size and dtype; received {source.size} "
+                f"{source.dtype} and {buf.size} {buf.dtype}{' that overlap' if np.shares_memory(source, buf) else ''}."
+            )
+        return source, buf
 
     def shared_array(self, size: int, dtype: Any) -> np.ndarray | None:
         return None

@@ -168,6 +168,8 @@ class NcclCommunicator:
         out[...] = array
         self.allreduce(out)
 
+    has_reduce_scatter = False  # the training loop sums whole gradients with allreduce_into
+
     def shared_array(self, size: int, dtype: Any) -> None:
         return None
 
@@ -307,6 +309,8 @@ class HostStagedCommunicator:
             return self.inner.allreduce_into(array, out)
         out[...] = array
         self.allreduce(out)
+
+    has_reduce_scatter = False  # the training loop sums whole gradients with allreduce_into
 
     def shared_array(self, size: int, dtype: Any) -> None:
         return None  # the GPU's buffers are staged through host memory anyway
