@@ -340,7 +340,8 @@ def _breakdown_md(b: dict | None, plots) -> list[str]:
     if _error(b):
         return lines + _error(b)
     lines += ["Per step of the timed epoch of the 2-worker runs above: compute (forward, backward, update), communication (the "
-              "allreduce less waiting), waiting (for the slower rank), overhead (the rest of the step: batches, bookkeeping); "
+              "step's collectives less waiting: the allreduce, or in a sharded step the reduce-scatter, the finite "
+              "verdict and the allgather), waiting (for the slower rank), overhead (the rest of the step: batches, bookkeeping); "
               "medians over steps of the mean over ranks. *step* is the epoch's time per step.", ""]
     parts = ["step_ms", "compute_ms", "communication_ms", "waiting_ms", "overhead_ms"]
     rows = [[r.get("round"), *[r.get(p) for p in parts]] for r in b.get("rounds", [])]
