@@ -276,12 +276,13 @@ def _check_access(client, sources, ranks: Sequence[WorkerInfo]) -> None:
 
 
 def _model_bytes(model, local_batch: int) -> int:
-    """Parameters, gradients, optimizer slots and the activations of one local batch."""
+    """Parameters, gradients, the summed gradient, the optimizer's scratch and slots, and the
+    activations of one local batch."""
     itemsize = np.dtype(model.dtype).itemsize
     params = int(model.params.size) if model.built else 0
     slots = len(model.optimizer.slot_names)
     widths = sum(layer.units for layer in model.layers)
-    return itemsize * (params * (3 + slots) + 4 * local_batch * widths)
+    return itemsize * (params * (4 + slots) + 4 * local_batch * widths)
 
 
 def _check_memory(model, plan: ShardPlan, owned, ranks, train: _Rows, validation, val_split) -> None:

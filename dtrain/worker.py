@@ -92,7 +92,9 @@ def event_topic(job_id: str) -> str:
 
 
 class StepTimes:
-    """Seconds per step: local work (batch, forward, backward, update), allreduce, whole step.
+    """Seconds per step: local work (batch, forward, backward, update), collectives (the
+    allreduce, or a sharded step's reduce-scatter, verdict and allgather; recorded as
+    "allreduce"), whole step.
     Preallocated for every step the run can take, so recording them allocates nothing per step."""
 
     def __init__(self, steps: int) -> None:
@@ -164,7 +166,9 @@ def _gradient_buffers(model: Sequential, comm) -> tuple[Any, bool]:
     A sharded step (CPU communicators, 2+ ranks, gradients of SHARDED_STEP_MIN_BYTES or more)
     also moves the weights into shared memory, where the peers copy this rank's updated part
     from. Otherwise the sum is made in ``model.grads`` itself when nothing is shared."""
-    sharded = comm.size > 1 and comm.has_reduce_scatter and model.grads.nbytes >= SHARDED_STEP_MIN_BYTES
+    sharded = (
+        comm.size > 1 and getattr(comm, "has_reduce_scatter", False) and model.grads.nbytes >= SHARDED_STEP_MIN_BYTES
+    )
     shared = comm.shared_array(model.grads.size, model.grads.dtype)
     if shared is not None:
         model.use_gradient_buffer(shared)

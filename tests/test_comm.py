@@ -629,6 +629,34 @@ def test_a_sharded_step_lends_gradients_and_weights_and_copies_nothing(workers, 
         assert copied == 0
 
 
+def _rank_shards_private_buffers_in_many_buckets(job_id, rank, peers, n):
+    saved = algorithms.BUCKET_BYTES
+    algorithms.BUCKET_BYTES = 2**16  # this worker process only: each part spans ~6 buckets of 64 KiB
+    try:
+        with DaskCommunicator(job_id, rank, peers, timeout=10) as comm:
+            source, out = rank_data(rank, n), np.zeros(n, np.float32)  # private memory: sent as copies
+            part = comm.reduce_scatter_into(source, out)
+            state = np.zeros(n, np.float32)
+            state[part] = out[part]
+            comm.allgather(state)  # as the optimizer state is gathered for a checkpoint
+            return state, bool(comm._transport.shared_peers)
+    finally:
+        algorithms.BUCKET_BYTES = saved
+
+
+@pytest.mark.cluster
+def test_sharded_collectives_of_private_buffers_larger_than_the_peers_segments(client2):
+    """Copies to a peer on the same machine go through at most 4 segments per peer: a part of more
+    buckets than that is sent one bucket at a time, or both ranks would wait for a free segment."""
+    client = plugged(client2)
+    n = 2 * 6 * 2**14
+    _, _, futures = launch(client, _rank_shards_private_buffers_in_many_buckets, n)
+    _wait_done(futures, 30)
+    results = client.gather(futures)
+    assert all(shared for _, shared in results)
+    assert_allreduced([state for state, _ in results], [rank_data(r, n) for r in range(2)])
+
+
 def _rank_root_leaves_early(job_id, rank, peers):
     with DaskCommunicator(job_id, rank, peers, timeout=20) as comm:
         comm.barrier()  # agrees on shared memory

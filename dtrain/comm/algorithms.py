@@ -123,29 +123,29 @@ def reduce_scatter_into(t: Transport, source: np.ndarray, out: np.ndarray, tag: 
     if p == 1:
         out[mine] = source[mine]
         return mine
-    handles = [
-        t.send(q, f"{tag}.c{i}", piece, lend=True)
-        for q in range(p) if q != r
-        for i, piece in enumerate(_buckets(source[parts[q]]))
-    ]
-    for i, (own, acc) in enumerate(zip(_buckets(source[mine]), _buckets(out[mine]))):
+    sending = {q: _buckets(source[parts[q]]) for q in range(p) if q != r}
+    own, sums = _buckets(source[mine]), _buckets(out[mine])
+    for i in range(max(len(b) for b in [own, *sending.values()])):
         ptag = f"{tag}.c{i}"
-        first = None  # rank 0's contribution, until rank 1's arrives to be added to it
-        for q in range(p):
-            x = own if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)
-            if q == 0:
-                first = x
-                continue
-            if q == 1:
-                np.add(first, x, out=acc)
-                if r != 0:
-                    t.release(0, ptag)
-            else:
-                np.add(acc, x, out=acc)
-            if q != r:
-                t.release(q, ptag)
-    for h in handles:
-        t.wait(h)  # the peers have read their parts of our source
+        handles = _send_bucket(t, sending, i, ptag)
+        if i < len(sums):
+            acc = sums[i]
+            first = None  # rank 0's contribution, until rank 1's arrives to be added to it
+            for q in range(p):
+                x = own[i] if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)
+                if q == 0:
+                    first = x
+                    continue
+                if q == 1:
+                    np.add(first, x, out=acc)
+                    if r != 0:
+                        t.release(0, ptag)
+                else:
+                    np.add(acc, x, out=acc)
+                if q != r:
+                    t.release(q, ptag)
+        for h in handles:
+            t.wait(h)  # the peers have read this bucket of their parts of our source
     return mine
 
 
@@ -157,13 +157,25 @@ def allgather(t: Transport, array: np.ndarray, tag: str) -> None:
     if p == 1:
         return
     parts = [part_of(array.size, q, p) for q in range(p)]
-    handles = [t.send(q, f"{tag}.c{i}", piece, lend=True) for q in range(p) if q != r for i, piece in enumerate(_buckets(array[parts[r]]))]
-    for q in range(p):
-        if q != r:
-            for i, piece in enumerate(_buckets(array[parts[q]])):
-                _receive_into(t, piece, q, f"{tag}.c{i}", copy=True)
-    for h in handles:
-        t.wait(h)  # the peers have copied our part: we may write it again
+    own = _buckets(array[parts[r]])
+    sending = {q: own for q in range(p) if q != r}
+    receiving = {q: _buckets(array[parts[q]]) for q in range(p) if q != r}
+    for i in range(max(len(b) for b in [own, *receiving.values()])):
+        ptag = f"{tag}.c{i}"
+        handles = _send_bucket(t, sending, i, ptag)
+        for q, pieces in receiving.items():
+            if i < len(pieces):
+                _receive_into(t, pieces[i], q, ptag, copy=True)
+        for h in handles:
+            t.wait(h)  # the peers have copied this bucket of our part: we may write it again
+
+
+def _send_bucket(t: Transport, sending: dict[int, list[np.ndarray]], i: int, tag: str) -> list:
+    """Lend bucket ``i`` of each peer's pieces to that peer. One bucket at a time, waited for
+    before the next: a peer on the same machine is sent copies of what is not shared memory
+    through a few segments per peer (comm/dask.py), so sending every bucket at once could wait
+    for a segment that the peer, itself still sending, would never free."""
+    return [t.send(q, tag, pieces[i], lend=True) for q, pieces in sending.items() if i < len(pieces)]
 
 
 def broadcast(t: Transport, array: np.ndarray, root: int, tag: str) -> None:
