@@ -753,15 +753,16 @@ def test_pipe_frames_carry_descriptors_small_arrays_and_notices_in_order():
         got = box.take(1, "b", 1)
         assert got.flags.writeable and got.dtype == np.float64 and got.shape == (7, 1)
         np.testing.assert_array_equal(got, small)
-        # and through the pipe, with the reader thread
+        # and through the pipe, read by whoever takes from the mailbox
         inbound.keep_only({1})
         for tag, value in frames:
             out.send(tag, value, timeout=1, abort=box)
         assert box.take(1, "a", 2) == ref and box.take(1, "c", 2) is None
         assert not inbound.ended_check(1)()
-        out.close()  # the only write end left: the reader sees the end
+        out.close()  # the only write end left: the next read sees the end
         deadline = time.monotonic() + 2
         while 1 not in inbound.ended and time.monotonic() < deadline:
+            box.drain()
             time.sleep(0.01)
         check = inbound.ended_check(1)
         assert check() is False and check() is True  # one more look at the mailbox first
@@ -775,7 +776,7 @@ def test_a_pipe_whose_reader_stopped_reading_fails_the_send_at_its_deadline():
     if not shm.available():
         pytest.skip("pipes between processes need Linux and /proc")
     box = Mailbox()
-    inbound = pipes.Inbound(box, [0], name="test-pipes")  # no reader thread started: nobody drains it
+    inbound = pipes.Inbound(box, [0], name="test-pipes")  # never attached to the mailbox: nobody drains it
     out = pipes.Outbound(os.getpid(), inbound.write_end(0), "rank 0 (stuck)")
     try:
         start = time.monotonic()

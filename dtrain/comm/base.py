@@ -169,6 +169,35 @@ class Mailbox:
         self._items: dict[tuple[Hashable, str], Any] = {}
         self.reason: str | None = None  # set once, by abort(); read without the lock (one attribute load)
         self.closed = False
+        # Pipes that the taking thread reads itself (dtrain.comm.pipes.Inbound): drained before
+        # every look, and waited on instead of the condition; the others wake it through them.
+        self._reader: Any = None
+        self._waiting_on_reader = 0
+
+    def attach_reader(self, reader: Any) -> None:
+        """From now on, ``take`` and ``poll`` read ``reader``'s pipes first (``drain()``) and
+        sleep in ``reader.wait(timeout)``; ``put``, ``abort`` and ``close`` call ``reader.wake()``."""
+        with self._cond:
+            self._reader = reader
+
+    def detach_reader(self, reader: Any) -> None:
+        with self._cond:
+            if self._reader is reader:
+                self._reader = None
+            waiting = self._waiting_on_reader
+        if waiting:
+            reader.wake()
+
+    def drain(self) -> None:
+        """Read what has arrived in the attached pipes into the mailbox (nothing without pipes)."""
+        reader = self._reader
+        if reader is not None:
+            reader.drain()
+
+    def _wake_reader(self) -> None:
+        """Called with the lock held, after a change a taker waiting on the pipes must see."""
+        if self._waiting_on_reader and self._reader is not None:
+            self._reader.wake()
 
     def is_set(self) -> bool:
         """True once aborted: lets a mailbox serve as the ``abort_event`` of other communicators."""
@@ -180,6 +209,7 @@ class Mailbox:
                 return  # a late message for a finished or aborted job: nobody will take it
             self._items[(source, tag)] = data
             self._cond.notify_all()
+            self._wake_reader()
 
     def abort(self, reason: str) -> None:
         """Wake every waiter with :class:`Aborted`; the first reason sticks. Drops queued items."""
@@ -188,15 +218,18 @@ class Mailbox:
                 self.reason = reason
             self._items.clear()
             self._cond.notify_all()
+            self._wake_reader()
 
     def close(self) -> None:
         with self._cond:
             self.closed = True
             self._items.clear()
             self._cond.notify_all()
+            self._wake_reader()
 
     def poll(self, source: Hashable, tag: str) -> bool:
         """Remove the item (source, tag) if it has arrived; never waits."""
+        self.drain()
         with self._cond:
             return self._items.pop((source, tag), _MISSING) is not _MISSING
 
@@ -217,6 +250,7 @@ class Mailbox:
         key = (source, tag)
         deadline = time.monotonic() + timeout
         while True:
+            self.drain()
             with self._cond:
                 while True:
                     if self.reason is not None:
@@ -233,6 +267,18 @@ class Mailbox:
                             "stuck, or not running the same sequence of collectives (same steps, same buffer "
                             "sizes); abort the job and restart it, or raise the timeout if the peer is only slow."
                         )
+                    reader = self._reader
+                    if reader is not None:
+                        self._waiting_on_reader += 1  # from here on, put() wakes the reader's wait
+                        break
                     if not self._cond.wait(min(remaining, WAIT_SLICE)) and check is not None:
                         break  # a quiet slice: run the check outside the lock
+            if reader is not None:  # sleep on the pipes (outside the lock), then drain them
+                try:
+                    quiet = not reader.wait(min(remaining, WAIT_SLICE))
+                finally:
+                    with self._cond:
+                        self._waiting_on_reader -= 1
+                if not quiet or check is None:
+                    continue
             check()
