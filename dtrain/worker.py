@@ -38,11 +38,14 @@ from .sampling import EpochSampler, ShardPlan
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
 STARTUP_TIMEOUT_S = 600.0   # how long ranks wait for each other while loading their shards
 # Gradients smaller than this are summed with one allreduce and every rank updates all of the
-# weights: a sharded step costs three round trips (reduce-scatter, the finite verdict,
-# allgather) against one, ~0.5 ms on 2 cores, and saves ~0.3 ms per MB of gradient (the add,
-# the check and the update of half the buffer). Measured on 2 workers (2 cores, batch 512): a
-# 2.7 MB gradient (784-512-512-10) ran even, 1.07 MB 0.9 ms slower, 7.4 MB 1.7 ms faster.
-SHARDED_STEP_MIN_BYTES = 4 * 2**20
+# weights: a sharded step has three round trips (reduce-scatter, the finite verdict, allgather)
+# where the allreduce has one, and saves the add, the check and the update of (size-1)/size of
+# the buffer. Measured on 2 workers (2 cores, batch 512, sharded against not, two alternating
+# runs each): 784-64-10 (0.2 MB of gradient) 1.60/1.75 against 1.12/1.25 ms a step;
+# 784-256-256-10 (1.07 MB) 4.9/5.1 against 4.9/8.0 ms (with Adam 5.4/5.5 against 5.8/5.1);
+# 784-512-512-10 (2.7 MB) 11.4/10.9 against 12.0 (and 19.2, a noisy run) ms (Adam 13.0/12.0
+# against 13.6/15.2); 784-1024-1024-10 (7.4 MB) 1.7 ms a step faster.
+SHARDED_STEP_MIN_BYTES = 2 * 2**20
 CHECKPOINT_TIMEOUT_S = 600.0  # how long ranks wait for rank 0 to write a checkpoint
 
 

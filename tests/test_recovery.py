@@ -207,7 +207,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_that_step(client2):
 
 
 def wide_model():
-    """Adam on a 4.2 MB float32 gradient: the ranks shard the step (dtrain.worker.SHARDED_STEP_MIN_BYTES)."""
+    """Adam on a 4.2 MB float32 gradient: the ranks shard the step (above dtrain.worker.SHARDED_STEP_MIN_BYTES)."""
     model = dtrain.Sequential([Dense(1024, activation="relu", input_dim=1024), Dense(3, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.build(seed=2)
