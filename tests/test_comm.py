@@ -770,6 +770,25 @@ def test_pipe_frames_carry_descriptors_small_arrays_and_notices_in_order():
         inbound.close()
 
 
+def test_a_broken_frame_fails_the_reading_rank_with_the_cause_and_aborts_the_job():
+    from dtrain.comm import pipes, shm
+
+    if not shm.available():
+        pytest.skip("pipes between processes need Linux and /proc")
+    box = Mailbox()
+    inbound = pipes.Inbound(box, [1], name="rank 0's pipes")
+    out = pipes.Outbound(os.getpid(), inbound.write_end(1), "rank 1")
+    try:
+        inbound.keep_only({1})
+        os.write(out.fd, (5).to_bytes(pipes.HEADER, "little") + b"\xc1junk")  # 0xc1: never valid msgpack
+        with pytest.raises(CommError, match="rank 0's pipes could not read a message from rank 1"):
+            box.take(1, "x", 5)
+        assert box.reason and "could not read" in box.reason  # the job is aborted: the others stop waiting
+    finally:
+        out.close()
+        inbound.close()
+
+
 def test_a_pipe_whose_reader_stopped_reading_fails_the_send_at_its_deadline():
     from dtrain.comm import pipes, shm
 

@@ -429,8 +429,13 @@ class _DaskTransport:
         opened: dict[int, pipes.Outbound] = {}
         try:
             if enabled and shared.available():
-                probe = shared.Segment(0)
-                inbound = pipes.Inbound(self.box, local, name=f"dtrain-pipes-{self.job_id}-rank{self.rank}")
+                try:
+                    probe = shared.Segment(0)
+                    inbound = pipes.Inbound(self.box, local, name=f"dtrain-pipes-{self.job_id}-rank{self.rank}")
+                except OSError:  # out of file descriptors or of pipes this user may have: decline, use TCP
+                    if probe is not None:
+                        probe.close()
+                    probe = inbound = None
             sent = []
             for p in local:
                 offer = None
@@ -500,24 +505,28 @@ class _DaskTransport:
         """Free this rank's segments once the peers have read them: a peer that has not opened a
         segment yet could not after it is closed. Waits ``grace`` seconds at most (none once aborted)."""
         deadline = time.monotonic() + grace
-        for peer, slots in self._slots.items():
-            for index, slot in enumerate(slots):
-                while self.box.reason is None and not self.box.closed and time.monotonic() <= deadline:
-                    if self.box.poll(peer, _free_tag(index, slot.use)):
-                        break
-                    time.sleep(0.001)
-        for slot in [*(slot for slots in self._slots.values() for slot in slots), *self._lendable]:
-            slot.segment.close()  # a lent array still referenced keeps its memory mapped until it goes
-        self._slots.clear()
-        self._lendable.clear()
-        self._peer_segments.close()
-        self._held.clear()
-        for pipe in self._outbound.values():
-            pipe.close()
-        self._outbound.clear()
-        if self._inbound is not None:
-            self._inbound.close()
-            self._inbound = None
+        try:
+            for peer, slots in self._slots.items():
+                for index, slot in enumerate(slots):
+                    while self.box.reason is None and not self.box.closed and time.monotonic() <= deadline:
+                        if self.box.poll(peer, _free_tag(index, slot.use)):
+                            break
+                        time.sleep(0.001)
+        except CommError:  # a broken frame (reported where it was read) or an abort: nobody to wait for
+            pass
+        finally:
+            for slot in [*(slot for slots in self._slots.values() for slot in slots), *self._lendable]:
+                slot.segment.close()  # a lent array still referenced keeps its memory mapped until it goes
+            self._slots.clear()
+            self._lendable.clear()
+            self._peer_segments.close()
+            self._held.clear()
+            for pipe in self._outbound.values():
+                pipe.close()
+            self._outbound.clear()
+            if self._inbound is not None:
+                self._inbound.close()
+                self._inbound = None
 
     def wait(self, future: Any) -> None:
         """Block until the send is written to the connection, or a lent array has been read by the

@@ -38,7 +38,10 @@ from .shm import SharedRef
 
 HEADER = 4  # bytes of the frame length, little-endian
 READ_CHUNK = 2**16
-PIPE_BYTES = 2**20  # asked for each pipe (Linux's default pipe-max-size)
+PIPE_BYTES = 2**18  # asked for each kept pipe (from 64 KiB): a few of the largest inline frames
+FULL_PIPE_POLL_S = 0.01  # a writer facing a full pipe looks again (and reads its own) this often
+ENLARGE_MAX_PEERS = 8  # with more peers on the machine, pipes keep the default size: Linux allows
+                       # each user 64 MiB of pipes (pipe-user-pages-soft), then gives new ones 4 KiB
 _NONE, _SEGMENT, _ARRAY = 0, 1, 2  # payload kinds
 
 
@@ -80,7 +83,8 @@ class Outbound:
             raise
 
     def send(self, tag: str, value: Any, timeout: float, abort: Mailbox) -> None:
-        """Write one frame whole; the peer's reader drains the pipe, so this normally never waits."""
+        """Write one frame whole. The peer reads its pipes whenever it waits for a message; this
+        waits only when the pipe is full, reading this rank's own pipes meanwhile."""
         view = memoryview(encode(tag, value))
         deadline = time.monotonic() + timeout
         while view:
@@ -106,7 +110,7 @@ class Outbound:
             abort.drain()
             poller = select.poll()
             poller.register(self.fd, select.POLLOUT)
-            poller.poll(min(remaining, 0.001) * 1000)
+            poller.poll(min(remaining, FULL_PIPE_POLL_S) * 1000)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -119,7 +123,9 @@ class Inbound:
 
     After :meth:`keep_only` the mailbox calls :meth:`drain` before it looks for an item and
     :meth:`wait` instead of its condition variable, and :meth:`wake` when an item arrives by
-    another route. Reads happen under a lock: whichever thread takes from the mailbox reads."""
+    another route. One thread takes from a rank's mailbox: the rank thread (its collectives,
+    and rank 0's wait for the client's callbacks); other threads only put. :meth:`wait` is not
+    for two threads at once (one poll object, one wake-up pipe)."""
 
     def __init__(self, box: Mailbox, peers: list[int], name: str) -> None:
         self.box, self.name = box, name
@@ -133,7 +139,6 @@ class Inbound:
         try:
             for peer in peers:
                 self._read[peer], self._write[peer] = os.pipe2(os.O_CLOEXEC)
-                _enlarge(self._read[peer])
                 self._pending[peer] = bytearray()
         except BaseException:
             self.close()
@@ -155,13 +160,16 @@ class Inbound:
         self._poller = select.poll()
         self._poller.register(self._wake_read, select.POLLIN)
         for fd in self._read.values():
+            if len(self._read) <= ENLARGE_MAX_PEERS:
+                _enlarge(fd)
             os.set_blocking(fd, False)
             self._poller.register(fd, select.POLLIN)
         self.box.attach_reader(self)
 
     def drain(self) -> None:
         """Move every whole frame that has arrived into the mailbox; note the pipes that ended. A
-        broken frame means the ranks are out of step: the job is aborted."""
+        broken frame means the ranks are out of step: the job is aborted and this raises
+        :class:`CommError` with the cause (the caller's rank then fails with it, not as aborted)."""
         with self._lock:
             for peer, fd in self._read.items():
                 if peer in self.ended:
@@ -177,9 +185,10 @@ class Inbound:
                             self._poller.unregister(fd)  # an ended pipe is always "ready": stop polling it
                             break
                         self._deliver(peer, self._pending[peer], chunk)
-                except Exception as exc:
-                    self.box.abort(f"{self.name} could not read a message from rank {peer} ({type(exc).__name__}: {exc})")
-                    return
+                except Exception as exc:  # the ranks are out of step: stop the job, and fail this rank with the cause
+                    reason = f"{self.name} could not read a message from rank {peer} ({type(exc).__name__}: {exc})"
+                    self.box.abort(reason)
+                    raise CommError(reason) from exc
 
     def wait(self, timeout: float) -> bool:
         """Sleep until a pipe has data (or ends), :meth:`wake` is called, or ``timeout`` seconds
@@ -241,8 +250,8 @@ class Inbound:
 
 
 def _enlarge(fd: int) -> None:
-    """Make the pipe hold 1 MiB (from 64 KiB) where the system allows: frames wait in the pipe
-    while the rank computes, and a writer finding it full must wait for the reader."""
+    """Make the pipe hold PIPE_BYTES where the system allows: frames wait in the pipe while the
+    rank computes, and a writer finding it full must wait for the reader."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (OSError, AttributeError):
