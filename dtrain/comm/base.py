@@ -101,6 +101,7 @@ class LocalCommunicator:
     name = "local"
     rank = 0
     size = 1
+    has_reduce_scatter = True
 
     def __init__(self, abort_event: threading.Event | Mailbox | None = None) -> None:
         self._abort = abort_event if abort_event is not None else threading.Event()
@@ -114,8 +115,6 @@ class LocalCommunicator:
 
     def allreduce_into(self, array: Any, out: Any) -> None:
         out[...] = array
-
-    has_reduce_scatter = True
 
     def reduce_scatter_into(self, array: Any, out: Any) -> slice:
         out[...] = array

@@ -40,6 +40,7 @@ class TransportCommunicator:
     """
 
     name = "transport"
+    has_reduce_scatter = True
 
     def __init__(self, transport: Transport, *, allow_ring: bool = True) -> None:
         self._transport = transport
@@ -68,8 +69,6 @@ class TransportCommunicator:
         tag = self._tag("allreduce")
         self.check_abort()
         algorithms.allreduce_into(self._transport, source, buf, tag, allow_ring=self.allow_ring)
-
-    has_reduce_scatter = True
 
     def reduce_scatter_into(self, array: Any, out: Any) -> slice:
         source, buf = self._separate(array, out, "reduce_scatter_into")

@@ -98,6 +98,7 @@ class NcclCommunicator:
     """
 
     name = "nccl"
+    has_reduce_scatter = False  # the training loop sums whole gradients with allreduce_into
 
     def __init__(
         self,
@@ -167,8 +168,6 @@ class NcclCommunicator:
     def allreduce_into(self, array: Any, out: Any) -> None:
         out[...] = array
         self.allreduce(out)
-
-    has_reduce_scatter = False  # the training loop sums whole gradients with allreduce_into
 
     def shared_array(self, size: int, dtype: Any) -> None:
         return None
@@ -291,6 +290,7 @@ class HostStagedCommunicator:
     NumPy arrays go straight to the inner communicator."""
 
     name = "host-staged"
+    has_reduce_scatter = False  # the training loop sums whole gradients with allreduce_into
 
     def __init__(self, inner: Communicator) -> None:
         self.inner = inner
@@ -309,8 +309,6 @@ class HostStagedCommunicator:
             return self.inner.allreduce_into(array, out)
         out[...] = array
         self.allreduce(out)
-
-    has_reduce_scatter = False  # the training loop sums whole gradients with allreduce_into
 
     def shared_array(self, size: int, dtype: Any) -> None:
         return None  # the GPU's buffers are staged through host memory anyway
