@@ -629,6 +629,35 @@ def test_a_sharded_step_lends_gradients_and_weights_and_copies_nothing(workers, 
         assert copied == 0
 
 
+def _rank_shards_over_tcp(job_id, rank, peers, n):
+    saved = algorithms.BUCKET_BYTES
+    algorithms.BUCKET_BYTES = 2**16  # several messages per part
+    try:
+        with DaskCommunicator(job_id, rank, peers, timeout=20, shared_memory=False) as comm:
+            comm.barrier()
+            assert comm.shared_array(n, np.float32) is None and not comm._transport.shared_peers
+            source, out = rank_data(rank, n), np.zeros(n, np.float32)
+            part = comm.reduce_scatter_into(source, out)
+            weights = np.zeros(n, np.float32)
+            weights[part] = out[part]
+            comm.allgather(weights)
+            return weights
+    finally:
+        algorithms.BUCKET_BYTES = saved
+
+
+@pytest.mark.cluster
+def test_sharded_collectives_over_tcp(client3):
+    """Workers on different machines (here: shared memory turned off) shard the step over Dask's comms."""
+    client = plugged(client3)
+    n = 100_003
+    _, _, futures = launch(client, _rank_shards_over_tcp, n)
+    _wait_done(futures, 30)
+    results = client.gather(futures)
+    assert len({w.tobytes() for w in results}) == 1
+    assert_allreduced(results, [rank_data(r, n) for r in range(3)])
+
+
 def _rank_shards_private_buffers_in_many_buckets(job_id, rank, peers, n):
     saved = algorithms.BUCKET_BYTES
     algorithms.BUCKET_BYTES = 2**16  # this worker process only: each part spans ~6 buckets of 64 KiB
