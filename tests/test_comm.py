@@ -2,6 +2,7 @@
 (worker processes, the shared fixtures of conftest.py), the factory and the GPU wrappers' CPU parts."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -390,6 +391,17 @@ def test_nccl_init_without_peers_times_out():
 # -- the Dask transport on real clusters ----------------------------------------------------------
 
 
+@contextlib.contextmanager
+def bucket_bytes(nbytes):
+    """Buckets of ``nbytes`` in this worker process only, restored afterwards."""
+    saved = algorithms.BUCKET_BYTES
+    algorithms.BUCKET_BYTES = nbytes or saved
+    try:
+        yield
+    finally:
+        algorithms.BUCKET_BYTES = saved
+
+
 def plugged(client):
     """The client, with dtrain's worker plugin registered (registering again is safe)."""
     client.register_plugin(DtrainWorkerPlugin(), name=PLUGIN_NAME)
@@ -411,10 +423,8 @@ def launch(client, fn, *args, ranks=None, job_id=None):
     return job_id, peers, futures
 
 
-def _rank_collectives(job_id, rank, peers, n, bucket_bytes, ring):
-    saved = algorithms.BUCKET_BYTES
-    algorithms.BUCKET_BYTES = bucket_bytes or saved  # this worker process only, restored below
-    try:
+def _rank_collectives(job_id, rank, peers, n, bucket_nbytes, ring):
+    with bucket_bytes(bucket_nbytes):
         with DaskCommunicator(job_id, rank, peers, timeout=20, allow_ring=ring) as comm:
             assert comm.allow_ring is bool(ring)  # automatic: no ring when all peers are on one host
             grads = rank_data(rank, n)
@@ -425,20 +435,18 @@ def _rank_collectives(job_id, rank, peers, n, bucket_bytes, ring):
             metric = np.array([rank + 0.5])
             comm.allreduce(metric)
             return hashlib.sha1(grads.tobytes()).hexdigest(), grads, weights, metric
-    finally:
-        algorithms.BUCKET_BYTES = saved
 
 
 @pytest.mark.cluster
 @pytest.mark.parametrize(
-    "workers, n, bucket_bytes, ring",
+    "workers, n, bucket_nbytes, ring",
     [(2, 1001, None, None), (2, 5000, 4096, None), (3, 1001, None, None), (3, 1_200_000, None, True),
      (3, 5000, 4096, None)],
     ids=["2-doubling", "2-buckets", "3-fold", "3-ring", "3-buckets"],
 )
-def test_dask_collectives_are_correct_and_bitwise_identical(workers, n, bucket_bytes, ring, request):
+def test_dask_collectives_are_correct_and_bitwise_identical(workers, n, bucket_nbytes, ring, request):
     client = plugged(request.getfixturevalue(f"client{workers}"))
-    _, peers, futures = launch(client, _rank_collectives, n, bucket_bytes, ring)
+    _, peers, futures = launch(client, _rank_collectives, n, bucket_nbytes, ring)
     _wait_done(futures, 30)
     results = client.gather(futures)
     assert len({digest for digest, *_ in results}) == 1
@@ -508,12 +516,9 @@ def test_large_arrays_arrive_aligned(client2):
     assert client.gather(futures) == [None, True]
 
 
-def _rank_shared_memory(job_id, rank, peers, off_ranks, bucket_bytes):
-    from dtrain.comm import dask as dask_comm
-
-    saved = algorithms.BUCKET_BYTES
-    algorithms.BUCKET_BYTES = bucket_bytes  # several messages per collective: the slots are reused under pressure
-    try:
+def _rank_shared_memory(job_id, rank, peers, off_ranks, bucket_nbytes):
+    # several messages per collective: the slots are reused under pressure
+    with bucket_bytes(bucket_nbytes):
         with DaskCommunicator(job_id, rank, peers, timeout=20, shared_memory=rank not in off_ranks) as comm:
             digests = []
             for step, n in enumerate([300_000, 20_000, 300_000, 2_000_000, 2_000_000, 300_000]):
@@ -526,8 +531,6 @@ def _rank_shared_memory(job_id, rank, peers, off_ranks, bucket_bytes):
             transport = comm._transport
             slots = {peer: len(slots) for peer, slots in transport._slots.items()}
             return digests, grads, sorted(transport.shared_peers), slots
-    finally:
-        algorithms.BUCKET_BYTES = saved
 
 
 @pytest.mark.cluster
@@ -629,21 +632,21 @@ def test_a_sharded_step_lends_gradients_and_weights_and_copies_nothing(workers, 
         assert copied == 0
 
 
+def _sharded_sum(comm, rank, n):
+    """Reduce-scatter of private buffers, then allgather of the parts: every rank's result."""
+    source, out = rank_data(rank, n), np.zeros(n, np.float32)
+    part = comm.reduce_scatter_into(source, out)
+    gathered = np.zeros(n, np.float32)
+    gathered[part] = out[part]
+    comm.allgather(gathered)
+    return gathered
+
+
 def _rank_shards_over_tcp(job_id, rank, peers, n):
-    saved = algorithms.BUCKET_BYTES
-    algorithms.BUCKET_BYTES = 2**16  # several messages per part
-    try:
-        with DaskCommunicator(job_id, rank, peers, timeout=20, shared_memory=False) as comm:
-            comm.barrier()
-            assert comm.shared_array(n, np.float32) is None and not comm._transport.shared_peers
-            source, out = rank_data(rank, n), np.zeros(n, np.float32)
-            part = comm.reduce_scatter_into(source, out)
-            weights = np.zeros(n, np.float32)
-            weights[part] = out[part]
-            comm.allgather(weights)
-            return weights
-    finally:
-        algorithms.BUCKET_BYTES = saved
+    with bucket_bytes(2**16), DaskCommunicator(job_id, rank, peers, timeout=20, shared_memory=False) as comm:
+        comm.barrier()  # several messages per part
+        assert comm.shared_array(n, np.float32) is None and not comm._transport.shared_peers
+        return _sharded_sum(comm, rank, n)
 
 
 @pytest.mark.cluster
@@ -659,18 +662,10 @@ def test_sharded_collectives_over_tcp(client3):
 
 
 def _rank_shards_private_buffers_in_many_buckets(job_id, rank, peers, n):
-    saved = algorithms.BUCKET_BYTES
-    algorithms.BUCKET_BYTES = 2**16  # this worker process only: each part spans ~6 buckets of 64 KiB
-    try:
-        with DaskCommunicator(job_id, rank, peers, timeout=10) as comm:
-            source, out = rank_data(rank, n), np.zeros(n, np.float32)  # private memory: sent as copies
-            part = comm.reduce_scatter_into(source, out)
-            state = np.zeros(n, np.float32)
-            state[part] = out[part]
-            comm.allgather(state)  # as the optimizer state is gathered for a checkpoint
-            return state, bool(comm._transport.shared_peers)
-    finally:
-        algorithms.BUCKET_BYTES = saved
+    # each part spans ~6 buckets of 64 KiB; private memory is sent as copies, as the optimizer
+    # state is when it is gathered for a checkpoint
+    with bucket_bytes(2**16), DaskCommunicator(job_id, rank, peers, timeout=10) as comm:
+        return _sharded_sum(comm, rank, n), bool(comm._transport.shared_peers)
 
 
 @pytest.mark.cluster

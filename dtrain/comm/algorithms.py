@@ -130,20 +130,20 @@ def reduce_scatter_into(t: Transport, source: np.ndarray, out: np.ndarray, tag: 
         handles = _send_bucket(t, sending, i, ptag)
         if i < len(sums):
             acc = sums[i]
-            first = None  # rank 0's contribution, until rank 1's arrives to be added to it
-            for q in range(p):
-                x = own[i] if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)
-                if q == 0:
-                    first = x
-                    continue
-                if q == 1:
-                    np.add(first, x, out=acc)
-                    if r != 0:
-                        t.release(0, ptag)
-                else:
-                    np.add(acc, x, out=acc)
+
+            def contribution(q: int) -> np.ndarray:
+                return own[i] if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)
+
+            def done_with(q: int) -> None:
                 if q != r:
                     t.release(q, ptag)
+
+            np.add(contribution(0), contribution(1), out=acc)  # in rank order, whoever owns the part
+            done_with(0)
+            done_with(1)
+            for q in range(2, p):
+                np.add(acc, contribution(q), out=acc)
+                done_with(q)
         for h in handles:
             t.wait(h)  # the peers have read this bucket of their parts of our source
     return mine
