@@ -28,6 +28,7 @@ round (the machine is shared and noisy: compare the ratios, not the absolute tim
 Without PyTorch (``pip install torch==2.13.0``) or with ``--no-peers`` the peers are skipped
 with a note and the rest still runs. The exit status is 1 when a section failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,20 +52,46 @@ ALLREDUCE_SIZES = ["8KiB", "64KiB", "512KiB", "4MiB", "16MiB", "40MiB", "64MiB"]
 # What each mode measures. The full settings are the targets' (784-1024-1024-10, float32, SGD,
 # global batch 512); --quick keeps every section but makes each one tiny.
 FULL = {
-    "layers": "784,1024,1024,10", "batch": 512,
-    "single_steps": 20, "single_warmup": 3,
-    "dist_steps": 20, "peer_steps": 30,
-    "allreduce_sizes": ALLREDUCE_SIZES, "allreduce_reps": 20,
-    "tta": {"layers": "784,1024,1024,10", "batch": 512, "n_train": 16384, "n_val": 4096, "separation": 1.5,
-            "target": 0.95, "max_epochs": 20, "learning_rate": 0.01, "seed": 0},
+    "layers": "784,1024,1024,10",
+    "batch": 512,
+    "single_steps": 20,
+    "single_warmup": 3,
+    "dist_steps": 20,
+    "peer_steps": 30,
+    "allreduce_sizes": ALLREDUCE_SIZES,
+    "allreduce_reps": 20,
+    "tta": {
+        "layers": "784,1024,1024,10",
+        "batch": 512,
+        "n_train": 16384,
+        "n_val": 4096,
+        "separation": 1.5,
+        "target": 0.95,
+        "max_epochs": 20,
+        "learning_rate": 0.01,
+        "seed": 0,
+    },
 }
 QUICK = {
-    "layers": "64,32,10", "batch": 64,
-    "single_steps": 5, "single_warmup": 1,
-    "dist_steps": 5, "peer_steps": 5,
-    "allreduce_sizes": ALLREDUCE_SIZES, "allreduce_reps": 3,
-    "tta": {"layers": "64,32,10", "batch": 128, "n_train": 2048, "n_val": 512, "separation": 1.0,
-            "target": 0.95, "max_epochs": 15, "learning_rate": 0.05, "seed": 0},
+    "layers": "64,32,10",
+    "batch": 64,
+    "single_steps": 5,
+    "single_warmup": 1,
+    "dist_steps": 5,
+    "peer_steps": 5,
+    "allreduce_sizes": ALLREDUCE_SIZES,
+    "allreduce_reps": 3,
+    "tta": {
+        "layers": "64,32,10",
+        "batch": 128,
+        "n_train": 2048,
+        "n_val": 512,
+        "separation": 1.0,
+        "target": 0.95,
+        "max_epochs": 15,
+        "learning_rate": 0.05,
+        "seed": 0,
+    },
 }
 
 
@@ -92,9 +119,15 @@ def _peer_status(no_peers: bool) -> tuple[Path | None, str | None]:
     if no_peers:
         return None, "peers skipped (--no-peers): PyTorch figures and the targets against them are not measured"
     if not DEFAULT_PEER.exists():
-        return None, f"PyTorch peer script not found ({DEFAULT_PEER}): peers skipped, their figures and targets not measured"
+        return (
+            None,
+            f"PyTorch peer script not found ({DEFAULT_PEER}): peers skipped, their figures and targets not measured",
+        )
     if importlib.util.find_spec("torch") is None:
-        return None, "PyTorch is not installed (pip install torch==2.13.0): peers skipped, their figures and targets not measured"
+        return (
+            None,
+            "PyTorch is not installed (pip install torch==2.13.0): peers skipped, their figures and targets not measured",
+        )
     return DEFAULT_PEER, None
 
 
@@ -105,27 +138,56 @@ def section_single_process(cfg: dict, rounds: int, threads: int, peer: Path | No
     """``python -m benchmarks.single_process`` (its own rounds, dtrain then the peer in each)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "single_process.json"
-        args = ["--layers", cfg["layers"], "--batch", str(cfg["batch"]), "--threads", str(threads),
-                "--steps", str(cfg["single_steps"]), "--warmup", str(cfg["single_warmup"]), "--rounds", str(rounds)]
+        args = [
+            "--layers",
+            cfg["layers"],
+            "--batch",
+            str(cfg["batch"]),
+            "--threads",
+            str(threads),
+            "--steps",
+            str(cfg["single_steps"]),
+            "--warmup",
+            str(cfg["single_warmup"]),
+            "--rounds",
+            str(rounds),
+        ]
         # A peer path that does not exist makes single_process skip the peer (its own check).
-        cmd = [sys.executable, "-m", "benchmarks.single_process", *args, "--peer", str(peer or Path(tmp) / "no-peer"), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.single_process",
+            *args,
+            "--peer",
+            str(peer or Path(tmp) / "no-peer"),
+            "--out",
+            str(out),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
-            raise RuntimeError(f"benchmarks.single_process exited with {proc.returncode}:\n{proc.stderr.strip()[-3000:]}")
+            raise RuntimeError(
+                f"benchmarks.single_process exited with {proc.returncode}:\n{proc.stderr.strip()[-3000:]}"
+            )
         data = json.loads(out.read_text())
     notes = [line.removeprefix("note: ") for line in proc.stderr.splitlines() if line.startswith("note:")]
     return {
         "command": "python -m benchmarks.single_process " + " ".join(args),
-        "layers": data["layers"], "batch": data["batch"], "threads": data["threads"],
-        "steps": cfg["single_steps"], "warmup": cfg["single_warmup"],
+        "layers": data["layers"],
+        "batch": data["batch"],
+        "threads": data["threads"],
+        "steps": cfg["single_steps"],
+        "warmup": cfg["single_warmup"],
         "peer": f"torch_mlp.py --threads {threads}" if peer else None,
         "note": "; ".join(notes) or None,
-        "rounds": data["rounds"], "median": data["median"],
+        "rounds": data["rounds"],
+        "median": data["median"],
     }
 
 
 def section_scaling(cfg: dict, rounds: int, workers: list[int], peer: Path | None) -> dict[str, Any]:
-    return scaling.measure(workers, rounds, cfg["layers"], cfg["batch"], cfg["dist_steps"], cfg["peer_steps"], peer, log=log)
+    return scaling.measure(
+        workers, rounds, cfg["layers"], cfg["batch"], cfg["dist_steps"], cfg["peer_steps"], peer, log=log
+    )
 
 
 def section_distributed(sc: dict) -> dict[str, Any]:
@@ -133,31 +195,48 @@ def section_distributed(sc: dict) -> dict[str, Any]:
     rows = []
     for r in sc["rounds"]:
         d, p = r["dtrain"], r.get("peer", {})
-        rows.append({
-            "round": r["round"],
-            "dtrain_1w": d["1"]["samples_per_s"], "peer_1r": p.get("1", {}).get("samples_per_s"),
-            "ratio_1w_vs_peer": r.get("ratio_vs_peer", {}).get("1"),
-            "dtrain_2w": d.get("2", {}).get("samples_per_s"), "peer_2r": p.get("2", {}).get("samples_per_s"),
-            "ratio_2w_vs_ddp": r.get("ratio_vs_peer", {}).get("2"),
-            "efficiency_2w": r.get("efficiency", {}).get("2"), "peer_efficiency_2r": r.get("peer_efficiency", {}).get("2"),
-        })
+        rows.append(
+            {
+                "round": r["round"],
+                "dtrain_1w": d["1"]["samples_per_s"],
+                "peer_1r": p.get("1", {}).get("samples_per_s"),
+                "ratio_1w_vs_peer": r.get("ratio_vs_peer", {}).get("1"),
+                "dtrain_2w": d.get("2", {}).get("samples_per_s"),
+                "peer_2r": p.get("2", {}).get("samples_per_s"),
+                "ratio_2w_vs_ddp": r.get("ratio_vs_peer", {}).get("2"),
+                "efficiency_2w": r.get("efficiency", {}).get("2"),
+                "peer_efficiency_2r": r.get("peer_efficiency", {}).get("2"),
+            }
+        )
     keys = [k for k in rows[0] if k != "round"]
     return {
-        "layers": sc["layers"], "global_batch": sc["global_batch"], "workers": [1, 2], "threads_per_worker": 1,
+        "layers": sc["layers"],
+        "global_batch": sc["global_batch"],
+        "workers": [1, 2],
+        "threads_per_worker": 1,
         "peer": "`torch_mlp.py --world 1 --threads 1` (1 rank, no DDP wrapper) and `--world 2` (DDP over gloo, 1 thread per rank)"
-        if sc.get("peer") else None,
+        if sc.get("peer")
+        else None,
         "note": sc.get("peer_note"),
-        "rounds": rows, "median": {k: _median([row[k] for row in rows]) for k in keys},
+        "rounds": rows,
+        "median": {k: _median([row[k] for row in rows]) for k in keys},
     }
 
 
 def section_breakdown(sc: dict) -> dict[str, Any]:
     parts = ("step_ms", "compute_ms", "communication_ms", "waiting_ms", "overhead_ms")
-    rows = [{"round": r["round"], **{p: r["dtrain"]["2"].get(p) for p in parts}} for r in sc["rounds"] if "2" in r["dtrain"]]
+    rows = [
+        {"round": r["round"], **{p: r["dtrain"]["2"].get(p) for p in parts}} for r in sc["rounds"] if "2" in r["dtrain"]
+    ]
     if not rows:
         raise RuntimeError("no 2-worker run to break down")
-    return {"workers": 2, "layers": sc["layers"], "global_batch": sc["global_batch"], "rounds": rows,
-            "median": {p: _median([row[p] for row in rows]) for p in parts}}
+    return {
+        "workers": 2,
+        "layers": sc["layers"],
+        "global_batch": sc["global_batch"],
+        "rounds": rows,
+        "median": {p: _median([row[p] for row in rows]) for p in parts},
+    }
 
 
 def section_allreduce(cfg: dict, rounds: int) -> dict[str, Any]:
@@ -176,14 +255,20 @@ def section_allreduce(cfg: dict, rounds: int) -> dict[str, Any]:
         oneway = [run["raw_oneway_ms"].get(label) for run in runs]
         both = [run["raw_exchange_ms"].get(label) for run in runs]
         per_size[label] = {
-            "allreduce_ms": _median(mine), "raw_oneway_ms": _median(oneway), "raw_exchange_ms": _median(both),
+            "allreduce_ms": _median(mine),
+            "raw_oneway_ms": _median(oneway),
+            "raw_exchange_ms": _median(both),
             "ratio_vs_oneway": _median([a / b for a, b in zip(mine, oneway) if a and b]),
             "ratio_vs_exchange": _median([a / b for a, b in zip(mine, both) if a and b]),
         }
     return {
-        "command": "python -m benchmarks.allreduce " + " ".join(args), "workers": 2, "reps": cfg["allreduce_reps"],
-        "sizes": sizes, "bytes": {label: parse_bytes(label) for label in sizes},
-        "rounds": runs, "per_size": per_size,
+        "command": "python -m benchmarks.allreduce " + " ".join(args),
+        "workers": 2,
+        "reps": cfg["allreduce_reps"],
+        "sizes": sizes,
+        "bytes": {label: parse_bytes(label) for label in sizes},
+        "rounds": runs,
+        "per_size": per_size,
     }
 
 
@@ -200,14 +285,18 @@ def section_memory(quick: bool) -> dict[str, Any]:
 
 def section_time_to_accuracy(cfg: dict, rounds: int, threads: int, peer: Path | None) -> dict[str, Any]:
     t = cfg["tta"]
-    systems = [("dtrain, 1 process", {"system": "dtrain", "workers": 0}),
-               ("dtrain, 1 worker", {"system": "dtrain", "workers": 1}),
-               ("dtrain, 2 workers", {"system": "dtrain", "workers": 2})]
+    systems = [
+        ("dtrain, 1 process", {"system": "dtrain", "workers": 0}),
+        ("dtrain, 1 worker", {"system": "dtrain", "workers": 1}),
+        ("dtrain, 2 workers", {"system": "dtrain", "workers": 2}),
+    ]
     notes = []
     if peer is not None:
         systems.append(("PyTorch, 1 process", {"system": "torch", "workers": 0}))
-        notes.append("PyTorch starts from its own default initialisation (dtrain from its own), so the epochs to the target "
-                     "may differ; the seconds per epoch compare the systems' speed.")
+        notes.append(
+            "PyTorch starts from its own default initialisation (dtrain from its own), so the epochs to the target "
+            "may differ; the seconds per epoch compare the systems' speed."
+        )
     else:
         notes.append("PyTorch not measured (peers skipped).")
     env = _thread_env(threads)  # the single processes use all cores; Dask's nannies pin each worker to 1 thread
@@ -216,15 +305,20 @@ def section_time_to_accuracy(cfg: dict, rounds: int, threads: int, peer: Path | 
         results = {}
         for label, system in systems:
             child = dict(t, **system, threads=threads)
-            results[label] = _run_child([sys.executable, "-m", "benchmarks", "--child", "tta", "--child-args", json.dumps(child)], env=env)
-            log(f"time to accuracy round {r + 1}: {label}: {results[label]['seconds']} s, {results[label]['epochs']} epochs")
+            results[label] = _run_child(
+                [sys.executable, "-m", "benchmarks", "--child", "tta", "--child-args", json.dumps(child)], env=env
+            )
+            log(
+                f"time to accuracy round {r + 1}: {label}: {results[label]['seconds']} s, {results[label]['epochs']} epochs"
+            )
         out_rounds.append({"round": r + 1, "results": results})
     summary = {}
     for label, _ in systems:
         runs = [rr["results"][label] for rr in out_rounds]
         reached = [run for run in runs if run["reached"]]
         summary[label] = {
-            "runs": len(runs), "reached": len(reached),
+            "runs": len(runs),
+            "reached": len(reached),
             "epochs": _median([run["epochs"] for run in reached]),
             "seconds": _median([run["seconds"] for run in reached]),
             "seconds_per_round": [run["seconds"] if run["reached"] else None for run in runs],
@@ -233,12 +327,24 @@ def section_time_to_accuracy(cfg: dict, rounds: int, threads: int, peer: Path | 
             "startup_s": _median([run.get("startup_s") for run in runs]),
         }
     return {
-        "layers": t["layers"], "batch": t["batch"], "learning_rate": t["learning_rate"], "target_accuracy": t["target"],
-        "max_epochs": t["max_epochs"], "threads": threads,
-        "problem": {"generator": "dtrain.datasets.make_classification", "n_train": t["n_train"], "n_val": t["n_val"],
-                    "features": int(t["layers"].split(",")[0]), "classes": int(t["layers"].split(",")[-1]),
-                    "separation": t["separation"], "seed": t["seed"]},
-        "notes": notes, "rounds": out_rounds, "summary": summary,
+        "layers": t["layers"],
+        "batch": t["batch"],
+        "learning_rate": t["learning_rate"],
+        "target_accuracy": t["target"],
+        "max_epochs": t["max_epochs"],
+        "threads": threads,
+        "problem": {
+            "generator": "dtrain.datasets.make_classification",
+            "n_train": t["n_train"],
+            "n_val": t["n_val"],
+            "features": int(t["layers"].split(",")[0]),
+            "classes": int(t["layers"].split(",")[-1]),
+            "separation": t["separation"],
+            "seed": t["seed"],
+        },
+        "notes": notes,
+        "rounds": out_rounds,
+        "summary": summary,
     }
 
 
@@ -249,7 +355,9 @@ def _tta_data(c: dict):
     from dtrain.datasets import make_classification
 
     layers = [int(s) for s in c["layers"].split(",")]
-    x, y = make_classification(c["n_train"] + c["n_val"], layers[0], layers[-1], separation=c["separation"], one_hot=False, seed=c["seed"])
+    x, y = make_classification(
+        c["n_train"] + c["n_val"], layers[0], layers[-1], separation=c["separation"], one_hot=False, seed=c["seed"]
+    )
     n = c["n_train"]
     return layers, (x[:n], y[:n]), (x[n:], y[n:])
 
@@ -281,7 +389,9 @@ def _tta_dtrain(c, layers, x, y, xv, yv) -> dict[str, Any]:
                 self.model.stop_training = True
 
     model = build_mlp(layers)
-    model.compile(optimizer=SGD(learning_rate=c["learning_rate"]), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=SGD(learning_rate=c["learning_rate"]), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     startup = 0.0
     with contextlib.ExitStack() as stack:
         client = None
@@ -296,8 +406,18 @@ def _tta_dtrain(c, layers, x, y, xv, yv) -> dict[str, Any]:
             client.wait_for_workers(c["workers"])
             startup = time.perf_counter() - begin
         clock["start"] = time.perf_counter()
-        model.fit(x, y, batch_size=c["batch"], epochs=c["max_epochs"], verbose=0, seed=c["seed"], shards=2,
-                  validation_data=(xv, yv), callbacks=[StopAtTarget()], client=client)
+        model.fit(
+            x,
+            y,
+            batch_size=c["batch"],
+            epochs=c["max_epochs"],
+            verbose=0,
+            seed=c["seed"],
+            shards=2,
+            validation_data=(xv, yv),
+            callbacks=[StopAtTarget()],
+            client=client,
+        )
         fit_s = time.perf_counter() - clock["start"]
     return _tta_result(c, curve, fit_s, startup)
 
@@ -324,7 +444,7 @@ def _tta_torch(c, layers, x, y, xv, yv) -> dict[str, Any]:
     for epoch in range(c["max_epochs"]):
         order = torch.randperm(len(xt), generator=gen)
         for s in range(steps):
-            rows = order[s * c["batch"]:(s + 1) * c["batch"]]
+            rows = order[s * c["batch"] : (s + 1) * c["batch"]]
             opt.zero_grad()
             loss_fn(model(xt[rows]), yt[rows]).backward()
             opt.step()
@@ -371,8 +491,11 @@ def machine_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {"cpus": os.cpu_count(), "cores": scaling.cores(), "platform": platform.platform()}
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                                 if line.startswith("model name"))
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor() or None
     try:
@@ -392,8 +515,16 @@ def machine_info() -> dict[str, Any]:
 
 def git_commit() -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
@@ -405,11 +536,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny network, few steps, 1 round: checks that the suite works")
     p.add_argument("--rounds", type=int, default=None, help="rounds per section (default 3, 1 with --quick)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for suite.json, suite.md, suite_*.png")
-    p.add_argument("--max-workers", type=int, default=None, help="scaling curve up to this many workers (default: the cores)")
+    p.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for suite.json, suite.md, suite_*.png"
+    )
+    p.add_argument(
+        "--max-workers", type=int, default=None, help="scaling curve up to this many workers (default: the cores)"
+    )
     p.add_argument("--no-peers", action="store_true", help="skip the PyTorch peers even when torch is installed")
-    p.add_argument("--sections", nargs="+", choices=["single_process", "scaling", "allreduce", "memory", "time_to_accuracy"],
-                   default=None, help="run only these sections (scaling also gives distributed and breakdown)")
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["single_process", "scaling", "allreduce", "memory", "time_to_accuracy"],
+        default=None,
+        help="run only these sections (scaling also gives distributed and breakdown)",
+    )
     p.add_argument("--child", choices=["tta", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -432,13 +572,25 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     suite: dict[str, Any] = {
-        "suite": "dtrain benchmarks", "format": 1,
+        "suite": "dtrain benchmarks",
+        "format": 1,
         "command": "python -m benchmarks" + ("" if not argv else " " + " ".join(argv)),
-        "quick": args.quick, "rounds": rounds,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(), "machine": machine_info(),
-        "settings": {"network": cfg["layers"].replace(",", "-") + " (relu, softmax)", "dtype": "float32", "optimizer": "SGD",
-                     "global batch": cfg["batch"], "rounds": rounds, "single-process threads": threads,
-                     "workers": workers, "threads per worker": 1, "PyTorch peers": "yes" if peer else "no"},
+        "quick": args.quick,
+        "rounds": rounds,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "settings": {
+            "network": cfg["layers"].replace(",", "-") + " (relu, softmax)",
+            "dtype": "float32",
+            "optimizer": "SGD",
+            "global batch": cfg["batch"],
+            "rounds": rounds,
+            "single-process threads": threads,
+            "workers": workers,
+            "threads per worker": 1,
+            "PyTorch peers": "yes" if peer else "no",
+        },
         "notes": [peer_note] if peer_note else [],
         "sections": {},
     }
@@ -495,10 +647,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(fn(json.loads(args.child_args)), default=_jsonable), flush=True)
         return 0
     suite = run_suite(args, argv)
-    print(f"\nwritten {args.out / 'suite.json'}, {args.out / 'suite.md'}" + "".join(f", {args.out / p}" for p in suite.get("plots", [])))
+    print(
+        f"\nwritten {args.out / 'suite.json'}, {args.out / 'suite.md'}"
+        + "".join(f", {args.out / p}" for p in suite.get("plots", []))
+    )
     print(f"wall time {suite['wall_s']} s\n")
     for t in suite["targets"]:
-        print(f"{report.verdict(t['met']).strip('*'):>12}  {t['name']}: {report._fmt_target_value(t['value'], t['unit'])}")
+        print(
+            f"{report.verdict(t['met']).strip('*'):>12}  {t['name']}: {report._fmt_target_value(t['value'], t['unit'])}"
+        )
     failed = [name for name, s in suite["sections"].items() if isinstance(s, dict) and s.get("error")]
     if failed:
         print(f"\nsections that failed: {', '.join(failed)} (see suite.md)", file=sys.stderr)

@@ -20,6 +20,7 @@ Prints one JSON line. Figures (milliseconds, medians):
 ``--ring allow`` lets the workers use the ring allreduce on one machine (by default they use it
 only across hosts); ``--ring-min-bytes`` / ``--ring-min-size`` move its thresholds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,17 @@ def measure_dask(workers: int, sizes: list[int], reps: int, overrides: dict) -> 
         job_id = f"bench-{uuid.uuid4().hex}"
         futures = [
             client.submit(
-                _rank, job_id, rank, peers, sizes, reps, overrides,
-                workers=[address], allow_other_workers=False, pure=False, key=f"{job_id}-rank{rank}",
+                _rank,
+                job_id,
+                rank,
+                peers,
+                sizes,
+                reps,
+                overrides,
+                workers=[address],
+                allow_other_workers=False,
+                pure=False,
+                key=f"{job_id}-rank{rank}",
             )
             for rank, address in enumerate(peers)
         ]
@@ -173,12 +183,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sizes", nargs="+", default=["8KiB", "40MiB"])
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--raw-sizes", nargs="+", default=["40MiB"],
-                        help="sizes the raw socket moves (one way and both ways), each in its own pair of processes")
+    parser.add_argument(
+        "--raw-sizes",
+        nargs="+",
+        default=["40MiB"],
+        help="sizes the raw socket moves (one way and both ways), each in its own pair of processes",
+    )
     parser.add_argument("--ring-min-bytes", type=parse_bytes, default=None)
     parser.add_argument("--ring-min-size", type=int, default=None)
-    parser.add_argument("--ring", choices=["auto", "allow", "never"], default="auto",
-                        help="ring allreduce: auto (only across hosts), allow (by size), never")
+    parser.add_argument(
+        "--ring",
+        choices=["auto", "allow", "never"],
+        default="auto",
+        help="ring allreduce: auto (only across hosts), allow (by size), never",
+    )
     args = parser.parse_args(argv)
     overrides = {}
     if args.ring_min_bytes is not None:

@@ -18,6 +18,7 @@ Reports throughput ratio (dtrain 2 workers / DDP 2 ranks), scaling efficiency (2
 throughput / twice the 1-worker throughput) and the tiny model's step split. Results go to
 benchmarks/results/distributed.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,11 @@ def measure_dtrain(layers: list[int], batch: int, steps: int, workers: int) -> d
     # allreduce later starts the next step later, so per-step maxima would count that skew twice.
     step = float(timed["step"].mean(axis=1).max())
     median_step = float(np.median(timed["step"].max(axis=0)))
-    parts = {f"{name}_ms": round(float(np.median(values.mean(axis=0))) * 1e3, 3) for name, values in timed.items() if name != "step"}
+    parts = {
+        f"{name}_ms": round(float(np.median(values.mean(axis=0))) * 1e3, 3)
+        for name, values in timed.items()
+        if name != "step"
+    }
     return {
         "system": f"dtrain-{workers}w",
         "workers": workers,
@@ -101,7 +106,9 @@ def main() -> int:
 
     have_peer = _have_peer(args.peer)
     if not have_peer:
-        print(f"note: PyTorch peer not available ({args.peer}; pip install torch==2.13.0): dtrain only", file=sys.stderr)
+        print(
+            f"note: PyTorch peer not available ({args.peer}; pip install torch==2.13.0): dtrain only", file=sys.stderr
+        )
     me = [sys.executable, "-m", "benchmarks.distributed"]
     common = ["--layers", args.layers, "--batch", str(args.batch), "--steps", str(args.steps)]
     rounds = []

@@ -41,6 +41,7 @@ Every measurement runs in a fresh process, one after the other:
 Results: one JSON document on stdout, written to benchmarks/results/memory.json (not with
 ``--quick``). ``run(quick=False, **kwargs)`` is the entry point for other code (the suite runner).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,20 +65,34 @@ RATIO_TARGET = 1.2  # issue 6: peak RSS within 1.2x of the computed bound (basel
 # network (a local batch of row indices, 256 x 8 bytes) grows it by half a page per step.
 SLOPE_LIMIT_BYTES_PER_STEP = 4096
 
-FULL = {"layers": (784, 1024, 1024, 10), "batch": 512, "samples": 32768, "steps": 128, "workers": 2, "threads": 2,
-        "profiler_comparison": True}
-QUICK = {"layers": (20, 16, 3), "batch": 32, "samples": 512, "steps": 32, "workers": 2, "threads": 1,
-         "profiler_comparison": False}
+FULL = {
+    "layers": (784, 1024, 1024, 10),
+    "batch": 512,
+    "samples": 32768,
+    "steps": 128,
+    "workers": 2,
+    "threads": 2,
+    "profiler_comparison": True,
+}
+QUICK = {
+    "layers": (20, 16, 3),
+    "batch": 32,
+    "samples": 512,
+    "steps": 32,
+    "workers": 2,
+    "threads": 1,
+    "profiler_comparison": False,
+}
 
 # What dtrain does, as read from its code (the bound is computed from shapes with these, never
 # by measuring):
-ALIGN_BYTES = 128            # dtrain/model.py _ALIGN_BYTES: each array of the flat buffers starts 128-byte aligned
-BUFFER_SIZES_KEPT = 4        # dtrain/buffers.py BufferCache(max_sizes=4): batch sizes whose buffers are kept
-SHM_HEADER_BYTES = 64        # dtrain/comm/shm.py HEADER_BYTES: before the data of a shared-memory segment
-SHM_MIN_BYTES = 2**16        # dtrain/comm/dask.py SHARED_MIN_BYTES: smaller arrays go over TCP (nothing kept)
-LABEL_ITEMSIZE = 8           # sparse labels: SparseCategoricalCrossentropy.prepare_targets -> int64
-INDEX_ITEMSIZE = 8           # row indices (np.intp) of the epoch order
-TRACE_FRAMES = 12            # frames kept per traced allocation: enough to reach the caller of NumPy's Python functions
+ALIGN_BYTES = 128  # dtrain/model.py _ALIGN_BYTES: each array of the flat buffers starts 128-byte aligned
+BUFFER_SIZES_KEPT = 4  # dtrain/buffers.py BufferCache(max_sizes=4): batch sizes whose buffers are kept
+SHM_HEADER_BYTES = 64  # dtrain/comm/shm.py HEADER_BYTES: before the data of a shared-memory segment
+SHM_MIN_BYTES = 2**16  # dtrain/comm/dask.py SHARED_MIN_BYTES: smaller arrays go over TCP (nothing kept)
+LABEL_ITEMSIZE = 8  # sparse labels: SparseCategoricalCrossentropy.prepare_targets -> int64
+INDEX_ITEMSIZE = 8  # row indices (np.intp) of the epoch order
+TRACE_FRAMES = 12  # frames kept per traced allocation: enough to reach the caller of NumPy's Python functions
 SLOTS = {"sgd": (), "adam": ("m", "v")}  # optimizer slots (dtrain/optimizers.py), SGD with momentum 0: none
 
 
@@ -86,9 +101,18 @@ class BenchmarkError(RuntimeError):
 
 
 # -- the bound, from shapes -------------------------------------------------------------------------
-def _item(name: str, category: str, shape: Sequence[int], itemsize: int, where: str, dtype: str, note: str = "") -> dict:
+def _item(
+    name: str, category: str, shape: Sequence[int], itemsize: int, where: str, dtype: str, note: str = ""
+) -> dict:
     nbytes = math.prod(shape) * itemsize
-    out = {"name": name, "category": category, "shape": list(shape), "dtype": dtype, "bytes": int(nbytes), "where": where}
+    out = {
+        "name": name,
+        "category": category,
+        "shape": list(shape),
+        "dtype": dtype,
+        "bytes": int(nbytes),
+        "where": where,
+    }
     if note:
         out["note"] = note
     return out
@@ -105,8 +129,16 @@ def flat_elements(layers: Sequence[int], itemsize: int) -> int:
     return total
 
 
-def batch_items(layers: Sequence[int], activations: Sequence[str], n: int, itemsize: int, dtype: str,
-                *, fused_loss: bool = True, gathered: bool = True) -> list[dict]:
+def batch_items(
+    layers: Sequence[int],
+    activations: Sequence[str],
+    n: int,
+    itemsize: int,
+    dtype: str,
+    *,
+    fused_loss: bool = True,
+    gathered: bool = True,
+) -> list[dict]:
     """The buffers dtrain keeps for one batch size n (allocated on the first step of that size):
     per Dense layer z (n, units) and a (n, units) (a is z for a linear layer) and, for every layer
     but the first, dx (n, fan_in) (dtrain/layers.py Dense._buffers_for); the loss gradient
@@ -119,10 +151,27 @@ def batch_items(layers: Sequence[int], activations: Sequence[str], n: int, items
         if act != "linear":
             items.append(_item(f"layer {i + 1} a (output)", "activations", (n, units), itemsize, where, dtype))
         if i > 0:
-            items.append(_item(f"layer {i + 1} dx (gradient to its input)", "activation gradients", (n, fan_in), itemsize, where, dtype))
+            items.append(
+                _item(
+                    f"layer {i + 1} dx (gradient to its input)",
+                    "activation gradients",
+                    (n, fan_in),
+                    itemsize,
+                    where,
+                    dtype,
+                )
+            )
     if fused_loss:
-        items.append(_item("dL/dlogits (softmax + cross-entropy, fused)", "activation gradients", (n, layers[-1]), itemsize,
-                           "dtrain/model.py Sequential._top_grads", dtype))
+        items.append(
+            _item(
+                "dL/dlogits (softmax + cross-entropy, fused)",
+                "activation gradients",
+                (n, layers[-1]),
+                itemsize,
+                "dtrain/model.py Sequential._top_grads",
+                dtype,
+            )
+        )
     if gathered:
         where = "dtrain/data.py BatchGatherer.take"
         items.append(_item("x rows of the batch (gathered)", "batch gather", (n, layers[0]), itemsize, where, dtype))
@@ -164,29 +213,105 @@ def compute_bound(
     notes: list[str] = []
 
     # data
-    x_where = "worker: the shard scattered by the client (dtrain/sources.py ArraySource.shard)" if received_shard else "the caller's array (fit checks it without copying)"
+    x_where = (
+        "worker: the shard scattered by the client (dtrain/sources.py ArraySource.shard)"
+        if received_shard
+        else "the caller's array (fit checks it without copying)"
+    )
     items.append(_item("x (training rows)", "data", (rows, input_dim), itemsize, x_where, dtype))
-    items.append(_item("y (integer labels, as given)", "data", (rows,), LABEL_ITEMSIZE,
-                       "worker: scattered with x" if received_shard else "the caller's array", "int64"))
-    items.append(_item("y as checked (int64 copy)", "data copy", (rows,), LABEL_ITEMSIZE,
-                       "dtrain/losses.py SparseCategoricalCrossentropy.prepare_targets: astype(np.int64) always copies", "int64"))
+    items.append(
+        _item(
+            "y (integer labels, as given)",
+            "data",
+            (rows,),
+            LABEL_ITEMSIZE,
+            "worker: scattered with x" if received_shard else "the caller's array",
+            "int64",
+        )
+    )
+    items.append(
+        _item(
+            "y as checked (int64 copy)",
+            "data copy",
+            (rows,),
+            LABEL_ITEMSIZE,
+            "dtrain/losses.py SparseCategoricalCrossentropy.prepare_targets: astype(np.int64) always copies",
+            "int64",
+        )
+    )
     where = "dtrain/sampling.py EpochSampler.epoch"
     items.append(_item("epoch row order (schedule)", "sampling", (rows,), INDEX_ITEMSIZE, where, "int64"))
-    items.append(_item("per-shard orders (generator locals, kept for the epoch)", "sampling", (rows,), INDEX_ITEMSIZE, where, "int64",
-                       f"{shards_held} shard(s); 'orders' stays referenced by the generator until the epoch ends"))
-    items.append(_item("per-shard step ids (generator locals, kept for the epoch)", "sampling", (rows,), INDEX_ITEMSIZE, where, "int64",
-                       "'steps_of' stays referenced by the generator until the epoch ends"))
+    items.append(
+        _item(
+            "per-shard orders (generator locals, kept for the epoch)",
+            "sampling",
+            (rows,),
+            INDEX_ITEMSIZE,
+            where,
+            "int64",
+            f"{shards_held} shard(s); 'orders' stays referenced by the generator until the epoch ends",
+        )
+    )
+    items.append(
+        _item(
+            "per-shard step ids (generator locals, kept for the epoch)",
+            "sampling",
+            (rows,),
+            INDEX_ITEMSIZE,
+            where,
+            "int64",
+            "'steps_of' stays referenced by the generator until the epoch ends",
+        )
+    )
 
     # model state
-    items.append(_item("parameters (flat buffer)", "parameters", (flat,), itemsize, "dtrain/model.py Sequential.build: model.params", dtype))
-    items.append(_item("gradients (flat buffer)", "gradients", (flat,), itemsize, "dtrain/model.py Sequential.build: model.grads", dtype))
+    items.append(
+        _item(
+            "parameters (flat buffer)",
+            "parameters",
+            (flat,),
+            itemsize,
+            "dtrain/model.py Sequential.build: model.params",
+            dtype,
+        )
+    )
+    items.append(
+        _item(
+            "gradients (flat buffer)",
+            "gradients",
+            (flat,),
+            itemsize,
+            "dtrain/model.py Sequential.build: model.grads",
+            dtype,
+        )
+    )
     for slot in SLOTS[optimizer]:
-        items.append(_item(f"optimizer slot {slot!r}", "optimizer state", (flat,), itemsize, "dtrain/optimizers.py Optimizer.build: slots", dtype))
+        items.append(
+            _item(
+                f"optimizer slot {slot!r}",
+                "optimizer state",
+                (flat,),
+                itemsize,
+                "dtrain/optimizers.py Optimizer.build: slots",
+                dtype,
+            )
+        )
     if not SLOTS[optimizer]:
         notes.append(f"{optimizer}: SGD with momentum 0 keeps no optimizer state (no slots).")
-    items.append(_item("optimizer scratch", "optimizer work buffer", (flat,), itemsize, "dtrain/optimizers.py Optimizer.build: _scratch", dtype))
-    notes.append("the finite check keeps no buffer: it takes g . g (dtrain/recovery.py FiniteCheck), and a zero vector only "
-                 "if that overflows")
+    items.append(
+        _item(
+            "optimizer scratch",
+            "optimizer work buffer",
+            (flat,),
+            itemsize,
+            "dtrain/optimizers.py Optimizer.build: _scratch",
+            dtype,
+        )
+    )
+    notes.append(
+        "the finite check keeps no buffer: it takes g . g (dtrain/recovery.py FiniteCheck), and a zero vector only "
+        "if that overflows"
+    )
 
     # per batch size
     kept = sorted(set(int(n) for n in batch_sizes), reverse=True)[:BUFFER_SIZES_KEPT]
@@ -196,44 +321,134 @@ def compute_bound(
     # distributed extras
     grad_bytes = flat * itemsize
     if shm_peers and grad_bytes < SHM_MIN_BYTES:
-        notes.append(f"the {grad_bytes}-byte gradient is under {SHM_MIN_BYTES} bytes: it goes over TCP, no shared-memory segment is kept.")
+        notes.append(
+            f"the {grad_bytes}-byte gradient is under {SHM_MIN_BYTES} bytes: it goes over TCP, no shared-memory segment is kept."
+        )
         shm_peers = 0
     if shm_peers:
         # the gradient buffer above lives in this rank's shared memory (it replaced model.grads'
         # private one); the allreduce adds the peers' into a separate sum
-        items.append(_item("sum of the gradients (allreduce_into's output)", "communication", (flat,), itemsize,
-                           "dtrain/worker.py _gradient_buffers", dtype))
+        items.append(
+            _item(
+                "sum of the gradients (allreduce_into's output)",
+                "communication",
+                (flat,),
+                itemsize,
+                "dtrain/worker.py _gradient_buffers",
+                dtype,
+            )
+        )
     ranks = shm_peers + 1
     if shm_peers and ranks & shm_peers == 0:
         # a power of two: the first exchange reads the partner's gradient buffer where it is; each
         # later round (log2(ranks) - 1 of them) sends the partial sum through a copy in a slot
-        items.append(_item("round-1 partner's gradient buffer, mapped (read where it is)", "communication",
-                           (grad_bytes,), 1, "dtrain/comm/shm.py PeerSegments", "uint8"))
+        items.append(
+            _item(
+                "round-1 partner's gradient buffer, mapped (read where it is)",
+                "communication",
+                (grad_bytes,),
+                1,
+                "dtrain/comm/shm.py PeerSegments",
+                "uint8",
+            )
+        )
         for r in range(2, ranks.bit_length()):
-            items.append(_item(f"round-{r} partner's segment, mapped (partial sum read from it)", "communication",
-                               (grad_bytes,), 1, "dtrain/comm/shm.py PeerSegments", "uint8"))
-            items.append(_item(f"own shared-memory segment for the round-{r} partner (partial sum copied into it)",
-                               "communication", (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment", "uint8"))
+            items.append(
+                _item(
+                    f"round-{r} partner's segment, mapped (partial sum read from it)",
+                    "communication",
+                    (grad_bytes,),
+                    1,
+                    "dtrain/comm/shm.py PeerSegments",
+                    "uint8",
+                )
+            )
+            items.append(
+                _item(
+                    f"own shared-memory segment for the round-{r} partner (partial sum copied into it)",
+                    "communication",
+                    (SHM_HEADER_BYTES + grad_bytes,),
+                    1,
+                    "dtrain/comm/shm.py Segment",
+                    "uint8",
+                )
+            )
     for p in range(shm_peers):
         if shm_peers and ranks & shm_peers:  # not a power of two: every exchange copies (an upper bound)
-            items.append(_item(f"peer {p + 1}'s segment, mapped (its gradient read from it)", "communication",
-                               (grad_bytes,), 1, "dtrain/comm/shm.py PeerSegments", "uint8"))
-            items.append(_item(f"own shared-memory segment for peer {p + 1} (gradient copied into it)", "communication",
-                               (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment (one slot in use)", "uint8"))
+            items.append(
+                _item(
+                    f"peer {p + 1}'s segment, mapped (its gradient read from it)",
+                    "communication",
+                    (grad_bytes,),
+                    1,
+                    "dtrain/comm/shm.py PeerSegments",
+                    "uint8",
+                )
+            )
+            items.append(
+                _item(
+                    f"own shared-memory segment for peer {p + 1} (gradient copied into it)",
+                    "communication",
+                    (SHM_HEADER_BYTES + grad_bytes,),
+                    1,
+                    "dtrain/comm/shm.py Segment (one slot in use)",
+                    "uint8",
+                )
+            )
         if rank0:
-            items.append(_item(f"own shared-memory segment for peer {p + 1} (the initial weights broadcast through it)",
-                               "communication", (SHM_HEADER_BYTES + grad_bytes,), 1, "dtrain/comm/shm.py Segment", "uint8"))
+            items.append(
+                _item(
+                    f"own shared-memory segment for peer {p + 1} (the initial weights broadcast through it)",
+                    "communication",
+                    (SHM_HEADER_BYTES + grad_bytes,),
+                    1,
+                    "dtrain/comm/shm.py Segment",
+                    "uint8",
+                )
+            )
     if shm_peers and not rank0:
-        items.append(_item("rank 0's segment, mapped (the initial weights read from it)", "communication", (grad_bytes,), 1,
-                           "dtrain/comm/shm.py PeerSegments", "uint8"))
+        items.append(
+            _item(
+                "rank 0's segment, mapped (the initial weights read from it)",
+                "communication",
+                (grad_bytes,),
+                1,
+                "dtrain/comm/shm.py PeerSegments",
+                "uint8",
+            )
+        )
     if rank0:
-        items.append(_item("initial weights received from the client", "rank 0 transfer", (flat,), itemsize,
-                           "dtrain/driver.py: client.scatter of the start point to rank 0", dtype))
-        items.append(_item("trained weights returned to the client", "rank 0 transfer", (flat,), itemsize,
-                           "dtrain/worker.py _train: host_copy(model.params)", dtype))
+        items.append(
+            _item(
+                "initial weights received from the client",
+                "rank 0 transfer",
+                (flat,),
+                itemsize,
+                "dtrain/driver.py: client.scatter of the start point to rank 0",
+                dtype,
+            )
+        )
+        items.append(
+            _item(
+                "trained weights returned to the client",
+                "rank 0 transfer",
+                (flat,),
+                itemsize,
+                "dtrain/worker.py _train: host_copy(model.params)",
+                dtype,
+            )
+        )
         for slot in SLOTS[optimizer]:
-            items.append(_item(f"optimizer slot {slot!r} returned to the client", "rank 0 transfer", (flat,), itemsize,
-                               "dtrain/worker.py _train: optimizer.get_state()", dtype))
+            items.append(
+                _item(
+                    f"optimizer slot {slot!r} returned to the client",
+                    "rank 0 transfer",
+                    (flat,),
+                    itemsize,
+                    "dtrain/worker.py _train: optimizer.get_state()",
+                    dtype,
+                )
+            )
 
     by_category: dict[str, int] = {}
     for item in items:
@@ -260,8 +475,17 @@ def transients(layers: Sequence[int], rows: int, dtype: str) -> list[dict]:
     itemsize = np.dtype(dtype).itemsize
     flat = flat_elements(layers, itemsize)
     return [
-        _item("np.isfinite(x) while checking x", "transient", (rows, layers[0]), 1, "dtrain/data.py _check_finite", "bool"),
-        _item("float64 initial values while building", "transient", (flat,), 8, "dtrain/model.py Sequential.build", "float64"),
+        _item(
+            "np.isfinite(x) while checking x", "transient", (rows, layers[0]), 1, "dtrain/data.py _check_finite", "bool"
+        ),
+        _item(
+            "float64 initial values while building",
+            "transient",
+            (flat,),
+            8,
+            "dtrain/model.py Sequential.build",
+            "float64",
+        ),
     ]
 
 
@@ -324,7 +548,10 @@ def _actual_model_bytes(model) -> dict | None:
                         seen.add(id(arr))
                         total += arr.nbytes
         total += sum(b.nbytes for b in model._top_grads._entries.values())
-        return {"bytes": int(total), "what": "params + grads + optimizer scratch and slots + every layer's per-batch buffers + dL/dlogits"}
+        return {
+            "bytes": int(total),
+            "what": "params + grads + optimizer scratch and slots + every layer's per-batch buffers + dL/dlogits",
+        }
     except AttributeError as exc:
         return {"bytes": None, "what": f"unavailable: {exc}"}
 
@@ -434,8 +661,17 @@ def _child_single(cfg: dict) -> dict:
     }
 
 
-def _probe_allocations(model, x, y, batch: int, layers: Sequence[int], *, steady_windows: int = 16,
-                       extra_callbacks: Sequence[Any] = (), leak: bool = True) -> dict:
+def _probe_allocations(
+    model,
+    x,
+    y,
+    batch: int,
+    layers: Sequence[int],
+    *,
+    steady_windows: int = 16,
+    extra_callbacks: Sequence[Any] = (),
+    leak: bool = True,
+) -> dict:
     """Allocations per training step, with tracemalloc, during a second fit of ``model``.
 
     A window runs from one ``on_train_batch_end`` to the next (one whole iteration of fit's loop:
@@ -457,7 +693,9 @@ def _probe_allocations(model, x, y, batch: int, layers: Sequence[int], *, steady
     rows = len(x)
     spe = _steps_per_epoch(rows, batch)
     if spe < 4:
-        raise BenchmarkError(f"the allocation probe needs at least 4 steps per epoch; {rows} samples at batch {batch} give {spe}.")
+        raise BenchmarkError(
+            f"the allocation probe needs at least 4 steps per epoch; {rows} samples at batch {batch} give {spe}."
+        )
     domain = np.lib.tracemalloc_domain
     itemsize = np.dtype(model.dtype).itemsize
     hidden = max(layers[1:-1]) if len(layers) > 2 else layers[-1]
@@ -466,7 +704,7 @@ def _probe_allocations(model, x, y, batch: int, layers: Sequence[int], *, steady
     temp_bytes = max(a * b for a, b in zip(layers[:-1], layers[1:])) * itemsize  # the largest kernel
     first = 2
     steady = [g for g in range(first, spe) if g % spe][: max(1, min(steady_windows, spe - first - 1))]
-    boundary = spe                      # opens at the end of the epoch's last step
+    boundary = spe  # opens at the end of the epoch's last step
     control = spe + 1 if leak else None
     last = (control if control is not None else boundary) + 1
     this_file = os.path.abspath(__file__)
@@ -519,29 +757,41 @@ def _probe_allocations(model, x, y, batch: int, layers: Sequence[int], *, steady
                 _, peak = tracemalloc.get_traced_memory()
                 snap = tracemalloc.take_snapshot()
                 arrays = snap.filter_traces([tracemalloc.DomainFilter(True, domain)]).statistics("traceback")
-                objects = snap.filter_traces([
-                    tracemalloc.DomainFilter(False, domain),
-                    tracemalloc.Filter(False, tracemalloc.__file__),
-                    tracemalloc.Filter(False, this_file),
-                ]).statistics("traceback")
-                self.windows.append({
-                    "kind": self.open,
-                    "step": self.g,
-                    "retained_arrays": sum(s.count for s in arrays),
-                    "retained_array_bytes": sum(s.size for s in arrays),
-                    "retained_arrays_where": where(arrays),
-                    "retained_python_objects": sum(s.count for s in objects),
-                    "retained_python_bytes": sum(s.size for s in objects),
-                    "retained_python_where": where(objects),
-                    "peak_bytes": int(peak),
-                })
+                objects = snap.filter_traces(
+                    [
+                        tracemalloc.DomainFilter(False, domain),
+                        tracemalloc.Filter(False, tracemalloc.__file__),
+                        tracemalloc.Filter(False, this_file),
+                    ]
+                ).statistics("traceback")
+                self.windows.append(
+                    {
+                        "kind": self.open,
+                        "step": self.g,
+                        "retained_arrays": sum(s.count for s in arrays),
+                        "retained_array_bytes": sum(s.size for s in arrays),
+                        "retained_arrays_where": where(arrays),
+                        "retained_python_objects": sum(s.count for s in objects),
+                        "retained_python_bytes": sum(s.size for s in objects),
+                        "retained_python_where": where(objects),
+                        "peak_bytes": int(peak),
+                    }
+                )
                 self.open = None
                 del snap, arrays, objects
             if self.g >= last:
                 tracemalloc.stop()
                 self.model.stop_training = True
                 return
-            kind = "steady" if self.g in steady else "epoch boundary" if self.g == boundary else "control" if self.g == control else None
+            kind = (
+                "steady"
+                if self.g in steady
+                else "epoch boundary"
+                if self.g == boundary
+                else "control"
+                if self.g == control
+                else None
+            )
             if kind is not None:
                 if not tracemalloc.is_tracing():
                     tracemalloc.start(TRACE_FRAMES)
@@ -581,10 +831,12 @@ def _probe_allocations(model, x, y, batch: int, layers: Sequence[int], *, steady
             "parameters_bytes": int(model.params.nbytes),
         },
         "epoch_boundary": boundary_w,
-        "note": ("retained = allocated during the step and still alive at its end (tracemalloc traces cleared at the "
-                 "step's start); arrays = NumPy's data allocations (tracemalloc domain "
-                 f"{domain}); python objects include the logs dict fit passes to on_train_batch_end, freed right after; "
-                 "largest temporary = peak of all traced memory within the step (arrays and Python objects)."),
+        "note": (
+            "retained = allocated during the step and still alive at its end (tracemalloc traces cleared at the "
+            "step's start); arrays = NumPy's data allocations (tracemalloc domain "
+            f"{domain}); python objects include the logs dict fit passes to on_train_batch_end, freed right after; "
+            "largest temporary = peak of all traced memory within the step (arrays and Python objects)."
+        ),
     }
     if control_w is not None:
         result["control"] = {
@@ -592,7 +844,8 @@ def _probe_allocations(model, x, y, batch: int, layers: Sequence[int], *, steady
             "temporary_bytes": temp_bytes,
             "detected_retained_array_bytes": control_w["retained_array_bytes"],
             "detected_peak_bytes": control_w["peak_bytes"],
-            "detected": control_w["retained_array_bytes"] >= leak_bytes and control_w["peak_bytes"] >= temp_bytes + leak_bytes,
+            "detected": control_w["retained_array_bytes"] >= leak_bytes
+            and control_w["peak_bytes"] >= temp_bytes + leak_bytes,
         }
     return result
 
@@ -609,8 +862,21 @@ def _malloc_stats() -> dict | None:
         return None
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     try:
         mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
@@ -618,8 +884,12 @@ def _malloc_stats() -> dict | None:
         return None
     mallinfo2.restype = MallInfo2
     info = mallinfo2()
-    return {"in_use_bytes": int(info.uordblks), "free_held_bytes": int(info.fordblks),
-            "heap_bytes": int(info.arena), "mmapped_bytes": int(info.hblkhd)}
+    return {
+        "in_use_bytes": int(info.uordblks),
+        "free_held_bytes": int(info.fordblks),
+        "heap_bytes": int(info.arena),
+        "mmapped_bytes": int(info.hblkhd),
+    }
 
 
 def _worker_baseline() -> dict:
@@ -665,7 +935,13 @@ def _child_cluster(cfg: dict) -> dict:
     from dtrain.clusters import local_cluster
     from dtrain.sampling import ShardPlan
 
-    layers, batch, rows, workers, optimizer = tuple(cfg["layers"]), cfg["batch"], cfg["samples"], cfg["workers"], cfg["optimizer"]
+    layers, batch, rows, workers, optimizer = (
+        tuple(cfg["layers"]),
+        cfg["batch"],
+        cfg["samples"],
+        cfg["workers"],
+        cfg["optimizer"],
+    )
     x, y = _data(rows, layers)
     model = _build_model(layers, optimizer)
     spe = _steps_per_epoch(rows, batch)
@@ -730,9 +1006,11 @@ def _child_cluster(cfg: dict) -> dict:
     # Dask's statistical profiler keeps a profile of every second in each worker (deque of up to
     # 3600): worker memory grows with time whatever the task does. Off unless asked for.
     profiler = bool(cfg.get("dask_profiler", False))
-    with dask.config.set({"distributed.worker.profile.enabled": profiler}), \
-            local_cluster(workers, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        dask.config.set({"distributed.worker.profile.enabled": profiler}),
+        local_cluster(workers, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(workers, timeout=120)
         profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
         if any(bool(v) != profiler for v in profiling.values()):
@@ -744,8 +1022,17 @@ def _child_cluster(cfg: dict) -> dict:
         sampler.start()
         t0 = time.monotonic()
         try:
-            history = model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, seed=0, shuffle=True,
-                                client=client, callbacks=[anchors])
+            history = model.fit(
+                x,
+                y,
+                batch_size=batch,
+                epochs=epochs,
+                verbose=0,
+                seed=0,
+                shuffle=True,
+                client=client,
+                callbacks=[anchors],
+            )
         finally:
             sampler.halt.set()
             sampler.join()
@@ -761,8 +1048,17 @@ def _child_cluster(cfg: dict) -> dict:
         local_rows = plan.local_rows(owned)
         per_step = np.diff(plan.taken[list(owned)], axis=1).sum(axis=0)  # this rank's rows in each step
         local_sizes = sorted({int(n) for n in per_step if n > 0}, reverse=True)
-        bound = compute_bound(layers, _activations(layers), rows=local_rows, batch_sizes=local_sizes, optimizer=optimizer,
-                              shards_held=len(owned), received_shard=True, shm_peers=workers - 1, rank0=rank == 0)
+        bound = compute_bound(
+            layers,
+            _activations(layers),
+            rows=local_rows,
+            batch_sizes=local_sizes,
+            optimizer=optimizer,
+            shards_held=len(owned),
+            received_shard=True,
+            shm_peers=workers - 1,
+            rank0=rank == 0,
+        )
         samples = sampler.samples[addr]
         ts = np.array([s[0] for s in samples], dtype=np.float64)
         rss = np.array([s[1] for s in samples], dtype=np.int64)
@@ -795,32 +1091,43 @@ def _child_cluster(cfg: dict) -> dict:
         shared_memory = {
             "bound_one_slot_each_way_bytes": int(sum(i["bytes"] for i in comm_items)),
             "rss_shmem_peak_bytes": shm_peak,
-            "slots_each_way_measured": (round(shm_peak / (2 * (workers - 1) * grad_bytes), 2)
-                                        if comm_items and shm_peak is not None and shm_peak >= 0 else None),
+            "slots_each_way_measured": (
+                round(shm_peak / (2 * (workers - 1) * grad_bytes), 2)
+                if comm_items and shm_peak is not None and shm_peak >= 0
+                else None
+            ),
         }
-        malloc = anchors.malloc.get(addr) if isinstance(anchors.malloc, dict) and "error" not in anchors.malloc else None
-        per_worker.append({
-            "rank": rank,
-            "address": addr,
-            "pid": pids[addr],
-            "shards": list(owned),
-            "rows": local_rows,
-            "local_batch_sizes": local_sizes,
-            "baseline_rss_bytes": baseline,
-            "bound": bound,
-            "peak": {"psutil_sampled_bytes": sampled_peak, "ru_maxrss_bytes": int(maxrss[addr]), "samples": len(rss),
-                     "sample_interval_ms": 20},
-            "shared_memory": shared_memory,
-            "malloc_at_steady_step": malloc,
-            "peak_bytes": peak,
-            "ratio": round(peak / (baseline + bound["total_bytes"]), 4),
-            "ratio_vs_issue_minimum": round(peak / (baseline + bound["issue_minimum_bytes"]), 4),
-            "unaccounted_bytes": int(peak - baseline - bound["total_bytes"]),
-            "timeline": timeline,
-            "slope_bytes_per_step": slope,
-            "steady_growth_bytes": growth,
-            "steady_range_bytes": spread,
-        })
+        malloc = (
+            anchors.malloc.get(addr) if isinstance(anchors.malloc, dict) and "error" not in anchors.malloc else None
+        )
+        per_worker.append(
+            {
+                "rank": rank,
+                "address": addr,
+                "pid": pids[addr],
+                "shards": list(owned),
+                "rows": local_rows,
+                "local_batch_sizes": local_sizes,
+                "baseline_rss_bytes": baseline,
+                "bound": bound,
+                "peak": {
+                    "psutil_sampled_bytes": sampled_peak,
+                    "ru_maxrss_bytes": int(maxrss[addr]),
+                    "samples": len(rss),
+                    "sample_interval_ms": 20,
+                },
+                "shared_memory": shared_memory,
+                "malloc_at_steady_step": malloc,
+                "peak_bytes": peak,
+                "ratio": round(peak / (baseline + bound["total_bytes"]), 4),
+                "ratio_vs_issue_minimum": round(peak / (baseline + bound["issue_minimum_bytes"]), 4),
+                "unaccounted_bytes": int(peak - baseline - bound["total_bytes"]),
+                "timeline": timeline,
+                "slope_bytes_per_step": slope,
+                "steady_growth_bytes": growth,
+                "steady_range_bytes": spread,
+            }
+        )
     timing = getattr(history, "timing", {}) or {}
     return {
         "workers": workers,
@@ -848,26 +1155,44 @@ def _run_child(kind: str, cfg: dict, threads: int, timeout: float) -> dict:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"the {kind} measurement ({cfg.get('optimizer', '')}) did not finish within {timeout:g} s") from None
+        raise BenchmarkError(
+            f"the {kind} measurement ({cfg.get('optimizer', '')}) did not finish within {timeout:g} s"
+        ) from None
     if proc.returncode != 0:
         raise BenchmarkError(f"the {kind} measurement failed (exit {proc.returncode}):\n{proc.stderr.strip()[-3000:]}")
     lines = proc.stdout.strip().splitlines()
     try:
         return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        raise BenchmarkError(f"the {kind} measurement printed no JSON result; stderr:\n{proc.stderr.strip()[-3000:]}") from None
+        raise BenchmarkError(
+            f"the {kind} measurement printed no JSON result; stderr:\n{proc.stderr.strip()[-3000:]}"
+        ) from None
 
 
 def _single_report(cfg: dict, child: dict) -> dict:
     layers, rows, batch = cfg["layers"], cfg["samples"], cfg["batch"]
-    bound = compute_bound(layers, _activations(layers), rows=rows, batch_sizes=_global_batch_sizes(rows, batch),
-                          optimizer=cfg["optimizer"])
+    bound = compute_bound(
+        layers,
+        _activations(layers),
+        rows=rows,
+        batch_sizes=_global_batch_sizes(rows, batch),
+        optimizer=cfg["optimizer"],
+    )
     baseline = child["baseline_rss_bytes"]
     peak = max(child["peak"]["psutil_sampled_bytes"], child["peak"]["ru_maxrss_bytes"])
-    model_items = {"parameters", "gradients", "optimizer state", "optimizer work buffer", "activations", "activation gradients"}
+    model_items = {
+        "parameters",
+        "gradients",
+        "optimizer state",
+        "optimizer work buffer",
+        "activations",
+        "activation gradients",
+    }
     computed_model = sum(i["bytes"] for i in bound["items"] if i["category"] in model_items)
     actual = child.pop("actual_model_buffers", None) or {}
-    data_bytes = sum(i["bytes"] for i in bound["items"] if i["name"] in ("x (training rows)", "y (integer labels, as given)"))
+    data_bytes = sum(
+        i["bytes"] for i in bound["items"] if i["name"] in ("x (training rows)", "y (integer labels, as given)")
+    )
     return {
         **child,
         "bound": bound,
@@ -893,16 +1218,26 @@ def _profiler_summary(child: dict) -> dict:
     workers = []
     for w in child["per_worker"]:
         slope = w["slope_bytes_per_step"]
-        workers.append({
-            "rank": w["rank"], "baseline_rss_bytes": w["baseline_rss_bytes"], "peak_bytes": w["peak_bytes"], "ratio": w["ratio"],
-            "slope_bytes_per_step": slope, "slope_bytes_per_second": (round(slope / step_s) if slope is not None and step_s else None),
-            "steady_growth_bytes": w["steady_growth_bytes"],
-        })
+        workers.append(
+            {
+                "rank": w["rank"],
+                "baseline_rss_bytes": w["baseline_rss_bytes"],
+                "peak_bytes": w["peak_bytes"],
+                "ratio": w["ratio"],
+                "slope_bytes_per_step": slope,
+                "slope_bytes_per_second": (round(slope / step_s) if slope is not None and step_s else None),
+                "steady_growth_bytes": w["steady_growth_bytes"],
+            }
+        )
     return {
-        "note": ("not a target: the cluster run again with distributed.worker.profile.enabled=True (Dask's default). The "
-                 "profiler samples every worker's threads every 10 ms and keeps one profile per second (up to 3600), "
-                 "so a worker's memory grows with time whatever the task is."),
-        "fit_seconds": child["fit_seconds"], "step_ms": child["step_ms"], "per_worker": workers,
+        "note": (
+            "not a target: the cluster run again with distributed.worker.profile.enabled=True (Dask's default). The "
+            "profiler samples every worker's threads every 10 ms and keeps one profile per second (up to 3600), "
+            "so a worker's memory grows with time whatever the task is."
+        ),
+        "fit_seconds": child["fit_seconds"],
+        "step_ms": child["step_ms"],
+        "per_worker": workers,
     }
 
 
@@ -910,7 +1245,9 @@ def _config(quick: bool, kwargs: dict) -> dict:
     cfg = dict(QUICK if quick else FULL)
     unknown = set(kwargs) - set(cfg) - {"optimizers", "timeout"}
     if unknown:
-        raise ValueError(f"run() got unexpected arguments {sorted(unknown)}; known: {sorted(set(cfg) | {'optimizers', 'timeout'})}.")
+        raise ValueError(
+            f"run() got unexpected arguments {sorted(unknown)}; known: {sorted(set(cfg) | {'optimizers', 'timeout'})}."
+        )
     cfg.update({k: v for k, v in kwargs.items() if v is not None})
     cfg["layers"] = [int(v) for v in cfg["layers"]]
     cfg.setdefault("optimizers", ("sgd", "adam"))
@@ -921,13 +1258,19 @@ def _config(quick: bool, kwargs: dict) -> dict:
     if isinstance(cfg["workers"], bool) or not isinstance(cfg["workers"], int) or cfg["workers"] < 0:
         raise ValueError(f"workers must be a non-negative integer (0: no cluster part), received {cfg['workers']!r}.")
     if len(cfg["layers"]) < 2 or min(cfg["layers"]) < 1:
-        raise ValueError(f"layers must be at least two positive widths (input, ..., classes), received {cfg['layers']!r}.")
+        raise ValueError(
+            f"layers must be at least two positive widths (input, ..., classes), received {cfg['layers']!r}."
+        )
     if cfg["layers"][-1] < 2:
         raise ValueError("the last layer is a softmax over classes: it needs at least 2 units.")
     if cfg["samples"] < 4 * cfg["batch"]:
-        raise ValueError(f"samples must be at least 4 batches ({4 * cfg['batch']}) for the per-step probe; received {cfg['samples']}.")
+        raise ValueError(
+            f"samples must be at least 4 batches ({4 * cfg['batch']}) for the per-step probe; received {cfg['samples']}."
+        )
     if cfg["workers"] and cfg["batch"] < cfg["workers"]:
-        raise ValueError(f"batch {cfg['batch']} is smaller than the {cfg['workers']} workers: every step takes a row from each.")
+        raise ValueError(
+            f"batch {cfg['batch']} is smaller than the {cfg['workers']} workers: every step takes a row from each."
+        )
     if not isinstance(cfg["profiler_comparison"], bool):
         raise ValueError(f"profiler_comparison must be True or False, received {cfg['profiler_comparison']!r}.")
     bad = [o for o in cfg["optimizers"] if o not in SLOTS]
@@ -954,8 +1297,12 @@ def _targets(result: dict) -> dict:
             slopes[f"cluster.rank{w['rank']}"] = w["slope_bytes_per_step"]
     measured = bool(ratios)
     peak_met = measured and all(r <= RATIO_TARGET for r in ratios.values()) and not errors
-    growth_met = (measured and not errors and all(s is not None and s < SLOPE_LIMIT_BYTES_PER_STEP for s in slopes.values())
-                  and all(n == 0 for n in retained.values()))
+    growth_met = (
+        measured
+        and not errors
+        and all(s is not None and s < SLOPE_LIMIT_BYTES_PER_STEP for s in slopes.values())
+        and all(n == 0 for n in retained.values())
+    )
     return {
         "peak_rss_within_1.2x_of_bound": {
             "met": peak_met if measured else None,
@@ -969,9 +1316,9 @@ def _targets(result: dict) -> dict:
             "rss_slope_bytes_per_step": {k: (None if v is None else round(v, 1)) for k, v in slopes.items()},
             "arrays_retained_per_steady_step_max": retained,
             "definition": "RSS slope over the second half of the steps below the limit, and no NumPy array allocated "
-                          "in a steady-state step still alive after it (single process, tracemalloc); the workers run "
-                          "with Dask's statistical profiler off (its per-second history grows with time: see "
-                          "cluster_dask_profiler_on)",
+            "in a steady-state step still alive after it (single process, tracemalloc); the workers run "
+            "with Dask's statistical profiler off (its per-second history grows with time: see "
+            "cluster_dask_profiler_on)",
         },
         "not_measured": errors,
     }
@@ -1005,21 +1352,32 @@ def _summary(result: dict) -> list[str]:
                 f"cluster rank {w['rank']}: peak {_mib(w['peak_bytes'])} vs baseline {_mib(w['baseline_rss_bytes'])} + bound "
                 f"{_mib(w['bound']['total_bytes'])} -> ratio {w['ratio']:.3f}; RSS slope "
                 f"{w['slope_bytes_per_step'] if w['slope_bytes_per_step'] is None else round(w['slope_bytes_per_step'], 1)} B/step (second half)"
-                + (f"; shared-memory slots each way: {w['shared_memory']['slots_each_way_measured']}"
-                   if w["shared_memory"]["slots_each_way_measured"] is not None else "")
-                + (f"; beyond the bound {_mib(w['unaccounted_bytes'])}, of which glibc holds "
-                   f"{_mib(w['malloc_at_steady_step']['free_held_bytes'])} freed" if w.get("malloc_at_steady_step") else "")
+                + (
+                    f"; shared-memory slots each way: {w['shared_memory']['slots_each_way_measured']}"
+                    if w["shared_memory"]["slots_each_way_measured"] is not None
+                    else ""
+                )
+                + (
+                    f"; beyond the bound {_mib(w['unaccounted_bytes'])}, of which glibc holds "
+                    f"{_mib(w['malloc_at_steady_step']['free_held_bytes'])} freed"
+                    if w.get("malloc_at_steady_step")
+                    else ""
+                )
             )
     on = result.get("cluster_dask_profiler_on")
     if on and "error" in on:
         lines.append(f"cluster with Dask's profiler on: ERROR {on['error'].splitlines()[0]}")
     elif on:
         for w in on["per_worker"]:
-            lines.append(f"cluster rank {w['rank']} with Dask's profiler on (not a target): ratio {w['ratio']:.3f}; RSS slope "
-                         f"{w['slope_bytes_per_step'] if w['slope_bytes_per_step'] is None else round(w['slope_bytes_per_step'])} B/step")
+            lines.append(
+                f"cluster rank {w['rank']} with Dask's profiler on (not a target): ratio {w['ratio']:.3f}; RSS slope "
+                f"{w['slope_bytes_per_step'] if w['slope_bytes_per_step'] is None else round(w['slope_bytes_per_step'])} B/step"
+            )
     t = result["targets"]
-    lines.append(f"target peak <= {RATIO_TARGET}x bound: {'met' if t['peak_rss_within_1.2x_of_bound']['met'] else 'NOT met'}; "
-                 f"no per-step growth: {'met' if t['no_per_step_growth']['met'] else 'NOT met'}")
+    lines.append(
+        f"target peak <= {RATIO_TARGET}x bound: {'met' if t['peak_rss_within_1.2x_of_bound']['met'] else 'NOT met'}; "
+        f"no per-step growth: {'met' if t['no_per_step_growth']['met'] else 'NOT met'}"
+    )
     return lines
 
 
@@ -1038,8 +1396,15 @@ def run(quick: bool = False, **kwargs: Any) -> dict:
         "benchmark": "memory",
         "issue": 6,
         "quick": bool(quick),
-        "network": {"layers": layers, "activations": _activations(layers), "dtype": "float32", "loss": "sparse_categorical_crossentropy",
-                    "global_batch": cfg["batch"], "samples": cfg["samples"], "min_steps": cfg["steps"]},
+        "network": {
+            "layers": layers,
+            "activations": _activations(layers),
+            "dtype": "float32",
+            "loss": "sparse_categorical_crossentropy",
+            "global_batch": cfg["batch"],
+            "samples": cfg["samples"],
+            "min_steps": cfg["steps"],
+        },
         "machine": machine_record(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "single_process": {},
@@ -1080,8 +1445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, help="global batch (default 512)")
     p.add_argument("--threads", type=int, help="BLAS threads of the single-process runs (default 2)")
     p.add_argument("--quick", action="store_true", help="a tiny network, in seconds; writes no file")
-    p.add_argument("--no-profiler-comparison", action="store_true",
-                   help="skip the second cluster run with Dask's statistical profiler on")
+    p.add_argument(
+        "--no-profiler-comparison",
+        action="store_true",
+        help="skip the second cluster run with Dask's statistical profiler on",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--child", choices=("single", "cluster"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -1093,8 +1461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
 
-    kwargs = {"samples": args.samples, "steps": args.steps, "workers": args.workers, "batch": args.batch, "threads": args.threads,
-              "profiler_comparison": False if args.no_profiler_comparison else None}
+    kwargs = {
+        "samples": args.samples,
+        "steps": args.steps,
+        "workers": args.workers,
+        "batch": args.batch,
+        "threads": args.threads,
+        "profiler_comparison": False if args.no_profiler_comparison else None,
+    }
     if args.layers:
         try:
             kwargs["layers"] = [int(v) for v in args.layers.split(",")]

@@ -8,6 +8,7 @@ command re-renders a report without measuring again. The targets are evaluated h
 figures in suite.json (:func:`evaluate_targets`), so a report always agrees with its numbers.
 Plots use matplotlib's object API (``Figure`` + ``FigureCanvasAgg``), no pyplot state.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,12 @@ PLOTS = {
     "time_to_accuracy": "suite_time_to_accuracy.png",
 }
 SECTIONS = ("single_process", "distributed", "breakdown", "allreduce", "memory", "scaling", "time_to_accuracy")
-OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+}
 
 # -- targets -------------------------------------------------------------------------------------
 
@@ -86,38 +92,83 @@ def _memory_targets(memory: dict | None) -> dict[str, dict[str, Any]]:
         if kind and kind not in found:
             value, where = _number(item.get("value")), None
             if value is None:  # the worst of its per-measurement figures
-                figures = [(k, v) for k, v in item.items() if isinstance(v, dict) and any(w in k for w in ("ratio", "slope", "growth"))]
-                numbers = [abs(x) for x in (_number(v) for v in (figures[0][1].values() if figures else [])) if x is not None]
+                figures = [
+                    (k, v)
+                    for k, v in item.items()
+                    if isinstance(v, dict) and any(w in k for w in ("ratio", "slope", "growth"))
+                ]
+                numbers = [
+                    abs(x) for x in (_number(v) for v in (figures[0][1].values() if figures else [])) if x is not None
+                ]
                 value, where = (max(numbers), figures[0][0]) if numbers else (None, None)
-            threshold = next((_number(item[k]) for k in ("threshold", "target", "limit") if _number(item.get(k)) is not None), None)
+            threshold = next(
+                (_number(item[k]) for k in ("threshold", "target", "limit") if _number(item.get(k)) is not None), None
+            )
             if threshold is None:
                 threshold = next((_number(v) for k, v in item.items() if "limit" in k and _number(v) is not None), None)
-            found[kind] = {"value": value, "threshold": threshold,
-                           "verdict": item.get("met") if isinstance(item.get("met"), bool) else None,
-                           "source": f"benchmarks.memory's target {item.get('name', item.get('id'))!r}"
-                                     + (f", worst of {where}" if where else "")}
+            found[kind] = {
+                "value": value,
+                "threshold": threshold,
+                "verdict": item.get("met") if isinstance(item.get("met"), bool) else None,
+                "source": f"benchmarks.memory's target {item.get('name', item.get('id'))!r}"
+                + (f", worst of {where}" if where else ""),
+            }
     flat = list(_walk(result))
     if "memory_growth" not in found:
         verdicts = [(k, v) for k, v in flat if "growth" in k.lower() and isinstance(v, bool)]
-        figures = [(k, _number(v)) for k, v in flat if "growth" in k.lower() and "toler" not in k.lower() and "threshold" not in k.lower()
-                   and _number(v) is not None and ("byte" in k.lower() or k.lower().endswith("growth") or "per_step" in k.lower())]
-        tolerance = next((_number(v) for k, v in flat if "growth" in k.lower() and ("toler" in k.lower() or "threshold" in k.lower())
-                          and _number(v) is not None), None)
+        figures = [
+            (k, _number(v))
+            for k, v in flat
+            if "growth" in k.lower()
+            and "toler" not in k.lower()
+            and "threshold" not in k.lower()
+            and _number(v) is not None
+            and ("byte" in k.lower() or k.lower().endswith("growth") or "per_step" in k.lower())
+        ]
+        tolerance = next(
+            (
+                _number(v)
+                for k, v in flat
+                if "growth" in k.lower()
+                and ("toler" in k.lower() or "threshold" in k.lower())
+                and _number(v) is not None
+            ),
+            None,
+        )
         if figures or verdicts:
             key, value = figures[0] if figures else (None, None)
-            found["memory_growth"] = {"value": value, "threshold": tolerance if tolerance is not None else 0.0,
-                                      "verdict": verdicts[0][1] if verdicts else None,
-                                      "source": f"benchmarks.memory: {key or verdicts[0][0]}"}
+            found["memory_growth"] = {
+                "value": value,
+                "threshold": tolerance if tolerance is not None else 0.0,
+                "verdict": verdicts[0][1] if verdicts else None,
+                "source": f"benchmarks.memory: {key or verdicts[0][0]}",
+            }
     if "peak_rss" not in found:
-        ratio = next(((k, _number(v)) for k, v in flat if "peak" in k.lower() and ("ratio" in k.lower() or "vs_bound" in k.lower()
-                      or "over_bound" in k.lower()) and _number(v) is not None), None)
+        ratio = next(
+            (
+                (k, _number(v))
+                for k, v in flat
+                if "peak" in k.lower()
+                and ("ratio" in k.lower() or "vs_bound" in k.lower() or "over_bound" in k.lower())
+                and _number(v) is not None
+            ),
+            None,
+        )
         if ratio is None:
-            peak = next(((k, _number(v)) for k, v in flat if "peak" in k.lower() and "bound" not in k.lower() and _number(v)), None)
+            peak = next(
+                ((k, _number(v)) for k, v in flat if "peak" in k.lower() and "bound" not in k.lower() and _number(v)),
+                None,
+            )
             bound = next(((k, _number(v)) for k, v in flat if "bound" in k.lower() and _number(v)), None)
             if peak and bound:
                 ratio = (f"{peak[0]} / {bound[0]}", peak[1] / bound[1])
         if ratio is not None:
-            found["peak_rss"] = {"value": ratio[1], "threshold": None, "verdict": None, "source": f"benchmarks.memory: {ratio[0]}"}
+            found["peak_rss"] = {
+                "value": ratio[1],
+                "threshold": None,
+                "verdict": None,
+                "source": f"benchmarks.memory: {ratio[0]}",
+            }
     return found
 
 
@@ -136,6 +187,7 @@ def _section_value(*path: str, why: str) -> Callable[[dict], tuple[float | None,
     def get(sections: dict) -> tuple[float | None, str | None]:
         value = _number(_get(sections, *path))
         return (value, None) if value is not None else (None, why)
+
     return get
 
 
@@ -147,27 +199,67 @@ def _memory_value(kind: str) -> Callable[[dict], tuple[float | None, str | None]
             note = (memory or {}).get("note") or "benchmarks.memory gave no figure for it"
             return None, note
         return entry["value"], entry["source"]
+
     return get
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("single_step", "Single process: dtrain step time <= 1.0x PyTorch's (all cores)",
-           "dtrain step / PyTorch step, median of the per-round ratios", "<=", 1.0, "x",
-           _section_value("single_process", "median", "ratio_step", why="PyTorch peer not measured")),
-    Target("ddp_throughput", "2 workers x 1 thread: throughput >= 1.15x PyTorch DDP with 2 ranks",
-           "dtrain 2 workers / DDP 2 ranks (samples/s), median of the per-round ratios", ">=", 1.15, "x",
-           _section_value("distributed", "median", "ratio_2w_vs_ddp", why="PyTorch DDP peer or the 2-worker run not measured")),
-    Target("scaling_efficiency", "2 workers: scaling efficiency >= 85% of 1 worker",
-           "samples/s on 2 workers / (2 x samples/s on 1 worker), median of rounds", ">=", 0.85, "%",
-           _section_value("distributed", "median", "efficiency_2w", why="the 2-worker run was not measured")),
-    Target("allreduce_40MiB", "Allreduce of 40 MiB between 2 workers <= 1.3x a raw socket",
-           "allreduce 40 MiB / raw loopback socket moving 40 MiB one way, median of the per-round ratios", "<=", 1.3, "x",
-           _section_value("allreduce", "per_size", "40MiB", "ratio_vs_oneway", why="40 MiB allreduce not measured")),
-    Target("memory_growth", "No per-step memory growth",
-           "steady-state RSS slope (bytes per step), worst measurement, from benchmarks.memory", "<=", 0.0, "B/step",
-           _memory_value("memory_growth")),
-    Target("peak_rss", "Peak RSS <= 1.2x the computed bound",
-           "peak RSS / computed bound, worst measurement, from benchmarks.memory", "<=", 1.2, "x", _memory_value("peak_rss")),
+    Target(
+        "single_step",
+        "Single process: dtrain step time <= 1.0x PyTorch's (all cores)",
+        "dtrain step / PyTorch step, median of the per-round ratios",
+        "<=",
+        1.0,
+        "x",
+        _section_value("single_process", "median", "ratio_step", why="PyTorch peer not measured"),
+    ),
+    Target(
+        "ddp_throughput",
+        "2 workers x 1 thread: throughput >= 1.15x PyTorch DDP with 2 ranks",
+        "dtrain 2 workers / DDP 2 ranks (samples/s), median of the per-round ratios",
+        ">=",
+        1.15,
+        "x",
+        _section_value(
+            "distributed", "median", "ratio_2w_vs_ddp", why="PyTorch DDP peer or the 2-worker run not measured"
+        ),
+    ),
+    Target(
+        "scaling_efficiency",
+        "2 workers: scaling efficiency >= 85% of 1 worker",
+        "samples/s on 2 workers / (2 x samples/s on 1 worker), median of rounds",
+        ">=",
+        0.85,
+        "%",
+        _section_value("distributed", "median", "efficiency_2w", why="the 2-worker run was not measured"),
+    ),
+    Target(
+        "allreduce_40MiB",
+        "Allreduce of 40 MiB between 2 workers <= 1.3x a raw socket",
+        "allreduce 40 MiB / raw loopback socket moving 40 MiB one way, median of the per-round ratios",
+        "<=",
+        1.3,
+        "x",
+        _section_value("allreduce", "per_size", "40MiB", "ratio_vs_oneway", why="40 MiB allreduce not measured"),
+    ),
+    Target(
+        "memory_growth",
+        "No per-step memory growth",
+        "steady-state RSS slope (bytes per step), worst measurement, from benchmarks.memory",
+        "<=",
+        0.0,
+        "B/step",
+        _memory_value("memory_growth"),
+    ),
+    Target(
+        "peak_rss",
+        "Peak RSS <= 1.2x the computed bound",
+        "peak RSS / computed bound, worst measurement, from benchmarks.memory",
+        "<=",
+        1.2,
+        "x",
+        _memory_value("peak_rss"),
+    ),
 )
 
 
@@ -190,11 +282,20 @@ def evaluate_targets(suite: dict) -> list[dict[str, Any]]:
             met = OPS[target.op](value, threshold)
         else:
             met = None
-        out.append({
-            "id": target.id, "name": target.name, "figure": target.figure, "op": target.op, "threshold": threshold,
-            "unit": target.unit, "value": value, "met": met, "verdict_by": "benchmarks.memory" if verdict is not None else None,
-            "note": source if value is None or target.id in ("memory_growth", "peak_rss") else None,
-        })
+        out.append(
+            {
+                "id": target.id,
+                "name": target.name,
+                "figure": target.figure,
+                "op": target.op,
+                "threshold": threshold,
+                "unit": target.unit,
+                "value": value,
+                "met": met,
+                "verdict_by": "benchmarks.memory" if verdict is not None else None,
+                "note": source if value is None or target.id in ("memory_growth", "peak_rss") else None,
+            }
+        )
     return out
 
 
@@ -254,34 +355,59 @@ def render_markdown(suite: dict, plots: dict[str, str] | None = None) -> str:
     machine = suite.get("machine", {})
     settings = suite.get("settings", {})
     lines = ["# dtrain benchmark suite", ""]
-    lines += _table(["", ""], [
-        ["command", f"`{suite.get('command', 'n/a')}`"],
-        ["date", f"{suite.get('started', 'n/a')} to {suite.get('finished', 'n/a')} (wall time {_fmt(suite.get('wall_s'), 0)} s)"],
-        ["commit", str(suite.get("commit", "n/a"))],
-        ["machine", f"{machine.get('cores', 'n/a')} cores usable ({machine.get('cpus', 'n/a')} CPUs), {machine.get('cpu_model', 'unknown CPU')}, "
-                    f"{_fmt(machine.get('memory_gib'), 1)} GiB RAM, {machine.get('platform', '')}"],
-        ["software", ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items())],
-        ["load average (1, 5, 15 min) at start / end", f"{_load(machine.get('load_start'))} / {_load(machine.get('load_end'))}"],
-        ["settings", ", ".join(f"{k} {v}" for k, v in settings.items())],
-    ])
+    lines += _table(
+        ["", ""],
+        [
+            ["command", f"`{suite.get('command', 'n/a')}`"],
+            [
+                "date",
+                f"{suite.get('started', 'n/a')} to {suite.get('finished', 'n/a')} (wall time {_fmt(suite.get('wall_s'), 0)} s)",
+            ],
+            ["commit", str(suite.get("commit", "n/a"))],
+            [
+                "machine",
+                f"{machine.get('cores', 'n/a')} cores usable ({machine.get('cpus', 'n/a')} CPUs), {machine.get('cpu_model', 'unknown CPU')}, "
+                f"{_fmt(machine.get('memory_gib'), 1)} GiB RAM, {machine.get('platform', '')}",
+            ],
+            ["software", ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items())],
+            [
+                "load average (1, 5, 15 min) at start / end",
+                f"{_load(machine.get('load_start'))} / {_load(machine.get('load_end'))}",
+            ],
+            ["settings", ", ".join(f"{k} {v}" for k, v in settings.items())],
+        ],
+    )
     if suite.get("quick"):
-        lines += ["> **Quick run** (`--quick`): a tiny network, few steps and one round, to check that the suite works. "
-                  "The targets are defined for 784-1024-1024-10 at global batch 512, so the verdicts below say nothing "
-                  "about dtrain's performance.", ""]
+        lines += [
+            "> **Quick run** (`--quick`): a tiny network, few steps and one round, to check that the suite works. "
+            "The targets are defined for 784-1024-1024-10 at global batch 512, so the verdicts below say nothing "
+            "about dtrain's performance.",
+            "",
+        ]
     for note in suite.get("notes", []):
         lines += [f"> note: {note}", ""]
-    lines += ["The machine is shared and noisy: every comparison runs dtrain and its peer one after the other in fresh "
-              "processes, and the ratios (medians of the per-round ratios) are what count, not the absolute times.", ""]
+    lines += [
+        "The machine is shared and noisy: every comparison runs dtrain and its peer one after the other in fresh "
+        "processes, and the ratios (medians of the per-round ratios) are what count, not the absolute times.",
+        "",
+    ]
 
     # targets
     targets = evaluate_targets(suite)
     lines += ["## Targets", ""]
-    lines += _table(["target", "figure", "value", "target value", "result"], [
-        [t["name"], t["figure"] + (f" ({t['note']})" if t.get("note") else ""), _fmt_target_value(t["value"], t["unit"]),
-         f"{t['op']} {_fmt_target_value(t['threshold'], t['unit'])}",
-         verdict(t["met"]) + (f" ({t['verdict_by']}'s own verdict)" if t.get("verdict_by") else "")]
-        for t in targets
-    ])
+    lines += _table(
+        ["target", "figure", "value", "target value", "result"],
+        [
+            [
+                t["name"],
+                t["figure"] + (f" ({t['note']})" if t.get("note") else ""),
+                _fmt_target_value(t["value"], t["unit"]),
+                f"{t['op']} {_fmt_target_value(t['threshold'], t['unit'])}",
+                verdict(t["met"]) + (f" ({t['verdict_by']}'s own verdict)" if t.get("verdict_by") else ""),
+            ]
+            for t in targets
+        ],
+    )
 
     lines += _single_process_md(s.get("single_process"), plots)
     lines += _distributed_md(s.get("distributed"))
@@ -305,16 +431,47 @@ def _single_process_md(sp: dict | None, plots) -> list[str]:
     lines = ["## Single process: one training step against PyTorch", ""]
     if _error(sp):
         return lines + _error(sp)
-    lines += [f"Network {sp.get('layers')}, batch {sp.get('batch')}, float32, SGD; {sp.get('threads')} threads for both "
-              f"(dtrain: NumPy + BLAS; PyTorch: `torch.set_num_threads`). Each figure is the median of {sp.get('steps')} timed steps; "
-              f"`python -m benchmarks.single_process` runs each round (command: `{sp.get('command')}`).", ""]
+    lines += [
+        f"Network {sp.get('layers')}, batch {sp.get('batch')}, float32, SGD; {sp.get('threads')} threads for both "
+        f"(dtrain: NumPy + BLAS; PyTorch: `torch.set_num_threads`). Each figure is the median of {sp.get('steps')} timed steps; "
+        f"`python -m benchmarks.single_process` runs each round (command: `{sp.get('command')}`).",
+        "",
+    ]
     if sp.get("note"):
         lines += [f"> {sp['note']}", ""]
-    rows = [[r.get("round"), r.get("dtrain_step_ms"), r.get("dtrain_fit_step_ms"), r.get("torch_step_ms"), r.get("ratio_step"), r.get("ratio_fit")]
-            for r in sp.get("rounds", [])]
+    rows = [
+        [
+            r.get("round"),
+            r.get("dtrain_step_ms"),
+            r.get("dtrain_fit_step_ms"),
+            r.get("torch_step_ms"),
+            r.get("ratio_step"),
+            r.get("ratio_fit"),
+        ]
+        for r in sp.get("rounds", [])
+    ]
     m = sp.get("median", {})
-    rows.append(["**median**", m.get("dtrain_step_ms"), m.get("dtrain_fit_step_ms"), m.get("torch_step_ms"), m.get("ratio_step"), m.get("ratio_fit")])
-    lines += _table(["round", "dtrain step (ms)", "dtrain `fit()` per step (ms)", "PyTorch step (ms)", "step ratio", "`fit()` ratio"], rows)
+    rows.append(
+        [
+            "**median**",
+            m.get("dtrain_step_ms"),
+            m.get("dtrain_fit_step_ms"),
+            m.get("torch_step_ms"),
+            m.get("ratio_step"),
+            m.get("ratio_fit"),
+        ]
+    )
+    lines += _table(
+        [
+            "round",
+            "dtrain step (ms)",
+            "dtrain `fit()` per step (ms)",
+            "PyTorch step (ms)",
+            "step ratio",
+            "`fit()` ratio",
+        ],
+        rows,
+    )
     return lines + _image(plots, "single_process", "single-process step time per round")
 
 
@@ -322,16 +479,40 @@ def _distributed_md(d: dict | None) -> list[str]:
     lines = ["## Data parallel: 1 and 2 workers against PyTorch with as many ranks", ""]
     if _error(d):
         return lines + _error(d)
-    lines += [f"Network {d.get('layers')}, global batch {d.get('global_batch')}, 1 thread per worker / rank. dtrain: `fit(..., client=)` on a "
-              "`dtrain.local_cluster` (a LocalCluster with dtrain's Dask settings; `benchmarks.distributed.measure_dtrain`: 2 epochs, the second timed, time per step as the slower rank lives it). "
-              f"PyTorch: {d.get('peer') or 'not measured'}.", ""]
+    lines += [
+        f"Network {d.get('layers')}, global batch {d.get('global_batch')}, 1 thread per worker / rank. dtrain: `fit(..., client=)` on a "
+        "`dtrain.local_cluster` (a LocalCluster with dtrain's Dask settings; `benchmarks.distributed.measure_dtrain`: 2 epochs, the second timed, time per step as the slower rank lives it). "
+        f"PyTorch: {d.get('peer') or 'not measured'}.",
+        "",
+    ]
     if d.get("note"):
         lines += [f"> {d['note']}", ""]
-    keys = ["dtrain_1w", "peer_1r", "ratio_1w_vs_peer", "dtrain_2w", "peer_2r", "ratio_2w_vs_ddp", "efficiency_2w", "peer_efficiency_2r"]
+    keys = [
+        "dtrain_1w",
+        "peer_1r",
+        "ratio_1w_vs_peer",
+        "dtrain_2w",
+        "peer_2r",
+        "ratio_2w_vs_ddp",
+        "efficiency_2w",
+        "peer_efficiency_2r",
+    ]
     rows = [[r.get("round"), *[r.get(k) for k in keys]] for r in d.get("rounds", [])]
     rows.append(["**median**", *[d.get("median", {}).get(k) for k in keys]])
-    lines += _table(["round", "dtrain 1 worker (samples/s)", "PyTorch 1 rank", "1w / PyTorch", "dtrain 2 workers (samples/s)",
-                     "PyTorch DDP 2 ranks", "2w / DDP", "dtrain scaling efficiency", "DDP scaling efficiency"], rows)
+    lines += _table(
+        [
+            "round",
+            "dtrain 1 worker (samples/s)",
+            "PyTorch 1 rank",
+            "1w / PyTorch",
+            "dtrain 2 workers (samples/s)",
+            "PyTorch DDP 2 ranks",
+            "2w / DDP",
+            "dtrain scaling efficiency",
+            "DDP scaling efficiency",
+        ],
+        rows,
+    )
     return lines
 
 
@@ -339,10 +520,13 @@ def _breakdown_md(b: dict | None, plots) -> list[str]:
     lines = ["## Where a 2-worker step goes", ""]
     if _error(b):
         return lines + _error(b)
-    lines += ["Per step of the timed epoch of the 2-worker runs above: compute (forward, backward, update), communication (the "
-              "step's collectives less waiting: the allreduce, or in a sharded step the reduce-scatter, the finite "
-              "verdict and the allgather), waiting (for the slower rank), overhead (the rest of the step: batches, bookkeeping); "
-              "medians over steps of the mean over ranks. *step* is the epoch's time per step.", ""]
+    lines += [
+        "Per step of the timed epoch of the 2-worker runs above: compute (forward, backward, update), communication (the "
+        "step's collectives less waiting: the allreduce, or in a sharded step the reduce-scatter, the finite "
+        "verdict and the allgather), waiting (for the slower rank), overhead (the rest of the step: batches, bookkeeping); "
+        "medians over steps of the mean over ranks. *step* is the epoch's time per step.",
+        "",
+    ]
     parts = ["step_ms", "compute_ms", "communication_ms", "waiting_ms", "overhead_ms"]
     rows = [[r.get("round"), *[r.get(p) for p in parts]] for r in b.get("rounds", [])]
     rows.append(["**median**", *[b.get("median", {}).get(p) for p in parts]])
@@ -354,13 +538,28 @@ def _allreduce_md(a: dict | None, plots) -> list[str]:
     lines = ["## Allreduce against a raw loopback socket", ""]
     if _error(a):
         return lines + _error(a)
-    lines += [f"{a.get('workers')} workers, float32 buffers, median of {a.get('reps')} allreduces per size and round (slowest rank of "
-              "each call); in the same run, a raw TCP loopback socket between two processes moving the same bytes one way (plus "
-              "a 1-byte reply) and both ways at once (what a 2-rank allreduce must move). Medians over rounds; ratios are medians "
-              f"of the per-round ratios. Command per round: `{a.get('command')}`.", ""]
-    rows = [[label, v.get("allreduce_ms"), v.get("raw_oneway_ms"), v.get("raw_exchange_ms"), v.get("ratio_vs_oneway"), v.get("ratio_vs_exchange")]
-            for label, v in a.get("per_size", {}).items()]
-    lines += _table(["size", "allreduce (ms)", "raw, one way (ms)", "raw, both ways at once (ms)", "vs one way", "vs both ways"], rows)
+    lines += [
+        f"{a.get('workers')} workers, float32 buffers, median of {a.get('reps')} allreduces per size and round (slowest rank of "
+        "each call); in the same run, a raw TCP loopback socket between two processes moving the same bytes one way (plus "
+        "a 1-byte reply) and both ways at once (what a 2-rank allreduce must move). Medians over rounds; ratios are medians "
+        f"of the per-round ratios. Command per round: `{a.get('command')}`.",
+        "",
+    ]
+    rows = [
+        [
+            label,
+            v.get("allreduce_ms"),
+            v.get("raw_oneway_ms"),
+            v.get("raw_exchange_ms"),
+            v.get("ratio_vs_oneway"),
+            v.get("ratio_vs_exchange"),
+        ]
+        for label, v in a.get("per_size", {}).items()
+    ]
+    lines += _table(
+        ["size", "allreduce (ms)", "raw, one way (ms)", "raw, both ways at once (ms)", "vs one way", "vs both ways"],
+        rows,
+    )
     return lines + _image(plots, "allreduce", "allreduce time against size")
 
 
@@ -373,8 +572,11 @@ def _memory_md(m: dict | None) -> list[str]:
     if m.get("error"):
         return lines + [f"**Failed:** {m['error']}", ""]
     result = m.get("result") or {}
-    lines += [f"From `benchmarks.memory.run()` ({m.get('note') or 'in a fresh process'}); its network: "
-              f"{_get(result, 'network', 'layers')}, global batch {_get(result, 'network', 'global_batch')}.", ""]
+    lines += [
+        f"From `benchmarks.memory.run()` ({m.get('note') or 'in a fresh process'}); its network: "
+        f"{_get(result, 'network', 'layers')}, global batch {_get(result, 'network', 'global_batch')}.",
+        "",
+    ]
     summary = result.get("summary")
     if isinstance(summary, list) and summary:
         lines += [f"- {line}" for line in summary] + [""]
@@ -385,8 +587,15 @@ def _memory_md(m: dict | None) -> list[str]:
         kept = _get(targets, "no_per_step_growth", "arrays_retained_per_steady_step_max") or {}
         names = list(dict.fromkeys([*peak, *slope, *kept]))
         if names:
-            lines += _table(["measurement", "peak RSS / (baseline + computed bound)", "RSS slope (bytes/step)", "arrays kept per step (max)"],
-                            [[n, peak.get(n), slope.get(n), kept.get(n)] for n in names])
+            lines += _table(
+                [
+                    "measurement",
+                    "peak RSS / (baseline + computed bound)",
+                    "RSS slope (bytes/step)",
+                    "arrays kept per step (max)",
+                ],
+                [[n, peak.get(n), slope.get(n), kept.get(n)] for n in names],
+            )
         return lines
     rows = [[f"`{k}`", v] for k, v in _walk(result) if not isinstance(v, (list, tuple, dict))][:40]
     return lines + _table(["figure", "value"], rows)
@@ -396,17 +605,40 @@ def _scaling_md(sc: dict | None, plots) -> list[str]:
     lines = ["## Scaling with the number of workers", ""]
     if _error(sc):
         return lines + _error(sc)
-    lines += [f"Network {sc.get('layers')}, global batch {sc.get('global_batch')} (the per-worker batch shrinks as workers are added), "
-              f"workers {sc.get('workers')} x 1 thread. Ideal: n x the 1-worker samples/s; efficiency: samples/s over the ideal "
-              "(per round, then the median).", ""]
+    lines += [
+        f"Network {sc.get('layers')}, global batch {sc.get('global_batch')} (the per-worker batch shrinks as workers are added), "
+        f"workers {sc.get('workers')} x 1 thread. Ideal: n x the 1-worker samples/s; efficiency: samples/s over the ideal "
+        "(per round, then the median).",
+        "",
+    ]
     if sc.get("peer_note"):
         lines += [f"> {sc['peer_note']}", ""]
     per = sc.get("per_workers", {})
     one = _number(_get(per, "1", "dtrain_samples_per_s"))
-    rows = [[v["workers"], v.get("dtrain_samples_per_s"), one * v["workers"] if one else None, _pct(v.get("efficiency")),
-             v.get("peer_samples_per_s"), _pct(v.get("peer_efficiency")), v.get("ratio_vs_peer")] for v in per.values()]
-    lines += _table(["workers", "dtrain samples/s", "ideal samples/s", "dtrain efficiency", "PyTorch samples/s", "PyTorch efficiency",
-                     "dtrain / PyTorch"], rows)
+    rows = [
+        [
+            v["workers"],
+            v.get("dtrain_samples_per_s"),
+            one * v["workers"] if one else None,
+            _pct(v.get("efficiency")),
+            v.get("peer_samples_per_s"),
+            _pct(v.get("peer_efficiency")),
+            v.get("ratio_vs_peer"),
+        ]
+        for v in per.values()
+    ]
+    lines += _table(
+        [
+            "workers",
+            "dtrain samples/s",
+            "ideal samples/s",
+            "dtrain efficiency",
+            "PyTorch samples/s",
+            "PyTorch efficiency",
+            "dtrain / PyTorch",
+        ],
+        rows,
+    )
     return lines + _image(plots, "scaling", "scaling curve")
 
 
@@ -420,20 +652,42 @@ def _tta_md(t: dict | None, plots) -> list[str]:
     if _error(t):
         return lines + _error(t)
     p = t.get("problem", {})
-    lines += [f"`dtrain.datasets.make_classification`: {p.get('n_train')} training and {p.get('n_val')} validation samples, "
-              f"{p.get('features')} features, {p.get('classes')} classes, separation {p.get('separation')}, seed {p.get('seed')}. "
-              f"Network {t.get('layers')}, global batch {t.get('batch')}, SGD (lr {t.get('learning_rate')}), fixed seeds; training stops "
-              f"at the end of the first epoch whose validation accuracy is >= {t.get('target_accuracy')} (at most {t.get('max_epochs')} "
-              "epochs). Seconds run from the `fit()` call (the cluster is already up; its start is listed apart) to that epoch's end "
-              "as the caller sees it; dtrain runs use 2 logical shards, so 1 and 2 workers train the same maths.", ""]
+    lines += [
+        f"`dtrain.datasets.make_classification`: {p.get('n_train')} training and {p.get('n_val')} validation samples, "
+        f"{p.get('features')} features, {p.get('classes')} classes, separation {p.get('separation')}, seed {p.get('seed')}. "
+        f"Network {t.get('layers')}, global batch {t.get('batch')}, SGD (lr {t.get('learning_rate')}), fixed seeds; training stops "
+        f"at the end of the first epoch whose validation accuracy is >= {t.get('target_accuracy')} (at most {t.get('max_epochs')} "
+        "epochs). Seconds run from the `fit()` call (the cluster is already up; its start is listed apart) to that epoch's end "
+        "as the caller sees it; dtrain runs use 2 logical shards, so 1 and 2 workers train the same maths.",
+        "",
+    ]
     for note in t.get("notes", []):
         lines += [f"> {note}", ""]
     rows = []
     for label, v in t.get("summary", {}).items():
-        rows.append([label, f"{v.get('reached')}/{v.get('runs')}", v.get("epochs"), v.get("seconds"),
-                     ", ".join(_fmt(x) for x in v.get("seconds_per_round", [])), v.get("final_val_accuracy"), v.get("startup_s")])
-    lines += _table(["system", "rounds reaching the target", "epochs (median)", "seconds to target (median)", "seconds per round",
-                     "final validation accuracy (median)", "cluster start (s)"], rows)
+        rows.append(
+            [
+                label,
+                f"{v.get('reached')}/{v.get('runs')}",
+                v.get("epochs"),
+                v.get("seconds"),
+                ", ".join(_fmt(x) for x in v.get("seconds_per_round", [])),
+                v.get("final_val_accuracy"),
+                v.get("startup_s"),
+            ]
+        )
+    lines += _table(
+        [
+            "system",
+            "rounds reaching the target",
+            "epochs (median)",
+            "seconds to target (median)",
+            "seconds per round",
+            "final validation accuracy (median)",
+            "cluster start (s)",
+        ],
+        rows,
+    )
     return lines + _image(plots, "time_to_accuracy", "validation accuracy against time")
 
 
@@ -459,7 +713,12 @@ def _plot_single_process(sp: dict, path: Path) -> bool:
     width = 0.38
     ax.bar([x - width / 2 for x in xs], [r.get("dtrain_step_ms") or 0 for r in rounds], width, label="dtrain")
     if any(r.get("torch_step_ms") for r in rounds):
-        ax.bar([x + width / 2 for x in xs], [r.get("torch_step_ms") or 0 for r in rounds], width, label=f"PyTorch ({sp.get('threads')} threads)")
+        ax.bar(
+            [x + width / 2 for x in xs],
+            [r.get("torch_step_ms") or 0 for r in rounds],
+            width,
+            label=f"PyTorch ({sp.get('threads')} threads)",
+        )
     ax.set_xticks(xs, [f"round {r.get('round')}" for r in rounds])
     ax.set_ylabel("step time (ms, lower is better)")
     ax.set_title(f"One training step, {sp.get('layers')}, batch {sp.get('batch')}")
@@ -519,8 +778,15 @@ def _plot_breakdown(b: dict, path: Path) -> bool:
         ax.bar(xs, heights, 0.6, bottom=bottom, label=part[:-3])
         bottom = [a + h for a, h in zip(bottom, heights)]
     steps = [_number(r.get("step_ms")) for _, r in bars]
-    ax.scatter([x for x, s in zip(xs, steps) if s], [s for s in steps if s], marker="_", s=600, color="k", zorder=3,
-               label="step (epoch time per step)")
+    ax.scatter(
+        [x for x, s in zip(xs, steps) if s],
+        [s for s in steps if s],
+        marker="_",
+        s=600,
+        color="k",
+        zorder=3,
+        label="step (epoch time per step)",
+    )
     ax.set_xticks(xs, [name for name, _ in bars])
     ax.set_ylabel("ms per step")
     ax.set_title("2-worker step: where the time goes")
@@ -539,8 +805,11 @@ def _plot_allreduce(a: dict, path: Path) -> bool:
     xs = [nbytes[k] for k in labels]
     fig = _figure()
     ax = fig.add_subplot()
-    for key, style, name in (("allreduce_ms", "o-", f"dtrain allreduce ({a.get('workers')} workers)"),
-                             ("raw_oneway_ms", "s--", "raw socket, one way"), ("raw_exchange_ms", "^--", "raw socket, both ways at once")):
+    for key, style, name in (
+        ("allreduce_ms", "o-", f"dtrain allreduce ({a.get('workers')} workers)"),
+        ("raw_oneway_ms", "s--", "raw socket, one way"),
+        ("raw_exchange_ms", "^--", "raw socket, both ways at once"),
+    ):
         pts = [(x, per[k].get(key)) for x, k in zip(xs, labels) if _number(per[k].get(key))]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
@@ -583,8 +852,13 @@ def render_plots(suite: dict, out_dir: Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     s = suite.get("sections", {})
     made = {}
-    for key, fn in (("single_process", _plot_single_process), ("scaling", _plot_scaling), ("breakdown", _plot_breakdown),
-                    ("allreduce", _plot_allreduce), ("time_to_accuracy", _plot_tta)):
+    for key, fn in (
+        ("single_process", _plot_single_process),
+        ("scaling", _plot_scaling),
+        ("breakdown", _plot_breakdown),
+        ("allreduce", _plot_allreduce),
+        ("time_to_accuracy", _plot_tta),
+    ):
         section = s.get(key)
         if isinstance(section, dict) and not section.get("error") and fn(section, out_dir / PLOTS[key]):
             made[key] = PLOTS[key]
@@ -601,7 +875,11 @@ def render(suite: dict | str | Path, out_dir: str | Path | None = None) -> dict[
     plots = render_plots(suite, out)
     md = out / "suite.md"
     md.write_text(render_markdown(suite, plots))
-    return {"markdown": str(md), "plots": [str(out / name) for name in plots.values()], "targets": evaluate_targets(suite)}
+    return {
+        "markdown": str(md),
+        "plots": [str(out / name) for name in plots.values()],
+        "targets": evaluate_targets(suite),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ the per-round ratios) and the scaling efficiency: samples/s on n workers over n 
 1-worker samples/s of the same round (1.0 is the ideal line). ``measure()`` is what
 ``python -m benchmarks`` calls; this command prints the same dictionary as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,38 @@ def have_peer(peer: Path | None) -> bool:
 
 def run_dtrain(layers: str, batch: int, steps: int, workers: int) -> dict[str, Any]:
     """One dtrain measurement on ``workers`` workers, in a fresh process (``benchmarks.distributed``'s child)."""
-    cmd = [sys.executable, "-m", "benchmarks.distributed", "--layers", layers, "--batch", str(batch),
-           "--steps", str(steps), "--worker", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.distributed",
+        "--layers",
+        layers,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--worker",
+        str(workers),
+    ]
     return distributed._run_json(cmd)
 
 
 def run_peer(peer: Path, layers: str, batch: int, steps: int, world: int) -> dict[str, Any]:
     """The PyTorch peer with ``world`` ranks of 1 thread each, in fresh processes."""
-    cmd = [sys.executable, str(peer), "--layers", layers, "--batch", str(batch), "--steps", str(steps),
-           "--world", str(world), "--threads", "1"]
+    cmd = [
+        sys.executable,
+        str(peer),
+        "--layers",
+        layers,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--world",
+        str(world),
+        "--threads",
+        "1",
+    ]
     try:
         return distributed._run_json(cmd)
     except RuntimeError:  # gloo's ranks now and then abort on exit ("terminate called ..."): once more
@@ -87,8 +111,12 @@ def summarize(rounds: list[dict[str, Any]], workers: list[int]) -> dict[str, Any
         if peers:
             entry["peer_samples_per_s"] = _median([p["samples_per_s"] for p in peers])
             entry["peer_step_ms"] = _median([p["step_ms"] for p in peers])
-            entry["peer_efficiency"] = _median([r["peer_efficiency"][key] for r in rounds if key in r.get("peer_efficiency", {})])
-            entry["ratio_vs_peer"] = _median([r["ratio_vs_peer"][key] for r in rounds if key in r.get("ratio_vs_peer", {})])
+            entry["peer_efficiency"] = _median(
+                [r["peer_efficiency"][key] for r in rounds if key in r.get("peer_efficiency", {})]
+            )
+            entry["ratio_vs_peer"] = _median(
+                [r["ratio_vs_peer"][key] for r in rounds if key in r.get("ratio_vs_peer", {})]
+            )
         per_n[key] = entry
     return per_n
 
@@ -115,7 +143,14 @@ def measure(
     use_peer = have_peer(peer)
     out_rounds = []
     for r in range(rounds):
-        row: dict[str, Any] = {"round": r + 1, "dtrain": {}, "peer": {}, "efficiency": {}, "peer_efficiency": {}, "ratio_vs_peer": {}}
+        row: dict[str, Any] = {
+            "round": r + 1,
+            "dtrain": {},
+            "peer": {},
+            "efficiency": {},
+            "peer_efficiency": {},
+            "ratio_vs_peer": {},
+        }
         for n in workers:
             mine = run_dtrain(layers, batch, steps, n)
             row["dtrain"][str(n)] = mine
@@ -130,7 +165,9 @@ def measure(
         for n in workers:
             row["efficiency"][str(n)] = round(row["dtrain"][str(n)]["samples_per_s"] / (n * one), 4)
             if use_peer:
-                row["peer_efficiency"][str(n)] = round(row["peer"][str(n)]["samples_per_s"] / (n * row["peer"]["1"]["samples_per_s"]), 4)
+                row["peer_efficiency"][str(n)] = round(
+                    row["peer"][str(n)]["samples_per_s"] / (n * row["peer"]["1"]["samples_per_s"]), 4
+                )
         out_rounds.append(row)
     return {
         "layers": layers,
@@ -139,8 +176,12 @@ def measure(
         "peer_steps": peer_steps,
         "threads_per_worker": 1,
         "workers": workers,
-        "peer": "torch_mlp.py --world n --threads 1 (n = 1: one process, no DDP wrapper; n >= 2: DDP over gloo)" if use_peer else None,
-        "peer_note": None if use_peer else f"PyTorch peer not available ({peer}; needs `pip install torch==2.13.0`): dtrain only",
+        "peer": "torch_mlp.py --world n --threads 1 (n = 1: one process, no DDP wrapper; n >= 2: DDP over gloo)"
+        if use_peer
+        else None,
+        "peer_note": None
+        if use_peer
+        else f"PyTorch peer not available ({peer}; needs `pip install torch==2.13.0`): dtrain only",
         "rounds": out_rounds,
         "per_workers": summarize(out_rounds, workers),
     }
@@ -156,8 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-workers", type=int, default=None, help="largest worker count (default: the cores)")
     p.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="path to torch_mlp.py")
     args = p.parse_args(argv)
-    result = measure(args.max_workers, args.rounds, args.layers, args.batch, args.steps, args.peer_steps, args.peer,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    result = measure(
+        args.max_workers,
+        args.rounds,
+        args.layers,
+        args.batch,
+        args.steps,
+        args.peer_steps,
+        args.peer,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     print(json.dumps(result))
     return 0
 

@@ -15,6 +15,7 @@ dtrain / PyTorch (lower is better). Two dtrain figures are reported:
 
 Results are written to benchmarks/results/single_process.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ def machine_record() -> dict:
     """The machine a benchmark ran on, as its JSON results record it."""
     import numpy
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": numpy.__version__}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+    }
 
 
 def _thread_env(threads: int) -> dict[str, str]:
@@ -131,9 +136,20 @@ def main() -> int:
         except Exception:
             have_peer = False
     if not have_peer:
-        print(f"note: PyTorch peer not available ({args.peer}; pip install torch==2.13.0): dtrain only", file=sys.stderr)
+        print(
+            f"note: PyTorch peer not available ({args.peer}; pip install torch==2.13.0): dtrain only", file=sys.stderr
+        )
 
-    common = ["--layers", args.layers, "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    common = [
+        "--layers",
+        args.layers,
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     rounds = []
     for r in range(args.rounds):
         mine = _run_json([sys.executable, "-m", "benchmarks.single_process", "--worker", *common], args.threads)
@@ -168,7 +184,10 @@ def main() -> int:
     print("|---|---|---|")
     if "torch_step_ms" in summary:
         print(f"| PyTorch {args.threads} threads | {summary['torch_step_ms']} | 1.00x |")
-    for label, key, ratio in (("dtrain step", "dtrain_step_ms", "ratio_step"), ("dtrain fit()", "dtrain_fit_step_ms", "ratio_fit")):
+    for label, key, ratio in (
+        ("dtrain step", "dtrain_step_ms", "ratio_step"),
+        ("dtrain fit()", "dtrain_fit_step_ms", "ratio_fit"),
+    ):
         print(f"| {label} | {summary[key]} | {str(summary[ratio]) + 'x' if ratio in summary else 'n/a'} |")
     print(f"\nwritten to {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0

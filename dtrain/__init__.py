@@ -1,8 +1,9 @@
 """dtrain: dense neural networks trained with synchronous data parallelism on Dask.
 
-    from dtrain.models import Sequential
-    from dtrain.layers import Dense
+from dtrain.models import Sequential
+from dtrain.layers import Dense
 """
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version

@@ -4,6 +4,7 @@ Each activation writes ``a = f(z)`` into a caller-owned buffer, and its backward
 only that output ``a`` (not ``z``): for every function here f'(z) can be written in terms of
 f(z), which lets a layer keep one buffer per batch instead of two.
 """
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ when a GPU is requested, so the user learns *why* there is no GPU (no CuPy, no C
 The maths never branches on the device: it takes ``xp`` (``numpy`` or ``cupy``) from a
 :class:`Backend`.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ size, so steady-state training allocates nothing. The cache keeps the few sizes 
 full batch, the last partial batch, and the evaluation batches) and forgets the least recently
 used beyond that, so calling ``predict`` with many different lengths cannot pile up memory.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -1,5 +1,6 @@
 """Callbacks: hooks called by ``fit`` (Keras' protocol), plus History, EarlyStopping,
 TerminateOnNaN and a progress bar that works in terminals and notebooks (tqdm)."""
+
 from __future__ import annotations
 
 import math
@@ -146,7 +147,9 @@ class EarlyStopping(Callback):
     ):
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"EarlyStopping expected monitor to be a log key such as 'val_loss', received {monitor!r}.")
+            raise ValueError(
+                f"EarlyStopping expected monitor to be a log key such as 'val_loss', received {monitor!r}."
+            )
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
@@ -259,7 +262,10 @@ class ProgressBar(Callback):
             self._bar.close()
             self._bar = None
         elif self.verbose == 2:
-            print(f"Epoch {epoch + 1}/{self.params.get('epochs')} - {seconds:.2f}s - {format_logs(logs or {})}", flush=True)
+            print(
+                f"Epoch {epoch + 1}/{self.params.get('epochs')} - {seconds:.2f}s - {format_logs(logs or {})}",
+                flush=True,
+            )
 
     def on_train_end(self, logs=None):
         if self._bar is not None:  # training stopped inside an epoch

@@ -33,6 +33,7 @@ its progress away.
 
 One process writes to a directory at a time (rank 0 of a data-parallel job).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,23 @@ POINTER = "latest"
 _NAME = re.compile(r"^ckpt-(\d{10,})$")
 _FILE = re.compile(r"^(?P<name>ckpt-(?P<step>\d{10,}))\.(?P<kind>safetensors|json)$")
 _TEMP = re.compile(r"^\.(?P<name>ckpt-(?P<step>\d{10,}))\.(?:safetensors|json)\.tmp-[0-9a-f]+$")
-_DTYPES = {np.dtype(t) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                                 "uint64", "float16", "float32", "float64")}  # what safetensors stores
+_DTYPES = {
+    np.dtype(t)
+    for t in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    )
+}  # what safetensors stores
 _SHORT = 60  # characters of a value shown in an "incompatible" message
 
 
@@ -151,7 +167,7 @@ def _manifest_file(name: str) -> str:
 
 
 def _step_of(name: str) -> int:
-    return int(name[len("ckpt-"):])
+    return int(name[len("ckpt-") :])
 
 
 def _complete(files: list[str]) -> list[str]:
@@ -214,7 +230,9 @@ def _count(what: str, value: Any) -> int:
 def _host_arrays(arrays: Any) -> dict[str, np.ndarray]:
     """The arrays as contiguous NumPy arrays of a dtype safetensors stores."""
     if not isinstance(arrays, dict) or not arrays:
-        raise ValueError(f"Expected the checkpoint's arrays to be a non-empty dict of name -> array, received {arrays!r}.")
+        raise ValueError(
+            f"Expected the checkpoint's arrays to be a non-empty dict of name -> array, received {arrays!r}."
+        )
     out = {}
     for key, value in arrays.items():
         if not isinstance(key, str) or not key:
@@ -275,8 +293,9 @@ def _safetensors_bytes(arrays: dict[str, np.ndarray], name: str) -> bytes:
     return save(arrays, metadata={"dtrain": header})
 
 
-def _manifest(name: str, data: bytes, arrays: dict[str, np.ndarray], *, global_step: int, epoch: int, step: int,
-              meta: dict) -> bytes:
+def _manifest(
+    name: str, data: bytes, arrays: dict[str, np.ndarray], *, global_step: int, epoch: int, step: int, meta: dict
+) -> bytes:
     from . import __version__
 
     manifest = {
@@ -415,9 +434,15 @@ def _load(store: Location, name: str, expect: dict | None) -> Checkpoint:
     if expect:
         _check_compatible(store.where(_manifest_file(name)), manifest["meta"], expect)
     arrays = _read_arrays(store, name, manifest)
-    return Checkpoint(arrays=arrays, epoch=manifest["epoch"], step=manifest["step"],
-                      global_step=manifest["global_step"], meta=manifest["meta"], name=name,
-                      location=store.where(_arrays_file(name)))
+    return Checkpoint(
+        arrays=arrays,
+        epoch=manifest["epoch"],
+        step=manifest["step"],
+        global_step=manifest["global_step"],
+        meta=manifest["meta"],
+        name=name,
+        location=store.where(_arrays_file(name)),
+    )
 
 
 def _read_manifest(store: Location, name: str) -> dict:
@@ -433,16 +458,30 @@ def _read_manifest(store: Location, name: str) -> dict:
         raise _Bad(where, f"not a dtrain checkpoint manifest (format {found!r}, expected {FORMAT!r})")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise _Bad(where, f"checkpoint format version {version!r} (written by dtrain "
-                          f"{manifest.get('dtrain_version', '?')}); this dtrain reads version {FORMAT_VERSION}")
-    for key, kind in (("global_step", int), ("epoch", int), ("step", int), ("files", dict), ("arrays", dict),
-                      ("meta", dict)):
+        raise _Bad(
+            where,
+            f"checkpoint format version {version!r} (written by dtrain "
+            f"{manifest.get('dtrain_version', '?')}); this dtrain reads version {FORMAT_VERSION}",
+        )
+    for key, kind in (
+        ("global_step", int),
+        ("epoch", int),
+        ("step", int),
+        ("files", dict),
+        ("arrays", dict),
+        ("meta", dict),
+    ):
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-            raise _Bad(where, f"the manifest's {key} is {value!r}, expected a {'whole number >= 0' if kind is int else 'dict'}")
+            raise _Bad(
+                where, f"the manifest's {key} is {value!r}, expected a {'whole number >= 0' if kind is int else 'dict'}"
+            )
     if manifest["global_step"] != _step_of(name):
-        raise _Bad(where, f"the manifest is for global step {manifest['global_step']}, not {_step_of(name)} "
-                          f"as its name says (a renamed or copied file)")
+        raise _Bad(
+            where,
+            f"the manifest is for global step {manifest['global_step']}, not {_step_of(name)} "
+            f"as its name says (a renamed or copied file)",
+        )
     return manifest
 
 
@@ -450,8 +489,11 @@ def _read_arrays(store: Location, name: str, manifest: dict) -> dict[str, np.nda
     file = _arrays_file(name)
     where = store.where(file)
     expected = manifest["files"].get(file)
-    if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str) or \
-            not isinstance(expected.get("bytes"), int):
+    if (
+        not isinstance(expected, dict)
+        or not isinstance(expected.get("sha256"), str)
+        or not isinstance(expected.get("bytes"), int)
+    ):
         raise _Bad(store.where(_manifest_file(name)), f"the manifest has no sha256 and size for {file}")
     try:
         data = store.read(file)
@@ -489,8 +531,10 @@ def _check_arrays(where: str, arrays: dict[str, np.ndarray], listed: dict) -> No
         found = (array.dtype.name, list(array.shape))
         wanted = (spec.get("dtype"), spec.get("shape")) if isinstance(spec, dict) else (None, None)
         if found != wanted:
-            raise _Bad(where, f"array {key!r} is {found[0]} of shape {found[1]}, the manifest says "
-                              f"{wanted[0]} of shape {wanted[1]}")
+            raise _Bad(
+                where,
+                f"array {key!r} is {found[0]} of shape {found[1]}, the manifest says {wanted[0]} of shape {wanted[1]}",
+            )
         bad = _non_finite(array)
         if bad:
             raise _Bad(where, f"array {key!r} has {bad} NaN or infinite values (of {array.size})")
@@ -512,7 +556,9 @@ def _check_compatible(where: str, meta: dict, expect: dict) -> None:
         if difference is not None:
             path, theirs, ours = difference
             at = f" at {path.lstrip('.')}" if path else ""
-            raise _Bad(where, f"incompatible: {key} differs{at} (checkpoint: {_short(theirs)}, this run: {_short(ours)})")
+            raise _Bad(
+                where, f"incompatible: {key} differs{at} (checkpoint: {_short(theirs)}, this run: {_short(ours)})"
+            )
 
 
 _MISSING = object()
@@ -542,4 +588,4 @@ def _short(value: Any) -> str:
     if value is _MISSING:
         return "absent"
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= _SHORT else f"{text[:_SHORT - 3]}..."
+    return text if len(text) <= _SHORT else f"{text[: _SHORT - 3]}..."

@@ -12,6 +12,7 @@ Every command but demo's progress takes --json and then prints exactly one JSON 
 stdout. Errors print one line on stderr (an invalid job: one line per problem) and exit
 non-zero (add --verbose for the traceback); the codes are below.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=_positive_int, default=4000, help="generated samples (20%% held out)")
     demo.add_argument("--batch-size", type=_positive_int, default=32, help="global batch per step (default: 32)")
     demo.add_argument(
-        "--workers", type=_non_negative_int, default=2,
+        "--workers",
+        type=_non_negative_int,
+        default=2,
         help="worker processes of the embedded local Dask cluster (default: 2; 0: train in this process)",
     )
     demo.add_argument("--optimizer", default="sgd", help="sgd, adam or rmsprop (default: sgd)")
@@ -89,37 +92,54 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
         help="override a value of the job file (repeatable), e.g. --set fit.epochs=3",
     )
     scheduler = argparse.ArgumentParser(add_help=False)
     scheduler.add_argument(
-        "--scheduler", metavar="ADDRESS",
+        "--scheduler",
+        metavar="ADDRESS",
         help="the Dask scheduler, e.g. tcp://host:8786 (default: $DTRAIN_SCHEDULER, then Dask's scheduler-address)",
     )
-    scheduler.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                           help="how long to try reaching the scheduler (default: 10)")
+    scheduler.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to try reaching the scheduler (default: 10)",
+    )
 
     validate = commands.add_parser(
-        "validate", parents=[common, overrides], help="check a job file without running it",
+        "validate",
+        parents=[common, overrides],
+        help="check a job file without running it",
         description="Check a job file (and its --set overrides) without running it: every problem is reported "
         "with its key path and line.",
     )
     validate.add_argument("job", metavar="JOB", help="the job file (YAML or JSON)")
 
     run = commands.add_parser(
-        "run", parents=[common, overrides], help="run a job file on an embedded local Dask cluster",
+        "run",
+        parents=[common, overrides],
+        help="run a job file on an embedded local Dask cluster",
         description="Run a job on a local Dask cluster started for it (CPU worker processes, or one worker per GPU "
         "with the gpu extra), show its progress, print a summary and write its outputs.",
     )
     run.add_argument("job", metavar="JOB", help="the job file (YAML or JSON)")
     run.add_argument(
-        "--workers", type=_positive_int,
+        "--workers",
+        type=_positive_int,
         help="worker processes (default: the job's cluster.workers if a count, else one per CPU core or GPU)",
     )
 
     submit = commands.add_parser(
-        "submit", parents=[common, overrides, scheduler], help="run a job file on a Dask cluster",
+        "submit",
+        parents=[common, overrides, scheduler],
+        help="run a job file on a Dask cluster",
         description="Submit a job to the dtrain job service of a Dask scheduler and follow it (--detach: print the "
         "job id and return; the job keeps running).",
     )
@@ -127,27 +147,42 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--detach", action="store_true", help="return once the job is queued")
 
     resume = commands.add_parser(
-        "resume", parents=[common, overrides], help="continue a job from its latest checkpoint",
+        "resume",
+        parents=[common, overrides],
+        help="continue a job from its latest checkpoint",
         description="Continue a job from the latest good checkpoint in its output location (its job file is "
         "there too): on an embedded local cluster, or with --scheduler on a Dask cluster. The final weights "
         "equal those of an uninterrupted run.",
     )
     resume.add_argument("output", metavar="OUTPUT", help="the job's output location (output.dir)")
-    resume.add_argument("--scheduler", metavar="ADDRESS", help="run it on this Dask scheduler (default: a local cluster)")
+    resume.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run it on this Dask scheduler (default: a local cluster)"
+    )
     resume.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
     resume.add_argument("--workers", type=_positive_int, help="local worker processes (without --scheduler)")
     resume.add_argument("--detach", action="store_true", help="with --scheduler: return once the job is queued")
 
     for name, text in (("status", "show a job's state and progress"), ("cancel", "cancel a queued or running job")):
-        command = commands.add_parser(name, parents=[common, scheduler], help=text, description=text[0].upper() + text[1:] + ".")
+        command = commands.add_parser(
+            name, parents=[common, scheduler], help=text, description=text[0].upper() + text[1:] + "."
+        )
         command.add_argument("job_id", metavar="JOB_ID")
-    logs = commands.add_parser("logs", parents=[common, scheduler], help="print a job's log", description="Print a job's log.")
+    logs = commands.add_parser(
+        "logs", parents=[common, scheduler], help="print a job's log", description="Print a job's log."
+    )
     logs.add_argument("job_id", metavar="JOB_ID")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job has ended")
-    commands.add_parser("list", parents=[common, scheduler], help="list the jobs of a scheduler", description="List the jobs of a scheduler.")
+    commands.add_parser(
+        "list",
+        parents=[common, scheduler],
+        help="list the jobs of a scheduler",
+        description="List the jobs of a scheduler.",
+    )
 
     report = commands.add_parser(
-        "report", parents=[common], help="summarise a job's outputs",
+        "report",
+        parents=[common],
+        help="summarise a job's outputs",
         description="Summarise a finished job from its output location (a directory or fsspec URL).",
     )
     report.add_argument("output", metavar="OUTPUT")
@@ -172,8 +207,14 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with _local_client(args.workers, args.device) as client:
         history = model.fit(
-            x[:split], y[:split], epochs=args.epochs, batch_size=args.batch_size,
-            validation_data=(x[split:], y[split:]), seed=args.seed, verbose=0 if args.json else 2, client=client,
+            x[:split],
+            y[:split],
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_data=(x[split:], y[split:]),
+            seed=args.seed,
+            verbose=0 if args.json else 2,
+            client=client,
         )
     seconds = time.perf_counter() - start
     loss, accuracy = model.evaluate(x[split:], y[split:])
@@ -340,10 +381,16 @@ def _list(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [("JOB ID", "STATE", "EPOCH", "WORKERS", "SUBMITTED", "OUTPUT")]
     for r in records:
-        rows.append((
-            r["job_id"], r["state"], f"{r['epoch']}/{r['epochs']}", str(len(r["workers"]) or "-"),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["submitted_at"])), r["output"],
-        ))
+        rows.append(
+            (
+                r["job_id"],
+                r["state"],
+                f"{r['epoch']}/{r['epochs']}",
+                str(len(r["workers"]) or "-"),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["submitted_at"])),
+                r["output"],
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -419,7 +466,9 @@ class _JobView:
 
         if self.bar is None or self.bar_epoch != record["epoch"]:
             self._clear_bar()
-            self.bar = tqdm(total=record["steps"], desc=f"epoch {record['epoch']}/{record['epochs']}", leave=False, file=sys.stderr)
+            self.bar = tqdm(
+                total=record["steps"], desc=f"epoch {record['epoch']}/{record['epochs']}", leave=False, file=sys.stderr
+            )
             self.bar_epoch = record["epoch"]
         self.bar.n = min(record["step"], record["steps"])
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in record["metrics"].items()}, refresh=False)
@@ -549,8 +598,11 @@ def _local_client(workers: int, device: str = "cpu"):
             settings = training_config()
             with dask.config.set(settings):
                 cluster = LocalCUDACluster(
-                    CUDA_VISIBLE_DEVICES=list(range(min(workers, gpu_count()))), threads_per_worker=1,
-                    dashboard_address=None, silence_logs=logging.ERROR, config=settings,
+                    CUDA_VISIBLE_DEVICES=list(range(min(workers, gpu_count()))),
+                    threads_per_worker=1,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                    config=settings,
                 )
     if cluster is None:
         cluster = local_cluster(workers, dashboard_address=None, silence_logs=logging.ERROR)

@@ -15,6 +15,7 @@ worker's profiler and slows its tick while it runs, on any cluster: see ``dtrain
 
 A value you set yourself (Dask config file or environment) is left alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ def training_config() -> dict[str, Any]:
     """The settings of :data:`TRAINING_DASK_CONFIG` that are still at Dask's default here."""
     import dask
 
-    return {key: value for key, value in TRAINING_DASK_CONFIG.items() if dask.config.get(key, None) == _DASK_DEFAULTS[key]}
+    return {
+        key: value for key, value in TRAINING_DASK_CONFIG.items() if dask.config.get(key, None) == _DASK_DEFAULTS[key]
+    }
 
 
 def training_environment(environ: dict[str, str] | None = None) -> dict[str, str]:

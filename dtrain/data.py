@@ -3,6 +3,7 @@
 Every check runs on the host before training starts and names what was received and what was
 expected, so that bad input fails fast and loses nothing.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -48,7 +49,9 @@ def _as_host_array(value: Any, name: str) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise ValueError(
             f"{name} must hold numbers, received an array of dtype {array.dtype} "
-            f"(first value {_plain(array.flat[0])!r})." if array.size else f"{name} must hold numbers, received dtype {array.dtype}."
+            f"(first value {_plain(array.flat[0])!r})."
+            if array.size
+            else f"{name} must hold numbers, received dtype {array.dtype}."
         )
     return array
 
@@ -97,9 +100,7 @@ def _cast_finite(array: np.ndarray, dtype: str, name: str) -> np.ndarray:
     return out
 
 
-def check_targets(
-    y: Any, n: int, loss, units: int, dtype: str, name: str = "y", x_name: str = "x"
-) -> np.ndarray:
+def check_targets(y: Any, n: int, loss, units: int, dtype: str, name: str = "y", x_name: str = "x") -> np.ndarray:
     """Validate targets for ``loss`` and return them in the form it computes with."""
     y = _as_host_array(y, name)
     if y.ndim == 0:

@@ -1,4 +1,5 @@
 """Seeded synthetic datasets for demos, tests and benchmarks (no downloads)."""
+
 from __future__ import annotations
 
 import numpy as np

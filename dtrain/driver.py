@@ -12,6 +12,7 @@
    abort every rank on the first failure or on Ctrl-C and raise the original error;
 6. put the trained weights and optimizer state into the client's model, return a History.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,8 @@ from .sampling import ShardPlan
 from .worker import RankSpec, event_topic, run_rank
 
 DEFAULT_TIMEOUT_S = 60.0
-LIVENESS_INTERVAL_S = 0.5     # how often the driver checks that every rank's worker is alive
-ABORT_GRACE_S = 10.0          # how long aborted ranks get to return before their tasks are released
+LIVENESS_INTERVAL_S = 0.5  # how often the driver checks that every rank's worker is alive
+ABORT_GRACE_S = 10.0  # how long aborted ranks get to return before their tasks are released
 
 
 class WorkerLostError(RuntimeError):
@@ -59,11 +60,11 @@ class WorkerInfo:
     host: str
     gpu: bool
     gpu_index: int | None
-    gpu_uid: str | None            # PCI bus id: which physical GPU
+    gpu_uid: str | None  # PCI bus id: which physical GPU
     nccl: bool
-    memory_limit: int | None       # bytes; None: no limit
-    memory_used: int               # process memory now
-    pause_fraction: float | None   # Dask pauses the worker above this fraction of memory_limit
+    memory_limit: int | None  # bytes; None: no limit
+    memory_used: int  # process memory now
+    pause_fraction: float | None  # Dask pauses the worker above this fraction of memory_limit
     has_plugin: bool
 
 
@@ -95,7 +96,11 @@ def _check_client(client) -> None:
         raise TypeError(f"client= expects a distributed.Client, received {type(client).__name__} {client!r}.")
     if client.status != "running":
         where = getattr(client.scheduler, "address", None) if client.scheduler is not None else None
-        hint = f" (it cannot reach the scheduler at {where}: is the scheduler running?)" if client.status == "connecting" else ""
+        hint = (
+            f" (it cannot reach the scheduler at {where}: is the scheduler running?)"
+            if client.status == "connecting"
+            else ""
+        )
         raise RuntimeError(
             f"The Dask client is {client.status}, not running{hint}: pass a client connected to a running "
             "scheduler, e.g. distributed.Client('tcp://scheduler:8786')."
@@ -131,8 +136,7 @@ def cluster_ranks(client, workers: Sequence[str] | None = None, timeout: float =
         known = list(workers)
     probes = client.run(_probe_worker, workers=known)
     infos = [
-        WorkerInfo(address=address, host=urlparse(address).hostname or address, **probes[address])
-        for address in known
+        WorkerInfo(address=address, host=urlparse(address).hostname or address, **probes[address]) for address in known
     ]
     return sorted(infos, key=lambda w: (w.host, -1 if w.gpu_index is None else w.gpu_index, w.address))
 
@@ -197,7 +201,9 @@ def _sources(model, x, y, validation_split: float, validation_data, client) -> t
         # (persisted) on the cluster. Nothing of the data comes to the client.
         xs, ys = as_source(xv, f"{prefix}x").prepare(client), as_source(yv, f"{prefix}y").prepare(client)
         if len(xs.row_shape) != 1:
-            raise ValueError(f"{prefix}x must be 2-D (samples, features); {xs.describe()} has rows of shape {xs.row_shape}.")
+            raise ValueError(
+                f"{prefix}x must be 2-D (samples, features); {xs.describe()} has rows of shape {xs.row_shape}."
+            )
         expected = input_dim if input_dim is not None else model.input_dim
         if expected is not None and xs.row_shape[0] != expected:
             raise ValueError(
@@ -244,7 +250,12 @@ def _place_shards(plan: ShardPlan, ranks: Sequence[WorkerInfo], train: _Rows, cl
     index = {w.address: r for r, w in enumerate(ranks)}
     owned = [[] for _ in ranks]
     preferences = sorted(
-        ((-nbytes, shard, index[addr]) for shard, held in enumerate(local) for addr, nbytes in held.items() if addr in index)
+        (
+            (-nbytes, shard, index[addr])
+            for shard, held in enumerate(local)
+            for addr, nbytes in held.items()
+            if addr in index
+        )
     )
     placed: set[int] = set()
     for _, shard, r in preferences:
@@ -394,11 +405,25 @@ def fit_on_cluster(
     start.optimizer = model.optimizer.get_state() if model.optimizer.iterations else None
     history.restore(start.history or [])
     run = _Run(
-        client=client, model=model, cbs=cbs, plan=plan, train=train, validation=validation, sources=sources,
-        input_dim=input_dim, timeout=timeout, seed=seed, shuffle=shuffle, epochs=epochs, stop=stop,
+        client=client,
+        model=model,
+        cbs=cbs,
+        plan=plan,
+        train=train,
+        validation=validation,
+        sources=sources,
+        input_dim=input_dim,
+        timeout=timeout,
+        seed=seed,
+        shuffle=shuffle,
+        epochs=epochs,
+        stop=stop,
         wait_for_client=any(not getattr(cb, "observes_only", False) for cb in callbacks),
-        record_replica_hashes=record_replica_hashes, checkpoints=checkpoints, meta=meta,
-        on_nonfinite=on_nonfinite, faults=list(faults or []),
+        record_replica_hashes=record_replica_hashes,
+        checkpoints=checkpoints,
+        meta=meta,
+        on_nonfinite=on_nonfinite,
+        faults=list(faults or []),
     )
 
     run.epochs_done = set(range(start.epoch))  # a resumed run's earlier epochs belong to an earlier fit
@@ -491,7 +516,12 @@ class _Run:
 
             nccl_id = client.submit(make_unique_id, workers=[ranks[0].address], pure=False).result()
 
-        initial = {"params": point.params, "optimizer": point.optimizer, "totals": point.totals, "history": point.history}
+        initial = {
+            "params": point.params,
+            "optimizer": point.optimizer,
+            "totals": point.totals,
+            "history": point.history,
+        }
         supervisor = _Supervisor(client, job_id, ranks, self.cbs, model, self.timeout, self.wait_for_client, self.stop)
         # The callbacks see each epoch once. Epochs after the checkpoint are trained again but
         # not reported again; epochs the checkpoint holds whose end never reached the client
@@ -515,21 +545,46 @@ class _Run:
                         readers["val_y"].append(yr)
                     dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
                     spec = RankSpec(
-                        job_id=job_id, rank=r, peers=self.ranks, worker_id=worker.worker_id,
-                        model_config=model.get_config(), compile_config=model.compile_config(), input_dim=self.input_dim,
-                        device=self.device, comm=self.comm_kind, timeout=self.timeout, rows=plan.rows,
-                        shards=plan.shards, batch_size=plan.batch_size, owned=owned[r], seed=self.seed,
-                        shuffle=self.shuffle, epochs=self.epochs, initial_epoch=point.epoch, start_step=point.step,
-                        has_validation=validation is not None, wait_for_client=self.wait_for_client,
-                        record_replica_hashes=self.record_replica_hashes, nccl_id=nccl_id,
-                        checkpoint=self.checkpoints, checkpoint_meta=self.meta, on_nonfinite=self.on_nonfinite,
+                        job_id=job_id,
+                        rank=r,
+                        peers=self.ranks,
+                        worker_id=worker.worker_id,
+                        model_config=model.get_config(),
+                        compile_config=model.compile_config(),
+                        input_dim=self.input_dim,
+                        device=self.device,
+                        comm=self.comm_kind,
+                        timeout=self.timeout,
+                        rows=plan.rows,
+                        shards=plan.shards,
+                        batch_size=plan.batch_size,
+                        owned=owned[r],
+                        seed=self.seed,
+                        shuffle=self.shuffle,
+                        epochs=self.epochs,
+                        initial_epoch=point.epoch,
+                        start_step=point.step,
+                        has_validation=validation is not None,
+                        wait_for_client=self.wait_for_client,
+                        record_replica_hashes=self.record_replica_hashes,
+                        nccl_id=nccl_id,
+                        checkpoint=self.checkpoints,
+                        checkpoint_meta=self.meta,
+                        on_nonfinite=self.on_nonfinite,
                         faults=self.faults,
                     )
                     supervisor.futures.append(
                         client.submit(
-                            run_rank, spec, readers, dependencies, initial_future if r == 0 else None,
-                            key=f"dtrain-{job_id}-rank-{r}", workers=[worker.address], allow_other_workers=False,
-                            pure=False, retries=0,
+                            run_rank,
+                            spec,
+                            readers,
+                            dependencies,
+                            initial_future if r == 0 else None,
+                            key=f"dtrain-{job_id}-rank-{r}",
+                            workers=[worker.address],
+                            allow_other_workers=False,
+                            pure=False,
+                            retries=0,
                         )
                     )
                 self.faults = []  # injected failures strike once, not again after a restart
@@ -641,14 +696,20 @@ class _Supervisor:
     def _abort(self, exc: BaseException) -> None:
         from .comm.dask import abort_on_worker
 
-        reason = "interrupted on the client (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        reason = (
+            "interrupted on the client (Ctrl-C)"
+            if isinstance(exc, KeyboardInterrupt)
+            else f"{type(exc).__name__}: {exc}"
+        )
         try:  # only the workers still there: a call to a dead one waits for the connect timeout
             alive = self._alive_addresses()
             targets = [w.address for w in self.ranks if w.address in alive]
         except Exception:
             targets = [w.address for w in self.ranks]
         try:
-            self.client.run(abort_on_worker, self.job_id, f"training aborted: {reason}", workers=targets, on_error="ignore")
+            self.client.run(
+                abort_on_worker, self.job_id, f"training aborted: {reason}", workers=targets, on_error="ignore"
+            )
         except Exception:  # the scheduler is unreachable: the ranks' own deadlines stop them
             pass
         self._release()
@@ -715,8 +776,14 @@ class _Supervisor:
         from .comm.dask import deliver_on_worker
 
         if self.wait_for_client:
-            self.client.run(deliver_on_worker, self.job_id, "driver", f"epoch-{epoch}", bool(self.model.stop_training),
-                            workers=[self.ranks[0].address])
+            self.client.run(
+                deliver_on_worker,
+                self.job_id,
+                "driver",
+                f"epoch-{epoch}",
+                bool(self.model.stop_training),
+                workers=[self.ranks[0].address],
+            )
 
     def _begin(self, epoch: int) -> None:
         if self.epoch_open != epoch and epoch not in self.epochs_done:
@@ -799,7 +866,13 @@ def _timing(results: list[dict], plan: ShardPlan) -> tuple[dict[str, float], dic
     waiting = np.minimum(compute.max(axis=0, keepdims=True) - compute, allreduce)
     communication = allreduce - waiting
     overhead = np.maximum(step - compute - allreduce, 0.0)
-    per_step = {"compute": compute, "communication": communication, "waiting": waiting, "overhead": overhead, "step": step}
+    per_step = {
+        "compute": compute,
+        "communication": communication,
+        "waiting": waiting,
+        "overhead": overhead,
+        "step": step,
+    }
     median_step = float(np.median(step.max(axis=0)))
     summary = {f"{name}_ms": float(np.median(values.mean(axis=0))) * 1e3 for name, values in per_step.items()}
     summary["samples_per_s"] = plan.batch_size / median_step if median_step > 0 else float("nan")
@@ -834,7 +907,9 @@ def _predict_part(config, params, input_dim, device, batch_size, reader, depende
     from .data import check_features
 
     model = _replica_for_inference(config, None, params, input_dim, device)
-    x = check_features(reader.load(dependencies), input_dim, model.dtype, name=f"x (rows {reader.start}..{reader.stop - 1})")
+    x = check_features(
+        reader.load(dependencies), input_dim, model.dtype, name=f"x (rows {reader.start}..{reader.stop - 1})"
+    )
     return model.predict(x, batch_size=batch_size)
 
 
@@ -858,10 +933,21 @@ def evaluate_on_cluster(model, x, y, *, client, workers, batch_size: int) -> dic
     futures = []
     for worker, (lo, hi) in zip(ranks, parts):
         readers = rows.readers(lo, hi, client, worker.address)
-        futures.append(client.submit(
-            _evaluate_part, model.get_config(), model.compile_config(), params, model.input_dim, device, batch_size,
-            readers, [r.dependencies for r in readers], workers=[worker.address], pure=False,
-        ))
+        futures.append(
+            client.submit(
+                _evaluate_part,
+                model.get_config(),
+                model.compile_config(),
+                params,
+                model.input_dim,
+                device,
+                batch_size,
+                readers,
+                [r.dependencies for r in readers],
+                workers=[worker.address],
+                pure=False,
+            )
+        )
     total = np.sum(client.gather(futures), axis=0)
     return Totals.from_array([m.name for m in model.metrics], total).logs()
 
@@ -889,8 +975,18 @@ def predict_on_cluster(model, x, *, client, workers, batch_size: int) -> np.ndar
     futures = []
     for worker, (lo, hi) in zip(ranks, parts):
         reader = source.shard(lo, hi, client, worker.address)
-        futures.append(client.submit(
-            _predict_part, model.get_config(), params, model.input_dim, device, batch_size, reader,
-            reader.dependencies, workers=[worker.address], pure=False,
-        ))
+        futures.append(
+            client.submit(
+                _predict_part,
+                model.get_config(),
+                params,
+                model.input_dim,
+                device,
+                batch_size,
+                reader,
+                reader.dependencies,
+                workers=[worker.address],
+                pure=False,
+            )
+        )
     return np.concatenate(client.gather(futures))

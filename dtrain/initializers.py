@@ -3,6 +3,7 @@
 Initializers always draw on the host with NumPy's ``Generator`` (in float64, then cast), so a
 seed gives the same starting weights on CPU and GPU and on every worker.
 """
+
 from __future__ import annotations
 
 import math

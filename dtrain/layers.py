@@ -2,6 +2,7 @@
 ``forward(x)`` that keeps what backward needs, and ``backward(dy)`` that fills the gradients
 and returns the gradient with respect to its input.
 """
+
 from __future__ import annotations
 
 import itertools

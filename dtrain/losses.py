@@ -12,6 +12,7 @@ gradient with respect to the logits is ``p - y``. That is both exact and stable 
 (no NaN, no saturation at the clipping epsilon); Keras does the same on its TensorFlow
 backend (its other backends clip probabilities at 1e-7 instead).
 """
+
 from __future__ import annotations
 
 from typing import Any

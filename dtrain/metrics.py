@@ -5,6 +5,7 @@ which is what Keras' streaming metrics report, and which adds up exactly across 
 ``"accuracy"`` is resolved from the loss, as Keras does: categorical, sparse categorical or
 binary accuracy.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -12,6 +12,7 @@ sharded step sums only this rank's part, ``apply_gradients(grads, part)`` update
 part, and the ranks then copy each other's parts of ``model.params`` (moved into shared memory
 with ``use_parameter_buffer``).
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,11 @@ class Totals:
     @classmethod
     def from_array(cls, metric_names: Sequence[str], values: np.ndarray) -> "Totals":
         totals = cls(metric_names)
-        totals.count, totals.loss, totals.metrics = int(round(values[0])), float(values[1]), [float(v) for v in values[2:]]
+        totals.count, totals.loss, totals.metrics = (
+            int(round(values[0])),
+            float(values[1]),
+            [float(v) for v in values[2:]],
+        )
         return totals
 
     def logs(self) -> dict[str, float]:
@@ -106,7 +111,9 @@ class Sequential:
         self.stop_training = False
         self.history: callbacks_module.History | None = None
         if isinstance(layers, (Layer, str)):
-            raise TypeError(f"Sequential(layers=...) expects a list of layers, received {type(layers).__name__} {layers!r}.")
+            raise TypeError(
+                f"Sequential(layers=...) expects a list of layers, received {type(layers).__name__} {layers!r}."
+            )
         for layer in layers or ():
             self.add(layer)
 
@@ -161,7 +168,9 @@ class Sequential:
         if any(layer is other for other in self._layers):
             raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}; create a new layer.")
         if any(layer.name == other.name for other in self._layers):
-            raise ValueError(f"Model {self.name!r} already has a layer named {layer.name!r}; layer names must be unique.")
+            raise ValueError(
+                f"Model {self.name!r} already has a layer named {layer.name!r}; layer names must be unique."
+            )
         if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
             raise ValueError(
                 f"Layer {layer.name!r} declares input_dim={layer.input_dim}, but the previous layer "
@@ -233,7 +242,9 @@ class Sequential:
         elif isinstance(metrics, (str, metrics_module.Metric)):
             metrics = [metrics]
         elif not isinstance(metrics, (list, tuple)):
-            raise TypeError(f"compile() expected metrics as a list of names, received {type(metrics).__name__} {metrics!r}.")
+            raise TypeError(
+                f"compile() expected metrics as a list of names, received {type(metrics).__name__} {metrics!r}."
+            )
         resolved = [metrics_module.get(m, loss, self.output_units) for m in metrics]
         names = [m.name for m in resolved]
         if len(set(names)) != len(names) or "loss" in names:
@@ -252,9 +263,7 @@ class Sequential:
 
     def _require_compiled(self, what: str) -> None:
         if not self.compiled:
-            raise RuntimeError(
-                f"{what}() needs a compiled model: call model.compile(optimizer=..., loss=...) first."
-            )
+            raise RuntimeError(f"{what}() needs a compiled model: call model.compile(optimizer=..., loss=...) first.")
 
     # -- one training step ----------------------------------------------------------------------
     def _forward(self, x, training: bool):
@@ -289,9 +298,7 @@ class Sequential:
             grad = self.loss.gradient(xp, y, out, scale)
         last = len(self._layers) - 1
         for i in range(last, -1, -1):
-            grad = self._layers[i].backward(
-                grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > 0
-            )
+            grad = self._layers[i].backward(grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > 0)
         return (n, *sums)
 
     def apply_gradients(self, grads: Any = None, part: slice = slice(None)) -> None:
@@ -314,7 +321,9 @@ class Sequential:
     @staticmethod
     def _moved_into(buffer: Any, current: Any, what: str) -> Any:
         if buffer.shape != current.shape or buffer.dtype != current.dtype:
-            raise ValueError(f"A {what} buffer must be {current.shape} {current.dtype}, not {buffer.shape} {buffer.dtype}.")
+            raise ValueError(
+                f"A {what} buffer must be {current.shape} {current.dtype}, not {buffer.shape} {buffer.dtype}."
+            )
         buffer[...] = current
         return buffer
 
@@ -337,9 +346,7 @@ class Sequential:
     def _check_xy(self, x, y, name: str = "", input_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         input_dim = self.input_dim if input_dim is None else input_dim
         x = check_features(x, input_dim, self.dtype, name=f"{name}x")
-        y = check_targets(
-            y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y", x_name=f"{name}x"
-        )
+        y = check_targets(y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y", x_name=f"{name}x")
         return x, y
 
     def fit(
@@ -412,7 +419,11 @@ class Sequential:
             seed = plan.get("seed") if seed is None else seed
             shards = plan.get("shards") if shards is None else shards
         seed = new_seed() if seed is None else seed
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+        if (
+            isinstance(validation_split, bool)
+            or not isinstance(validation_split, (int, float))
+            or not 0 <= validation_split < 1
+        ):
             raise ValueError(f"Expected validation_split in [0, 1), received validation_split={validation_split!r}.")
         if shards is not None and (isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1):
             raise ValueError(f"Expected shards to be a positive integer or None, received shards={shards!r}.")
@@ -426,8 +437,12 @@ class Sequential:
         policy = recovery.CheckpointPolicy.make(checkpoint_dir, checkpoint_every, keep_checkpoints)
         on_nonfinite = recovery.check_nonfinite_policy(on_nonfinite)
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, (int, np.integer)) or max_restarts < 0:
-            raise ValueError(f"Expected max_restarts to be a non-negative integer, received max_restarts={max_restarts!r}.")
-        if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+            raise ValueError(
+                f"Expected max_restarts to be a non-negative integer, received max_restarts={max_restarts!r}."
+            )
+        if validation_data is not None and (
+            not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
+        ):
             raise ValueError(
                 f"validation_data must be a tuple (x_val, y_val), received {type(validation_data).__name__}"
                 + (f" of length {len(validation_data)}." if isinstance(validation_data, (tuple, list)) else ".")
@@ -437,10 +452,25 @@ class Sequential:
             from .driver import fit_on_cluster
 
             return fit_on_cluster(
-                self, x, y, client=client, workers=workers, shards=shards, batch_size=batch_size,
-                epochs=epochs, verbose=verbose, callbacks=list(callbacks), validation_split=validation_split,
-                validation_data=validation_data, shuffle=shuffle, initial_epoch=initial_epoch, seed=seed,
-                timeout=timeout, checkpoints=policy, resume_from=resume_from, max_restarts=int(max_restarts),
+                self,
+                x,
+                y,
+                client=client,
+                workers=workers,
+                shards=shards,
+                batch_size=batch_size,
+                epochs=epochs,
+                verbose=verbose,
+                callbacks=list(callbacks),
+                validation_split=validation_split,
+                validation_data=validation_data,
+                shuffle=shuffle,
+                initial_epoch=initial_epoch,
+                seed=seed,
+                timeout=timeout,
+                checkpoints=policy,
+                resume_from=resume_from,
+                max_restarts=int(max_restarts),
                 on_nonfinite=on_nonfinite,
             )
         if workers is not None:
@@ -466,7 +496,11 @@ class Sequential:
         self.build(x.shape[1], seed)
 
         meta = recovery.checkpoint_meta(self, plan, seed, shuffle)
-        point = recovery.resume_point(resume_from, meta) if resume_from is not None else recovery.ResumePoint(epoch=initial_epoch)
+        point = (
+            recovery.resume_point(resume_from, meta)
+            if resume_from is not None
+            else recovery.ResumePoint(epoch=initial_epoch)
+        )
         recovery.restore(self, point)
         meta["run"] = point.run or recovery.new_run_id()
         history.restore(point.history or [])
@@ -500,8 +534,17 @@ class Sequential:
                     skipped += 1
                 cbs.on_train_batch_end(step, totals.logs())
                 if policy is not None and policy.due_within_epoch(step + 1, plan.steps):
-                    recovery.write(policy, self, epoch=epoch, step=step + 1, position=epoch * plan.steps + step + 1,
-                                   totals=totals.to_array(), history=done, meta=meta, on_nonfinite=on_nonfinite)
+                    recovery.write(
+                        policy,
+                        self,
+                        epoch=epoch,
+                        step=step + 1,
+                        position=epoch * plan.steps + step + 1,
+                        totals=totals.to_array(),
+                        history=done,
+                        meta=meta,
+                        on_nonfinite=on_nonfinite,
+                    )
                 if self.stop_training:
                     completed = step + 1 == plan.steps
                     break
@@ -512,8 +555,17 @@ class Sequential:
             if completed:
                 done.append(logs)
                 if policy is not None:
-                    recovery.write(policy, self, epoch=epoch + 1, step=0, position=(epoch + 1) * plan.steps,
-                                   totals=None, history=done, meta=meta, on_nonfinite=on_nonfinite)
+                    recovery.write(
+                        policy,
+                        self,
+                        epoch=epoch + 1,
+                        step=0,
+                        position=(epoch + 1) * plan.steps,
+                        totals=None,
+                        history=done,
+                        meta=meta,
+                        on_nonfinite=on_nonfinite,
+                    )
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
@@ -528,8 +580,13 @@ class Sequential:
         if verbose:
             hooks.append(callbacks_module.ProgressBar(verbose))
         params = {
-            "epochs": epochs, "steps": plan.steps, "batch_size": plan.batch_size, "samples": plan.rows,
-            "shards": plan.shards, "seed": seed, "verbose": verbose,
+            "epochs": epochs,
+            "steps": plan.steps,
+            "batch_size": plan.batch_size,
+            "samples": plan.rows,
+            "shards": plan.shards,
+            "seed": seed,
+            "verbose": verbose,
         }
         return callbacks_module.CallbackList(hooks, self, params)
 
@@ -681,7 +738,13 @@ class Sequential:
             if fan_in is not None:
                 count = sum(math.prod(shape) for _, shape in layer.param_shapes(fan_in))
                 total += count
-            rows.append((f"{layer.name} ({type(layer).__name__})", f"(None, {layer.units})", "?" if count is None else f"{count:,}"))
+            rows.append(
+                (
+                    f"{layer.name} ({type(layer).__name__})",
+                    f"(None, {layer.units})",
+                    "?" if count is None else f"{count:,}",
+                )
+            )
             fan_in = layer.units
         widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
         line = "─" * sum(widths)
@@ -692,7 +755,11 @@ class Sequential:
             if i == 0:
                 print_fn(line)
         print_fn(line)
-        print_fn(f"Total params: {total:,}" if self.input_dim is not None else "Total params: unknown until the input width is known")
+        print_fn(
+            f"Total params: {total:,}"
+            if self.input_dim is not None
+            else "Total params: unknown until the input width is known"
+        )
         print_fn(f"Device: {self.device} ({self.backend.name}), dtype: {self.dtype}")
 
     def __repr__(self) -> str:

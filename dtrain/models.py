@@ -1,4 +1,5 @@
 """Keras-style import path: ``from dtrain.models import Sequential``."""
+
 from .model import Sequential
 from .saving import load_model
 

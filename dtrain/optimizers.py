@@ -4,6 +4,7 @@ Every model keeps all its parameters in one contiguous array and all gradients i
 so an update is a handful of vectorised in-place expressions over the whole model; a scratch
 buffer allocated once keeps steady-state steps free of allocations.
 """
+
 from __future__ import annotations
 
 import math
@@ -107,9 +108,7 @@ class Optimizer:
         for name in self.slot_names:
             value = np.asarray(state[name])
             if value.shape != self.slots[name].shape:
-                raise ValueError(
-                    f"Optimizer slot {name!r} has shape {value.shape}, expected {self.slots[name].shape}."
-                )
+                raise ValueError(f"Optimizer slot {name!r} has shape {value.shape}, expected {self.slots[name].shape}.")
             self.slots[name][...] = self._xp.asarray(value, dtype=self.slots[name].dtype)
         self.iterations = int(np.asarray(state.get("iterations", 0)).reshape(-1)[0])  # () or (1,) on disk
 
@@ -120,10 +119,10 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum, as in Keras:
 
-        momentum == 0:  w <- w - lr g
-        otherwise:      v <- momentum v - lr g
-                        w <- w + v                      (classic)
-                        w <- w + momentum v - lr g      (nesterov)
+    momentum == 0:  w <- w - lr g
+    otherwise:      v <- momentum v - lr g
+                    w <- w + v                      (classic)
+                    w <- w + momentum v - lr g      (nesterov)
     """
 
     name = "sgd"
@@ -156,9 +155,9 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba), in Keras' form, at step t = 1, 2, ...:
 
-        m <- m + (1 - beta_1) (g - m)
-        v <- v + (1 - beta_2) (g^2 - v)
-        w <- w - lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)
+    m <- m + (1 - beta_1) (g - m)
+    v <- v + (1 - beta_2) (g^2 - v)
+    w <- w - lr sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)
     """
 
     name = "adam"
@@ -188,18 +187,23 @@ class Adam(Optimizer):
         w -= s
 
     def get_config(self):
-        return {"learning_rate": self.learning_rate, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        return {
+            "learning_rate": self.learning_rate,
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+        }
 
 
 class RMSprop(Optimizer):
     """RMSprop in Keras' form:
 
-        r <- rho r + (1 - rho) g^2
-        d <- r + epsilon                       (centered: d <- max(r - a^2, 0) + epsilon,
-                                                 with a <- rho a + (1 - rho) g; the max
-                                                 only undoes rounding, r - a^2 >= 0)
-        momentum == 0:  w <- w - lr g / sqrt(d)
-        otherwise:      u <- momentum u + lr g / sqrt(d);  w <- w - u
+    r <- rho r + (1 - rho) g^2
+    d <- r + epsilon                       (centered: d <- max(r - a^2, 0) + epsilon,
+                                             with a <- rho a + (1 - rho) g; the max
+                                             only undoes rounding, r - a^2 >= 0)
+    momentum == 0:  w <- w - lr g / sqrt(d)
+    otherwise:      u <- momentum u + lr g / sqrt(d);  w <- w - u
     """
 
     name = "rmsprop"
@@ -217,7 +221,9 @@ class RMSprop(Optimizer):
         self.momentum = _momentum(momentum)
         self.epsilon = _positive("epsilon", epsilon)
         self.centered = _flag("centered", centered)
-        self.slot_names = ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if self.centered else ())
+        self.slot_names = (
+            ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if self.centered else ())
+        )
 
     def _update(self, xp, w, g, s, slots):
         r = slots["velocity"]

@@ -7,6 +7,7 @@ Where a run is in training is its *position*: steps done since the start of epoc
 state and position of a checkpoint takes exactly the batches the uninterrupted run took from
 there, and ends with the same weights. The file format is :mod:`dtrain.checkpoints`.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,7 @@ class CheckpointPolicy:
     def due_within_epoch(self, steps_done_in_epoch: int, steps_per_epoch: int) -> bool:
         """After this many steps of an epoch, a checkpoint is due (the epoch's last step excluded:
         the end-of-epoch checkpoint, with the epoch's metrics, covers it)."""
-        return (
-            self.every != "epoch" and steps_done_in_epoch < steps_per_epoch and steps_done_in_epoch % self.every == 0
-        )
+        return self.every != "epoch" and steps_done_in_epoch < steps_per_epoch and steps_done_in_epoch % self.every == 0
 
 
 def check_nonfinite_policy(value: Any) -> str:
@@ -99,8 +98,15 @@ class FiniteCheck:
 
 
 def take_step(
-    model, finite: FiniteCheck, on_nonfinite: str, epoch: int, step: int, grads: Any = None,
-    *, part: slice = slice(None), agree: Callable[[bool], bool] | None = None,
+    model,
+    finite: FiniteCheck,
+    on_nonfinite: str,
+    epoch: int,
+    step: int,
+    grads: Any = None,
+    *,
+    part: slice = slice(None),
+    agree: Callable[[bool], bool] | None = None,
 ) -> bool:
     """Apply the (summed) gradient in ``model.grads`` (or ``grads``) unless it holds NaN or inf:
     True when the step was applied, False when skipped ("skip"); NonFiniteError with "stop";
@@ -148,14 +154,30 @@ def checkpoint_meta(model, plan, seed: int, shuffle: bool, extra: dict | None = 
         "model": layers,
         "dtype": model.dtype,
         "compile": model.compile_config(),
-        "plan": {"rows": plan.rows, "shards": plan.shards, "batch_size": plan.batch_size, "seed": seed, "shuffle": shuffle},
+        "plan": {
+            "rows": plan.rows,
+            "shards": plan.shards,
+            "batch_size": plan.batch_size,
+            "seed": seed,
+            "shuffle": shuffle,
+        },
     }
     meta.update(extra or {})
     return meta
 
 
-def write(policy: CheckpointPolicy, model, *, epoch: int, step: int, position: int, totals: np.ndarray | None,
-          history: list[dict[str, float]], meta: dict[str, Any], on_nonfinite: str = "stop") -> str | None:
+def write(
+    policy: CheckpointPolicy,
+    model,
+    *,
+    epoch: int,
+    step: int,
+    position: int,
+    totals: np.ndarray | None,
+    history: list[dict[str, float]],
+    meta: dict[str, Any],
+    on_nonfinite: str = "stop",
+) -> str | None:
     """Write the model's state at ``position`` as a checkpoint; returns its location. A
     non-finite state is never written: an error, except with ``on_nonfinite="ignore"`` (the
     run means to go on, or to stop through TerminateOnNaN), where it is skipped with a warning."""
@@ -168,7 +190,8 @@ def write(policy: CheckpointPolicy, model, *, epoch: int, step: int, position: i
         warnings.warn(
             f"Checkpoint at epoch {epoch + 1 if step else epoch}, step {step} skipped: the weights or optimizer state "
             "hold NaN or inf (on_nonfinite='ignore'); the latest checkpoint stays the previous one.",
-            NonFiniteCheckpointWarning, stacklevel=3,
+            NonFiniteCheckpointWarning,
+            stacklevel=3,
         )
         return None
 
@@ -211,11 +234,16 @@ def resume_point(directory: Any, meta: dict[str, Any], *, same_run: bool = False
             "output.checkpoint) first, or leave resume_from out to start afresh."
         )
     arrays = checkpoint.arrays
-    optimizer = {name[len("optimizer."):]: value for name, value in arrays.items() if name.startswith("optimizer.")}
+    optimizer = {name[len("optimizer.") :]: value for name, value in arrays.items() if name.startswith("optimizer.")}
     return ResumePoint(
-        params=arrays["params"], optimizer=optimizer, epoch=checkpoint.epoch, step=checkpoint.step,
-        totals=arrays.get("totals"), history=list(checkpoint.meta.get("history", [])),
-        source=checkpoint.location, run=checkpoint.meta.get("run"),
+        params=arrays["params"],
+        optimizer=optimizer,
+        epoch=checkpoint.epoch,
+        step=checkpoint.step,
+        totals=arrays.get("totals"),
+        history=list(checkpoint.meta.get("history", [])),
+        source=checkpoint.location,
+        run=checkpoint.meta.get("run"),
     )
 
 

@@ -1,4 +1,5 @@
 """Look objects up by name, config dict or instance, Keras style (``optimizers.get("adam")``)."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, TypeVar

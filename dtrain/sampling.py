@@ -15,6 +15,7 @@ merged sequence into consecutive global batches. So every step but the last take
 share, every row is used once per epoch, and every rank can compute every count, so all ranks
 run the same number of steps however the shards are placed.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -115,14 +116,18 @@ class EpochSampler:
 
     def __init__(self, plan: ShardPlan, owned: Sequence[int], seed: int, shuffle: bool):
         self.plan, self.owned, self.seed, self.shuffle = plan, list(owned), seed, shuffle
-        if not self.owned or len(set(self.owned)) != len(self.owned) or not all(0 <= s < plan.shards for s in self.owned):
+        if (
+            not self.owned
+            or len(set(self.owned)) != len(self.owned)
+            or not all(0 <= s < plan.shards for s in self.owned)
+        ):
             raise ValueError(f"owned shards must be distinct indices in [0, {plan.shards}), received {owned!r}.")
         starts = np.cumsum([0] + [int(plan.sizes[s]) for s in self.owned])
         self._local_start = starts[:-1]
         self.rows = int(starts[-1])
-        taken = plan.taken[self.owned]                       # (owned, steps + 1)
-        self._step_bounds = taken.sum(axis=0)                # local rows used after t steps
-        self._per_step = np.diff(taken, axis=1)              # (owned, steps)
+        taken = plan.taken[self.owned]  # (owned, steps + 1)
+        self._step_bounds = taken.sum(axis=0)  # local rows used after t steps
+        self._per_step = np.diff(taken, axis=1)  # (owned, steps)
         # One shard, in order: every batch is a contiguous range of the local rows.
         self.contiguous = not shuffle and len(self.owned) == 1
 

@@ -5,6 +5,7 @@ version) followed by raw little-endian arrays. Loading parses JSON and copies by
 is unpickled or executed, and every shape is checked against the architecture. Other tools
 that read safetensors can read the weights too.
 """
+
 from __future__ import annotations
 
 import json
@@ -142,7 +143,9 @@ def load_model(path: str | os.PathLike, device: str | None = None, compile: bool
     return _model_from(str(source), metadata, tensors, device, compile)
 
 
-def _model_from(source: str, metadata: dict[str, Any], tensors: dict[str, np.ndarray], device: str | None, compile: bool):
+def _model_from(
+    source: str, metadata: dict[str, Any], tensors: dict[str, np.ndarray], device: str | None, compile: bool
+):
     """The model described by a file's metadata and tensors, every part checked."""
     from .model import Sequential
 
@@ -169,7 +172,7 @@ def _model_from(source: str, metadata: dict[str, Any], tensors: dict[str, np.nda
             if not isinstance(compile_config, dict):
                 raise ValueError(f"the compile settings are {compile_config!r}, expected a dict")
             model.compile(**compile_config)
-            state = {key[len("optimizer."):]: value for key, value in tensors.items() if key.startswith("optimizer.")}
+            state = {key[len("optimizer.") :]: value for key, value in tensors.items() if key.startswith("optimizer.")}
             if state:
                 model.optimizer.set_state(state)
     except (ValueError, TypeError) as exc:

@@ -17,6 +17,7 @@ How the driver uses a source (client side unless said otherwise)::
     client.submit(rank, reader, reader.dependencies, workers=[worker], ...)
     rows = reader.load(resolved_dependencies)         # in the rank task, on the worker
 """
+
 from __future__ import annotations
 
 import functools
@@ -188,9 +189,7 @@ class Source:
 
     def _check_range(self, start: int, stop: int) -> tuple[int, int]:
         if not 0 <= start <= stop <= self.n_rows:
-            raise ValueError(
-                f"rows [{start}, {stop}) are outside {self.describe()}, which has {self.n_rows} rows."
-            )
+            raise ValueError(f"rows [{start}, {stop}) are outside {self.describe()}, which has {self.n_rows} rows.")
         return int(start), int(stop)
 
 
@@ -344,7 +343,12 @@ class DaskArraySource(Source):
         start, stop = self._check_range(start, stop)
         futures, parts = self._futures(), _overlaps(self.row_chunks, start, stop)
         return _ChunkReader(
-            start, stop, self.row_shape, self.dtype, [futures[i] for i, _, _ in parts], [(lo, hi) for _, lo, hi in parts]
+            start,
+            stop,
+            self.row_shape,
+            self.dtype,
+            [futures[i] for i, _, _ in parts],
+            [(lo, hi) for _, lo, hi in parts],
         )
 
     def locality(self, start: int, stop: int, client: Any) -> dict[str, int]:
@@ -530,7 +534,9 @@ class _NpyReader(ShardReader):
         try:
             return _read_npy_rows(self.file, self.start, self.stop)
         except Exception as exc:
-            raise _rewrap(exc, f"reading rows [{self.start}, {self.stop}) of {self.file.path} on {_where()} failed: {exc}") from exc
+            raise _rewrap(
+                exc, f"reading rows [{self.start}, {self.stop}) of {self.file.path} on {_where()} failed: {exc}"
+            ) from exc
 
 
 # -- .npz archives ----------------------------------------------------------------------------
@@ -856,10 +862,14 @@ def _synthetic_spec(samples, features, classes, seed, separation, one_hot, dtype
     """The arguments of :func:`from_synthetic`, checked."""
     samples, features = _positive_int("samples", samples, 1), _positive_int("features", features, 1)
     classes, seed = _positive_int("classes", classes, 2), _positive_int("seed", seed, 0)
-    if isinstance(separation, bool) or not isinstance(separation, (int, float, np.number)) or not (
-        math.isfinite(separation) and separation >= 0
+    if (
+        isinstance(separation, bool)
+        or not isinstance(separation, (int, float, np.number))
+        or not (math.isfinite(separation) and separation >= 0)
     ):
-        raise ValueError(f"from_synthetic expected separation to be a finite number >= 0, received separation={separation!r}.")
+        raise ValueError(
+            f"from_synthetic expected separation to be a finite number >= 0, received separation={separation!r}."
+        )
     if not isinstance(one_hot, bool):
         raise ValueError(f"from_synthetic expected one_hot to be True or False, received one_hot={one_hot!r}.")
     try:
@@ -867,7 +877,9 @@ def _synthetic_spec(samples, features, classes, seed, separation, one_hot, dtype
     except TypeError:
         floats = None
     if floats is None or floats.kind != "f":
-        raise ValueError(f"from_synthetic expected a floating-point dtype such as 'float32' or 'float64', received dtype={dtype!r}.")
+        raise ValueError(
+            f"from_synthetic expected a floating-point dtype such as 'float32' or 'float64', received dtype={dtype!r}."
+        )
     return _Synthetic(samples, features, classes, seed, float(separation), one_hot, floats)
 
 
@@ -982,7 +994,9 @@ def _count_rows(table: _Table, indices: list[int]) -> list[int]:
         raise _rewrap(exc, f"counting the rows of {table.describe()} on {_where()} failed: {exc}") from exc
 
 
-def _read_table_rows(table: _Table, columns: list[str], dtype: np.dtype, squeeze: bool, start: int, stop: int) -> np.ndarray:
+def _read_table_rows(
+    table: _Table, columns: list[str], dtype: np.dtype, squeeze: bool, start: int, stop: int
+) -> np.ndarray:
     assert table.lengths is not None
     pieces = _overlaps(table.lengths, start, stop)
     frames = _partitions(table, [i for i, _, _ in pieces], reader=",".join(columns))
@@ -1111,8 +1125,7 @@ def _table_files(fmt: str, path: Any, storage_options: dict | None) -> tuple[lis
     for p in paths:
         if fmt == "Parquet" and fs.isdir(p):
             files += sorted(
-                f for f in fs.find(p)
-                if not any(part.startswith(("_", ".")) for part in f[len(p) :].split("/") if part)
+                f for f in fs.find(p) if not any(part.startswith(("_", ".")) for part in f[len(p) :].split("/") if part)
             )
         else:
             files.append(p)
@@ -1120,7 +1133,14 @@ def _table_files(fmt: str, path: Any, storage_options: dict | None) -> tuple[lis
     return (files if local else [fs.unstrip_protocol(f) for f in files]), local
 
 
-def _from_table(fmt: str, path: Any, label: str | list[str], features: list[str] | None, storage_options: dict | None, read_kwargs: dict) -> tuple[TableSource, TableSource]:
+def _from_table(
+    fmt: str,
+    path: Any,
+    label: str | list[str],
+    features: list[str] | None,
+    storage_options: dict | None,
+    read_kwargs: dict,
+) -> tuple[TableSource, TableSource]:
     import dask.base
 
     dd = _dask_dataframe()
@@ -1247,7 +1267,11 @@ def from_synthetic(
 
 
 def from_parquet(
-    path: Any, label: str | list[str], features: list[str] | None = None, storage_options: dict | None = None, **read_kwargs: Any
+    path: Any,
+    label: str | list[str],
+    features: list[str] | None = None,
+    storage_options: dict | None = None,
+    **read_kwargs: Any,
 ) -> tuple[TableSource, TableSource]:
     """(x, y) from a Parquet file, directory or glob read with ``dask.dataframe.read_parquet``
     (``read_kwargs`` go to it). ``features`` default to every column that is not a label; one
@@ -1256,7 +1280,11 @@ def from_parquet(
 
 
 def from_csv(
-    path: Any, label: str | list[str], features: list[str] | None = None, storage_options: dict | None = None, **read_kwargs: Any
+    path: Any,
+    label: str | list[str],
+    features: list[str] | None = None,
+    storage_options: dict | None = None,
+    **read_kwargs: Any,
 ) -> tuple[TableSource, TableSource]:
     """(x, y) from CSV file(s) read with ``dask.dataframe.read_csv`` (``read_kwargs`` go to it,
     e.g. ``blocksize="64MB"``); see :func:`from_parquet` for ``label`` and ``features``."""

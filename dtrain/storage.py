@@ -15,6 +15,7 @@ can leave it behind, under a name no reader looks for (checkpoint pruning delete
 With ``durable=True`` (local folders) each file's bytes are fsynced before its rename, and
 :meth:`Location.sync` fsyncs the folder, so the renames themselves survive a power cut.
 """
+
 from __future__ import annotations
 
 import os
@@ -107,7 +108,9 @@ class Location:
                     f.write(data)
                     if self.durable:
                         f.flush()
-                        os.fsync(f.fileno())  # the bytes are on disk before the name is: no empty file after a power cut
+                        os.fsync(
+                            f.fileno()
+                        )  # the bytes are on disk before the name is: no empty file after a power cut
                 os.replace(path, self.path(name))
             except BaseException:
                 _discard(path)

@@ -1,4 +1,5 @@
 """Small helpers users expect from Keras."""
+
 from __future__ import annotations
 
 from typing import Any

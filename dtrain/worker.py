@@ -16,6 +16,7 @@ Everything a rank needs arrives as plain data (``RankSpec``: model config, compi
 plan, not pickled model objects) plus shard readers; the client-side launch and supervision
 live in ``driver``. This module runs inside the task thread of a Dask worker.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +37,7 @@ from .recovery import write as write_checkpoint
 from .sampling import EpochSampler, ShardPlan
 
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
-STARTUP_TIMEOUT_S = 600.0   # how long ranks wait for each other while loading their shards
+STARTUP_TIMEOUT_S = 600.0  # how long ranks wait for each other while loading their shards
 # Gradients smaller than this are summed with one allreduce and every rank updates all of the
 # weights: a sharded step has three round trips (reduce-scatter, the finite verdict, allgather)
 # where the allreduce has one, and saves the add, the check and the update of (size-1)/size of
@@ -55,30 +56,30 @@ class RankSpec:
 
     job_id: str
     rank: int
-    peers: list[str]                      # worker addresses in rank order
-    worker_id: str                        # Worker.id at launch: a restarted worker must not re-run the rank
+    peers: list[str]  # worker addresses in rank order
+    worker_id: str  # Worker.id at launch: a restarted worker must not re-run the rank
     model_config: dict[str, Any]
     compile_config: dict[str, Any]
     input_dim: int
-    device: str                           # "cpu" | "gpu"
-    comm: str                             # communicator kind (see dtrain.comm)
+    device: str  # "cpu" | "gpu"
+    comm: str  # communicator kind (see dtrain.comm)
     timeout: float
-    rows: int                             # training rows (the plan)
+    rows: int  # training rows (the plan)
     shards: int
     batch_size: int
-    owned: list[int]                      # logical shards this rank trains on, in this order
+    owned: list[int]  # logical shards this rank trains on, in this order
     seed: int
     shuffle: bool
     epochs: int
     initial_epoch: int
-    start_step: int = 0                   # steps of initial_epoch already done (resuming from a checkpoint)
-    has_validation: bool = False          # the job validates (every rank joins the allreduce)
-    wait_for_client: bool = False         # rank 0 waits for the client's continue/stop after each epoch
-    record_replica_hashes: bool = False   # tests: a hash of the weights after every step
+    start_step: int = 0  # steps of initial_epoch already done (resuming from a checkpoint)
+    has_validation: bool = False  # the job validates (every rank joins the allreduce)
+    wait_for_client: bool = False  # rank 0 waits for the client's continue/stop after each epoch
+    record_replica_hashes: bool = False  # tests: a hash of the weights after every step
     nccl_id: Any = None
-    checkpoint: Any = None                # a recovery.CheckpointPolicy: rank 0 writes checkpoints
-    checkpoint_meta: dict | None = None   # what a checkpoint records about the run (recovery.checkpoint_meta)
-    on_nonfinite: str = "stop"            # "stop" | "skip" a step whose summed gradient is not finite
+    checkpoint: Any = None  # a recovery.CheckpointPolicy: rank 0 writes checkpoints
+    checkpoint_meta: dict | None = None  # what a checkpoint records about the run (recovery.checkpoint_meta)
+    on_nonfinite: str = "stop"  # "stop" | "skip" a step whose summed gradient is not finite
     faults: list = field(default_factory=list)  # tests only: injected failures (see _inject)
 
     @property
@@ -137,8 +138,13 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         # Start-up waits (for the slowest rank to load its rows) may be long; the driver watches
         # the workers meanwhile. Between steps every wait is bounded by spec.timeout.
         comm = make_communicator(
-            spec.comm, job_id=spec.job_id, rank=spec.rank, size=spec.size, peers=spec.peers,
-            timeout=max(spec.timeout, STARTUP_TIMEOUT_S), nccl_id=spec.nccl_id,
+            spec.comm,
+            job_id=spec.job_id,
+            rank=spec.rank,
+            size=spec.size,
+            peers=spec.peers,
+            timeout=max(spec.timeout, STARTUP_TIMEOUT_S),
+            nccl_id=spec.nccl_id,
         )
         with _blas_threads(worker), _quiet_monitoring(worker):
             return _train(spec, comm, worker, readers, dependencies, initial)
@@ -266,6 +272,7 @@ def _set_callbacks(worker, settings: dict) -> dict:
 
 def _on_loop(worker, fn, *args):
     """Run ``fn(*args)`` on the worker's event loop and return its result (from the task thread)."""
+
     async def call():
         return fn(*args)
 
@@ -295,7 +302,9 @@ def _load_checked(model: Sequential, spec: RankSpec, readers, dependencies, x_ke
     x = np.concatenate(xs) if len(xs) > 1 else xs[0]
     y = np.concatenate(ys) if len(ys) > 1 else ys[0]
     x = check_features(x, spec.input_dim, model.dtype, name=f"x ({where})")
-    y = check_targets(y, len(x), model.loss, model.output_units, model.dtype, name=f"y ({where})", x_name=f"x ({where})")
+    y = check_targets(
+        y, len(x), model.loss, model.output_units, model.dtype, name=f"y ({where})", x_name=f"x ({where})"
+    )
     # Aligned rows (a copy only where the transport left them misaligned): every batch is
     # gathered from them, and a misaligned gather costs ~10% of a step.
     return np.require(x, requirements=["C", "A"]), np.require(y, requirements=["C", "A"])
@@ -418,8 +427,14 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
         gather_optimizer_state()
         if spec.rank == 0:
             write_checkpoint(
-                policy, model, epoch=epoch, step=step, position=epoch * plan.steps + step,
-                totals=totals_so_far, history=before + history, meta=spec.checkpoint_meta or {},
+                policy,
+                model,
+                epoch=epoch,
+                step=step,
+                position=epoch * plan.steps + step,
+                totals=totals_so_far,
+                history=before + history,
+                meta=spec.checkpoint_meta or {},
                 on_nonfinite=spec.on_nonfinite,
             )
         # The others wait while rank 0 writes (to an object store, that can outlast the step
@@ -491,11 +506,16 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
             if spec.rank == 0:
                 from .comm.dask import get_plugin
 
-                stop[0] = float(get_plugin(worker).wait_for(
-                    spec.job_id, "driver", f"epoch-{epoch}", spec.timeout,
-                    waiting_for=f"the client's callbacks after epoch {epoch + 1} (a callback slower than "
-                    f"timeout={spec.timeout:g} s, or the client is gone)",
-                ))
+                stop[0] = float(
+                    get_plugin(worker).wait_for(
+                        spec.job_id,
+                        "driver",
+                        f"epoch-{epoch}",
+                        spec.timeout,
+                        waiting_for=f"the client's callbacks after epoch {epoch + 1} (a callback slower than "
+                        f"timeout={spec.timeout:g} s, or the client is gone)",
+                    )
+                )
             # The others wait while rank 0 waits for the client: give them longer, so that a slow
             # callback is reported by rank 0 as such, not as a dead rank 0.
             comm.set_timeout(2 * spec.timeout)
@@ -507,7 +527,10 @@ def _train(spec: RankSpec, comm, worker, readers, dependencies, initial) -> dict
     # -- results --------------------------------------------------------------------------------
     gather_optimizer_state()
     result: dict[str, Any] = {
-        "rank": spec.rank, "times": times.as_arrays(), "replica_hashes": replica_hashes, "skipped_steps": skipped,
+        "rank": spec.rank,
+        "times": times.as_arrays(),
+        "replica_hashes": replica_hashes,
+        "skipped_steps": skipped,
         "sharded_step": sharded,
     }
     if spec.rank == 0:

@@ -7,6 +7,7 @@ trains on its own shard of the rows; their gradients are summed every step. The 
 the core promise (the weights equal a single-process run with the same seed and shard count)
 and asserts at least 95% held-out accuracy.
 """
+
 import sys
 import time
 
@@ -28,7 +29,9 @@ def make_model() -> Sequential:
 if __name__ == "__main__":  # worker processes re-import this file: start the cluster only here
     digits = load_digits()
     x = digits.data.astype("float32") / 16.0
-    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+    )
 
     cluster = None if len(sys.argv) > 1 else LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
     with Client(sys.argv[1] if len(sys.argv) > 1 else cluster) as client:
@@ -38,8 +41,10 @@ if __name__ == "__main__":  # worker processes re-import this file: start the cl
         history = model.fit(x_train, y_train, epochs=30, batch_size=64, seed=0, client=client, verbose=2)
         seconds = time.perf_counter() - start
         loss, accuracy = model.evaluate(x_test, y_test, client=client)
-        print(f"{workers} workers: held-out accuracy {accuracy:.4f} after {seconds:.1f}s; median step "
-              f"{history.timing['step_ms']:.2f} ms ({history.timing['communication_ms']:.2f} ms communication)")
+        print(
+            f"{workers} workers: held-out accuracy {accuracy:.4f} after {seconds:.1f}s; median step "
+            f"{history.timing['step_ms']:.2f} ms ({history.timing['communication_ms']:.2f} ms communication)"
+        )
     if cluster is not None:
         cluster.close()
 

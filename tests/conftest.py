@@ -1,5 +1,6 @@
 """Shared fixtures and the `gpu` marker hook: tests marked ``@pytest.mark.gpu`` are skipped
 where CuPy cannot see a CUDA device (``dtrain.gpu_available()`` is False)."""
+
 from __future__ import annotations
 
 import numpy as np

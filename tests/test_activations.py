@@ -1,5 +1,6 @@
 """Activations: values, finite-difference derivatives (float64), stability for huge inputs,
 in-place use as Dense uses them, no allocations in the elementwise hot paths, and lookup."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -83,7 +84,9 @@ def test_forward_matches_reference(name):
 def test_known_values():
     z = np.array([[-2.0, 0.0, 3.0]])
     np.testing.assert_array_equal(forward(activations.get("relu"), z), [[0.0, 0.0, 3.0]])
-    np.testing.assert_allclose(forward(activations.get("sigmoid"), z), [[0.11920292202211755, 0.5, 0.9525741268224334]], rtol=1e-15)
+    np.testing.assert_allclose(
+        forward(activations.get("sigmoid"), z), [[0.11920292202211755, 0.5, 0.9525741268224334]], rtol=1e-15
+    )
     np.testing.assert_allclose(forward(activations.get("tanh"), z), [[np.tanh(-2.0), 0.0, np.tanh(3.0)]], rtol=1e-15)
     e = np.exp([-2.0, 0.0, 3.0])
     np.testing.assert_allclose(forward(activations.get("softmax"), z), [e / e.sum()], rtol=1e-15)
@@ -108,7 +111,9 @@ def test_softmax_is_shift_invariant_and_rows_sum_to_one():
 @pytest.mark.parametrize("magnitude", [1e4, 1e30])
 def test_huge_inputs_give_finite_outputs_and_derivatives(name, dtype, magnitude):
     # pyproject turns RuntimeWarnings (overflow, invalid) into errors: none may be raised.
-    z = np.array([[magnitude, -magnitude, 0.0], [-magnitude, -magnitude, -magnitude], [1.0, magnitude, 2.0]], dtype=dtype)
+    z = np.array(
+        [[magnitude, -magnitude, 0.0], [-magnitude, -magnitude, -magnitude], [1.0, magnitude, 2.0]], dtype=dtype
+    )
     act = activations.get(name)
     a = forward(act, z)
     assert a.dtype == dtype

@@ -1,5 +1,6 @@
 """The array backend: NumPy on CPU, CuPy on a GPU, chosen per process or per model, with a
 clear error when a GPU is asked for and there is none."""
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,10 @@ def test_gpu_without_a_gpu_says_why_and_what_to_do():
 
 def test_gpu_error_for_each_reason(monkeypatch):
     """The reason recorded by the probe is the one shown (no CuPy / no CUDA device)."""
-    for reason in ("CuPy could not be imported (ModuleNotFoundError: No module named 'cupy')",
-                   "CuPy is installed but no CUDA device is visible"):
+    for reason in (
+        "CuPy could not be imported (ModuleNotFoundError: No module named 'cupy')",
+        "CuPy is installed but no CUDA device is visible",
+    ):
         monkeypatch.setattr(backend, "_cupy_probe", (None, reason))
         assert not dtrain.gpu_available()
         assert dtrain.get_backend("auto").device == "cpu"
@@ -88,8 +91,9 @@ def test_only_the_backend_module_mentions_cupy_imports():
     import re
 
     package = pathlib.Path(dtrain.__file__).parent
-    importers = sorted(p.name for p in package.rglob("*.py")
-                       if re.search(r"^\s*(import cupy|from cupy)", p.read_text(), re.M))
+    importers = sorted(
+        p.name for p in package.rglob("*.py") if re.search(r"^\s*(import cupy|from cupy)", p.read_text(), re.M)
+    )
     assert importers == ["backend.py"]
 
 
@@ -110,5 +114,7 @@ def test_bad_device_from_the_environment_names_the_variable():
     assert "Unknown device 'tpu'" in out and "DTRAIN_DEVICE" in out
     env["DTRAIN_DEVICE"] = "cpu"
     code = "import dtrain\nprint(dtrain.Sequential().device)\n"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env=env).stdout.strip() == "cpu"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+        == "cpu"
+    )

@@ -1,6 +1,7 @@
 """The memory benchmark (benchmarks/memory.py, issue 6): its bound against a hand computation,
 its per-step allocation probe (which must report 0 for dtrain and must see a deliberate leak),
 and the shape of its report. Quick settings: a 20-16-3 network, seconds."""
+
 from __future__ import annotations
 
 import json
@@ -50,11 +51,13 @@ DATA_BYTES = {
 
 def hand_bound(optimizer: str) -> dict[str, int]:
     items = dict(DATA_BYTES)
-    items.update({
-        "parameters (flat buffer)": FLAT_BYTES,
-        "gradients (flat buffer)": FLAT_BYTES,
-        "optimizer scratch": FLAT_BYTES,
-    })
+    items.update(
+        {
+            "parameters (flat buffer)": FLAT_BYTES,
+            "gradients (flat buffer)": FLAT_BYTES,
+            "optimizer scratch": FLAT_BYTES,
+        }
+    )
     if optimizer == "adam":
         items["optimizer slot 'm'"] = FLAT_BYTES
         items["optimizer slot 'v'"] = FLAT_BYTES
@@ -108,8 +111,16 @@ def test_compute_bound_by_hand_for_a_worker():
     # kernel 20000 (a multiple of 32), bias 200 -> 224, kernel 2000 -> 2016, bias 10 -> 32
     flat = 20000 + 224 + 2016 + 32
     assert memory.flat_elements(layers, 4) == flat
-    b = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64, 40], optimizer="sgd",
-                             received_shard=True, shm_peers=1, rank0=True)
+    b = memory.compute_bound(
+        layers,
+        ["relu", "softmax"],
+        rows=1000,
+        batch_sizes=[64, 40],
+        optimizer="sgd",
+        received_shard=True,
+        shm_peers=1,
+        rank0=True,
+    )
     items = {i["name"]: i["bytes"] for i in b["items"] if i.get("batch") is None}
     # the gradients live in shared memory and are lent, not copied (2 ranks); a separate sum; the
     # initial weights went to the peer through a segment of rank 0's
@@ -117,13 +128,19 @@ def test_compute_bound_by_hand_for_a_worker():
     assert items["round-1 partner's gradient buffer, mapped (read where it is)"] == 4 * flat
     assert items["own shared-memory segment for peer 1 (the initial weights broadcast through it)"] == 64 + 4 * flat
     assert "own shared-memory segment for peer 1 (gradient copied into it)" not in items
-    other = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=1)
+    other = memory.compute_bound(
+        layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=1
+    )
     other_items = {i["name"] for i in other["items"]}
     assert "rank 0's segment, mapped (the initial weights read from it)" in other_items
     assert not any("broadcast through it" in name for name in other_items)
-    three = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=2)
+    three = memory.compute_bound(
+        layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=2
+    )
     assert sum("gradient copied into it" in i["name"] for i in three["items"]) == 2  # 3 ranks: copied, not lent
-    four = memory.compute_bound(layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=3)
+    four = memory.compute_bound(
+        layers, ["relu", "softmax"], rows=1000, batch_sizes=[64], received_shard=True, shm_peers=3
+    )
     names = [i["name"] for i in four["items"]]  # 4 ranks: round 1 lent, round 2 copied
     assert sum("mapped" in name for name in names) == 3 and sum("copied into it" in name for name in names) == 1
     assert items["initial weights received from the client"] == 4 * flat
@@ -194,7 +211,10 @@ def test_report_is_well_formed(quick):
         assert part["per_step_rss"]["slope_bytes_per_step"] is not None
     targets = quick["targets"]
     assert set(targets["peak_rss_within_1.2x_of_bound"]["ratios"]) == {"single_process.sgd", "single_process.adam"}
-    assert targets["no_per_step_growth"]["arrays_retained_per_steady_step_max"] == {"single_process.sgd": 0, "single_process.adam": 0}
+    assert targets["no_per_step_growth"]["arrays_retained_per_steady_step_max"] == {
+        "single_process.sgd": 0,
+        "single_process.adam": 0,
+    }
     assert targets["not_measured"] == []
     assert quick["summary"]
 
@@ -223,14 +243,22 @@ def test_cli_quick_prints_one_json_document_and_writes_nothing(tmp_path):
     out = tmp_path / "memory.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", "--quick", "--workers", "0", "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["benchmark"] == "memory" and doc["command"].startswith("python -m benchmarks.memory")
     assert not out.exists()
-    bad = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--quick", "--batch", "0"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", "--quick", "--batch", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "batch" in bad.stderr
 
 
@@ -245,7 +273,9 @@ def test_cluster_part_measures_every_worker():
         assert w["rows"] == memory.QUICK["samples"] // 2 and w["local_batch_sizes"] == [memory.QUICK["batch"] // 2]
         assert w["baseline_rss_bytes"] > 0 and w["peak"]["samples"] > 0
         assert w["peak_bytes"] >= w["baseline_rss_bytes"]
-        assert math.isclose(w["ratio"], w["peak_bytes"] / (w["baseline_rss_bytes"] + w["bound"]["total_bytes"]), rel_tol=1e-3)
+        assert math.isclose(
+            w["ratio"], w["peak_bytes"] / (w["baseline_rss_bytes"] + w["bound"]["total_bytes"]), rel_tol=1e-3
+        )
         # (the quick run can be over before the 50 ms sampler has seen a step: the timeline may be empty)
         assert len(w["timeline"]["steps"]) == len(w["timeline"]["rss_bytes"])
         categories = w["bound"]["by_category"]

@@ -1,4 +1,5 @@
 """The callback protocol, EarlyStopping (Keras' rules), TerminateOnNaN and the progress bar."""
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,9 @@ def _fit(epochs=2, n=40, batch_size=20, extra=(), **kwargs):
     model = small_model()
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     recorder = Recorder()
-    history = model.fit(x, labels, epochs=epochs, batch_size=batch_size, verbose=0, seed=0,
-                        callbacks=[recorder, *extra], **kwargs)
+    history = model.fit(
+        x, labels, epochs=epochs, batch_size=batch_size, verbose=0, seed=0, callbacks=[recorder, *extra], **kwargs
+    )
     return model, history, recorder.calls
 
 
@@ -53,8 +55,18 @@ def test_hooks_are_called_in_keras_order():
     _, history, calls = _fit(validation_data=(x[:10], labels[:10]))
     assert [c[:2] if c[0] != "train_begin" else c for c in calls if c[0] != "train_end"] == [
         ("train_begin",),
-        ("epoch_begin", 0), ("batch_begin", 0), ("batch_end", 0), ("batch_begin", 1), ("batch_end", 1), ("epoch_end", 0),
-        ("epoch_begin", 1), ("batch_begin", 0), ("batch_end", 0), ("batch_begin", 1), ("batch_end", 1), ("epoch_end", 1),
+        ("epoch_begin", 0),
+        ("batch_begin", 0),
+        ("batch_end", 0),
+        ("batch_begin", 1),
+        ("batch_end", 1),
+        ("epoch_end", 0),
+        ("epoch_begin", 1),
+        ("batch_begin", 0),
+        ("batch_end", 0),
+        ("batch_begin", 1),
+        ("batch_end", 1),
+        ("epoch_end", 1),
     ]
     assert calls[-1][0] == "train_end"
     batch_logs = [c[2] for c in calls if c[0] == "batch_end"]
@@ -77,8 +89,13 @@ def test_lambda_callback_hooks_receive_logs():
         on_train_end=lambda logs: seen.append(("train_end", sorted(logs))),
     )
     _fit(epochs=1, extra=[cb])
-    assert seen == [("train_begin", {}), ("batch_end", 0), ("batch_end", 1),
-                    ("epoch_end", 0, ["accuracy", "loss"]), ("train_end", ["accuracy", "loss"])]
+    assert seen == [
+        ("train_begin", {}),
+        ("batch_end", 0),
+        ("batch_end", 1),
+        ("epoch_end", 0, ["accuracy", "loss"]),
+        ("train_end", ["accuracy", "loss"]),
+    ]
     with pytest.raises(ValueError, match="unknown hook 'on_epoch_finish'"):
         LambdaCallback(on_epoch_finish=print)
 
@@ -159,17 +176,25 @@ def test_early_stopping_restore_best_weights_at_the_end():
 
 def test_early_stopping_baseline():
     # Keras 3's rule: an improvement never stops training, even short of the baseline...
-    stopped, model = _drive(EarlyStopping(monitor="loss", patience=2, baseline=0.5, restore_best_weights=True),
-                            [1.0, 0.9, 0.8, 0.7])
+    stopped, model = _drive(
+        EarlyStopping(monitor="loss", patience=2, baseline=0.5, restore_best_weights=True), [1.0, 0.9, 0.8, 0.7]
+    )
     assert stopped is None and model.restored == 3
     # ...but it does not restart the wait either: the first epoch without improvement stops it.
-    stopped, model = _drive(EarlyStopping(monitor="loss", patience=2, baseline=0.5, restore_best_weights=True),
-                            [1.0, 0.9, 0.8, 0.7, 0.75])
+    stopped, model = _drive(
+        EarlyStopping(monitor="loss", patience=2, baseline=0.5, restore_best_weights=True), [1.0, 0.9, 0.8, 0.7, 0.75]
+    )
     assert stopped == 4 and model.restored == 3
     # Beating the baseline resets the wait as usual.
     assert _drive(EarlyStopping(monitor="loss", patience=2, baseline=0.95), [1.0, 0.9, 0.85, 0.8, 0.9, 0.9])[0] == 5
-    assert _drive(EarlyStopping(monitor="val_accuracy", patience=1, baseline=0.9), [0.5, 0.95, 0.97, 0.96, 0.96],
-                  key="val_accuracy")[0] == 3
+    assert (
+        _drive(
+            EarlyStopping(monitor="val_accuracy", patience=1, baseline=0.9),
+            [0.5, 0.95, 0.97, 0.96, 0.96],
+            key="val_accuracy",
+        )[0]
+        == 3
+    )
 
 
 def test_early_stopping_start_from_epoch_and_reuse():
@@ -191,20 +216,37 @@ def test_early_stopping_in_fit_keras_docstring_example():
     model.compile(optimizers.SGD(), loss="mse")
     x = np.arange(100, dtype=np.float32).reshape(5, 20)
     with np.errstate(over="ignore", invalid="ignore"):
-        history = model.fit(x, np.zeros((5, 10)), epochs=10, batch_size=1, verbose=0, seed=0,
-                            callbacks=[EarlyStopping(monitor="loss", patience=3)])
+        history = model.fit(
+            x,
+            np.zeros((5, 10)),
+            epochs=10,
+            batch_size=1,
+            verbose=0,
+            seed=0,
+            callbacks=[EarlyStopping(monitor="loss", patience=3)],
+        )
     assert len(history.history["loss"]) == 4
 
 
 def test_early_stopping_in_fit_restores_the_best_epoch_weights():
     x, labels = blobs(200, spread=3.0)
     snapshots = {}
-    snap = LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.__setitem__(epoch, (logs["val_loss"], model.get_weights())))
+    snap = LambdaCallback(
+        on_epoch_end=lambda epoch, logs: snapshots.__setitem__(epoch, (logs["val_loss"], model.get_weights()))
+    )
     model = small_model()
     model.compile(optimizer=optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
-    history = model.fit(x[:100], labels[:100], epochs=40, batch_size=10, verbose=0, seed=2,
-                        validation_data=(x[100:], labels[100:]), callbacks=[snap, stopper])
+    history = model.fit(
+        x[:100],
+        labels[:100],
+        epochs=40,
+        batch_size=10,
+        verbose=0,
+        seed=2,
+        validation_data=(x[100:], labels[100:]),
+        callbacks=[snap, stopper],
+    )
     val = history.history["val_loss"]
     ran = len(val)
     assert ran < 40, "the small noisy problem should overfit and stop early"
@@ -224,8 +266,17 @@ def test_terminate_on_nan_stops_at_the_batch_where_loss_becomes_nan():
     model = Sequential([Dense(8, activation="relu", input_dim=5), Dense(1)])
     model.compile(optimizer=optimizers.SGD(learning_rate=1e6), loss="mse")  # diverges within a few steps
     recorder = Recorder()
-    history = model.fit(x, y, epochs=5, batch_size=4, shuffle=False, verbose=0, seed=0,
-                        callbacks=[recorder, TerminateOnNaN()], on_nonfinite="ignore")  # Keras' behaviour
+    history = model.fit(
+        x,
+        y,
+        epochs=5,
+        batch_size=4,
+        shuffle=False,
+        verbose=0,
+        seed=0,
+        callbacks=[recorder, TerminateOnNaN()],
+        on_nonfinite="ignore",
+    )  # Keras' behaviour
     batch_losses = [c[2]["loss"] for c in recorder.calls if c[0] == "batch_end"]
     first_bad = next(i for i, v in enumerate(batch_losses) if not math.isfinite(v))
     assert first_bad > 0 and len(batch_losses) == first_bad + 1  # stopped right after it
@@ -239,8 +290,9 @@ def test_terminate_on_nan_with_weights_that_overflow(capsys):
     model.compile(optimizer="sgd", loss="mse")
     model.set_weights([np.full((3, 2), 3e38), np.zeros(2)])
     x = np.ones((8, 3), dtype=np.float32)
-    history = model.fit(x, np.zeros((8, 2)), epochs=3, batch_size=2, verbose=0, callbacks=[TerminateOnNaN()],
-                        on_nonfinite="ignore")
+    history = model.fit(
+        x, np.zeros((8, 2)), epochs=3, batch_size=2, verbose=0, callbacks=[TerminateOnNaN()], on_nonfinite="ignore"
+    )
     assert model.optimizer.iterations == 1
     assert len(history.history["loss"]) == 1
     assert "invalid loss" in capsys.readouterr().err

@@ -4,6 +4,7 @@ checkpoint can be bad (each refused with a warning, the previous good one used i
 Most tests run on a local folder and on fsspec's in-memory filesystem. Bad checkpoints are made
 by hand: bytes flipped or cut, files removed, or files forged so that only the rule under test
 can refuse them (a forged manifest vouches for its forged arrays file's sha256 and size)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,10 @@ def state(at: int, **changes) -> Checkpoint:
     """The checkpoint of global step ``at``: arrays that say which step they belong to."""
     fields = dict(
         arrays={"params": np.arange(6, dtype=np.float32) + at, "optimizer.iterations": np.array(at, dtype=np.int64)},
-        epoch=at // 10, step=at % 10, global_step=at, meta=META,
+        epoch=at // 10,
+        step=at % 10,
+        global_step=at,
+        meta=META,
     )
     return Checkpoint(**{**fields, **changes})
 
@@ -158,7 +162,13 @@ def test_round_trip_is_bitwise(directory):
 
     with no_warnings():
         loaded = load_latest(directory)
-    assert (loaded.epoch, loaded.step, loaded.global_step, loaded.name, loaded.location) == (4, 7, 47, name(47), location)
+    assert (loaded.epoch, loaded.step, loaded.global_step, loaded.name, loaded.location) == (
+        4,
+        7,
+        47,
+        name(47),
+        location,
+    )
     assert loaded.meta == {"model": {"layers": [64, 10]}, "plan": {"seed": 3, "ranks": 2}, "rate": 0.5}
     assert set(loaded.arrays) == set(arrays)
     for key, array in arrays.items():
@@ -178,9 +188,13 @@ def test_files_written_and_manifest(directory):
     assert doc["format"] == FORMAT == "dtrain.checkpoint" and doc["format_version"] == FORMAT_VERSION == 1
     assert isinstance(doc["dtrain_version"], str) and before <= doc["created"] <= time.time()
     assert (doc["global_step"], doc["epoch"], doc["step"]) == (120, 12, 0)
-    assert doc["files"] == {f"{name(120)}.safetensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
-    assert doc["arrays"] == {"params": {"dtype": "float32", "shape": [6]},
-                             "optimizer.iterations": {"dtype": "int64", "shape": []}}
+    assert doc["files"] == {
+        f"{name(120)}.safetensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    }
+    assert doc["arrays"] == {
+        "params": {"dtype": "float32", "shape": [6]},
+        "optimizer.iterations": {"dtype": "int64", "shape": []},
+    }
     assert doc["meta"] == META
 
 
@@ -302,10 +316,15 @@ def test_an_interrupted_first_write_means_no_checkpoint(directory):
 
 def test_the_same_state_makes_the_same_bytes(tmp_path):
     """So a deterministic run writing a step again leaves the old manifest valid throughout."""
-    arrays = {f"a{i}": np.arange(3, dtype=dtype) for i, dtype in enumerate(["float16", "float64", "int64", "uint8", "float32"])}
+    arrays = {
+        f"a{i}": np.arange(3, dtype=dtype)
+        for i, dtype in enumerate(["float16", "float64", "int64", "uint8", "float32"])
+    }
     write_checkpoint(tmp_path / "one", state(5, arrays=arrays))
     write_checkpoint(tmp_path / "two", state(5, arrays=dict(reversed(list(arrays.items())))))
-    assert (tmp_path / "one" / f"{name(5)}.safetensors").read_bytes() == (tmp_path / "two" / f"{name(5)}.safetensors").read_bytes()
+    assert (tmp_path / "one" / f"{name(5)}.safetensors").read_bytes() == (
+        tmp_path / "two" / f"{name(5)}.safetensors"
+    ).read_bytes()
 
 
 def test_rewriting_a_step_replaces_it(three):
@@ -403,8 +422,13 @@ def test_numpy_integers_and_meta_values_are_accepted(directory):
 def test_prune_keeps_the_newest_n(directory):
     for step in range(1, 6):
         write_checkpoint(directory, state(step), keep=2)
-    assert files(directory) == [f"{name(4)}.json", f"{name(4)}.safetensors",
-                                f"{name(5)}.json", f"{name(5)}.safetensors", "latest"]
+    assert files(directory) == [
+        f"{name(4)}.json",
+        f"{name(4)}.safetensors",
+        f"{name(5)}.json",
+        f"{name(5)}.safetensors",
+        "latest",
+    ]
     write_checkpoint(directory, state(6), keep=1)
     assert list_checkpoints(directory) == [name(6)]
     assert_is(load_latest(directory), 6)
@@ -437,8 +461,14 @@ def test_prune_removes_leftovers_of_interrupted_writes(directory):
     put(directory, f".{name(45)}.safetensors.tmp-00ff00ff", b"")  # newer than the one written: stays
     for step in (20, 30, 40):
         write_checkpoint(directory, state(step), keep=2)
-    assert files(directory) == [f".{name(45)}.safetensors.tmp-00ff00ff", f"{name(30)}.json",
-                                f"{name(30)}.safetensors", f"{name(40)}.json", f"{name(40)}.safetensors", "latest"]
+    assert files(directory) == [
+        f".{name(45)}.safetensors.tmp-00ff00ff",
+        f"{name(30)}.json",
+        f"{name(30)}.safetensors",
+        f"{name(40)}.json",
+        f"{name(40)}.safetensors",
+        "latest",
+    ]
 
 
 # -- finding the latest good one --------------------------------------------------------------------
@@ -544,13 +574,26 @@ def test_forged_checkpoints_pass_when_nothing_is_wrong(three):
 @pytest.mark.parametrize(
     "arrays, changes, reason",
     [
-        ({"params": np.zeros(6, np.float32)}, {"arrays": {"params": {"dtype": "float32", "shape": [6]},
-                                                          "optimizer.m": {"dtype": "float32", "shape": [6]}}},
-         r"missing: \['optimizer.m'\]"),
-        ({"params": np.zeros(6, np.float64)}, {"arrays": {"params": {"dtype": "float32", "shape": [6]}}},
-         "array 'params' is float64 of shape \\[6\\], the manifest says float32"),
-        ({"params": np.zeros(6, np.float32)}, {"arrays": {"params": {"dtype": "float32", "shape": [2, 3]}}},
-         "the manifest says float32 of shape \\[2, 3\\]"),
+        (
+            {"params": np.zeros(6, np.float32)},
+            {
+                "arrays": {
+                    "params": {"dtype": "float32", "shape": [6]},
+                    "optimizer.m": {"dtype": "float32", "shape": [6]},
+                }
+            },
+            r"missing: \['optimizer.m'\]",
+        ),
+        (
+            {"params": np.zeros(6, np.float64)},
+            {"arrays": {"params": {"dtype": "float32", "shape": [6]}}},
+            "array 'params' is float64 of shape \\[6\\], the manifest says float32",
+        ),
+        (
+            {"params": np.zeros(6, np.float32)},
+            {"arrays": {"params": {"dtype": "float32", "shape": [2, 3]}}},
+            "the manifest says float32 of shape \\[2, 3\\]",
+        ),
         ({"params": np.zeros(6, np.float32)}, {"global_step": 20}, "for global step 20, not 30"),
         ({"params": np.zeros(6, np.float32)}, {"epoch": -1}, "epoch is -1"),
         ({"params": np.zeros(6, np.float32)}, {"meta": "x"}, "meta is 'x'"),
@@ -624,8 +667,11 @@ def test_incompatible_newest_falls_back_to_a_compatible_one(directory):
     write_checkpoint(directory, state(10))
     other = {**META, "job_hash": "def"}
     write_checkpoint(directory, state(20, meta=other))
-    with pytest.warns(CheckpointWarning, match=rf"{name(20)}\.json: incompatible: job_hash differs "
-                                               r"\(checkpoint: \"def\", this run: \"abc\"\)"):
+    with pytest.warns(
+        CheckpointWarning,
+        match=rf"{name(20)}\.json: incompatible: job_hash differs "
+        r"\(checkpoint: \"def\", this run: \"abc\"\)",
+    ):
         assert_is(load_latest(directory, expect={"job_hash": "abc"}), 10)
 
 
@@ -634,8 +680,9 @@ def test_incompatible_everywhere_is_an_error(three):
     with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError) as info:
         load_latest(three, expect=expect)
     for step in (10, 20, 30):
-        assert (f"{name(step)}: incompatible: model differs at layers[0].units (checkpoint: 64, this run: 128)"
-                in str(info.value))
+        assert f"{name(step)}: incompatible: model differs at layers[0].units (checkpoint: 64, this run: 128)" in str(
+            info.value
+        )
 
 
 @pytest.mark.parametrize(
@@ -643,7 +690,10 @@ def test_incompatible_everywhere_is_an_error(three):
     [
         ({"plan": {"seed": 1}}, "the checkpoint has no 'plan'"),
         ({"model": {"layers": [{"units": 64, "activation": "relu"}]}}, "model differs at layers"),
-        ({"model": {"layers": [{"units": 64}, {"units": 10}]}}, r"at layers\[0\].activation \(checkpoint: \"relu\", this run: absent\)"),
+        (
+            {"model": {"layers": [{"units": 64}, {"units": 10}]}},
+            r"at layers\[0\].activation \(checkpoint: \"relu\", this run: absent\)",
+        ),
         ({"job_hash": 1}, "job_hash differs"),
     ],
 )

@@ -1,4 +1,5 @@
 """The command line and the examples, run as a user runs them: real subprocesses."""
+
 from __future__ import annotations
 
 import json

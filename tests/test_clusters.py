@@ -1,4 +1,5 @@
 """dtrain.clusters: the Dask settings of the clusters dtrain starts, on real LocalClusters."""
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,10 @@ def test_a_tick_you_configured_yourself_is_kept():
 
     with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
         assert training_config() == {}
-        with dtrain.local_cluster(1, dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
+        with (
+            dtrain.local_cluster(1, dashboard_address=":0") as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             assert cluster.scheduler.periodic_callbacks["tick"].callback_time == 50
             assert set(client.run(_tick).values()) == {50}
 
@@ -50,6 +54,9 @@ def test_the_environment_form_names_the_same_settings_and_leaves_yours():
     # a Dask process started with them reads them back as the same settings
     out = subprocess.run(
         [sys.executable, "-c", "import dask; print(dask.config.get('distributed.admin.tick.interval'))"],
-        env={**os.environ, **env}, capture_output=True, text=True, check=True,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == TRAINING_DASK_CONFIG["distributed.admin.tick.interval"]

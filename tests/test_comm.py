@@ -1,5 +1,6 @@
 """Collectives: the algorithms in memory (ranks as threads), the Dask transport on real clusters
 (worker processes, the shared fixtures of conftest.py), the factory and the GPU wrappers' CPU parts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -95,7 +96,9 @@ def test_allreduce_sums_bitwise_identically(size, dtype, algorithm, small_bucket
 
 @pytest.mark.parametrize("algorithm", ["doubling", "ring"])
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
-def test_allreduce_into_leaves_the_source_and_gives_the_same_bits_as_in_place(size, algorithm, small_buckets, monkeypatch):
+def test_allreduce_into_leaves_the_source_and_gives_the_same_bits_as_in_place(
+    size, algorithm, small_buckets, monkeypatch
+):
     monkeypatch.setattr(algorithms, "RING_MIN_BYTES", 0 if algorithm == "ring" else 2**62)
     monkeypatch.setattr(algorithms, "RING_MIN_SIZE", 2 if algorithm == "ring" else 3)
     lengths = [0, 1, 7, 1000, 4099]
@@ -415,8 +418,15 @@ def launch(client, fn, *args, ranks=None, job_id=None):
     job_id = job_id or f"test-{uuid.uuid4().hex}"
     futures = [
         client.submit(
-            fn, job_id, rank, peers, *args, workers=[peers[rank]], allow_other_workers=False,
-            pure=False, key=f"{job_id}-rank{rank}",
+            fn,
+            job_id,
+            rank,
+            peers,
+            *args,
+            workers=[peers[rank]],
+            allow_other_workers=False,
+            pure=False,
+            key=f"{job_id}-rank{rank}",
         )
         for rank in (range(len(peers)) if ranks is None else ranks)
     ]
@@ -440,8 +450,13 @@ def _rank_collectives(job_id, rank, peers, n, bucket_nbytes, ring):
 @pytest.mark.cluster
 @pytest.mark.parametrize(
     "workers, n, bucket_nbytes, ring",
-    [(2, 1001, None, None), (2, 5000, 4096, None), (3, 1001, None, None), (3, 1_200_000, None, True),
-     (3, 5000, 4096, None)],
+    [
+        (2, 1001, None, None),
+        (2, 5000, 4096, None),
+        (3, 1001, None, None),
+        (3, 1_200_000, None, True),
+        (3, 5000, 4096, None),
+    ],
     ids=["2-doubling", "2-buckets", "3-fold", "3-ring", "3-buckets"],
 )
 def test_dask_collectives_are_correct_and_bitwise_identical(workers, n, bucket_nbytes, ring, request):
@@ -584,7 +599,9 @@ def test_gradients_in_shared_memory_are_lent_to_the_peers_not_copied(workers, re
     for step_digests in zip(*(digests for digests, *_ in results)):
         assert len(set(step_digests)) == 1
     assert_allreduced([sums for _, sums, *_ in results], [rank_data(r + 10 * (steps - 1), n) for r in range(workers)])
-    assert_allreduced([grads for _, _, grads, *_ in results], [rank_data(r + 10 * (steps - 1), n) for r in range(workers)])
+    assert_allreduced(
+        [grads for _, _, grads, *_ in results], [rank_data(r + 10 * (steps - 1), n) for r in range(workers)]
+    )
     for _, _, _, lent_uses, copied in results:
         if workers == 2:
             assert lent_uses == [steps]  # every step lent, uncopied; only the in-place allreduce copied
@@ -744,7 +761,7 @@ def test_shared_segments_are_checked_before_they_are_read():
             shm.PeerSegments().array(shm.SharedRef(**{**ref.to_msg(), "fd": 10_000}))
         assert shm.SharedRef.from_msg(ref.to_msg()) == ref
         # an array inside a segment is found where it is, and read there by the peer
-        inner = segment.data[64:64 + 400].view(np.float32)
+        inner = segment.data[64 : 64 + 400].view(np.float32)
         inner[...] = np.arange(100)
         assert segment.offset_of(inner) == 64 and segment.offset_of(data) is None
         np.testing.assert_array_equal(peers.array(segment.ref(inner.dtype, inner.size, -1, 1, offset=64)), inner)
@@ -856,8 +873,10 @@ def _rank_dies_after_connecting(job_id, rank, peers):
 def test_a_peer_on_the_same_machine_that_dies_is_an_error_at_once_not_at_the_deadline():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         _, peers, futures = launch(plugged(client), _rank_dies_after_connecting)
         shared, message, elapsed = futures[0].result(timeout=20)
     assert shared == [1]

@@ -14,6 +14,7 @@
 - slurm/: no SLURM here. dask-jobqueue builds the cluster (its scheduler runs in this process,
   nothing is submitted): the job script and the scheduler's job service are checked.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,14 @@ local = _load(LOCAL_SCRIPT, "dtrain_deploy_local")
 
 
 def dtrain_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dtrain", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "dtrain", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def free_port() -> int:
@@ -68,19 +75,53 @@ def free_port() -> int:
 # dask-cuda is not installed (it is in the gpu extra only). True: takes a value.
 # Where dask-cuda is installed, the real parser is used and this list is checked against it.
 DASK_CUDA_WORKER_OPTIONS = {
-    "--host": True, "--worker-port": True, "--listen-address": True, "--contact-address": True,
-    "--nthreads": True, "--name": True, "--memory-limit": True, "--device-memory-limit": True,
-    "--enable-cudf-spill": False, "--disable-cudf-spill": False, "--cudf-spill-stats": True,
-    "--rmm-pool-size": True, "--rmm-maximum-pool-size": True,
-    "--rmm-managed-memory": False, "--no-rmm-managed-memory": False, "--rmm-async": False, "--no-rmm-async": False,
-    "--set-rmm-allocator-for-libs": True, "--rmm-release-threshold": True, "--rmm-log-directory": True,
-    "--rmm-track-allocations": False, "--no-rmm-track-allocations": False, "--pid-file": True, "--resources": True,
-    "--dashboard": False, "--no-dashboard": False, "--dashboard-address": True, "--local-directory": True,
-    "--scheduler-file": True, "--protocol": True, "--interface": True, "--preload": True, "--death-timeout": True,
-    "--dashboard-prefix": True, "--tls-ca-file": True, "--tls-cert": True, "--tls-key": True,
-    "--enable-tcp-over-ucx": False, "--disable-tcp-over-ucx": False, "--enable-infiniband": False,
-    "--disable-infiniband": False, "--enable-nvlink": False, "--disable-nvlink": False,
-    "--enable-rdmacm": False, "--disable-rdmacm": False, "--worker-class": True, "--pre-import": True,
+    "--host": True,
+    "--worker-port": True,
+    "--listen-address": True,
+    "--contact-address": True,
+    "--nthreads": True,
+    "--name": True,
+    "--memory-limit": True,
+    "--device-memory-limit": True,
+    "--enable-cudf-spill": False,
+    "--disable-cudf-spill": False,
+    "--cudf-spill-stats": True,
+    "--rmm-pool-size": True,
+    "--rmm-maximum-pool-size": True,
+    "--rmm-managed-memory": False,
+    "--no-rmm-managed-memory": False,
+    "--rmm-async": False,
+    "--no-rmm-async": False,
+    "--set-rmm-allocator-for-libs": True,
+    "--rmm-release-threshold": True,
+    "--rmm-log-directory": True,
+    "--rmm-track-allocations": False,
+    "--no-rmm-track-allocations": False,
+    "--pid-file": True,
+    "--resources": True,
+    "--dashboard": False,
+    "--no-dashboard": False,
+    "--dashboard-address": True,
+    "--local-directory": True,
+    "--scheduler-file": True,
+    "--protocol": True,
+    "--interface": True,
+    "--preload": True,
+    "--death-timeout": True,
+    "--dashboard-prefix": True,
+    "--tls-ca-file": True,
+    "--tls-cert": True,
+    "--tls-key": True,
+    "--enable-tcp-over-ucx": False,
+    "--disable-tcp-over-ucx": False,
+    "--enable-infiniband": False,
+    "--disable-infiniband": False,
+    "--enable-nvlink": False,
+    "--disable-nvlink": False,
+    "--enable-rdmacm": False,
+    "--disable-rdmacm": False,
+    "--worker-class": True,
+    "--pre-import": True,
     "--multiprocessing-method": True,
 }
 
@@ -164,10 +205,14 @@ def with_container_files(argv: list[str], tmp_path: Path) -> list[str]:
 
 def test_check_command_refuses_what_the_clis_refuse():
     assert check_command(["dask", "scheduler", "--port", "8786", "--preload", "dtrain.jobs.service"])["preload"] == (
-        "dtrain.jobs.service",)
-    for bad in (["dask", "scheduler", "--no-such-option"], ["dask", "worker", "tcp://x:8786", "--nthreads", "two"],
-                ["dask", "scheduler", "--preload", "dtrain.jobs.service", "--bogus", "1"],
-                ["dtrain", "submit", "job.yaml", "--schedulr", "tcp://x:8786"]):
+        "dtrain.jobs.service",
+    )
+    for bad in (
+        ["dask", "scheduler", "--no-such-option"],
+        ["dask", "worker", "tcp://x:8786", "--nthreads", "two"],
+        ["dask", "scheduler", "--preload", "dtrain.jobs.service", "--bogus", "1"],
+        ["dtrain", "submit", "job.yaml", "--schedulr", "tcp://x:8786"],
+    ):
         with pytest.raises(Exception):
             check_command(bad)
     with pytest.raises(AssertionError):
@@ -175,6 +220,7 @@ def test_check_command_refuses_what_the_clis_refuse():
 
 
 # -- local/ ---------------------------------------------------------------------------------------
+
 
 def _group_alive(pgid: int) -> bool:
     return bool(local.group_members(pgid))
@@ -185,8 +231,25 @@ def test_local_cluster_start_submit_stop(tmp_path):
     state = tmp_path / "state"
     script = [sys.executable, str(LOCAL_SCRIPT)]
     start = subprocess.run(
-        [*script, "start", "--workers", "2", "--device", "cpu", "--scheduler-port", "0", "--dashboard-port", "0",
-         "--state-dir", str(state), "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            *script,
+            "start",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "--scheduler-port",
+            "0",
+            "--dashboard-port",
+            "0",
+            "--state-dir",
+            str(state),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert start.returncode == 0, start.stderr
     info = json.loads(start.stdout)
@@ -198,8 +261,11 @@ def test_local_cluster_start_submit_stop(tmp_path):
         assert info["dashboard"].startswith("http://127.0.0.1:")
 
         # The job service is there from the start (--preload), before anything was submitted.
-        status = json.loads(subprocess.run([*script, "status", "--state-dir", str(state), "--json"],
-                                           capture_output=True, text=True, timeout=60).stdout)
+        status = json.loads(
+            subprocess.run(
+                [*script, "status", "--state-dir", str(state), "--json"], capture_output=True, text=True, timeout=60
+            ).stdout
+        )
         assert status["running"] and status["job_service"] is True and status["workers_connected"] == 2
         listed = dtrain_cli("list", "--scheduler", address, "--json")
         assert listed.returncode == 0, listed.stderr
@@ -207,23 +273,39 @@ def test_local_cluster_start_submit_stop(tmp_path):
         from distributed import Client
 
         with Client(address, timeout="10s", set_as_default=False) as client:  # dtrain.clusters' settings
-            assert set(client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time).values()) == {1000}
-            assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time) == 1000
+            assert set(
+                client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time).values()
+            ) == {1000}
+            assert (
+                client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
+                == 1000
+            )
 
-        again = subprocess.run([*script, "start", "--workers", "1", "--state-dir", str(state)],
-                               capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [*script, "start", "--workers", "1", "--state-dir", str(state)], capture_output=True, text=True, timeout=60
+        )
         assert again.returncode == 1 and "already running" in again.stderr and "stop" in again.stderr
 
         out = tmp_path / "out"
-        submitted = dtrain_cli("submit", str(SEED_JOB), "--scheduler", address, "--set", "fit.epochs=1",
-                               "--set", f"output.dir={out}", "--json")
+        submitted = dtrain_cli(
+            "submit",
+            str(SEED_JOB),
+            "--scheduler",
+            address,
+            "--set",
+            "fit.epochs=1",
+            "--set",
+            f"output.dir={out}",
+            "--json",
+        )
         assert submitted.returncode == 0, submitted.stderr
         record = json.loads(submitted.stdout)
         assert record["state"] == "succeeded" and len(record["workers"]) == 2
         assert (out / "model.safetensors").is_file()
     finally:
-        stop = subprocess.run([*script, "stop", "--state-dir", str(state), "--json"],
-                              capture_output=True, text=True, timeout=120)
+        stop = subprocess.run(
+            [*script, "stop", "--state-dir", str(state), "--json"], capture_output=True, text=True, timeout=120
+        )
     assert stop.returncode == 0, stop.stderr
     assert json.loads(stop.stdout)["killed"] == []  # all closed on SIGTERM
     assert not any(local.pid_alive(pid) for pid in pids)
@@ -239,8 +321,9 @@ def test_local_cluster_failed_start_says_why_and_leaves_nothing(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        deployment = local.LocalDeployment(1, device="cpu", scheduler_port=port, dashboard_port=None,
-                                           state_dir=tmp_path, timeout=60)
+        deployment = local.LocalDeployment(
+            1, device="cpu", scheduler_port=port, dashboard_port=None, state_dir=tmp_path, timeout=60
+        )
         with pytest.raises(local.DeploymentError, match="(?s)scheduler process exited.*Address already in use"):
             deployment.start()
     assert deployment.processes and not deployment.live_processes()
@@ -297,7 +380,9 @@ def test_compose_file(name):
     # Built from the repo's Dockerfile, the repo as its context.
     for service in services.values():
         build = service["build"]
-        assert (DEPLOY / "docker" / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "docker" / "Dockerfile"
+        assert (
+            DEPLOY / "docker" / build["context"] / build["dockerfile"]
+        ).resolve() == DEPLOY / "docker" / "Dockerfile"
         assert "runs:/runs" in service["volumes"]
     devices = workers["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
@@ -379,6 +464,7 @@ def test_dockerfile():
 
 # -- TLS: make-certs.sh, and compose.tls.yaml's commands run as local processes ------------------
 
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     if shutil.which("openssl") is None:
@@ -395,9 +481,17 @@ def test_make_certs(certs, tmp_path):
     assert (certs.parent / "ca" / "ca-key.pem").is_file()  # not in the mounted folder
     for role in ("scheduler", "worker", "client"):
         assert (certs / f"{role}-key.pem").stat().st_mode & 0o077 == 0
-    verified = subprocess.run(["openssl", "verify", "-CAfile", str(certs / "ca.pem"),
-                               *(str(certs / f"{r}.pem") for r in ("scheduler", "worker", "client"))],
-                              capture_output=True, text=True)
+    verified = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(certs / "ca.pem"),
+            *(str(certs / f"{r}.pem") for r in ("scheduler", "worker", "client")),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     again = subprocess.run(["sh", str(MAKE_CERTS), str(certs.parent)], capture_output=True, text=True)
     assert again.returncode == 1 and "exists" in again.stderr  # never overwrites
@@ -453,8 +547,16 @@ def test_compose_tls_commands_train_a_job_over_tls(certs, tmp_path, scheduler_cl
         for service in ("scheduler", "gpu-workers"):
             argv = _localise(shlex.split(services[service]["command"]), certs, port)
             log = open(tmp_path / f"{service}.log", "wb")
-            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env={**os.environ, **env_of(service)}, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **env_of(service)},
+                    start_new_session=True,
+                )
+            )
         client_env = {  # what the compose file's comment tells a user to export
             "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(certs / "ca.pem"),
@@ -466,20 +568,34 @@ def test_compose_tls_commands_train_a_job_over_tls(certs, tmp_path, scheduler_cl
             from distributed import Client
             from distributed.security import Security
 
-            security = Security(tls_ca_file=client_env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"],
-                                tls_client_cert=str(certs / "client.pem"), tls_client_key=str(certs / "client-key.pem"),
-                                require_encryption=True)
+            security = Security(
+                tls_ca_file=client_env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"],
+                tls_client_cert=str(certs / "client.pem"),
+                tls_client_key=str(certs / "client-key.pem"),
+                require_encryption=True,
+            )
             with contextlib.suppress(OSError, TimeoutError):
                 with Client(address, security=security, timeout="5s", set_as_default=False) as client:
                     client.wait_for_workers(1, timeout=max(deadline - time.monotonic(), 1))
                     break
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-                (tmp_path / "scheduler.log").read_text()[-3000:] + (tmp_path / "gpu-workers.log").read_text()[-3000:]
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
+                tmp_path / "scheduler.log"
+            ).read_text()[-3000:] + (tmp_path / "gpu-workers.log").read_text()[-3000:]
             time.sleep(0.5)
 
         out = tmp_path / "out"
-        submitted = dtrain_cli("submit", str(SEED_JOB), "--scheduler", address, "--set", "fit.epochs=1",
-                               "--set", f"output.dir={out}", "--json", env=client_env)
+        submitted = dtrain_cli(
+            "submit",
+            str(SEED_JOB),
+            "--scheduler",
+            address,
+            "--set",
+            "fit.epochs=1",
+            "--set",
+            f"output.dir={out}",
+            "--json",
+            env=client_env,
+        )
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         assert json.loads(submitted.stdout)["state"] == "succeeded"
         # Without TLS, nobody gets in.
@@ -502,11 +618,18 @@ def of_kind(kind: str) -> list[tuple[str, dict]]:
 
 def test_kubernetes_manifests():
     docs = manifests()
-    assert set(docs) == {"daskcluster.yaml", "daskcluster-tls.yaml", "networkpolicy.yaml", "storage.yaml",
-                         "submit-job.yaml", "submit-job-tls.yaml"}
+    assert set(docs) == {
+        "daskcluster.yaml",
+        "daskcluster-tls.yaml",
+        "networkpolicy.yaml",
+        "storage.yaml",
+        "submit-job.yaml",
+        "submit-job-tls.yaml",
+    }
     for name, items in docs.items():
         for doc in items:
             assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], name
+
     def values(node):
         if isinstance(node, dict):
             for item in node.values():
@@ -541,9 +664,9 @@ def test_kubernetes_manifests():
             assert env["DASK_SCHEDULER_ADDRESS"] == "tls://dtrain-scheduler:8786"
             env = {e["name"]: e["value"] for e in scheduler["env"]}
             assert env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] == "/certs/scheduler.pem"
-    (_, pvc), = of_kind("PersistentVolumeClaim")
+    ((_, pvc),) = of_kind("PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == "dtrain-runs" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    (_, policy), = of_kind("NetworkPolicy")
+    ((_, policy),) = of_kind("NetworkPolicy")
     allowed = policy["spec"]["ingress"][0]["from"]
     assert policy["spec"]["podSelector"]["matchLabels"] == {"dask.org/cluster-name": "dtrain"}
 
@@ -559,11 +682,18 @@ def test_kubernetes_manifests():
         assert job["spec"]["backoffLimit"] == 0 and pod["spec"]["restartPolicy"] == "Never"
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/jobs")
         volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
-        config_map = next(doc for n, doc in of_kind("ConfigMap") if n == name and doc["metadata"]["name"] == volume["configMap"]["name"])
+        config_map = next(
+            doc
+            for n, doc in of_kind("ConfigMap")
+            if n == name and doc["metadata"]["name"] == volume["configMap"]["name"]
+        )
         assert "job.yaml" in config_map["data"]
         # The submitting pod is one the NetworkPolicy lets through.
         labels = pod["metadata"]["labels"]
-        assert any(set(rule.get("podSelector", {}).get("matchLabels", {"-": "-"}).items()) <= set(labels.items()) for rule in allowed)
+        assert any(
+            set(rule.get("podSelector", {}).get("matchLabels", {"-": "-"}).items()) <= set(labels.items())
+            for rule in allowed
+        )
 
 
 @pytest.mark.parametrize("name", ["submit-job.yaml", "submit-job-tls.yaml"])
@@ -630,8 +760,15 @@ def test_daskcluster_against_the_operator():
     from dask_kubernetes.operator import make_cluster_spec
     from dask_kubernetes.operator.validation import validate_cluster_name
 
-    crd_path = (Path(dask_kubernetes.__file__).parent / "operator" / "deployment" / "helm" / "dask-kubernetes-operator"
-                / "crds" / "daskcluster.yaml")
+    crd_path = (
+        Path(dask_kubernetes.__file__).parent
+        / "operator"
+        / "deployment"
+        / "helm"
+        / "dask-kubernetes-operator"
+        / "crds"
+        / "daskcluster.yaml"
+    )
     crd = yaml.safe_load(crd_path.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema = version["schema"]["openAPIV3Schema"]
@@ -645,8 +782,13 @@ def test_daskcluster_against_the_operator():
         assert _structural_errors(body, schema) == [], name
 
         # Same shape as the operator's own cluster spec: the ports and probes it relies on.
-        reference = make_cluster_spec("dtrain", image="dtrain-gpu:latest", n_workers=2,
-                                      resources={"limits": {"nvidia.com/gpu": "1"}}, worker_command="dask cuda worker")
+        reference = make_cluster_spec(
+            "dtrain",
+            image="dtrain-gpu:latest",
+            n_workers=2,
+            resources={"limits": {"nvidia.com/gpu": "1"}},
+            worker_command="dask cuda worker",
+        )
         ours, theirs = cluster["spec"], reference["spec"]
         assert ours["scheduler"]["service"]["ports"] == theirs["scheduler"]["service"]["ports"]
         assert ours["scheduler"]["service"]["selector"] == theirs["scheduler"]["service"]["selector"]
@@ -672,13 +814,19 @@ def test_daskcluster_against_the_operator():
         built = [
             (build_scheduler_deployment_spec("dtrain", ours["scheduler"]["spec"], {}, {}), "V1Deployment"),
             (build_scheduler_service_spec("dtrain", ours["scheduler"]["service"], {}, {}), "V1Service"),
-            (build_worker_deployment_spec("dtrain-default", "default", "dtrain", "abc", ours["worker"]["spec"], {}, {}),
-             "V1Deployment"),
+            (
+                build_worker_deployment_spec(
+                    "dtrain-default", "default", "dtrain", "abc", ours["worker"]["spec"], {}, {}
+                ),
+                "V1Deployment",
+            ),
         ]
         for obj, model in built:
             _round_trip(obj, model)
         worker_env = {e["name"]: e["value"] for e in built[2][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
-        expected = "tls://dtrain-scheduler:8786" if "tls" in name else "tcp://dtrain-scheduler.default.svc.cluster.local:8786"
+        expected = (
+            "tls://dtrain-scheduler:8786" if "tls" in name else "tcp://dtrain-scheduler.default.svc.cluster.local:8786"
+        )
         assert worker_env["DASK_SCHEDULER_ADDRESS"] == expected
 
 
@@ -694,8 +842,12 @@ def _round_trip(obj: dict, model: str) -> None:
 
 def test_kubernetes_manifests_against_the_kubernetes_models():
     pytest.importorskip("kubernetes", reason="the kubernetes client is not installed (dask-kubernetes brings it)")
-    models = {"ConfigMap": "V1ConfigMap", "Job": "V1Job", "NetworkPolicy": "V1NetworkPolicy",
-              "PersistentVolumeClaim": "V1PersistentVolumeClaim"}
+    models = {
+        "ConfigMap": "V1ConfigMap",
+        "Job": "V1Job",
+        "NetworkPolicy": "V1NetworkPolicy",
+        "PersistentVolumeClaim": "V1PersistentVolumeClaim",
+    }
     seen = set()
     for name, docs in manifests().items():
         for doc in docs:
@@ -706,6 +858,7 @@ def test_kubernetes_manifests_against_the_kubernetes_models():
 
 
 # -- slurm/ ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def slurm():
@@ -721,8 +874,16 @@ def _worker_command(script: str) -> list[str]:
 def test_slurm_job_script(slurm):
     from dtrain.jobs.service import HANDLER, SERVICE_NAME
 
-    cluster = slurm.make_cluster(partition="gpu", account="proj", walltime="02:00:00", cpus_per_gpu=8, memory="64GB",
-                                 host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0")
+    cluster = slurm.make_cluster(
+        partition="gpu",
+        account="proj",
+        walltime="02:00:00",
+        cpus_per_gpu=8,
+        memory="64GB",
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address="127.0.0.1:0",
+    )
     try:
         script = cluster.job_script()
         directives = [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH")]
@@ -748,15 +909,19 @@ def test_slurm_job_script(slurm):
 
 
 def test_slurm_tls_job_script(slurm, certs):
-    cluster = slurm.make_cluster(partition="gpu", host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0",
-                                 tls_dir=certs)
+    cluster = slurm.make_cluster(
+        partition="gpu", host="127.0.0.1", scheduler_port=0, dashboard_address="127.0.0.1:0", tls_dir=certs
+    )
     try:
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
         argv = _worker_command(cluster.job_script())
         params = check_command(argv)
         assert params["scheduler"] == cluster.scheduler_address
         assert (params["tls_ca_file"], params["tls_cert"], params["tls_key"]) == (
-            str(certs / "ca.pem"), str(certs / "worker.pem"), str(certs / "worker-key.pem"))
+            str(certs / "ca.pem"),
+            str(certs / "worker.pem"),
+            str(certs / "worker-key.pem"),
+        )
         # The scheduler's own client (dtrain's job threads) has a certificate.
         assert cluster.scheduler.security.tls_client_cert == str(certs / "scheduler.pem")
     finally:

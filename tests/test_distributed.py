@@ -1,5 +1,6 @@
 """Data-parallel fit on real LocalClusters (worker processes): the core promise is that N
 workers give the single-process result of the same job (same seed, same shard count)."""
+
 from __future__ import annotations
 
 import time
@@ -79,8 +80,22 @@ def test_replicas_are_bitwise_identical_after_every_step(client3):
     x, y = blobs(100)
     model = _model("float32")
     history = fit_on_cluster(
-        model, x, y, client=client3, workers=None, shards=None, batch_size=10, epochs=2, verbose=0, callbacks=[],
-        validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=5, timeout=None,
+        model,
+        x,
+        y,
+        client=client3,
+        workers=None,
+        shards=None,
+        batch_size=10,
+        epochs=2,
+        verbose=0,
+        callbacks=[],
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        initial_epoch=0,
+        seed=5,
+        timeout=None,
         record_replica_hashes=True,
     )
     hashes = history.replica_hashes
@@ -177,12 +192,28 @@ def test_dask_arrays_and_npy_files_train_like_numpy(client2, tmp_path):
     reference = _model()
     reference.fit(x, y, batch_size=12, epochs=2, seed=8, client=client2, verbose=0)
     from_dask = _model()
-    from_dask.fit(da.from_array(x, chunks=25), da.from_array(y, chunks=40), batch_size=12, epochs=2, seed=8, client=client2, verbose=0)
+    from_dask.fit(
+        da.from_array(x, chunks=25),
+        da.from_array(y, chunks=40),
+        batch_size=12,
+        epochs=2,
+        seed=8,
+        client=client2,
+        verbose=0,
+    )
     _assert_weights_close(from_dask, reference, rtol=1e-10, atol=1e-12)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     from_files = _model()
-    from_files.fit(str(tmp_path / "x.npy"), dtrain.from_npy(tmp_path / "y.npy"), batch_size=12, epochs=2, seed=8, client=client2, verbose=0)
+    from_files.fit(
+        str(tmp_path / "x.npy"),
+        dtrain.from_npy(tmp_path / "y.npy"),
+        batch_size=12,
+        epochs=2,
+        seed=8,
+        client=client2,
+        verbose=0,
+    )
     _assert_weights_close(from_files, reference, rtol=1e-10, atol=1e-12)
 
 
@@ -240,7 +271,10 @@ def test_a_killed_worker_fails_the_job_within_the_timeout():
 
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         pids = client.run(os.getpid)
         victim = sorted(pids)[1]
         x, y = blobs(3000)
@@ -262,9 +296,24 @@ def test_a_restarted_worker_never_reruns_a_rank(client2):
     address = sorted(client2.scheduler_info()["workers"])[0]
     model = _model()
     spec = RankSpec(
-        job_id="stale", rank=0, peers=[address], worker_id="some-earlier-worker", model_config=model.get_config(),
-        compile_config=model.compile_config(), input_dim=20, device="cpu", comm="local", timeout=5, rows=10,
-        shards=1, batch_size=5, owned=[0], seed=0, shuffle=False, epochs=1, initial_epoch=0,
+        job_id="stale",
+        rank=0,
+        peers=[address],
+        worker_id="some-earlier-worker",
+        model_config=model.get_config(),
+        compile_config=model.compile_config(),
+        input_dim=20,
+        device="cpu",
+        comm="local",
+        timeout=5,
+        rows=10,
+        shards=1,
+        batch_size=5,
+        owned=[0],
+        seed=0,
+        shuffle=False,
+        epochs=1,
+        initial_epoch=0,
     )
     future = client2.submit(run_rank, spec, {}, {}, None, workers=[address], pure=False)
     with pytest.raises(RuntimeError, match="restarted worker never re-runs a rank"):
@@ -334,7 +383,10 @@ def test_a_shard_too_big_for_its_worker_memory_is_refused(tmp_path):
     path = tmp_path / "big.npy"
     big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(2**19, 1024))
     del big
-    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="400MiB", dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="400MiB", dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         model = dtrain.Sequential([Dense(4, input_dim=1024), Dense(2, activation="softmax")])
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         y = np.zeros(2**19, dtype=np.int64)
@@ -349,7 +401,9 @@ def test_digits_on_two_workers_reach_95_percent(client2):
 
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+    )
     model = dtrain.Sequential([Dense(64, activation="relu", input_dim=64), Dense(10, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=30, batch_size=64, seed=0, client=client2, verbose=0)
@@ -411,7 +465,14 @@ def test_builtin_callbacks_passed_by_the_user_and_on_train_end_sees_trained_weig
 
     model = _model()
     model.fit(
-        x, y, batch_size=10, epochs=2, seed=0, client=client2, verbose=0, timeout=10,
+        x,
+        y,
+        batch_size=10,
+        epochs=2,
+        seed=0,
+        client=client2,
+        verbose=0,
+        timeout=10,
         callbacks=[callbacks.ProgressBar(2), callbacks.LambdaCallback(on_train_end=at_end)],
     )
     for got, want in zip(seen["weights"], model.get_weights()):
@@ -427,8 +488,19 @@ def test_builtin_callbacks_passed_by_the_user_and_on_train_end_sees_trained_weig
 def _info(address, gpu=False, uid=None, nccl=False, host="10.0.0.1"):
     from dtrain.driver import WorkerInfo
 
-    return WorkerInfo(address=address, worker_id="w", host=host, gpu=gpu, gpu_index=0 if gpu else None, gpu_uid=uid,
-                      nccl=nccl, memory_limit=None, memory_used=0, pause_fraction=0.8, has_plugin=True)
+    return WorkerInfo(
+        address=address,
+        worker_id="w",
+        host=host,
+        gpu=gpu,
+        gpu_index=0 if gpu else None,
+        gpu_uid=uid,
+        nccl=nccl,
+        memory_limit=None,
+        memory_used=0,
+        pause_fraction=0.8,
+        has_plugin=True,
+    )
 
 
 def test_device_and_communicator_follow_what_the_workers_have():
@@ -459,12 +531,18 @@ def test_gpu_workers_train_like_one_process():
     x, y = blobs(200)
     reference = _model()
     reference.fit(x, y, batch_size=20, epochs=2, seed=0, shards=2, verbose=0)
-    with LocalCUDACluster(n_workers=1, dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCUDACluster(n_workers=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         model = _model()
         history = model.fit(x, y, batch_size=20, epochs=2, seed=0, shards=2, client=client, verbose=0)
         assert history.device == "gpu" and history.communicator == "local"
         _assert_weights_close(model, reference, rtol=1e-9, atol=1e-11)
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         model = _model(device="gpu")
         history = model.fit(x, y, batch_size=20, epochs=2, seed=0, client=client, verbose=0)
         assert history.device == "gpu" and history.communicator == "host-staged"
@@ -544,13 +622,21 @@ def test_files_with_validation_split_and_tables_train_like_numpy(client2, tmp_pa
 
     x, y = blobs(120)
     reference = _model()
-    reference_history = reference.fit(x, y, batch_size=12, epochs=2, seed=3, validation_split=0.2, client=client2, verbose=0)
+    reference_history = reference.fit(
+        x, y, batch_size=12, epochs=2, seed=3, validation_split=0.2, client=client2, verbose=0
+    )
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     from_files = _model()
     history = from_files.fit(
-        str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), batch_size=12, epochs=2, seed=3, validation_split=0.2,
-        client=client2, verbose=0,
+        str(tmp_path / "x.npy"),
+        str(tmp_path / "y.npy"),
+        batch_size=12,
+        epochs=2,
+        seed=3,
+        validation_split=0.2,
+        client=client2,
+        verbose=0,
     )
     _assert_weights_close(from_files, reference, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(history.history["val_loss"], reference_history.history["val_loss"], rtol=1e-10)
@@ -582,7 +668,9 @@ def test_a_second_fit_continues_from_the_optimizer_state_like_one_process(client
 
 def _wide_model(optimizer, dtype="float64"):
     """A gradient of 8.4 MB (float64): above SHARDED_STEP_MIN_BYTES, so the step is sharded."""
-    model = dtrain.Sequential([Dense(1024, activation="relu", input_dim=1024), Dense(3, activation="softmax")], dtype=dtype)
+    model = dtrain.Sequential(
+        [Dense(1024, activation="relu", input_dim=1024), Dense(3, activation="softmax")], dtype=dtype
+    )
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.build(seed=11)
     return model
@@ -590,9 +678,11 @@ def _wide_model(optimizer, dtype="float64"):
 
 @pytest.mark.parametrize(
     "optimizer",
-    [{"class_name": "adam", "config": {"learning_rate": 0.01}},
-     {"class_name": "sgd", "config": {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True}},
-     {"class_name": "rmsprop", "config": {"learning_rate": 0.01, "momentum": 0.5, "centered": True}}],
+    [
+        {"class_name": "adam", "config": {"learning_rate": 0.01}},
+        {"class_name": "sgd", "config": {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True}},
+        {"class_name": "rmsprop", "config": {"learning_rate": 0.01, "momentum": 0.5, "centered": True}},
+    ],
     ids=["adam", "sgd-nesterov", "rmsprop-centered"],
 )
 def test_a_sharded_step_equals_one_process_and_brings_back_the_whole_optimizer_state(optimizer, client3):
@@ -605,9 +695,23 @@ def test_a_sharded_step_equals_one_process_and_brings_back_the_whole_optimizer_s
     assert distributed.params.nbytes >= SHARDED_STEP_MIN_BYTES
     local.fit(x, y, batch_size=16, epochs=2, seed=4, shards=3, verbose=0)
     history = fit_on_cluster(
-        distributed, x, y, client=client3, workers=None, shards=None, batch_size=16, epochs=2, verbose=0,
-        callbacks=[], validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=4,
-        timeout=None, record_replica_hashes=True,
+        distributed,
+        x,
+        y,
+        client=client3,
+        workers=None,
+        shards=None,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        callbacks=[],
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        initial_epoch=0,
+        seed=4,
+        timeout=None,
+        record_replica_hashes=True,
     )
     assert history.sharded_step and history.communicator == "dask"
     _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
@@ -644,8 +748,10 @@ def test_a_rank_uses_as_many_blas_threads_as_its_worker_has(monkeypatch):
 
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         outside, inside = client.submit(_blas_threads_in_a_rank, pure=False).result()
     assert outside == 2 and inside == 1
 

@@ -1,5 +1,6 @@
 """Bad input gets a clear error before any work: the message names what was received and what
 was expected, and the model is left exactly as it was."""
+
 from __future__ import annotations
 
 import re
@@ -52,16 +53,19 @@ def _fails_untouched(model, match, call, error=ValueError):
 # -- x and y ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("built", [True, False])
 def test_x_and_y_of_different_lengths(built):
-    message = _fails_untouched(_compiled(built=built), "different numbers of samples",
-                               lambda m: m.fit(_x(10), _labels(9), verbose=0))
+    message = _fails_untouched(
+        _compiled(built=built), "different numbers of samples", lambda m: m.fit(_x(10), _labels(9), verbose=0)
+    )
     assert "10" in message and "9" in message
 
 
 def test_feature_count_mismatch_names_both_widths():
-    for call in (lambda m: m.fit(_x(10, 5), _labels(10), verbose=0),
-                 lambda m: m.evaluate(_x(10, 5), _labels(10)),
-                 lambda m: m.predict(_x(10, 5)),
-                 lambda m: m.train_on_batch(_x(10, 5), _labels(10))):
+    for call in (
+        lambda m: m.fit(_x(10, 5), _labels(10), verbose=0),
+        lambda m: m.evaluate(_x(10, 5), _labels(10)),
+        lambda m: m.predict(_x(10, 5)),
+        lambda m: m.train_on_batch(_x(10, 5), _labels(10)),
+    ):
         message = _fails_untouched(_compiled(), "5 features", call)
         assert "input_dim=4" in message
 
@@ -82,8 +86,9 @@ def test_nan_in_y_and_in_validation_data():
     good_y = one_hot(_labels(), 3)
     vx = _x()
     vx[0, 0] = np.nan
-    _fails_untouched(model, "validation x contains NaN",
-                     lambda m: m.fit(_x(), good_y, validation_data=(vx, good_y), verbose=0))
+    _fails_untouched(
+        model, "validation x contains NaN", lambda m: m.fit(_x(), good_y, validation_data=(vx, good_y), verbose=0)
+    )
 
 
 def test_values_that_overflow_float32_are_refused():
@@ -94,22 +99,32 @@ def test_values_that_overflow_float32_are_refused():
 
 def test_validation_data_is_checked_before_an_unbuilt_model_is_built():
     model = _compiled(built=False)
-    message = _fails_untouched(model, "validation x has 6 features",
-                               lambda m: m.fit(_x(), _labels(), validation_data=(_x(5, 6), _labels(5)), verbose=0))
+    message = _fails_untouched(
+        model,
+        "validation x has 6 features",
+        lambda m: m.fit(_x(), _labels(), validation_data=(_x(5, 6), _labels(5)), verbose=0),
+    )
     assert "input_dim=4" in message
-    _fails_untouched(model, "validation x and validation y have different numbers",
-                     lambda m: m.fit(_x(), _labels(), validation_data=(_x(5), _labels(4)), verbose=0))
-    _fails_untouched(model, "validation_data must be a tuple",
-                     lambda m: m.fit(_x(), _labels(), validation_data=(_x(5),), verbose=0))
+    _fails_untouched(
+        model,
+        "validation x and validation y have different numbers",
+        lambda m: m.fit(_x(), _labels(), validation_data=(_x(5), _labels(4)), verbose=0),
+    )
+    _fails_untouched(
+        model, "validation_data must be a tuple", lambda m: m.fit(_x(), _labels(), validation_data=(_x(5),), verbose=0)
+    )
 
 
 # -- labels for each loss --------------------------------------------------------------------------
-@pytest.mark.parametrize("labels, match", [
-    (np.array([0, 1, 2, 3, 0, 1, 2, 0, 1, 2]), r"labels in \[0, 2\].*y\[3\] = 3"),
-    (np.array([0, 1, -1, 0, 0, 1, 2, 0, 1, 2]), r"labels in \[0, 2\].*y\[2\] = -1"),
-    (np.array([0, 1, 1.5, 0, 0, 1, 2, 0, 1, 2]), r"integer class labels.*y\[2\] = 1.5"),
-    (np.ones((10, 3)), "integer class labels of shape"),
-])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.array([0, 1, 2, 3, 0, 1, 2, 0, 1, 2]), r"labels in \[0, 2\].*y\[3\] = 3"),
+        (np.array([0, 1, -1, 0, 0, 1, 2, 0, 1, 2]), r"labels in \[0, 2\].*y\[2\] = -1"),
+        (np.array([0, 1, 1.5, 0, 0, 1, 2, 0, 1, 2]), r"integer class labels.*y\[2\] = 1.5"),
+        (np.ones((10, 3)), "integer class labels of shape"),
+    ],
+)
 def test_sparse_labels_out_of_range_or_not_integers(labels, match):
     _fails_untouched(_compiled(), match, lambda m: m.fit(_x(), labels, verbose=0))
 
@@ -117,16 +132,24 @@ def test_sparse_labels_out_of_range_or_not_integers(labels, match):
 def test_categorical_rows_must_be_one_hot_like():
     y = one_hot(_labels(), 3)
     y[2] = [1, 1, 0]
-    message = _fails_untouched(_compiled(loss="categorical_crossentropy"), "one-hot",
-                               lambda m: m.fit(_x(), y, verbose=0))
+    message = _fails_untouched(
+        _compiled(loss="categorical_crossentropy"), "one-hot", lambda m: m.fit(_x(), y, verbose=0)
+    )
     assert "row 2 sums to 2" in message
     y[2] = [2, -1, 0]
-    _fails_untouched(_compiled(loss="categorical_crossentropy"), r"values in \[-1, 2\]",
-                     lambda m: m.fit(_x(), y, verbose=0))
-    _fails_untouched(_compiled(loss="categorical_crossentropy"), "sparse_categorical_crossentropy",
-                     lambda m: m.fit(_x(), _labels(), verbose=0))  # integer labels: says what to use
-    _fails_untouched(_compiled(loss="categorical_crossentropy"), r"shape \(n, 3\).*\(10, 4\)",
-                     lambda m: m.fit(_x(), np.eye(4)[_labels()], verbose=0))
+    _fails_untouched(
+        _compiled(loss="categorical_crossentropy"), r"values in \[-1, 2\]", lambda m: m.fit(_x(), y, verbose=0)
+    )
+    _fails_untouched(
+        _compiled(loss="categorical_crossentropy"),
+        "sparse_categorical_crossentropy",
+        lambda m: m.fit(_x(), _labels(), verbose=0),
+    )  # integer labels: says what to use
+    _fails_untouched(
+        _compiled(loss="categorical_crossentropy"),
+        r"shape \(n, 3\).*\(10, 4\)",
+        lambda m: m.fit(_x(), np.eye(4)[_labels()], verbose=0),
+    )
 
 
 def test_binary_labels_outside_0_1():
@@ -145,13 +168,16 @@ def test_empty_data():
     _fails_untouched(_compiled(), "None", lambda m: m.fit(None, None, verbose=0))
 
 
-@pytest.mark.parametrize("x, match", [
-    (np.array([["a", "b", "c", "d"]] * 10), "must hold numbers.*<U1"),
-    (np.array([[object()] * 4] * 10, dtype=object), "must hold numbers.*object"),
-    (np.ones(10), r"2-D.*\(10,\).*reshape"),
-    (np.ones((10, 4, 1)), r"2-D.*\(10, 4, 1\)"),
-    ([[1, 2], [3]], "could not be read"),
-])
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (np.array([["a", "b", "c", "d"]] * 10), "must hold numbers.*<U1"),
+        (np.array([[object()] * 4] * 10, dtype=object), "must hold numbers.*object"),
+        (np.ones(10), r"2-D.*\(10,\).*reshape"),
+        (np.ones((10, 4, 1)), r"2-D.*\(10, 4, 1\)"),
+        ([[1, 2], [3]], "could not be read"),
+    ],
+)
 def test_non_numeric_or_badly_shaped_x(x, match):
     _fails_untouched(_compiled(), match, lambda m: m.fit(x, _labels(), verbose=0))
 
@@ -161,21 +187,24 @@ def test_non_numeric_y():
 
 
 # -- fit arguments ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, match", [
-    ({"batch_size": 0}, "batch_size=0"),
-    ({"batch_size": -4}, "batch_size=-4"),
-    ({"batch_size": 2.5}, "batch_size=2.5"),
-    ({"epochs": -1}, "epochs=-1"),
-    ({"epochs": 1.5}, "epochs=1.5"),
-    ({"initial_epoch": -2}, "initial_epoch=-2"),
-    ({"validation_split": 1.0}, "validation_split=1.0"),
-    ({"validation_split": -0.1}, "validation_split"),
-    ({"validation_split": 0.95}, "both need at least one"),
-    ({"seed": -1}, "seed=-1"),
-    ({"seed": "abc"}, "seed='abc'"),
-    ({"verbose": 3}, "verbose=3"),
-    ({"shuffle": "yes"}, "shuffle='yes'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"batch_size": -4}, "batch_size=-4"),
+        ({"batch_size": 2.5}, "batch_size=2.5"),
+        ({"epochs": -1}, "epochs=-1"),
+        ({"epochs": 1.5}, "epochs=1.5"),
+        ({"initial_epoch": -2}, "initial_epoch=-2"),
+        ({"validation_split": 1.0}, "validation_split=1.0"),
+        ({"validation_split": -0.1}, "validation_split"),
+        ({"validation_split": 0.95}, "both need at least one"),
+        ({"seed": -1}, "seed=-1"),
+        ({"seed": "abc"}, "seed='abc'"),
+        ({"verbose": 3}, "verbose=3"),
+        ({"shuffle": "yes"}, "shuffle='yes'"),
+    ],
+)
 def test_bad_fit_arguments(kwargs, match):
     _fails_untouched(_compiled(), match, lambda m: m.fit(_x(), _labels(), **{"verbose": 0, **kwargs}))
 
@@ -187,16 +216,24 @@ def test_bad_batch_size_in_evaluate_and_predict():
 
 def test_bad_callbacks_are_refused_before_the_model_is_built():
     model = _compiled(built=False)
-    _fails_untouched(model, "Callback instances", lambda m: m.fit(_x(), _labels(), callbacks=[print], verbose=0),
-                     error=TypeError)
-    _fails_untouched(model, "list of dtrain.callbacks.Callback",
-                     lambda m: m.fit(_x(), _labels(), callbacks=callbacks.History(), verbose=0), error=TypeError)
+    _fails_untouched(
+        model, "Callback instances", lambda m: m.fit(_x(), _labels(), callbacks=[print], verbose=0), error=TypeError
+    )
+    _fails_untouched(
+        model,
+        "list of dtrain.callbacks.Callback",
+        lambda m: m.fit(_x(), _labels(), callbacks=callbacks.History(), verbose=0),
+        error=TypeError,
+    )
 
 
 def test_fit_evaluate_and_train_on_batch_before_compile():
     model = small_model(input_dim=4)
-    for call in (lambda m: m.fit(_x(), _labels(), verbose=0), lambda m: m.evaluate(_x(), _labels()),
-                 lambda m: m.train_on_batch(_x(), _labels())):
+    for call in (
+        lambda m: m.fit(_x(), _labels(), verbose=0),
+        lambda m: m.evaluate(_x(), _labels()),
+        lambda m: m.train_on_batch(_x(), _labels()),
+    ):
         message = _fails_untouched(model, "compile", call, error=RuntimeError)
         assert "model.compile(" in message
     assert not model.built
@@ -226,8 +263,10 @@ def test_unknown_activation_lists_known_names():
 def test_unknown_loss_lists_known_names():
     with pytest.raises(ValueError, match="Unknown loss 'hinge'") as info:
         small_model().compile(optimizer="sgd", loss="hinge")
-    _assert_lists(str(info.value), ["categorical_crossentropy", "sparse_categorical_crossentropy",
-                                    "binary_crossentropy", "mse", "mae"])
+    _assert_lists(
+        str(info.value),
+        ["categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy", "mse", "mae"],
+    )
 
 
 def test_unknown_metric_lists_known_names():
@@ -285,18 +324,21 @@ def test_set_weights_non_numeric():
 
 
 # -- layer and model arguments ---------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"units": -3}, "units=-3"),
-    ({"units": 0}, "units=0"),
-    ({"units": 2.5}, "units=2.5"),
-    ({"units": "8"}, "units='8'"),
-    ({"units": True}, "units=True"),
-    ({"units": 3, "input_dim": 0}, "input_dim=0"),
-    ({"units": 3, "input_shape": (4, 5)}, "input_shape=(4, 5)"),
-    ({"units": 3, "input_shape": (4,), "input_dim": 5}, "disagree"),
-    ({"units": 3, "use_bias": "yes"}, "use_bias='yes'"),
-    ({"units": 3, "name": ""}, "name=''"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"units": -3}, "units=-3"),
+        ({"units": 0}, "units=0"),
+        ({"units": 2.5}, "units=2.5"),
+        ({"units": "8"}, "units='8'"),
+        ({"units": True}, "units=True"),
+        ({"units": 3, "input_dim": 0}, "input_dim=0"),
+        ({"units": 3, "input_shape": (4, 5)}, "input_shape=(4, 5)"),
+        ({"units": 3, "input_shape": (4,), "input_dim": 5}, "disagree"),
+        ({"units": 3, "use_bias": "yes"}, "use_bias='yes'"),
+        ({"units": 3, "name": ""}, "name=''"),
+    ],
+)
 def test_bad_dense_arguments(kwargs, needle):
     with pytest.raises(ValueError) as info:
         Dense(**kwargs)

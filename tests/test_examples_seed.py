@@ -1,5 +1,6 @@
 """Acceptance: the issue's seed program runs with only its imports changed and learns; a small
 network reaches >= 95% held-out accuracy on scikit-learn's bundled handwritten digits."""
+
 from __future__ import annotations
 
 import time
@@ -26,9 +27,9 @@ def test_seed_program_runs_with_only_imports_changed_and_learns():
     from dtrain.layers import Dense
 
     model = Sequential()
-    model.add(Dense(units=64, activation='relu', input_dim=100))
-    model.add(Dense(units=10, activation='softmax'))
-    model.compile(loss='categorical_crossentropy', optimizer='sgd', metrics=['accuracy'])
+    model.add(Dense(units=64, activation="relu", input_dim=100))
+    model.add(Dense(units=10, activation="softmax"))
+    model.compile(loss="categorical_crossentropy", optimizer="sgd", metrics=["accuracy"])
     history = model.fit(x_train, y_train, epochs=5, batch_size=32)
     # ------------------------------------------------------------
 
@@ -77,7 +78,8 @@ def test_digits_with_one_hot_targets_and_validation_split():
     (x_train, y_train), (x_test, y_test) = _digits_split(seed=1)
     model = Sequential([Dense(64, activation="tanh"), Dense(10, activation="softmax")])  # lazy build
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(x_train, to_categorical(y_train, 10), epochs=25, batch_size=32, verbose=0,
-                        validation_split=0.2, seed=3)
+    history = model.fit(
+        x_train, to_categorical(y_train, 10), epochs=25, batch_size=32, verbose=0, validation_split=0.2, seed=3
+    )
     assert history.history["val_accuracy"][-1] >= 0.93
     assert model.evaluate(x_test, to_categorical(y_test, 10))[1] >= 0.95

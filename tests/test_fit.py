@@ -1,5 +1,6 @@
 """fit() semantics: batches in order (last one partial) without shuffling, reproducible seeds,
 epoch orders that depend only on (seed, epoch), epochs=0 and initial_epoch."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ def _numpy_sgd(weights, x, y, batch_order, batch_size, lr, epochs_orders):
     k1, b1, k2, b2 = (w.astype(np.float64).copy() for w in weights)
     for order in epochs_orders:
         for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             xb, yb = x[rows], y[rows]
             n, units = yb.shape
             h = np.tanh(xb @ k1 + b1)

@@ -1,5 +1,6 @@
 """NumPy and CuPy give the same results. Marked ``gpu``: skipped where CuPy sees no CUDA device
 (tests/conftest.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.gpu
 def _model(device, dtype="float32", optimizer=None, loss="sparse_categorical_crossentropy"):
     model = Sequential(
         [Dense(32, activation="relu", input_dim=20), Dense(16, activation="tanh"), Dense(3, activation="softmax")],
-        device=device, dtype=dtype,
+        device=device,
+        dtype=dtype,
     )
     model.compile(optimizer=optimizer or optimizers.Adam(0.01), loss=loss, metrics=["accuracy"])
     return model
@@ -69,10 +71,13 @@ def test_fit_gives_the_same_weights_and_predictions(dtype, rtol, atol):
     np.testing.assert_allclose(e_cpu, e_gpu, rtol=rtol * 10, atol=atol)
 
 
-@pytest.mark.parametrize("optimizer", [
-    lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
-    lambda: optimizers.RMSprop(0.01),
-])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+        lambda: optimizers.RMSprop(0.01),
+    ],
+)
 def test_optimizers_agree_on_cpu_and_gpu(optimizer):
     x, labels = blobs(128, features=20)
     y = one_hot(labels, 3)

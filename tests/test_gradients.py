@@ -4,6 +4,7 @@ loss with respect to the flat ``model.params``, for every activation and every l
 fused paths (softmax + categorical/sparse CE, sigmoid + binary CE: the loss is computed from
 the last layer's logits), the unfused ones (Keras' clipped formulas on probabilities) and
 ``from_logits=True`` with a linear last layer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -135,7 +136,9 @@ def test_every_activation_as_a_hidden_layer(hidden):
 
 
 @pytest.mark.parametrize("last", ACTIVATIONS)
-@pytest.mark.parametrize("loss, target", [("mean_squared_error", "real"), ("mse", "away"), ("mean_absolute_error", "away"), ("mae", "away")])
+@pytest.mark.parametrize(
+    "loss, target", [("mean_squared_error", "real"), ("mse", "away"), ("mean_absolute_error", "away"), ("mae", "away")]
+)
 def test_every_activation_as_the_output_with_regression_losses(last, loss, target):
     check([(5, "tanh", True), (3, last, True)], loss, target)
 

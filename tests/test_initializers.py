@@ -1,5 +1,6 @@
 """Initializers: Keras' bounds and variances on big draws, reproducibility for a seed, fans,
 lookup and serialisation."""
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,9 @@ def test_variance_scaling_modes_and_distributions(mode, n, distribution):
 
 def test_random_normal_uniform_and_truncated():
     assert_mean_and_variance(draw("random_normal"), 0.05**2)
-    assert_mean_and_variance(draw({"class_name": "random_normal", "config": {"mean": 1.0, "stddev": 0.2}}), 0.04, mean=1.0)
+    assert_mean_and_variance(
+        draw({"class_name": "random_normal", "config": {"mean": 1.0, "stddev": 0.2}}), 0.04, mean=1.0
+    )
     w = draw("random_uniform")
     assert w.min() >= -0.05 and w.max() <= 0.05
     assert_mean_and_variance(w, 0.1**2 / 12)
@@ -81,7 +84,9 @@ def test_random_normal_uniform_and_truncated():
     assert_mean_and_variance(w, (0.05 * TRUNCATED_STD) ** 2)
 
 
-@pytest.mark.parametrize("name, value", [("zeros", 0.0), ("ones", 1.0), ({"class_name": "constant", "config": {"value": -2.5}}, -2.5)])
+@pytest.mark.parametrize(
+    "name, value", [("zeros", 0.0), ("ones", 1.0), ({"class_name": "constant", "config": {"value": -2.5}}, -2.5)]
+)
 def test_constant_initializers(name, value):
     for shape in [(3, 4), (7,)]:
         w = draw(name, shape)
@@ -89,8 +94,19 @@ def test_constant_initializers(name, value):
         assert (w == value).all()
 
 
-ALL = ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal",
-       "random_normal", "random_uniform", "truncated_normal", "zeros", "ones"]
+ALL = [
+    "glorot_uniform",
+    "glorot_normal",
+    "he_uniform",
+    "he_normal",
+    "lecun_uniform",
+    "lecun_normal",
+    "random_normal",
+    "random_uniform",
+    "truncated_normal",
+    "zeros",
+    "ones",
+]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -174,8 +190,17 @@ def test_get_returns_instances_as_is():
 def test_unknown_initializer_lists_known_names():
     with pytest.raises(ValueError, match="Unknown initializer 'xavier'") as info:
         initializers.get("xavier")
-    for name in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "zeros", "ones",
-                 "random_normal", "random_uniform"):
+    for name in (
+        "glorot_uniform",
+        "glorot_normal",
+        "he_uniform",
+        "he_normal",
+        "lecun_uniform",
+        "zeros",
+        "ones",
+        "random_normal",
+        "random_uniform",
+    ):
         assert name in str(info.value)
     with pytest.raises(ValueError, match="Unknown initializer 'xavier'.*glorot_uniform"):
         Dense(3, kernel_initializer="xavier")
@@ -187,7 +212,10 @@ def test_unknown_initializer_lists_known_names():
         ({"class_name": "variance_scaling", "config": {"scale": -1.0}}, r"scale > 0, received scale=-1.0"),
         ({"class_name": "variance_scaling", "config": {"mode": "fan_sum"}}, r"mode in .*received mode='fan_sum'"),
         ({"class_name": "variance_scaling", "config": {"distribution": "cauchy"}}, r"received 'cauchy'"),
-        ({"class_name": "random_normal", "config": {"stddev": -0.1}}, r"stddev to be a non-negative number, received stddev=-0.1"),
+        (
+            {"class_name": "random_normal", "config": {"stddev": -0.1}},
+            r"stddev to be a non-negative number, received stddev=-0.1",
+        ),
         ({"class_name": "random_uniform", "config": {"minval": 1.0, "maxval": 0.0}}, r"minval <= maxval"),
         ({"class_name": "constant", "config": {"value": "x"}}, r"value to be a finite number, received value='x'"),
         ({"class_name": "glorot_uniform", "config": {"scale": 2.0}}, r"Bad arguments for initializer 'glorot_uniform'"),

@@ -1,5 +1,6 @@
 """The job service and its command line, run as users run them: `dtrain` subprocesses against
 real `dask scheduler` / `dask worker` processes (and `dtrain run`'s embedded cluster)."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,11 @@ pytestmark = pytest.mark.cluster
 
 def dtrain_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "dtrain", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        [sys.executable, "-m", "dtrain", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
 
@@ -50,10 +55,16 @@ def scheduler():
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bindir = Path(sys.executable).parent
     dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet)]
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet
+        )
+    ]
     try:
         procs += [
-            subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard"], **quiet)
+            subprocess.Popen(
+                [dask, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard"], **quiet
+            )
             for _ in range(2)
         ]
         from distributed import Client
@@ -83,8 +94,14 @@ def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: 
 def long_job_args(output: Path, workers: int = 1) -> list[str]:
     """The seed job made long enough to be cancelled while it runs."""
     return [
-        "--set", f"output.dir={output}", "--set", f"cluster.workers={workers}", "--set", "fit.epochs=200",
-        "--set", "data.train.samples=20000",
+        "--set",
+        f"output.dir={output}",
+        "--set",
+        f"cluster.workers={workers}",
+        "--set",
+        "fit.epochs=200",
+        "--set",
+        "data.train.samples=20000",
     ]
 
 
@@ -93,7 +110,9 @@ def long_job_args(output: Path, workers: int = 1) -> list[str]:
 
 def test_run_trains_on_an_embedded_cluster_and_writes_every_output(tmp_path):
     out = tmp_path / "seed"
-    proc = dtrain_cli("run", str(SEED_JOB), "--workers", "2", "--json", "--set", f"output.dir={out}", "--set", "fit.epochs=3")
+    proc = dtrain_cli(
+        "run", str(SEED_JOB), "--workers", "2", "--json", "--set", f"output.dir={out}", "--set", "fit.epochs=3"
+    )
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert result["state"] == "succeeded" and result["job_id"] and result["output"] == str(out)
@@ -117,15 +136,24 @@ def test_run_trains_on_an_embedded_cluster_and_writes_every_output(tmp_path):
 
 
 def test_run_shows_progress_and_a_summary(tmp_path):
-    proc = dtrain_cli("run", str(SEED_JOB), "--workers", "1", "--set", f"output.dir={tmp_path}", "--set", "fit.epochs=2")
+    proc = dtrain_cli(
+        "run", str(SEED_JOB), "--workers", "1", "--set", f"output.dir={tmp_path}", "--set", "fit.epochs=2"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/2:" in proc.stdout and "epoch 2/2:" in proc.stdout
     assert "succeeded" in proc.stdout and str(tmp_path) in proc.stdout
 
 
 def test_the_real_data_example_job_reaches_95_percent(tmp_path):
-    proc = dtrain_cli("run", str(ROOT / "examples" / "jobs" / "digits.yaml"), "--workers", "2", "--json",
-                      "--set", f"output.dir={tmp_path}")
+    proc = dtrain_cli(
+        "run",
+        str(ROOT / "examples" / "jobs" / "digits.yaml"),
+        "--workers",
+        "2",
+        "--json",
+        "--set",
+        f"output.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert result["metrics"]["val_accuracy"] >= 0.95, result["metrics"]
@@ -176,8 +204,18 @@ def test_an_invalid_job_exits_2_naming_the_key_and_runs_nothing(tmp_path):
 
 def test_a_detached_job_outlives_its_submitter(scheduler, tmp_path):
     out = tmp_path / "detached"
-    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--detach", "--json",
-                      "--set", f"output.dir={out}", "--set", "fit.epochs=2")
+    proc = dtrain_cli(
+        "submit",
+        str(SEED_JOB),
+        "--scheduler",
+        scheduler,
+        "--detach",
+        "--json",
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "fit.epochs=2",
+    )
     assert proc.returncode == 0, proc.stderr
     job_id = json_of(proc)["job_id"]  # the submitting process has exited
     followed = dtrain_cli("logs", job_id, "--scheduler", scheduler, "--follow")  # returns when the job ends
@@ -198,8 +236,17 @@ def test_a_detached_job_outlives_its_submitter(scheduler, tmp_path):
 
 
 def test_submit_follows_the_job_and_prints_one_json_document(scheduler, tmp_path):
-    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--json",
-                      "--set", f"output.dir={tmp_path}", "--set", "fit.epochs=1")
+    proc = dtrain_cli(
+        "submit",
+        str(SEED_JOB),
+        "--scheduler",
+        scheduler,
+        "--json",
+        "--set",
+        f"output.dir={tmp_path}",
+        "--set",
+        "fit.epochs=1",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
     assert result["state"] == "succeeded" and result["output"] == str(tmp_path) and result["job_id"]
@@ -208,8 +255,9 @@ def test_submit_follows_the_job_and_prints_one_json_document(scheduler, tmp_path
 def test_jobs_queue_for_workers_and_cancelling_frees_them(scheduler, tmp_path):
     ids = []
     for name in ("a", "b", "c"):
-        proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--detach", "--json",
-                          *long_job_args(tmp_path / name))
+        proc = dtrain_cli(
+            "submit", str(SEED_JOB), "--scheduler", scheduler, "--detach", "--json", *long_job_args(tmp_path / name)
+        )
         assert proc.returncode == 0, proc.stderr
         ids.append(json_of(proc)["job_id"])
     a, b, c = ids
@@ -237,8 +285,18 @@ def test_jobs_queue_for_workers_and_cancelling_frees_them(scheduler, tmp_path):
 
 
 def test_a_failing_job_reports_its_error(scheduler, tmp_path):
-    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--set", f"output.dir={tmp_path}",
-                      "--set", "cluster.device=gpu", "--set", "fit.epochs=1")
+    proc = dtrain_cli(
+        "submit",
+        str(SEED_JOB),
+        "--scheduler",
+        scheduler,
+        "--set",
+        f"output.dir={tmp_path}",
+        "--set",
+        "cluster.device=gpu",
+        "--set",
+        "fit.epochs=1",
+    )
     assert proc.returncode == 1
     assert "failed" in proc.stderr and "GPU" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "result.json").read_text())["state"] == "failed"
@@ -247,7 +305,10 @@ def test_a_failing_job_reports_its_error(scheduler, tmp_path):
 def test_ctrl_c_on_submit_cancels_the_job(scheduler, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "dtrain", "submit", str(SEED_JOB), "--scheduler", scheduler, *long_job_args(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     try:
         job_id = proc.stdout.readline().split()[-1]  # "job <id>"
@@ -291,8 +352,20 @@ class Cluster:
             [dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--dashboard-address", ":0"], **quiet
         )
         self.workers = [
-            subprocess.Popen([dask, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                              "--memory-limit", "2GiB"], **quiet)
+            subprocess.Popen(
+                [
+                    dask,
+                    "worker",
+                    self.address,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--memory-limit",
+                    "2GiB",
+                ],
+                **quiet,
+            )
             for _ in range(workers)
         ]
         from distributed import Client
@@ -334,8 +407,16 @@ def wait_until(address: str, job_id: str, predicate, timeout: float = 120) -> di
 
 def recovery_job(out: Path) -> list[str]:
     return [
-        "--set", f"output.dir={out}", "--set", "data.validation=null", "--set", "fit.epochs=12",
-        "--set", "data.train.samples=6000", "--set", "fit.batch_size=16",
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "data.validation=null",
+        "--set",
+        "fit.epochs=12",
+        "--set",
+        "data.train.samples=6000",
+        "--set",
+        "fit.batch_size=16",
     ]
 
 
@@ -406,7 +487,9 @@ def test_fit_on_a_cluster_whose_scheduler_dies_fails_soon_and_says_so():
     cluster = Cluster(2)
     client = Client(cluster.address, timeout="10s", set_as_default=False)
     x, y = dtrain.datasets.make_classification(20000, seed=0)
-    model = dtrain.Sequential([dtrain.Dense(64, activation="relu", input_dim=100), dtrain.Dense(10, activation="softmax")])
+    model = dtrain.Sequential(
+        [dtrain.Dense(64, activation="relu", input_dim=100), dtrain.Dense(10, activation="softmax")]
+    )
     model.compile(loss="categorical_crossentropy", optimizer="sgd")
     outcome = {}
 
@@ -438,9 +521,20 @@ def test_following_a_job_whose_scheduler_dies_is_one_line_and_exit_3(tmp_path):
     cluster = Cluster(2)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dtrain", "submit", str(SEED_JOB), "--scheduler", cluster.address,
-             *long_job_args(tmp_path, workers=2)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "dtrain",
+                "submit",
+                str(SEED_JOB),
+                "--scheduler",
+                cluster.address,
+                *long_job_args(tmp_path, workers=2),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         job_id = proc.stdout.readline().split()[-1]
         assert wait_for_state(cluster.address, job_id, ("running",))["state"] == "running"

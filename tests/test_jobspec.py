@@ -1,5 +1,6 @@
 """Job files (dtrain.jobs.spec): defaults, paths, JSON, every kind of problem with its key path
 and line, overrides, the example jobs, and that a valid job builds and trains. No Dask cluster."""
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,16 @@ def test_defaults_are_filled_in(tmp_path):
             "train": {"format": "synthetic", "samples": 60, "features": 4, "classes": 3, "seed": 0, "separation": 1.0},
             "validation": None,
         },
-        "fit": {"epochs": 1, "batch_size": 32, "seed": 0, "shuffle": True, "shards": None, "timeout": 60,
-                "max_restarts": 2, "on_nonfinite": "stop"},
+        "fit": {
+            "epochs": 1,
+            "batch_size": 32,
+            "seed": 0,
+            "shuffle": True,
+            "shards": None,
+            "timeout": 60,
+            "max_restarts": 2,
+            "on_nonfinite": "stop",
+        },
         "cluster": {"workers": None, "device": "auto"},
         "output": {"dir": str(tmp_path / "runs" / "tiny-job"), "checkpoint": {"every": "epoch", "keep": 3}},
     }
@@ -98,10 +107,15 @@ def test_relative_paths_are_taken_from_the_job_files_folder(tmp_path, monkeypatc
     (tmp_path / "data").mkdir()
     np.save(tmp_path / "data" / "x.npy", np.zeros((4, 2)))
     np.save(tmp_path / "data" / "y.npy", np.zeros((4, 3)))
-    path = write(tmp_path, "jobs/job.yaml", MINIMAL.replace(
-        "{format: synthetic, samples: 60, features: 4, classes: 3}",
-        "{format: npy, x: ../data/x.npy, y: 'memory://bucket/y.npy'}",
-    ) + "output: {dir: out/here}\n")
+    path = write(
+        tmp_path,
+        "jobs/job.yaml",
+        MINIMAL.replace(
+            "{format: synthetic, samples: 60, features: 4, classes: 3}",
+            "{format: npy, x: ../data/x.npy, y: 'memory://bucket/y.npy'}",
+        )
+        + "output: {dir: out/here}\n",
+    )
     monkeypatch.chdir(tmp_path / "data")  # the working directory plays no part
     job = load_job(os.path.relpath(path))
     assert job.spec["data"]["train"]["x"] == str(tmp_path / "data" / "x.npy")
@@ -137,14 +151,34 @@ def test_every_data_format_is_normalized(tmp_path):
     (tmp_path / "pq").mkdir()
     base = yaml.safe_load(MINIMAL)
     sources = {
-        "npz": ({"format": "npz", "path": "d.npz", "x": "features", "y": "labels"},
-                {"format": "npz", "path": str(tmp_path / "d.npz"), "x": "features", "y": "labels", "storage_options": {}}),
-        "csv": ({"format": "csv", "path": "t.csv", "label": "b"},
-                {"format": "csv", "path": str(tmp_path / "t.csv"), "label": "b", "features": None, "storage_options": {}}),
-        "parquet": ({"format": "parquet", "path": "pq", "label": ["a"], "features": ["b"], "storage_options": {"anon": True}},
-                    {"format": "parquet", "path": str(tmp_path / "pq"), "label": ["a"], "features": ["b"], "storage_options": {"anon": True}}),
-        "csv list": ({"format": "csv", "path": ["t.csv", "memory://t2.csv"], "label": "b"},
-                     {"format": "csv", "path": [str(tmp_path / "t.csv"), "memory://t2.csv"], "label": "b", "features": None, "storage_options": {}}),
+        "npz": (
+            {"format": "npz", "path": "d.npz", "x": "features", "y": "labels"},
+            {"format": "npz", "path": str(tmp_path / "d.npz"), "x": "features", "y": "labels", "storage_options": {}},
+        ),
+        "csv": (
+            {"format": "csv", "path": "t.csv", "label": "b"},
+            {"format": "csv", "path": str(tmp_path / "t.csv"), "label": "b", "features": None, "storage_options": {}},
+        ),
+        "parquet": (
+            {"format": "parquet", "path": "pq", "label": ["a"], "features": ["b"], "storage_options": {"anon": True}},
+            {
+                "format": "parquet",
+                "path": str(tmp_path / "pq"),
+                "label": ["a"],
+                "features": ["b"],
+                "storage_options": {"anon": True},
+            },
+        ),
+        "csv list": (
+            {"format": "csv", "path": ["t.csv", "memory://t2.csv"], "label": "b"},
+            {
+                "format": "csv",
+                "path": [str(tmp_path / "t.csv"), "memory://t2.csv"],
+                "label": "b",
+                "features": None,
+                "storage_options": {},
+            },
+        ),
     }
     for given, expected in sources.values():
         job = job_from_dict({**base, "data": {"train": given, "validation": given}}, base_dir=tmp_path)
@@ -180,7 +214,13 @@ def test_json_that_yaml_cannot_read_falls_back_to_json_without_lines(tmp_path):
 
 
 def test_yaml_reads_exponent_notation_as_numbers(tmp_path):
-    job = load_job(write(tmp_path, "job.yaml", under(MINIMAL, "compile:", "  optimizer: {name: adam, learning_rate: 1e-3, epsilon: 1.0e-8}")))
+    job = load_job(
+        write(
+            tmp_path,
+            "job.yaml",
+            under(MINIMAL, "compile:", "  optimizer: {name: adam, learning_rate: 1e-3, epsilon: 1.0e-8}"),
+        )
+    )
     assert job.spec["compile"]["optimizer"] == {"name": "adam", "learning_rate": 0.001, "epsilon": 1e-8}
 
 
@@ -254,14 +294,20 @@ def test_every_problem_is_reported_with_its_key_path_and_line(tmp_path):
 
 
 def test_missing_sections_and_keys(tmp_path):
-    problems = problems_of(write(tmp_path, "job.yaml", """\
+    problems = problems_of(
+        write(
+            tmp_path,
+            "job.yaml",
+            """\
         model:
           layers:
             - {activation: relu}
         data:
           train: {samples: 10}
           validation: {path: x.npy}
-        """))
+        """,
+        )
+    )
     assert "missing required section 'compile'" in [p.message for p in problems if p.path == ""]
     assert find(problems, "model.layers[0]") == Problem("model.layers[0]", "missing required key 'units'", 3)
     assert find(problems, "data.train").message.startswith("missing required key 'format'")
@@ -276,7 +322,9 @@ def test_unknown_keys_suggest_the_closest_known_one(tmp_path):
     # A key YAML reads as something else (yes: a boolean) is placed on its mapping's line.
     problems = problems_of(write(tmp_path, "job.yaml", MINIMAL + "fit:\n  epochs: 2\n  yes: 1\n"))
     assert find(problems, "fit.True").line == 9
-    problems = problems_of(write(tmp_path, "job.yaml", MINIMAL.replace("format: synthetic", "format: synthetc, sample: 3")))
+    problems = problems_of(
+        write(tmp_path, "job.yaml", MINIMAL.replace("format: synthetic", "format: synthetc, sample: 3"))
+    )
     assert "did you mean 'synthetic'?" in find(problems, "data.train.format").message
 
 
@@ -305,7 +353,11 @@ def test_duplicate_keys_are_problems(tmp_path):
 
 
 def test_model_and_compile_are_checked_by_building_them(tmp_path):
-    problems = problems_of(write(tmp_path, "job.yaml", """\
+    problems = problems_of(
+        write(
+            tmp_path,
+            "job.yaml",
+            """\
         model:
           layers:
             - {units: 8, input_dim: 4, input_shape: [5]}
@@ -317,21 +369,30 @@ def test_model_and_compile_are_checked_by_building_them(tmp_path):
           metrics: [{name: binary_accuracy, threshold: 2}]
         data:
           train: {format: synthetic, samples: 60, features: 4, classes: 3}
-        """))
+        """,
+        )
+    )
     assert "disagree" in find(problems, "model.layers[0]").message  # an error no single argument causes
     assert "only type is 'dense'" in find(problems, "model.layers[1].type").message
     assert "Unknown initializer 'glorot_unifrom'" in find(problems, "model.layers[2].kernel_initializer").message
-    assert find(problems, "compile.loss.from_logit").message == "unknown parameter of 'categorical_crossentropy'; did you mean 'from_logits'?"
+    assert (
+        find(problems, "compile.loss.from_logit").message
+        == "unknown parameter of 'categorical_crossentropy'; did you mean 'from_logits'?"
+    )
     assert find(problems, "compile.optimizer").message.startswith("Unknown optimizer 'sgdd'. Known optimizers: adam")
     assert find(problems, "compile.optimizer").line == 8
 
 
 def test_layer_stack_and_compile_are_checked_as_a_whole(tmp_path):
-    stack = MINIMAL.replace("{units: 3, activation: softmax}", "{units: 3, activation: softmax, name: a}\n    - {units: 3, name: a}")
+    stack = MINIMAL.replace(
+        "{units: 3, activation: softmax}", "{units: 3, activation: softmax, name: a}\n    - {units: 3, name: a}"
+    )
     problems = problems_of(write(tmp_path, "job.yaml", stack))
     assert "already has a layer named 'a'" in find(problems, "model.layers[2]").message
 
-    logits = MINIMAL.replace("loss: categorical_crossentropy", "loss: {name: categorical_crossentropy, from_logits: true}")
+    logits = MINIMAL.replace(
+        "loss: categorical_crossentropy", "loss: {name: categorical_crossentropy, from_logits: true}"
+    )
     problem = find(problems_of(write(tmp_path, "job.yaml", logits)), "compile.loss")
     assert "from_logits=True" in problem.message and problem.line == 6
 
@@ -344,7 +405,9 @@ def test_model_is_checked_against_synthetic_data(tmp_path):
     problem = find(problems_of(write(tmp_path, "job.yaml", text)), "model.layers[0].input_dim")
     assert problem.line == 3 and "data.train.features is 4" in problem.message
 
-    problem = find(problems_of(write(tmp_path, "job.yaml", MINIMAL.replace("units: 3", "units: 5"))), "model.layers[1].units")
+    problem = find(
+        problems_of(write(tmp_path, "job.yaml", MINIMAL.replace("units: 3", "units: 5"))), "model.layers[1].units"
+    )
     assert "classes=3" in problem.message
 
     sparse = MINIMAL.replace("loss: categorical_crossentropy", "loss: sparse_categorical_crossentropy")
@@ -355,8 +418,13 @@ def test_model_is_checked_against_synthetic_data(tmp_path):
     assert "leaves 0 for training and 60 for validation" in find(problems, "data.validation.split").message
     assert "smaller than the number of shards" in find(problems, "fit.shards").message
 
-    synthetic_validation = MINIMAL + "  validation: {format: synthetic, samples: 10, features: 4, classes: 3, seed: 1}\n"
-    assert "split" in find(problems_of(write(tmp_path, "job.yaml", synthetic_validation)), "data.validation.format").message
+    synthetic_validation = (
+        MINIMAL + "  validation: {format: synthetic, samples: 10, features: 4, classes: 3, seed: 1}\n"
+    )
+    assert (
+        "split"
+        in find(problems_of(write(tmp_path, "job.yaml", synthetic_validation)), "data.validation.format").message
+    )
 
     bad_source = MINIMAL.replace("classes: 3}", "classes: 1, separation: -1}")
     problems = problems_of(write(tmp_path, "job.yaml", bad_source))
@@ -369,20 +437,33 @@ def test_missing_files_globs_and_urls(tmp_path):
     (tmp_path / "table").mkdir()
 
     def train(source: str) -> Path:
-        return write(tmp_path, "job.yaml", MINIMAL.replace("{format: synthetic, samples: 60, features: 4, classes: 3}", source))
+        return write(
+            tmp_path, "job.yaml", MINIMAL.replace("{format: synthetic, samples: 60, features: 4, classes: 3}", source)
+        )
 
     problem = find(problems_of(train("{format: npz, path: none.npz}")), "data.train.path")
-    assert problem.message == f"file not found: {tmp_path / 'none.npz'} (relative paths are taken from the job file's folder)"
-    assert "matches no files" in find(problems_of(train("{format: csv, path: parts/*.csv, label: y}")), "data.train.path").message
-    assert "is a directory" in find(problems_of(train("{format: csv, path: parts, label: y}")), "data.train.path").message
+    assert (
+        problem.message
+        == f"file not found: {tmp_path / 'none.npz'} (relative paths are taken from the job file's folder)"
+    )
+    assert (
+        "matches no files"
+        in find(problems_of(train("{format: csv, path: parts/*.csv, label: y}")), "data.train.path").message
+    )
+    assert (
+        "is a directory" in find(problems_of(train("{format: csv, path: parts, label: y}")), "data.train.path").message
+    )
     assert "is a directory" in find(problems_of(train("{format: npy, x: parts, y: parts}")), "data.train.x").message
     assert "'nosuch'" in find(problems_of(train("{format: npz, path: 'nosuch://b/d.npz'}")), "data.train.path").message
     listed = problems_of(train("{format: parquet, path: [table, none.parquet], label: [y, 3]}"))
     assert {p.path for p in listed} == {"data.train.path[1]", "data.train.label[1]"}
 
     (tmp_path / "parts" / "a.csv").write_text("x,y\n1,0\n")
-    for source in ("{format: csv, path: parts/*.csv, label: y}", "{format: parquet, path: table, label: y}",
-                   "{format: npz, path: 'memory://bucket/d.npz', storage_options: {anon: true}}"):
+    for source in (
+        "{format: csv, path: parts/*.csv, label: y}",
+        "{format: parquet, path: table, label: y}",
+        "{format: npz, path: 'memory://bucket/d.npz', storage_options: {anon: true}}",
+    ):
         load_job(train(source))  # a glob with a match, a directory, a URL (never opened: we may be offline)
 
 
@@ -390,10 +471,19 @@ def test_missing_files_globs_and_urls(tmp_path):
 
 
 def test_overrides_parse_yaml_values_and_index_lists(tmp_path):
-    job = load_job(write(tmp_path, "job.yaml", MINIMAL), [
-        "fit.epochs=3", "fit.shuffle=false", "fit.timeout=1.5", "fit.shards=null", "model.layers[0].units=128",
-        "cluster.workers=[tcp://a:1, tcp://b:2]", "compile.optimizer={name: sgd, momentum: 0.9}", "name=renamed",
-    ])
+    job = load_job(
+        write(tmp_path, "job.yaml", MINIMAL),
+        [
+            "fit.epochs=3",
+            "fit.shuffle=false",
+            "fit.timeout=1.5",
+            "fit.shards=null",
+            "model.layers[0].units=128",
+            "cluster.workers=[tcp://a:1, tcp://b:2]",
+            "compile.optimizer={name: sgd, momentum: 0.9}",
+            "name=renamed",
+        ],
+    )
     fit = job.spec["fit"]
     assert (fit["epochs"], fit["shuffle"], fit["timeout"], fit["shards"]) == (3, False, 1.5, None)
     assert job.spec["model"]["layers"][0]["units"] == 128
@@ -403,7 +493,10 @@ def test_overrides_parse_yaml_values_and_index_lists(tmp_path):
 
 
 def test_overrides_create_missing_mappings(tmp_path):
-    job = load_job(write(tmp_path, "job.yaml", MINIMAL), ["cluster.device=cpu", "data.validation.split=0.25", "output.dir=elsewhere"])
+    job = load_job(
+        write(tmp_path, "job.yaml", MINIMAL),
+        ["cluster.device=cpu", "data.validation.split=0.25", "output.dir=elsewhere"],
+    )
     assert job.device == "cpu"
     assert job.spec["data"]["validation"] == {"split": 0.25}
     assert job.output_dir == str(tmp_path / "elsewhere")
@@ -411,7 +504,9 @@ def test_overrides_create_missing_mappings(tmp_path):
 
 def test_malformed_overrides_are_problems_naming_them(tmp_path):
     path = write(tmp_path, "job.yaml", MINIMAL)
-    problems = problems_of(path, ["fit.epochs", "model.layers[2].units=4", "compile.loss.name=x", "fit.epochs=[1", "a..b=1"])
+    problems = problems_of(
+        path, ["fit.epochs", "model.layers[2].units=4", "compile.loss.name=x", "fit.epochs=[1", "a..b=1"]
+    )
     assert all(p.origin == "--set" and p.line is None for p in problems)
     messages = [str(p) for p in problems]
     assert messages[0].startswith("--set 'fit.epochs' is not key.path=value")
@@ -442,11 +537,15 @@ def test_problems_in_overridden_values_say_from_set(tmp_path):
 def test_to_yaml_round_trips_through_load_job(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((4, 2)))
     np.save(tmp_path / "y.npy", np.zeros((4, 3)))
-    source = MINIMAL.replace("{format: synthetic, samples: 60, features: 4, classes: 3}", "{format: npy, x: x.npy, y: y.npy}")
+    source = MINIMAL.replace(
+        "{format: synthetic, samples: 60, features: 4, classes: 3}", "{format: npy, x: x.npy, y: y.npy}"
+    )
     source = under(source, "compile:", "  optimizer: {name: adam, learning_rate: 1e-3}\n  metrics: [accuracy]")
     job = load_job(write(tmp_path, "job.yaml", source))
     text = job.to_yaml()
-    assert text.index("name:") < text.index("model:") < text.index("compile:") < text.index("data:") < text.index("fit:")
+    assert (
+        text.index("name:") < text.index("model:") < text.index("compile:") < text.index("data:") < text.index("fit:")
+    )
     again = load_job(write(tmp_path, "elsewhere/resolved.yaml", text))  # another folder: paths are absolute
     assert again.spec == job.spec
     assert job_from_dict(job.to_dict()).spec == job.spec
@@ -454,7 +553,11 @@ def test_to_yaml_round_trips_through_load_job(tmp_path):
 
 
 def test_build_model_gives_the_compiled_model(tmp_path):
-    job = load_job(write(tmp_path, "job.yaml", """\
+    job = load_job(
+        write(
+            tmp_path,
+            "job.yaml",
+            """\
         model:
           dtype: float64
           layers:
@@ -467,25 +570,43 @@ def test_build_model_gives_the_compiled_model(tmp_path):
         data:
           train: {format: synthetic, samples: 60, features: 4, classes: 3}
         cluster: {device: cpu}
-        """))
+        """,
+        )
+    )
     model = job.build_model()
     assert isinstance(model, dtrain.Sequential) and model.compiled and not model.built
     assert (model.device, model.dtype, model.name) == ("cpu", "float64", "job")
     hidden, out = (entry["config"] for entry in model.get_config()["layers"])
-    assert (hidden["name"], hidden["units"], hidden["activation"], hidden["input_dim"], hidden["kernel_initializer"]) == (
-        "hidden", 8, "tanh", 4, "he_normal")
+    assert (
+        hidden["name"],
+        hidden["units"],
+        hidden["activation"],
+        hidden["input_dim"],
+        hidden["kernel_initializer"],
+    ) == ("hidden", 8, "tanh", 4, "he_normal")
     assert (out["units"], out["activation"], out["use_bias"]) == (3, "softmax", False)
     compiled = model.compile_config()
-    assert compiled["optimizer"] == {"class_name": "sgd", "config": {"learning_rate": 0.05, "momentum": 0.9, "nesterov": False}}
+    assert compiled["optimizer"] == {
+        "class_name": "sgd",
+        "config": {"learning_rate": 0.05, "momentum": 0.9, "nesterov": False},
+    }
     assert compiled["loss"] == "categorical_crossentropy"
     assert model.metrics_names == ["loss", "accuracy", "categorical_accuracy"]
 
 
 def test_fit_options_are_what_fit_takes(tmp_path):
-    job = load_job(write(tmp_path, "job.yaml", MINIMAL + "fit: {epochs: 1, batch_size: 16, seed: 3, shards: 2, timeout: 5}\n"))
+    job = load_job(
+        write(tmp_path, "job.yaml", MINIMAL + "fit: {epochs: 1, batch_size: 16, seed: 3, shards: 2, timeout: 5}\n")
+    )
     assert job.fit_options() == {
-        "epochs": 1, "batch_size": 16, "seed": 3, "shuffle": True, "shards": 2, "timeout": 5,
-        "max_restarts": 2, "on_nonfinite": "stop",
+        "epochs": 1,
+        "batch_size": 16,
+        "seed": 3,
+        "shuffle": True,
+        "shards": 2,
+        "timeout": 5,
+        "max_restarts": 2,
+        "on_nonfinite": "stop",
     }
     x, y = make_classification(60, 4, 3, seed=0)
     model = job.build_model()
@@ -507,8 +628,12 @@ def test_data_gives_sources_for_fit(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((4, 2)))
     np.save(tmp_path / "y.npy", np.zeros((4, 3)))
     np.savez(tmp_path / "v.npz", a=np.ones((2, 2)), b=np.ones((2, 3)))
-    files = MINIMAL.replace("{format: synthetic, samples: 60, features: 4, classes: 3}", "{format: npy, x: x.npy, y: y.npy}")
-    data = load_job(write(tmp_path, "files.yaml", files + "  validation: {format: npz, path: v.npz, x: a, y: b}\n")).data()
+    files = MINIMAL.replace(
+        "{format: synthetic, samples: 60, features: 4, classes: 3}", "{format: npy, x: x.npy, y: y.npy}"
+    )
+    data = load_job(
+        write(tmp_path, "files.yaml", files + "  validation: {format: npz, path: v.npz, x: a, y: b}\n")
+    ).data()
     assert data["x"].read(0, 4).shape == (4, 2) and data["y"].read(0, 4).shape == (4, 3)
     vx, vy = data["validation_data"]
     assert vx.read(0, 2).shape == (2, 2) and vy.read(0, 2).shape == (2, 3)

@@ -1,5 +1,6 @@
 """Dense: arguments, config, forward against NumPy, and backward against finite differences
 (through whole models, so the wiring of fused losses is checked too)."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,9 @@ ACTIVATIONS = {
     "relu": lambda z: np.maximum(z, 0),
     "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
     "tanh": np.tanh,
-    "softmax": lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True),
+    "softmax": lambda z: (
+        np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+    ),
 }
 
 
@@ -34,8 +37,15 @@ def test_dense_defaults_follow_keras():
 
 
 def test_dense_config_roundtrip_is_json():
-    layer = Dense(7, activation="sigmoid", use_bias=False, input_dim=3, kernel_initializer="he_uniform",
-                  bias_initializer={"class_name": "constant", "config": {"value": 0.5}}, name="d")
+    layer = Dense(
+        7,
+        activation="sigmoid",
+        use_bias=False,
+        input_dim=3,
+        kernel_initializer="he_uniform",
+        bias_initializer={"class_name": "constant", "config": {"value": 0.5}},
+        name="d",
+    )
     config = json.loads(json.dumps(layer.get_config()))
     clone = layers.from_config({"class_name": "Dense", "config": config})
     assert clone.get_config() == layer.get_config()
@@ -54,8 +64,12 @@ def test_dense_forward_matches_numpy(name):
 
 
 def test_initializers_and_no_bias():
-    model = Sequential([Dense(3, input_dim=2, kernel_initializer="ones", bias_initializer="ones"),
-                        Dense(2, use_bias=False, kernel_initializer="zeros")])
+    model = Sequential(
+        [
+            Dense(3, input_dim=2, kernel_initializer="ones", bias_initializer="ones"),
+            Dense(2, use_bias=False, kernel_initializer="zeros"),
+        ]
+    )
     model.build(seed=0)
     k1, b1, k2 = model.get_weights()
     assert (k1 == 1).all() and (b1 == 1).all() and (k2 == 0).all()
@@ -112,8 +126,10 @@ def _targets(kind, n, units, rng):
 def test_model_gradients_match_finite_differences(last, loss, hidden, kind):
     rng = np.random.default_rng(0)
     units = 3
-    model = Sequential([Dense(5, activation=hidden, input_dim=4), Dense(4, activation="tanh"),
-                        Dense(units, activation=last)], dtype="float64")
+    model = Sequential(
+        [Dense(5, activation=hidden, input_dim=4), Dense(4, activation="tanh"), Dense(units, activation=last)],
+        dtype="float64",
+    )
     model.compile(optimizer="sgd", loss=loss)
     model.build(seed=2)
     x = rng.normal(size=(7, 4))

@@ -1,6 +1,7 @@
 """Losses: Keras values on hand examples, finite-difference gradients (float64) of every loss
 on outputs, on logits (fused with softmax/sigmoid) and with from_logits, stability for huge
 logits, target validation, and lookup."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -141,7 +142,9 @@ def test_fused_and_unfused_forms_agree(case):
     p = act(z)
     assert ((p > EPS) & (p < 1 - EPS)).all()
     np.testing.assert_allclose(loss.per_sample(np, y, p), loss.per_sample_from_logits(np, y, z), rtol=1e-12)
-    np.testing.assert_allclose(cls(from_logits=True).per_sample(np, y, z), loss.per_sample_from_logits(np, y, z), rtol=1e-15)
+    np.testing.assert_allclose(
+        cls(from_logits=True).per_sample(np, y, z), loss.per_sample_from_logits(np, y, z), rtol=1e-15
+    )
     a = activations.get(act.__name__)
     through = np.empty_like(z)
     a.backward(np, loss.gradient(np, y, p, scale), p, through, np.empty_like(z))
@@ -194,7 +197,9 @@ def test_mean_absolute_error_keras_example(name):
 def test_categorical_crossentropy_renormalises_then_clips_like_keras():
     loss = losses.CategoricalCrossentropy()
     # rows are divided by their sum first: [2, 6, 2] -> [0.2, 0.6, 0.2]
-    assert loss.per_sample(np, np.array([[0.0, 1.0, 0.0]]), np.array([[2.0, 6.0, 2.0]]))[0] == pytest.approx(-np.log(0.6))
+    assert loss.per_sample(np, np.array([[0.0, 1.0, 0.0]]), np.array([[2.0, 6.0, 2.0]]))[0] == pytest.approx(
+        -np.log(0.6)
+    )
     # then clipped into [eps, 1 - eps]: a zero probability costs -log(1e-7), not inf
     assert loss.per_sample(np, np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))[0] == pytest.approx(-np.log(EPS))
     assert loss.per_sample(np, np.array([[0.0, 1.0]]), np.array([[0.0, 1.0]]))[0] == pytest.approx(-np.log1p(-EPS))
@@ -280,8 +285,12 @@ def test_crossentropy_on_large_logits_keeps_precision(dtype):
     lse(z) - z, so logits of size 1e4 do not round it away (float32 ulp at 1e4 is 1e-3)."""
     z = np.array([[1e4, 1e4 - 5.0]], dtype=dtype)
     expected = np.log1p(np.exp(-5.0))
-    assert losses.SparseCategoricalCrossentropy().per_sample_from_logits(np, np.array([0]), z)[0] == pytest.approx(expected, rel=1e-5)
-    assert losses.CategoricalCrossentropy().per_sample_from_logits(np, np.array([[1.0, 0.0]], dtype), z)[0] == pytest.approx(expected, rel=1e-5)
+    assert losses.SparseCategoricalCrossentropy().per_sample_from_logits(np, np.array([0]), z)[0] == pytest.approx(
+        expected, rel=1e-5
+    )
+    assert losses.CategoricalCrossentropy().per_sample_from_logits(np, np.array([[1.0, 0.0]], dtype), z)[
+        0
+    ] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -338,7 +347,10 @@ def test_categorical_targets_accepted_forms():
 @pytest.mark.parametrize(
     "y, match",
     [
-        ([0, 2, 1], r"one-hot targets of shape \(n, 3\).*received y of shape \(3,\).*sparse_categorical_crossentropy.*to_categorical"),
+        (
+            [0, 2, 1],
+            r"one-hot targets of shape \(n, 3\).*received y of shape \(3,\).*sparse_categorical_crossentropy.*to_categorical",
+        ),
         ([[0], [2]], r"received y of shape \(2, 1\).*integer class labels.*sparse_categorical_crossentropy"),
         ([[0, 1, 0, 0]], r"shape \(n, 3\).*received y of shape \(1, 4\)"),
         ([[0, 1, 1]], r"sum to 1.*row 0 sums to 2"),
@@ -382,8 +394,16 @@ def test_regression_targets(name):
         ("mse", losses.MeanSquaredError, False),
         ("mean_absolute_error", losses.MeanAbsoluteError, False),
         ("MAE", losses.MeanAbsoluteError, False),
-        ({"class_name": "categorical_crossentropy", "config": {"from_logits": True}}, losses.CategoricalCrossentropy, True),
-        ({"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": True}}, losses.SparseCategoricalCrossentropy, True),
+        (
+            {"class_name": "categorical_crossentropy", "config": {"from_logits": True}},
+            losses.CategoricalCrossentropy,
+            True,
+        ),
+        (
+            {"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": True}},
+            losses.SparseCategoricalCrossentropy,
+            True,
+        ),
         ({"name": "binary_crossentropy", "from_logits": True}, losses.BinaryCrossentropy, True),
         ({"class_name": "mse"}, losses.MeanSquaredError, False),
     ],

@@ -1,5 +1,6 @@
 """Metrics: how "accuracy" resolves from the loss (as Keras does), values on hand examples,
 and errors for unknown or mismatched metrics."""
+
 from __future__ import annotations
 
 import json
@@ -114,7 +115,11 @@ def test_accuracy_in_a_model_on_a_hand_example():
 
 def test_binary_accuracy_in_a_model_with_from_logits():
     model = Sequential([Dense(1, use_bias=False, input_dim=1)], dtype="float64", device="cpu")
-    model.compile(optimizer="sgd", loss={"class_name": "binary_crossentropy", "config": {"from_logits": True}}, metrics=["accuracy"])
+    model.compile(
+        optimizer="sgd",
+        loss={"class_name": "binary_crossentropy", "config": {"from_logits": True}},
+        metrics=["accuracy"],
+    )
     model.build(seed=0)
     model.set_weights([np.array([[1.0]])])
     x = np.array([[0.3], [-0.2], [-1.0], [2.0]])  # logits; with a 0.5 threshold only 2.0 would count
@@ -132,7 +137,9 @@ def test_unknown_metric_lists_known_names():
 
 @pytest.mark.parametrize("bad", [3, None, ["accuracy"]])
 def test_wrong_type_says_what_it_received(bad):
-    with pytest.raises(TypeError, match="Expected a metric name, config dict or Metric instance, received .*Known metrics:"):
+    with pytest.raises(
+        TypeError, match="Expected a metric name, config dict or Metric instance, received .*Known metrics:"
+    ):
         resolve(bad, "mse", 1)
 
 
@@ -141,7 +148,11 @@ def test_wrong_type_says_what_it_received(bad):
     [
         ({"class_name": "accuracy"}, metrics.SparseCategoricalAccuracy, "accuracy"),
         ({"class_name": "accuracy", "config": {"name": "acc_top1"}}, metrics.SparseCategoricalAccuracy, "acc_top1"),
-        ({"class_name": "sparse_categorical_accuracy", "config": {"name": "hits"}}, metrics.SparseCategoricalAccuracy, "hits"),
+        (
+            {"class_name": "sparse_categorical_accuracy", "config": {"name": "hits"}},
+            metrics.SparseCategoricalAccuracy,
+            "hits",
+        ),
         ({"class_name": "SparseCategoricalAccuracy"}, metrics.SparseCategoricalAccuracy, "sparse_categorical_accuracy"),
     ],
 )
@@ -161,7 +172,11 @@ def test_instances_get_keras_default_names_and_are_checked_against_the_loss():
 
 @pytest.mark.parametrize(
     "metric",
-    [metrics.BinaryAccuracy("strict", threshold=0.9), metrics.MeanAbsoluteError(), metrics.SparseCategoricalAccuracy("hits")],
+    [
+        metrics.BinaryAccuracy("strict", threshold=0.9),
+        metrics.MeanAbsoluteError(),
+        metrics.SparseCategoricalAccuracy("hits"),
+    ],
 )
 def test_serialize_round_trips(metric):
     loss = "sparse_categorical_crossentropy" if isinstance(metric, metrics.SparseCategoricalAccuracy) else "mse"
@@ -172,10 +187,22 @@ def test_serialize_round_trips(metric):
 @pytest.mark.parametrize(
     "name, loss, match",
     [
-        ("mse", "sparse_categorical_crossentropy", r"'mse' needs targets with one value per output unit.*integer class labels"),
-        ("categorical_accuracy", "sparse_categorical_crossentropy", r"'categorical_accuracy' needs targets with one value"),
+        (
+            "mse",
+            "sparse_categorical_crossentropy",
+            r"'mse' needs targets with one value per output unit.*integer class labels",
+        ),
+        (
+            "categorical_accuracy",
+            "sparse_categorical_crossentropy",
+            r"'categorical_accuracy' needs targets with one value",
+        ),
         ("binary_accuracy", "sparse_categorical_crossentropy", r"'binary_accuracy' needs targets"),
-        ("sparse_categorical_accuracy", "categorical_crossentropy", r"'sparse_categorical_accuracy' needs integer class labels.*one value per output unit"),
+        (
+            "sparse_categorical_accuracy",
+            "categorical_crossentropy",
+            r"'sparse_categorical_accuracy' needs integer class labels.*one value per output unit",
+        ),
         ("sparse_categorical_accuracy", "mse", r"needs integer class labels"),
     ],
 )

@@ -1,5 +1,6 @@
 """The Sequential API: construction, compile, fit/evaluate/predict results, weights, config,
 summary, precision and the flat memory layout."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,15 @@ def test_same_layer_twice_and_duplicate_names_are_rejected():
 # -- compile --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "optimizer",
-    ["sgd", "SGD", "adam", "rmsprop", {"class_name": "sgd", "config": {"learning_rate": 0.5}},
-     {"class_name": "Adam", "config": {"learning_rate": 0.5}}, optimizers.SGD(learning_rate=0.5)],
+    [
+        "sgd",
+        "SGD",
+        "adam",
+        "rmsprop",
+        {"class_name": "sgd", "config": {"learning_rate": 0.5}},
+        {"class_name": "Adam", "config": {"learning_rate": 0.5}},
+        optimizers.SGD(learning_rate=0.5),
+    ],
 )
 def test_compile_accepts_optimizer_names_configs_and_instances(optimizer):
     model = small_model()
@@ -76,10 +84,13 @@ def test_compile_accepts_optimizer_names_configs_and_instances(optimizer):
 
 @pytest.mark.parametrize(
     "loss, cls",
-    [("categorical_crossentropy", losses.CategoricalCrossentropy),
-     ("mse", losses.MeanSquaredError), ("mean_absolute_error", losses.MeanAbsoluteError),
-     ({"class_name": "categorical_crossentropy", "config": {}}, losses.CategoricalCrossentropy),
-     (losses.SparseCategoricalCrossentropy(), losses.SparseCategoricalCrossentropy)],
+    [
+        ("categorical_crossentropy", losses.CategoricalCrossentropy),
+        ("mse", losses.MeanSquaredError),
+        ("mean_absolute_error", losses.MeanAbsoluteError),
+        ({"class_name": "categorical_crossentropy", "config": {}}, losses.CategoricalCrossentropy),
+        (losses.SparseCategoricalCrossentropy(), losses.SparseCategoricalCrossentropy),
+    ],
 )
 def test_compile_accepts_loss_names_configs_and_instances(loss, cls):
     model = small_model()
@@ -89,9 +100,11 @@ def test_compile_accepts_loss_names_configs_and_instances(loss, cls):
 
 @pytest.mark.parametrize(
     "loss, units, expected",
-    [("categorical_crossentropy", 3, metrics.CategoricalAccuracy),
-     ("sparse_categorical_crossentropy", 3, metrics.SparseCategoricalAccuracy),
-     ("binary_crossentropy", 1, metrics.BinaryAccuracy)],
+    [
+        ("categorical_crossentropy", 3, metrics.CategoricalAccuracy),
+        ("sparse_categorical_crossentropy", 3, metrics.SparseCategoricalAccuracy),
+        ("binary_crossentropy", 1, metrics.BinaryAccuracy),
+    ],
 )
 def test_accuracy_resolves_from_the_loss(loss, units, expected):
     model = Sequential([Dense(units, activation="sigmoid" if units == 1 else "softmax", input_dim=2)])
@@ -133,7 +146,7 @@ def test_epoch_logs_are_sample_weighted_means_over_the_epoch():
     model.build(seed=0)
     expected_loss, expected_acc, weights = 0.0, 0.0, []
     for start in range(0, 70, 32):
-        xb, yb = x[start:start + 32], labels[start:start + 32]
+        xb, yb = x[start : start + 32], labels[start : start + 32]
         loss, acc = model.evaluate(xb, yb, batch_size=len(xb))  # before the step, same weights
         expected_loss += loss * len(xb)
         expected_acc += acc * len(xb)
@@ -308,9 +321,16 @@ def test_weights_copy_between_models_gives_identical_predictions():
 # -- config ----------------------------------------------------------------------------------------
 def test_get_config_from_config_roundtrip():
     model = Sequential(
-        [Dense(6, activation="tanh", input_dim=4, kernel_initializer="he_normal", bias_initializer="ones", name="h"),
-         Dense(3, activation="softmax", use_bias=True, kernel_initializer={"class_name": "random_normal", "config": {"stddev": 0.2}}),
-         Dense(2, use_bias=False)],
+        [
+            Dense(6, activation="tanh", input_dim=4, kernel_initializer="he_normal", bias_initializer="ones", name="h"),
+            Dense(
+                3,
+                activation="softmax",
+                use_bias=True,
+                kernel_initializer={"class_name": "random_normal", "config": {"stddev": 0.2}},
+            ),
+            Dense(2, use_bias=False),
+        ],
         name="cfg",
     )
     config = model.get_config()
@@ -320,7 +340,10 @@ def test_get_config_from_config_roundtrip():
     assert clone.get_config() == config
     assert [l.name for l in clone.layers] == [l.name for l in model.layers]
     assert [(l.units, l.activation.name, l.use_bias) for l in clone.layers] == [
-        (6, "tanh", True), (3, "softmax", True), (2, "linear", False)]
+        (6, "tanh", True),
+        (3, "softmax", True),
+        (2, "linear", False),
+    ]
     clone.build(seed=0)
     np.testing.assert_array_equal(clone.get_weights()[1], np.ones(6))
     # Same architecture: the weights transfer and the outputs agree.
@@ -431,7 +454,7 @@ def test_layer_arrays_are_views_into_the_flat_buffers():
             arrays.append(param)
     # No two arrays overlap, and together they hold every parameter.
     for i, a in enumerate(arrays):
-        for b in arrays[i + 1:]:
+        for b in arrays[i + 1 :]:
             assert not np.shares_memory(a, b)
     assert sum(a.size for a in arrays) == model.count_params() <= model.params.size
     # Writing through the flat buffer is seen by the layers (and get_weights) and vice versa.
@@ -447,7 +470,12 @@ def test_gradients_land_in_the_flat_gradient_buffer():
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.build(seed=0)
     model.compute_gradients(x, labels)
-    grads = [model.layers[0].kernel_grad, model.layers[0].bias_grad, model.layers[1].kernel_grad, model.layers[1].bias_grad]
+    grads = [
+        model.layers[0].kernel_grad,
+        model.layers[0].bias_grad,
+        model.layers[1].kernel_grad,
+        model.layers[1].bias_grad,
+    ]
     assert all(g.any() for g in grads)
     assert np.abs(model.grads).sum() == pytest.approx(sum(np.abs(g).sum() for g in grads), rel=1e-5)
     # apply_gradients is params -= lr * grads over the whole flat buffer
@@ -476,7 +504,9 @@ def test_training_updates_the_flat_buffer_in_place_and_reuses_step_buffers():
     assert model.layers[0].kernel is kernel and np.shares_memory(kernel, params)
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     # The per-batch-size buffers made in the first epoch are the ones used later: no new ones.
-    assert [{n: tuple(map(id, b)) for n, b in layer._buffers._entries.items()} for layer in model.layers] == layer_buffers
+    assert [
+        {n: tuple(map(id, b)) for n, b in layer._buffers._entries.items()} for layer in model.layers
+    ] == layer_buffers
     assert {n: id(b) for n, b in model._top_grads._entries.items()} == top
     assert id(model.optimizer._scratch) == scratch
     assert {k: id(v) for k, v in model.optimizer.slots.items()} == slots

@@ -1,6 +1,7 @@
 """The notebooks run top to bottom and their assertions hold (code cells executed in order in a
 fresh Python process started in notebooks/, as a kernel would be, with a non-interactive plotting
 backend and DTRAIN_NOTEBOOK_QUICK=1, the notebooks' small setting; no Jupyter needed)."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ def test_notebook_runs(notebook, tmp_path):
     # from a guarded entry point, as a notebook kernel (which has no script) effectively does.
     script = tmp_path / "run_notebook.py"
     cells_file = str(tmp_path / f"{notebook.stem}_cells.py")
-    script.write_text(f"import runpy\nif __name__ == '__main__':\n    runpy.run_path({cells_file!r}, run_name='notebook')\n")
+    script.write_text(
+        f"import runpy\nif __name__ == '__main__':\n    runpy.run_path({cells_file!r}, run_name='notebook')\n"
+    )
     env = dict(os.environ, MPLBACKEND="Agg", DTRAIN_NOTEBOOK_QUICK="1")
     before = set(notebook.parent.iterdir())
     proc = subprocess.run(

@@ -1,6 +1,7 @@
 """Optimizers: Keras' defaults, hand-computed steps from Keras' update formulas (written out
 here in plain float64 NumPy, independently of the implementation), in-place updates with no
 allocation, state save/restore, and lookup by name, config dict or instance."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -328,19 +329,47 @@ def test_same_instance_compiled_into_two_models_gives_the_same_first_step():
         ("sgd", optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}),
         ("SGD", optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}),
         ("Adam", optimizers.Adam, {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
-        ("RMSprop", optimizers.RMSprop, {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False}),
-        ({"class_name": "adam", "config": {"learning_rate": 0.01, "beta_1": 0.8}}, optimizers.Adam,
-         {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.999, "epsilon": 1e-7}),
-        ({"class_name": "SGD", "config": {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True}}, optimizers.SGD,
-         {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True}),
-        ({"class_name": "rmsprop"}, optimizers.RMSprop,
-         {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False}),
+        (
+            "RMSprop",
+            optimizers.RMSprop,
+            {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False},
+        ),
+        (
+            {"class_name": "adam", "config": {"learning_rate": 0.01, "beta_1": 0.8}},
+            optimizers.Adam,
+            {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.999, "epsilon": 1e-7},
+        ),
+        (
+            {"class_name": "SGD", "config": {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True}},
+            optimizers.SGD,
+            {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True},
+        ),
+        (
+            {"class_name": "rmsprop"},
+            optimizers.RMSprop,
+            {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False},
+        ),
         # Keras 3's serialised form carries "module" and "registered_name" too
-        ({"module": "keras.optimizers", "class_name": "Adam", "config": {"learning_rate": 0.5}, "registered_name": None},
-         optimizers.Adam, {"learning_rate": 0.5, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
-        ({"name": "sgd", "learning_rate": 0.2}, optimizers.SGD, {"learning_rate": 0.2, "momentum": 0.0, "nesterov": False}),
-        ({"class_name": "sgd", "config": {"learning_rate": np.float32(0.25)}}, optimizers.SGD,
-         {"learning_rate": 0.25, "momentum": 0.0, "nesterov": False}),
+        (
+            {
+                "module": "keras.optimizers",
+                "class_name": "Adam",
+                "config": {"learning_rate": 0.5},
+                "registered_name": None,
+            },
+            optimizers.Adam,
+            {"learning_rate": 0.5, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+        ),
+        (
+            {"name": "sgd", "learning_rate": 0.2},
+            optimizers.SGD,
+            {"learning_rate": 0.2, "momentum": 0.0, "nesterov": False},
+        ),
+        (
+            {"class_name": "sgd", "config": {"learning_rate": np.float32(0.25)}},
+            optimizers.SGD,
+            {"learning_rate": 0.25, "momentum": 0.0, "nesterov": False},
+        ),
     ],
 )
 def test_get(identifier, cls, config):
@@ -365,7 +394,11 @@ def test_unknown_optimizer_lists_known_names(identifier):
 @pytest.mark.parametrize(
     "cls, kwargs, match",
     [
-        (optimizers.SGD, {"learning_rate": -0.1}, r"learning_rate to be a positive number, received learning_rate=-0.1"),
+        (
+            optimizers.SGD,
+            {"learning_rate": -0.1},
+            r"learning_rate to be a positive number, received learning_rate=-0.1",
+        ),
         (optimizers.SGD, {"learning_rate": 0}, r"received learning_rate=0\b"),
         (optimizers.Adam, {"learning_rate": float("nan")}, r"received learning_rate=nan"),
         (optimizers.Adam, {"learning_rate": float("inf")}, r"received learning_rate=inf"),
@@ -402,13 +435,22 @@ def test_bad_config_dicts():
 
 @pytest.mark.parametrize("bad", [None, 0.01, ["adam"], optimizers.Adam])
 def test_wrong_type_says_what_it_received(bad):
-    with pytest.raises(TypeError, match=r"Expected an optimizer name, config dict or Optimizer instance, received .*Known optimizers: adam, rmsprop, sgd"):
+    with pytest.raises(
+        TypeError,
+        match=r"Expected an optimizer name, config dict or Optimizer instance, received .*Known optimizers: adam, rmsprop, sgd",
+    ):
         optimizers.get(bad)
 
 
 @pytest.mark.parametrize(
     "identifier",
-    ["sgd", "adam", "rmsprop", {"class_name": "adam", "config": {"learning_rate": 0.01}}, optimizers.SGD(0.1, momentum=0.9)],
+    [
+        "sgd",
+        "adam",
+        "rmsprop",
+        {"class_name": "adam", "config": {"learning_rate": 0.01}},
+        optimizers.SGD(0.1, momentum=0.9),
+    ],
 )
 def test_compile_accepts_every_form(identifier):
     model = Sequential([Dense(2, activation="softmax", input_dim=3)], device="cpu")

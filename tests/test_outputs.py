@@ -1,5 +1,6 @@
 """A job's output location: every file written (locally and on an fsspec filesystem) and
 parseable, the model loadable from the location itself, and the report read back from it."""
+
 from __future__ import annotations
 
 import csv
@@ -27,9 +28,16 @@ JOB_YAML = "name: tiny\nmodel:\n  layers: [16, 3]\ntraining:\n  epochs: 4\n"
 def _record(**changes) -> dict:
     now = time.time()
     record = {
-        "job_id": "job-0123abcd", "name": "tiny", "state": "succeeded", "epochs": EPOCHS,
-        "submitted_at": now - 80, "started_at": now - 75, "ended_at": now, "workers": ["tcp://10.0.0.1:4001", "tcp://10.0.0.2:4001"],
-        "device": "cpu", "error": None,
+        "job_id": "job-0123abcd",
+        "name": "tiny",
+        "state": "succeeded",
+        "epochs": EPOCHS,
+        "submitted_at": now - 80,
+        "started_at": now - 75,
+        "ended_at": now,
+        "workers": ["tcp://10.0.0.1:4001", "tcp://10.0.0.2:4001"],
+        "device": "cpu",
+        "error": None,
     }
     return {**record, **changes}
 
@@ -78,10 +86,14 @@ def _check_files(read, trained, files_written: dict[str, str]) -> None:
     per_epoch = history.params["steps"]
     assert len(steps) == EPOCHS * per_epoch
     assert list(steps[0]) == ["epoch", "step", "step_ms", "compute_ms", "communication_ms", "waiting_ms", "overhead_ms"]
-    assert [(int(r["epoch"]), int(r["step"])) for r in steps[:per_epoch + 1]] == [(1, s) for s in range(1, per_epoch + 1)] + [(2, 1)]
+    assert [(int(r["epoch"]), int(r["step"])) for r in steps[: per_epoch + 1]] == [
+        (1, s) for s in range(1, per_epoch + 1)
+    ] + [(2, 1)]
     times = history.step_times
     np.testing.assert_allclose([float(r["step_ms"]) for r in steps], times["step"].max(axis=0) * 1e3, atol=1e-4)
-    np.testing.assert_allclose([float(r["compute_ms"]) for r in steps], np.median(times["compute"], axis=0) * 1e3, atol=1e-4)
+    np.testing.assert_allclose(
+        [float(r["compute_ms"]) for r in steps], np.median(times["compute"], axis=0) * 1e3, atol=1e-4
+    )
 
     assert read("job.yaml").decode() == JOB_YAML
     png = read("training.png")
@@ -96,13 +108,19 @@ def _check_files(read, trained, files_written: dict[str, str]) -> None:
     assert result["job_id"] == "job-0123abcd" and result["state"] == "succeeded"
     assert result["final"] == {k: v[-1] for k, v in history.history.items()}
     assert result["files"] == {
-        "model": "model.safetensors", "history": "history.csv", "steps": "steps.csv", "job": "job.yaml",
-        "plot": "training.png", "result": "result.json",
+        "model": "model.safetensors",
+        "history": "history.csv",
+        "steps": "steps.csv",
+        "job": "job.yaml",
+        "plot": "training.png",
+        "result": "result.json",
     }
 
 
 def _same_weights(a, b) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights())) and len(a.get_weights()) == len(b.get_weights())
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights())) and len(a.get_weights()) == len(
+        b.get_weights()
+    )
 
 
 def test_outputs_in_a_new_local_directory(tmp_path, trained):
@@ -112,7 +130,9 @@ def test_outputs_in_a_new_local_directory(tmp_path, trained):
     assert ("matplotlib.pyplot" in sys.modules) == pyplot_loaded  # the user's plotting session is left alone
     assert files["model"] == str(out / "model.safetensors") and files["result"] == str(out / "result.json")
     _check_files(lambda name: (out / name).read_bytes(), trained, files)
-    assert sorted(os.listdir(out)) == sorted(["model.safetensors", "history.csv", "steps.csv", "job.yaml", "training.png", "result.json"])
+    assert sorted(os.listdir(out)) == sorted(
+        ["model.safetensors", "history.csv", "steps.csv", "job.yaml", "training.png", "result.json"]
+    )
     loaded = dtrain.load_model(out)  # the output directory itself
     assert _same_weights(loaded, trained[0]) and loaded.optimizer.iterations == trained[0].optimizer.iterations
     # written again: replaced in place, no temporary files left behind
@@ -150,7 +170,12 @@ def test_epoch_seconds_come_from_the_history_or_the_record(tmp_path, trained):
     model, history = trained
     rows = [{"epoch": e + 1, "seconds": 1.5 + e} for e in range(EPOCHS)]
     write_outputs(tmp_path / "a", model=model, history=history, job_yaml="", record=_record(history=rows))
-    assert [r["seconds"] for r in _read_csv((tmp_path / "a" / "history.csv").read_text())] == ["1.5", "2.5", "3.5", "4.5"]
+    assert [r["seconds"] for r in _read_csv((tmp_path / "a" / "history.csv").read_text())] == [
+        "1.5",
+        "2.5",
+        "3.5",
+        "4.5",
+    ]
     history.epoch_seconds = [0.25] * EPOCHS
     try:
         write_outputs(tmp_path / "b", model=model, history=history, job_yaml="", record=_record())
@@ -165,13 +190,22 @@ def test_summary_reads_back_the_job(tmp_path, trained):
     summary = read_summary(str(tmp_path))
     json.dumps(summary)  # what `dtrain report --json` prints
     assert (summary["name"], summary["job_id"], summary["state"]) == ("tiny", "job-0123abcd", "succeeded")
-    assert summary["epochs"] == summary["epochs_planned"] == EPOCHS and summary["duration_s"] == pytest.approx(75, abs=1)
+    assert summary["epochs"] == summary["epochs_planned"] == EPOCHS and summary["duration_s"] == pytest.approx(
+        75, abs=1
+    )
     assert summary["final"] == {k: v[-1] for k, v in history.history.items()}
     val_loss, val_acc = history.history["val_loss"], history.history["val_accuracy"]
     assert summary["best"]["val_loss"] == {"value": min(val_loss), "epoch": int(np.argmin(val_loss)) + 1}
     assert summary["best"]["val_accuracy"] == {"value": max(val_acc), "epoch": int(np.argmax(val_acc)) + 1}
     assert summary["median_step_ms"] == pytest.approx(np.median(history.step_times["step"].max(axis=0)) * 1e3, abs=1e-3)
-    assert summary["files"] == ["result.json", "model.safetensors", "history.csv", "steps.csv", "job.yaml", "training.png"]
+    assert summary["files"] == [
+        "result.json",
+        "model.safetensors",
+        "history.csv",
+        "steps.csv",
+        "job.yaml",
+        "training.png",
+    ]
     assert [row["epoch"] for row in summary["history"]] == [1, 2, 3, 4]
 
     text = format_summary(summary)
@@ -205,7 +239,9 @@ def test_summary_of_a_failed_job_and_of_a_long_one(memory_output):
 
 def test_write_record_replaces_result_json_alone(tmp_path):
     location = write_record(tmp_path / "new" / "dir", _record(state="running", ended_at=None))
-    assert location == str(tmp_path / "new" / "dir" / "result.json") and os.listdir(tmp_path / "new" / "dir") == ["result.json"]
+    assert location == str(tmp_path / "new" / "dir" / "result.json") and os.listdir(tmp_path / "new" / "dir") == [
+        "result.json"
+    ]
     write_record(str(tmp_path / "new" / "dir"), _record(state="cancelled", score=np.float32(0.5), loss=float("nan")))
     record = json.loads((tmp_path / "new" / "dir" / "result.json").read_text())  # strict JSON: NaN -> null
     assert record["state"] == "cancelled" and record["score"] == 0.5 and record["loss"] is None
@@ -213,7 +249,9 @@ def test_write_record_replaces_result_json_alone(tmp_path):
 
 
 def test_errors_say_what_output_should_be(tmp_path, trained):
-    with pytest.raises(FileNotFoundError, match=r"result.json does not exist, so .* is not a job's output location. OUTPUT should be"):
+    with pytest.raises(
+        FileNotFoundError, match=r"result.json does not exist, so .* is not a job's output location. OUTPUT should be"
+    ):
         read_summary(tmp_path)
     with pytest.raises(FileNotFoundError, match="result.json does not exist"):
         read_summary("memory://dtrain-test-outputs/nothing-here")
@@ -229,7 +267,10 @@ def test_errors_say_what_output_should_be(tmp_path, trained):
 
 def test_load_model_checks_a_downloaded_file_like_a_local_one(memory_output, trained, tmp_path):
     fs, root = fsspec.core.url_to_fs(memory_output)
-    for content, message in ((b"", "do not hold a safetensors header"), (b"\x10" + b"\0" * 7 + b"{not json}......", "not a readable safetensors file")):
+    for content, message in (
+        (b"", "do not hold a safetensors header"),
+        (b"\x10" + b"\0" * 7 + b"{not json}......", "not a readable safetensors file"),
+    ):
         fs.pipe_file(f"{root}/model.safetensors", content)
         with pytest.raises(ValueError, match=f"is not a dtrain model file: .*{message}"):
             dtrain.load_model(memory_output)

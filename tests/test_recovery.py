@@ -1,5 +1,6 @@
 """Checkpoints during training, exact resume, restarts after a lost or stuck worker, and
 non-finite steps: one process and real LocalClusters with worker processes."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,9 @@ from conftest import blobs, one_hot
 
 def make_model(dtype="float64"):
     model = dtrain.Sequential([Dense(16, activation="relu", input_dim=10), Dense(3, activation="softmax")], dtype=dtype)
-    model.compile(loss="categorical_crossentropy", optimizer=dtrain.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"])
+    model.compile(
+        loss="categorical_crossentropy", optimizer=dtrain.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"]
+    )
     return model
 
 
@@ -127,8 +130,16 @@ def test_a_non_finite_state_is_never_written(tmp_path):
         history = make_model().fit(x, y, shuffle=False, on_nonfinite="ignore", checkpoint_dir=tmp_path, **FIT)
     assert len(history.history["loss"]) == 4 and list_checkpoints(tmp_path) == []
     with np.errstate(all="ignore"), pytest.raises(dtrain.checkpoints.NonFiniteCheckpoint):
-        dtrain.recovery.write(dtrain.recovery.CheckpointPolicy(str(tmp_path)), make_nan_model(), epoch=1, step=0,
-                              position=11, totals=None, history=[], meta={})
+        dtrain.recovery.write(
+            dtrain.recovery.CheckpointPolicy(str(tmp_path)),
+            make_nan_model(),
+            epoch=1,
+            step=0,
+            position=11,
+            totals=None,
+            history=[],
+            meta={},
+        )
     assert list_checkpoints(tmp_path) == []
 
 
@@ -143,8 +154,9 @@ def test_resume_takes_the_seed_and_shards_it_was_not_given(tmp_path):
     x, y = data()
     interrupted = make_model()
     with pytest.raises(Interrupt):
-        interrupted.fit(x, y, epochs=4, batch_size=20, verbose=0, shards=3, checkpoint_dir=tmp_path,
-                        callbacks=[InterruptAt(2, 5)])  # no seed: a fresh one
+        interrupted.fit(
+            x, y, epochs=4, batch_size=20, verbose=0, shards=3, checkpoint_dir=tmp_path, callbacks=[InterruptAt(2, 5)]
+        )  # no seed: a fresh one
     resumed = make_model()
     resumed.fit(x, y, epochs=4, batch_size=20, verbose=0, resume_from=tmp_path)  # neither seed nor shards
     seed = dtrain.recovery.checkpoint_plan(tmp_path)["seed"]
@@ -167,8 +179,22 @@ def test_resume_on_a_cluster_equals_an_uninterrupted_run(client3, tmp_path):
     crashed = make_model()
     with pytest.raises(RuntimeError, match="injected crash"):
         fit_on_cluster(
-            crashed, x, y, client=client3, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30,
+            crashed,
+            x,
+            y,
+            client=client3,
+            workers=None,
+            shards=None,
+            batch_size=20,
+            epochs=4,
+            verbose=0,
+            callbacks=[],
+            validation_split=0.0,
+            validation_data=None,
+            shuffle=True,
+            initial_epoch=0,
+            seed=3,
+            timeout=30,
             checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=4),
             faults=[{"rank": 1, "epoch": 2, "step": 6, "kind": "crash"}],
         )
@@ -192,16 +218,45 @@ def test_a_nan_on_one_rank_stops_every_rank_at_that_step(client2):
     start = time.monotonic()
     with pytest.raises(NonFiniteError, match=r"epoch 2, step 4\b"):
         fit_on_cluster(
-            model, x, y, client=client2, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30,
+            model,
+            x,
+            y,
+            client=client2,
+            workers=None,
+            shards=None,
+            batch_size=20,
+            epochs=4,
+            verbose=0,
+            callbacks=[],
+            validation_split=0.0,
+            validation_data=None,
+            shuffle=True,
+            initial_epoch=0,
+            seed=3,
+            timeout=30,
             faults=[{"rank": 1, "epoch": 1, "step": 3, "kind": "nan"}],
         )
     assert time.monotonic() - start < 20
     skipping = make_model()
     history = fit_on_cluster(
-        skipping, x, y, client=client2, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
-        validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30,
-        on_nonfinite="skip", faults=[{"rank": 1, "epoch": 1, "step": 3, "kind": "nan"}],
+        skipping,
+        x,
+        y,
+        client=client2,
+        workers=None,
+        shards=None,
+        batch_size=20,
+        epochs=4,
+        verbose=0,
+        callbacks=[],
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        initial_epoch=0,
+        seed=3,
+        timeout=30,
+        on_nonfinite="skip",
+        faults=[{"rank": 1, "epoch": 1, "step": 3, "kind": "nan"}],
     )
     assert history.skipped_steps == 1 and skipping.optimizer.iterations == 4 * 11 - 1
 
@@ -214,8 +269,20 @@ def wide_model():
     return model
 
 
-WIDE = dict(workers=None, shards=None, batch_size=16, epochs=3, verbose=0, callbacks=[], validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=30)
+WIDE = dict(
+    workers=None,
+    shards=None,
+    batch_size=16,
+    epochs=3,
+    verbose=0,
+    callbacks=[],
+    validation_split=0.0,
+    validation_data=None,
+    shuffle=True,
+    initial_epoch=0,
+    seed=3,
+    timeout=30,
+)
 
 
 @pytest.mark.cluster
@@ -234,7 +301,9 @@ def test_a_nan_in_any_part_of_a_sharded_step_skips_it_on_every_rank(index, clien
     with pytest.raises(NonFiniteError, match=r"epoch 2, step 2\b"):
         fit_on_cluster(wide_model(), x, y, client=client2, faults=nan, **WIDE)
     skipping = wide_model()
-    history = fit_on_cluster(skipping, x, y, client=client2, faults=nan, on_nonfinite="skip", record_replica_hashes=True, **WIDE)
+    history = fit_on_cluster(
+        skipping, x, y, client=client2, faults=nan, on_nonfinite="skip", record_replica_hashes=True, **WIDE
+    )
     assert history.sharded_step
     assert history.skipped_steps == 1 and skipping.optimizer.iterations == 3 * 4 - 1
     assert history.replica_hashes[0] == history.replica_hashes[1]
@@ -251,8 +320,13 @@ def test_a_sharded_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one(cli
     assert fit_on_cluster(whole, x, y, client=client2, **WIDE).sharded_step
     with pytest.raises(RuntimeError, match="injected crash"):
         fit_on_cluster(
-            wide_model(), x, y, client=client2, checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=3),
-            faults=[{"rank": 1, "epoch": 2, "step": 1, "kind": "crash"}], **WIDE,
+            wide_model(),
+            x,
+            y,
+            client=client2,
+            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=3),
+            faults=[{"rank": 1, "epoch": 2, "step": 1, "kind": "crash"}],
+            **WIDE,
         )
     resumed = wide_model()
     resumed.fit(x, y, client=client2, resume_from=tmp_path, epochs=3, batch_size=16, seed=3, verbose=0)
@@ -274,7 +348,9 @@ class EpochsSeen(Callback):
 def _fresh_cluster(n):
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB")
+    cluster = LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
+    )
     return cluster, Client(cluster, set_as_default=False)
 
 
@@ -293,8 +369,9 @@ def test_a_worker_killed_mid_training_costs_a_restart_not_the_result(tmp_path):
         killer.start()
         model = make_model()
         seen = EpochsSeen()
-        history = model.fit(x, y, client=client, checkpoint_dir=tmp_path, checkpoint_every=50, max_restarts=2,
-                            callbacks=[seen], **fit)
+        history = model.fit(
+            x, y, client=client, checkpoint_dir=tmp_path, checkpoint_every=50, max_restarts=2, callbacks=[seen], **fit
+        )
         killer.cancel()
     finally:
         client.close()
@@ -318,9 +395,24 @@ def test_a_stuck_rank_is_caught_by_the_step_deadline_and_the_run_restarts(tmp_pa
         model = make_model()
         start = time.monotonic()
         history = fit_on_cluster(
-            model, x, y, client=client, workers=None, shards=None, batch_size=20, epochs=4, verbose=0, callbacks=[],
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0, seed=3, timeout=2,
-            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=4), max_restarts=1,
+            model,
+            x,
+            y,
+            client=client,
+            workers=None,
+            shards=None,
+            batch_size=20,
+            epochs=4,
+            verbose=0,
+            callbacks=[],
+            validation_split=0.0,
+            validation_data=None,
+            shuffle=True,
+            initial_epoch=0,
+            seed=3,
+            timeout=2,
+            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=4),
+            max_restarts=1,
             faults=[{"rank": 2, "epoch": 1, "step": 5, "kind": "hang", "seconds": 60}],
         )
         elapsed = time.monotonic() - start

@@ -1,5 +1,6 @@
 """Logical shards and global batches: the rows of every step are fixed by (rows, shards,
 batch_size, seed, epoch) alone, whoever holds which shard."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,9 @@ def _global_steps(plan: ShardPlan, owned, seed, shuffle, epoch):
     return steps
 
 
-@pytest.mark.parametrize("rows,shards,batch", [(100, 1, 32), (101, 3, 10), (7, 7, 7), (1000, 4, 1000), (1000, 3, 5000), (53, 2, 3)])
+@pytest.mark.parametrize(
+    "rows,shards,batch", [(100, 1, 32), (101, 3, 10), (7, 7, 7), (1000, 4, 1000), (1000, 3, 5000), (53, 2, 3)]
+)
 def test_every_row_is_used_once_per_epoch_and_all_shards_run_the_same_steps(rows, shards, batch):
     plan = ShardPlan(rows, shards, batch)
     assert plan.steps == -(-rows // batch)
@@ -128,7 +131,9 @@ def test_counts_equal_a_brute_force_merge_of_all_rows():
         shards = int(rng.integers(1, rows + 1))
         batch = int(rng.integers(shards, 2 * rows + 2))
         plan = ShardPlan(rows, shards, batch)
-        items = sorted((Fraction(2 * j + 1, 2 * int(size)), s) for s, size in enumerate(plan.sizes) for j in range(size))
+        items = sorted(
+            (Fraction(2 * j + 1, 2 * int(size)), s) for s, size in enumerate(plan.sizes) for j in range(size)
+        )
         for t in range(plan.steps + 1):
             first = items[: min(t * batch, rows)]
             expected = [sum(1 for _, s in first if s == shard) for shard in range(shards)]

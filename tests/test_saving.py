@@ -1,5 +1,6 @@
 """model.save / dtrain.load_model: a safetensors file (nothing in it is executed) that brings back
 the architecture, weights, compile settings and optimizer state; anything else is refused."""
+
 from __future__ import annotations
 
 import json
@@ -50,12 +51,15 @@ def test_save_and_load_give_identical_predictions_weights_and_settings(tmp_path)
     assert all(np.shares_memory(layer.kernel, loaded.params) for layer in loaded.layers)
 
 
-@pytest.mark.parametrize("optimizer", [
-    lambda: optimizers.SGD(learning_rate=0.05, momentum=0.9),
-    lambda: optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=True),
-    lambda: optimizers.Adam(learning_rate=0.01),
-    lambda: optimizers.RMSprop(learning_rate=0.01, momentum=0.5),
-])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: optimizers.SGD(learning_rate=0.05, momentum=0.9),
+        lambda: optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=True),
+        lambda: optimizers.Adam(learning_rate=0.01),
+        lambda: optimizers.RMSprop(learning_rate=0.01, momentum=0.5),
+    ],
+)
 def test_continued_training_equals_uninterrupted_training_bitwise(tmp_path, optimizer):
     x, labels = blobs(96)
 
@@ -132,12 +136,12 @@ def test_the_file_is_plain_safetensors_with_json_metadata(tmp_path):
     model.save(path)
     raw = path.read_bytes()
     (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + header_len])  # only JSON and raw little-endian arrays
+    header = json.loads(raw[8 : 8 + header_len])  # only JSON and raw little-endian arrays
     meta = header["__metadata__"]
     assert meta["format"] == "dtrain.model" and meta["format_version"] == "1"
     assert json.loads(meta["config"]) == model.get_config()
     assert json.loads(meta["compile"])["loss"] == "categorical_crossentropy"
-    assert b"pickle" not in raw and b"\x80\x04" not in raw[:8 + header_len]
+    assert b"pickle" not in raw and b"\x80\x04" not in raw[: 8 + header_len]
     tensors = safetensors_numpy.load_file(str(path))  # other safetensors readers can read the weights
     np.testing.assert_array_equal(tensors["weights.0000"], model.get_weights()[0])
     assert {k for k in tensors if k.startswith("optimizer.")} == {"optimizer.m", "optimizer.v", "optimizer.iterations"}
@@ -262,8 +266,11 @@ def test_metric_instances_and_their_settings_survive_saving(tmp_path):
     from dtrain import metrics
 
     model = Sequential([Dense(1, activation="sigmoid", input_dim=3)])
-    model.compile(optimizer="sgd", loss="binary_crossentropy",
-                  metrics=[metrics.BinaryAccuracy("strict", threshold=0.9), "mae", "accuracy"])
+    model.compile(
+        optimizer="sgd",
+        loss="binary_crossentropy",
+        metrics=[metrics.BinaryAccuracy("strict", threshold=0.9), "mae", "accuracy"],
+    )
     model.save(tmp_path / "m.safetensors")
     loaded = dtrain.load_model(tmp_path / "m.safetensors")
     assert loaded.metrics_names == ["loss", "strict", "mae", "accuracy"]

@@ -1,5 +1,6 @@
 """Data sources against a NumPy oracle, on real clusters: each worker gets exactly its rows, from
 the right place, and the client never holds (or computes) a Dask or file-backed dataset."""
+
 from __future__ import annotations
 
 import os
@@ -58,9 +59,7 @@ def _load(reader, resolved):
 
 
 def load_on(client, reader, worker: str) -> np.ndarray:
-    future = client.submit(
-        _load, reader, reader.dependencies, workers=[worker], allow_other_workers=False, pure=False
-    )
+    future = client.submit(_load, reader, reader.dependencies, workers=[worker], allow_other_workers=False, pure=False)
     address, pid, rows = future.result()
     assert address == worker and pid != CLIENT_PID
     return rows
@@ -190,7 +189,9 @@ def test_dask_array_needs_known_chunks_and_prepare(client2):
 
 def test_lengths_must_match_with_chunks_named():
     y = as_source(da.zeros(100, chunks=30), "y")
-    with pytest.raises(ValueError, match=r"different numbers of rows: 103 in .*, 100 in Dask array y .* 4 chunks of \(30, 30, 30, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"different numbers of rows: 103 in .*, 100 in Dask array y .* 4 chunks of \(30, 30, 30, 10\)"
+    ):
         check_same_rows(as_source(grid(), "x"), y)
 
 
@@ -201,7 +202,9 @@ def test_lengths_must_match_with_chunks_named():
 def test_npy_rows_are_read_by_each_worker(client2, tmp_path, kind):
     x = grid()
     np.save(tmp_path / "x.npy", x)
-    value = {"path": str(tmp_path / "x.npy"), "pathlib": tmp_path / "x.npy", "file-url": f"file://{tmp_path}/x.npy"}[kind]
+    value = {"path": str(tmp_path / "x.npy"), "pathlib": tmp_path / "x.npy", "file-url": f"file://{tmp_path}/x.npy"}[
+        kind
+    ]
     source = from_npy(value) if kind == "file-url" else as_source(value, "x")
     assert isinstance(source, NpySource) and source.path.endswith("x.npy")
     check_metadata(source, x)
@@ -233,7 +236,9 @@ def test_npy_errors_name_the_file(client2, tmp_path):
     source = as_source(tmp_path / "gone.npy", "x")
     os.rename(tmp_path / "gone.npy", tmp_path / "moved.npy")
     reasons = client2.run(source.access_check())
-    assert len(reasons) == 2 and all(f"file {tmp_path}/gone.npy does not exist on this worker" == r for r in reasons.values())
+    assert len(reasons) == 2 and all(
+        f"file {tmp_path}/gone.npy does not exist on this worker" == r for r in reasons.values()
+    )
     worker = sorted(client2.nthreads())[0]
     with pytest.raises(FileNotFoundError, match=f"gone.npy on worker {worker} failed"):
         load_on(client2, source.shard(0, 5, client2, worker), worker)
@@ -284,7 +289,9 @@ def test_parquet_feature_subset_and_several_labels(client2, parquet_dir):
     df = frame()
     # Two of eight columns: the optimiser would fuse such reads into fewer partitions; shards
     # still get partition i as counted.
-    x, y = from_parquet(f"file://{parquet_dir}", label=["target", "label"], features=["f4", "f1"], split_row_groups=True)
+    x, y = from_parquet(
+        f"file://{parquet_dir}", label=["target", "label"], features=["f4", "f1"], split_row_groups=True
+    )
     assert (x.row_shape, y.row_shape, y.dtype) == ((2,), (2,), np.float64)
     x.prepare(client2)
     check_shards(client2, x, df[["f4", "f1"]].to_numpy())
@@ -321,14 +328,21 @@ def test_table_errors_name_columns_and_files(tmp_path):
     df = frame()
     df["city"] = "Lyon"
     df.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(ValueError, match=r"label column\(s\) \['price'\] not found in CSV .*t.csv; its columns are \['f0', .*'city'\]"):
+    with pytest.raises(
+        ValueError, match=r"label column\(s\) \['price'\] not found in CSV .*t.csv; its columns are \['f0', .*'city'\]"
+    ):
         from_csv(tmp_path / "t.csv", label="price")
     with pytest.raises(ValueError, match=r"feature column\(s\) \['f9'\] not found"):
         from_csv(tmp_path / "t.csv", label="label", features=["f0", "f9"])
     with pytest.raises(ValueError, match=r"\{'city': '.*'\} of CSV .* do not hold numbers.*features=\[...\]"):
         from_csv(tmp_path / "t.csv", label="label")
     with pytest.raises(ValueError, match="no feature columns"):
-        from_csv(tmp_path / "t.csv", label=list(df.columns.drop("city")), features=None, usecols=list(df.columns.drop("city")))
+        from_csv(
+            tmp_path / "t.csv",
+            label=list(df.columns.drop("city")),
+            features=None,
+            usecols=list(df.columns.drop("city")),
+        )
     with pytest.raises(FileNotFoundError, match=r"cannot open CSV .*nothing.csv"):
         from_csv(tmp_path / "nothing.csv", label="label")
     with pytest.raises(FileNotFoundError, match=r"cannot open Parquet"):
@@ -431,18 +445,34 @@ def test_npz_errors_name_the_file_and_member(tmp_path):
     (tmp_path / "text.npz").write_text("not a zip")
     with pytest.raises(ValueError, match=r"text.npz is not a .npz file \(not a zip archive"):
         dtrain.from_npz(tmp_path / "text.npz")
-    np.savez(tmp_path / "d.npz", features=grid(), labels=np.arange(N), flat=np.arange(N), short=np.arange(N - 1),
-             objects=np.array([{"a": 1}, None]), fortran=np.asfortranarray(grid()))
+    np.savez(
+        tmp_path / "d.npz",
+        features=grid(),
+        labels=np.arange(N),
+        flat=np.arange(N),
+        short=np.arange(N - 1),
+        objects=np.array([{"a": 1}, None]),
+        fortran=np.asfortranarray(grid()),
+    )
     path = tmp_path / "d.npz"
-    with pytest.raises(ValueError, match=r"x: the .npz file .*d.npz has no array 'x'; it holds \['features', 'labels', "):
+    with pytest.raises(
+        ValueError, match=r"x: the .npz file .*d.npz has no array 'x'; it holds \['features', 'labels', "
+    ):
         dtrain.from_npz(path)
     with pytest.raises(ValueError, match=r"y: the .npz file .*d.npz has no array 'target'"):
         dtrain.from_npz(path, x="features", y="target")
-    with pytest.raises(ValueError, match=r"x \(member 'flat.npy' of .npz file .*d.npz\) must be 2-D .* shape is \(103,\)"):
+    with pytest.raises(
+        ValueError, match=r"x \(member 'flat.npy' of .npz file .*d.npz\) must be 2-D .* shape is \(103,\)"
+    ):
         dtrain.from_npz(path, x="flat", y="labels")
-    with pytest.raises(ValueError, match=r"d.npz: x \(features.npy, shape \(103, 5\)\) and y \(short.npy, shape \(102,\)\) have different numbers of rows"):
+    with pytest.raises(
+        ValueError,
+        match=r"d.npz: x \(features.npy, shape \(103, 5\)\) and y \(short.npy, shape \(102,\)\) have different numbers of rows",
+    ):
         dtrain.from_npz(path, x="features", y="short")
-    with pytest.raises(ValueError, match=r"member 'objects.npy' of .npz file .*d.npz\) must hold numbers, received dtype object"):
+    with pytest.raises(
+        ValueError, match=r"member 'objects.npy' of .npz file .*d.npz\) must hold numbers, received dtype object"
+    ):
         dtrain.from_npz(path, x="features", y="objects")
     with pytest.raises(ValueError, match=r"'fortran.npy' .* Fortran order.*np.ascontiguousarray"):
         dtrain.from_npz(path, x="fortran", y="labels")

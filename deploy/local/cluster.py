@@ -26,6 +26,7 @@ From Python (the tests do this)::
 Run it with the Python environment where dtrain is installed: the processes are started with
 ``sys.executable -m dask ...``, so they use the same environment as this script.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,13 +65,14 @@ def default_state_dir() -> Path:
 
 # -- processes ------------------------------------------------------------------------------------
 
+
 def _stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (Linux), or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def _start_time(pid: int) -> int | None:
@@ -152,31 +154,74 @@ def has_dask_cuda() -> bool:
 
 # -- commands -------------------------------------------------------------------------------------
 
-def scheduler_command(*, host: str, port: int, dashboard_port: int | None, scheduler_file: Path | str,
-                      python: str = sys.executable) -> list[str]:
+
+def scheduler_command(
+    *, host: str, port: int, dashboard_port: int | None, scheduler_file: Path | str, python: str = sys.executable
+) -> list[str]:
     """``dask scheduler`` with dtrain's job service preloaded (``dashboard_port`` None: no dashboard)."""
     dashboard = ["--no-dashboard"] if dashboard_port is None else ["--dashboard-address", f"{host}:{dashboard_port}"]
-    return [python, "-m", "dask", "scheduler", "--host", host, "--port", str(port), *dashboard,
-            "--scheduler-file", str(scheduler_file), "--preload", "dtrain.jobs.service"]
+    return [
+        python,
+        "-m",
+        "dask",
+        "scheduler",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *dashboard,
+        "--scheduler-file",
+        str(scheduler_file),
+        "--preload",
+        "dtrain.jobs.service",
+    ]
 
 
-def cpu_worker_command(address: str, *, name: str, host: str, memory_limit: str | None = None,
-                       python: str = sys.executable) -> list[str]:
+def cpu_worker_command(
+    address: str, *, name: str, host: str, memory_limit: str | None = None, python: str = sys.executable
+) -> list[str]:
     """One single-threaded ``dask worker`` (with its nanny, which restarts it if it dies)."""
     memory = ["--memory-limit", memory_limit] if memory_limit else []
-    return [python, "-m", "dask", "worker", address, "--nthreads", "1", "--name", name, "--host", host,
-            "--no-dashboard", *memory]
+    return [
+        python,
+        "-m",
+        "dask",
+        "worker",
+        address,
+        "--nthreads",
+        "1",
+        "--name",
+        name,
+        "--host",
+        host,
+        "--no-dashboard",
+        *memory,
+    ]
 
 
-def gpu_worker_command(address: str, *, host: str, memory_limit: str | None = None,
-                       python: str = sys.executable) -> list[str]:
+def gpu_worker_command(
+    address: str, *, host: str, memory_limit: str | None = None, python: str = sys.executable
+) -> list[str]:
     """``dask cuda worker``: one single-threaded worker per visible GPU (CUDA_VISIBLE_DEVICES)."""
     memory = ["--memory-limit", memory_limit] if memory_limit else []
-    return [python, "-m", "dask", "cuda", "worker", address, "--nthreads", "1", "--host", host,
-            "--no-dashboard", *memory]
+    return [
+        python,
+        "-m",
+        "dask",
+        "cuda",
+        "worker",
+        address,
+        "--nthreads",
+        "1",
+        "--host",
+        host,
+        "--no-dashboard",
+        *memory,
+    ]
 
 
 # -- the deployment -------------------------------------------------------------------------------
+
 
 class LocalDeployment:
     """A scheduler with dtrain's job service and ``workers`` worker processes on this machine.
@@ -188,9 +233,19 @@ class LocalDeployment:
     temporary directory, removed by :meth:`stop`).
     """
 
-    def __init__(self, workers: int | None = None, *, device: str = "auto", host: str = "127.0.0.1",
-                 scheduler_port: int = 0, dashboard_port: int | None = 0, state_dir: str | Path | None = None,
-                 memory_limit: str | None = None, timeout: float = 60.0, grace: float = 20.0) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        device: str = "auto",
+        host: str = "127.0.0.1",
+        scheduler_port: int = 0,
+        dashboard_port: int | None = 0,
+        state_dir: str | Path | None = None,
+        memory_limit: str | None = None,
+        timeout: float = 60.0,
+        grace: float = 20.0,
+    ) -> None:
         if device not in ("auto", "cpu", "gpu"):
             raise DeploymentError(f"device must be auto, cpu or gpu, not {device!r}")
         if workers is not None and workers < 1:
@@ -218,8 +273,12 @@ class LocalDeployment:
 
     def state(self) -> dict[str, Any]:
         return {
-            "address": self.address, "dashboard": self.dashboard, "device": self.device,
-            "workers": self.workers, "state_dir": str(self.state_dir), "processes": self.processes,
+            "address": self.address,
+            "dashboard": self.dashboard,
+            "device": self.device,
+            "workers": self.workers,
+            "state_dir": str(self.state_dir),
+            "processes": self.processes,
         }
 
     @classmethod
@@ -229,7 +288,9 @@ class LocalDeployment:
         try:
             state = json.loads(path.read_text())
         except FileNotFoundError:
-            raise DeploymentError(f"no local cluster recorded in {state_dir} (nothing started, or already stopped)") from None
+            raise DeploymentError(
+                f"no local cluster recorded in {state_dir} (nothing started, or already stopped)"
+            ) from None
         except (OSError, ValueError) as exc:
             raise DeploymentError(f"cannot read {path}: {exc}") from exc
         self = cls(state.get("workers"), device=state.get("device", "auto"), state_dir=state_dir)
@@ -265,7 +326,9 @@ class LocalDeployment:
                 raise DeploymentError("--device gpu: no GPU found (nvidia-smi -L lists none, CuPy sees none)")
         if cuda and gpus > 0:
             if self.workers is not None and self.workers > gpus:
-                raise DeploymentError(f"--workers {self.workers} on GPUs, but this machine has {gpus}: one worker per GPU")
+                raise DeploymentError(
+                    f"--workers {self.workers} on GPUs, but this machine has {gpus}: one worker per GPU"
+                )
             return True, gpus
         return False, gpus
 
@@ -276,15 +339,24 @@ class LocalDeployment:
         log = self.state_dir / f"{role}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # own session and process group: survives this script, stopped as a group
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **training_environment(), **(env or {})},
             )
         self._popen[proc.pid] = proc
-        self.processes.append({
-            "role": role, "pid": proc.pid, "pgid": proc.pid, "start_time": _start_time(proc.pid),
-            "command": cmd, "log": str(log),
-        })
+        self.processes.append(
+            {
+                "role": role,
+                "pid": proc.pid,
+                "pgid": proc.pid,
+                "start_time": _start_time(proc.pid),
+                "command": cmd,
+                "log": str(log),
+            }
+        )
         self._write_state()
 
     def _write_state(self) -> None:
@@ -326,10 +398,15 @@ class LocalDeployment:
             self.workers = gpus if gpu else (os.cpu_count() or 1)
         deadline = time.monotonic() + self.timeout
         try:
-            self._spawn("scheduler", scheduler_command(
-                host=self.host, port=self.scheduler_port, dashboard_port=self.dashboard_port,
-                scheduler_file=scheduler_file,
-            ))
+            self._spawn(
+                "scheduler",
+                scheduler_command(
+                    host=self.host,
+                    port=self.scheduler_port,
+                    dashboard_port=self.dashboard_port,
+                    scheduler_file=scheduler_file,
+                ),
+            )
             info = self._wait_for_scheduler(scheduler_file, deadline)
             self.address = info["address"]
             dashboard_port = info.get("services", {}).get("dashboard")
@@ -339,12 +416,20 @@ class LocalDeployment:
                 visible = os.environ.get("CUDA_VISIBLE_DEVICES")
                 devices = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
                 env = {"CUDA_VISIBLE_DEVICES": ",".join(devices[: self.workers])}
-                self._spawn("workers-gpu", gpu_worker_command(self.address, host=self.host, memory_limit=self.memory_limit), env)
+                self._spawn(
+                    "workers-gpu", gpu_worker_command(self.address, host=self.host, memory_limit=self.memory_limit), env
+                )
             else:
                 for i in range(self.workers):
-                    self._spawn(f"worker-{i}", cpu_worker_command(
-                        self.address, name=f"local-{i}", host=self.host, memory_limit=self.memory_limit,
-                    ))
+                    self._spawn(
+                        f"worker-{i}",
+                        cpu_worker_command(
+                            self.address,
+                            name=f"local-{i}",
+                            host=self.host,
+                            memory_limit=self.memory_limit,
+                        ),
+                    )
             self._wait_for_workers(deadline)
         except BaseException:
             self.stop(remove_state_dir=False)  # keep the logs the message points to
@@ -361,7 +446,9 @@ class LocalDeployment:
             self._fail_if_exited()
             if time.monotonic() > deadline:
                 log = self.processes[0]["log"]
-                raise DeploymentError(f"the scheduler did not start within {self.timeout:g} s; end of {log}:\n{_log_tail(log)}")
+                raise DeploymentError(
+                    f"the scheduler did not start within {self.timeout:g} s; end of {log}:\n{_log_tail(log)}"
+                )
             time.sleep(0.1)
 
     def _wait_for_workers(self, deadline: float) -> None:
@@ -369,7 +456,9 @@ class LocalDeployment:
 
         from dtrain.jobs.client import JobsClient
 
-        with Client(self.address, timeout=f"{max(deadline - time.monotonic(), 1):.0f}s", set_as_default=False) as client:
+        with Client(
+            self.address, timeout=f"{max(deadline - time.monotonic(), 1):.0f}s", set_as_default=False
+        ) as client:
             while True:
                 try:
                     client.wait_for_workers(self.workers, timeout=1)
@@ -380,7 +469,9 @@ class LocalDeployment:
                 if time.monotonic() > deadline:
                     have = len(client.scheduler_info(n_workers=-1)["workers"])
                     logs = "\n".join(f"--- end of {p['log']}:\n{_log_tail(p['log'], 10)}" for p in self.processes[1:])
-                    raise DeploymentError(f"{have} of {self.workers} workers connected within {self.timeout:g} s\n{logs}")
+                    raise DeploymentError(
+                        f"{have} of {self.workers} workers connected within {self.timeout:g} s\n{logs}"
+                    )
             if not JobsClient(client=client).has_service():
                 log = self.processes[0]["log"]
                 raise DeploymentError(
@@ -441,11 +532,17 @@ class LocalDeployment:
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         """What runs: the processes, and what the scheduler says (workers, job service)."""
         report: dict[str, Any] = {
-            "address": self.address, "dashboard": self.dashboard, "device": self.device,
+            "address": self.address,
+            "dashboard": self.dashboard,
+            "device": self.device,
             "state_dir": str(self.state_dir),
-            "processes": [{**{k: p[k] for k in ("role", "pid", "log")}, "alive": pid_alive(p["pid"], p.get("start_time"))}
-                          for p in self.processes],
-            "running": False, "workers_connected": None, "job_service": None,
+            "processes": [
+                {**{k: p[k] for k in ("role", "pid", "log")}, "alive": pid_alive(p["pid"], p.get("start_time"))}
+                for p in self.processes
+            ],
+            "running": False,
+            "workers_connected": None,
+            "job_service": None,
         }
         if not any(p["alive"] for p in report["processes"] if p["role"] == "scheduler"):
             return report
@@ -471,27 +568,49 @@ class LocalDeployment:
 
 # -- command line ---------------------------------------------------------------------------------
 
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cluster.py", description="Start, check and stop a local dtrain cluster (a Dask scheduler with the "
+        prog="cluster.py",
+        description="Start, check and stop a local dtrain cluster (a Dask scheduler with the "
         "job service and N workers on this machine).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", type=Path, default=None,
-                        help=f"where the PIDs, logs and scheduler file go (default: ${STATE_ENV}, else {default_state_dir()})")
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"where the PIDs, logs and scheduler file go (default: ${STATE_ENV}, else {default_state_dir()})",
+    )
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     start = commands.add_parser("start", parents=[common], help="start a scheduler and N workers, print the address")
-    start.add_argument("--workers", "-n", type=int, default=None,
-                       help="worker processes (default: one per CPU core, or one per GPU with dask-cuda)")
-    start.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                       help="gpu: `dask cuda worker` (one worker per GPU); auto: gpu where dask-cuda and GPUs are there")
-    start.add_argument("--host", default="127.0.0.1",
-                       help="the interface everything listens on (default 127.0.0.1: this machine only)")
-    start.add_argument("--scheduler-port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free port")
-    start.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT,
-                       help=f"default {DEFAULT_DASHBOARD_PORT}; 0: any free port")
+    start.add_argument(
+        "--workers",
+        "-n",
+        type=int,
+        default=None,
+        help="worker processes (default: one per CPU core, or one per GPU with dask-cuda)",
+    )
+    start.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="gpu: `dask cuda worker` (one worker per GPU); auto: gpu where dask-cuda and GPUs are there",
+    )
+    start.add_argument(
+        "--host", default="127.0.0.1", help="the interface everything listens on (default 127.0.0.1: this machine only)"
+    )
+    start.add_argument(
+        "--scheduler-port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free port"
+    )
+    start.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=DEFAULT_DASHBOARD_PORT,
+        help=f"default {DEFAULT_DASHBOARD_PORT}; 0: any free port",
+    )
     start.add_argument("--no-dashboard", action="store_true", help="no dashboard")
     start.add_argument("--memory-limit", default=None, help="per worker, e.g. 4GiB (default: Dask's auto)")
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for everything (default 60)")
@@ -513,15 +632,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             deployment = LocalDeployment(
-                args.workers, device=args.device, host=args.host, scheduler_port=args.scheduler_port,
-                dashboard_port=None if args.no_dashboard else args.dashboard_port, state_dir=state_dir,
-                memory_limit=args.memory_limit, timeout=args.timeout,
+                args.workers,
+                device=args.device,
+                host=args.host,
+                scheduler_port=args.scheduler_port,
+                dashboard_port=None if args.no_dashboard else args.dashboard_port,
+                state_dir=state_dir,
+                memory_limit=args.memory_limit,
+                timeout=args.timeout,
             )
             address = deployment.start()
             doc = {**deployment.state(), "pids": [p["pid"] for p in deployment.processes]}
-            text = address if not sys.stdout.isatty() else (
-                f"{address}\n  {deployment.workers} {deployment.device} worker(s); dashboard: {deployment.dashboard or 'none'}\n"
-                f"  dtrain submit JOB --scheduler {address}\n  python {sys.argv[0]} stop --state-dir {state_dir}"
+            text = (
+                address
+                if not sys.stdout.isatty()
+                else (
+                    f"{address}\n  {deployment.workers} {deployment.device} worker(s); dashboard: {deployment.dashboard or 'none'}\n"
+                    f"  dtrain submit JOB --scheduler {address}\n  python {sys.argv[0]} stop --state-dir {state_dir}"
+                )
             )
             return emit(doc, text, 0)
         if args.command == "stop":
@@ -533,13 +661,21 @@ def main(argv: list[str] | None = None) -> int:
             doc = {"stopped": pids, "killed": killed, "left": left}
             if left:
                 return emit(doc, f"could not stop processes {left}", 1)
-            return emit(doc, f"stopped {deployment.address} ({len(pids)} processes"
-                        + (f"; {len(killed)} needed SIGKILL" if killed else "") + ")", 0)
+            return emit(
+                doc,
+                f"stopped {deployment.address} ({len(pids)} processes"
+                + (f"; {len(killed)} needed SIGKILL" if killed else "")
+                + ")",
+                0,
+            )
         deployment = LocalDeployment.from_state(state_dir)
         report = deployment.status()
-        text = (f"{report['address']}: {report['workers_connected']} workers, job service "
-                f"{'on' if report['job_service'] else 'off'}" if report["running"]
-                else f"not running (state in {state_dir})")
+        text = (
+            f"{report['address']}: {report['workers_connected']} workers, job service "
+            f"{'on' if report['job_service'] else 'off'}"
+            if report["running"]
+            else f"not running (state in {state_dir})"
+        )
         return emit(report, text, 0 if report["running"] else 1)
     except DeploymentError as exc:
         if args.json:

@@ -22,6 +22,7 @@ CA can connect.
 
 From Python: ``make_cluster(jobs=..., ...)`` returns the ``SLURMCluster``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,25 +42,44 @@ def tls_security(tls_dir: str | Path):
     from distributed.security import Security
 
     d = Path(tls_dir).resolve()
-    missing = [name for name in ("ca.pem", "scheduler.pem", "scheduler-key.pem", "worker.pem", "worker-key.pem")
-               if not (d / name).is_file()]
+    missing = [
+        name
+        for name in ("ca.pem", "scheduler.pem", "scheduler-key.pem", "worker.pem", "worker-key.pem")
+        if not (d / name).is_file()
+    ]
     if missing:
         raise FileNotFoundError(f"{d} lacks {', '.join(missing)} (make them with deploy/docker/make-certs.sh)")
     return Security(
         tls_ca_file=str(d / "ca.pem"),
-        tls_scheduler_cert=str(d / "scheduler.pem"), tls_scheduler_key=str(d / "scheduler-key.pem"),
-        tls_worker_cert=str(d / "worker.pem"), tls_worker_key=str(d / "worker-key.pem"),
-        tls_client_cert=str(d / "scheduler.pem"), tls_client_key=str(d / "scheduler-key.pem"),
+        tls_scheduler_cert=str(d / "scheduler.pem"),
+        tls_scheduler_key=str(d / "scheduler-key.pem"),
+        tls_worker_cert=str(d / "worker.pem"),
+        tls_worker_key=str(d / "worker-key.pem"),
+        tls_client_cert=str(d / "scheduler.pem"),
+        tls_client_key=str(d / "scheduler-key.pem"),
         require_encryption=True,
     )
 
 
 def make_cluster(
-    *, jobs: int = 0, partition: str | None = None, account: str | None = None, walltime: str = "04:00:00",
-    cpus_per_gpu: int = 8, memory: str = "64GB", gres: str = "gpu:1", interface: str | None = None,
-    host: str | None = None, scheduler_port: int = 8786, dashboard_address: str = "127.0.0.1:8787",
-    python: str | None = None, log_directory: str | None = None, job_extra_directives: list[str] | None = None,
-    job_script_prologue: list[str] | None = None, tls_dir: str | Path | None = None, **kwargs: Any,
+    *,
+    jobs: int = 0,
+    partition: str | None = None,
+    account: str | None = None,
+    walltime: str = "04:00:00",
+    cpus_per_gpu: int = 8,
+    memory: str = "64GB",
+    gres: str = "gpu:1",
+    interface: str | None = None,
+    host: str | None = None,
+    scheduler_port: int = 8786,
+    dashboard_address: str = "127.0.0.1:8787",
+    python: str | None = None,
+    log_directory: str | None = None,
+    job_extra_directives: list[str] | None = None,
+    job_script_prologue: list[str] | None = None,
+    tls_dir: str | Path | None = None,
+    **kwargs: Any,
 ):
     """A ``dask_jobqueue.SLURMCluster`` for dtrain: its scheduler (in this process) has dtrain's
     job service; each SLURM job is one worker (``--nthreads 1``) on one GPU (``--gres=gpu:1``)
@@ -73,7 +93,7 @@ def make_cluster(
 
     security = tls_security(tls_dir) if tls_dir else None
     scheduler_options: dict[str, Any] = {
-        "preload": [PRELOAD],                 # the job service is there from the start
+        "preload": [PRELOAD],  # the job service is there from the start
         "port": scheduler_port,
         "dashboard_address": dashboard_address,
     }
@@ -85,9 +105,9 @@ def make_cluster(
         queue=partition,
         account=account,
         walltime=walltime,
-        cores=1,                               # threads per worker: dtrain ranks are single-threaded
-        processes=1,                           # one worker per job, hence per GPU
-        job_cpu=cpus_per_gpu,                  # CPU cores booked for it (data loading, the host side)
+        cores=1,  # threads per worker: dtrain ranks are single-threaded
+        processes=1,  # one worker per job, hence per GPU
+        job_cpu=cpus_per_gpu,  # CPU cores booked for it (data loading, the host side)
         memory=memory,
         job_extra_directives=[f"--gres={gres}", *(job_extra_directives or [])],
         # Dask settings for training (dtrain.clusters), unless the nodes' environment sets them
@@ -110,7 +130,8 @@ def make_cluster(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cluster.py", description="Run a Dask scheduler with dtrain's job service here and GPU workers as "
+        prog="cluster.py",
+        description="Run a Dask scheduler with dtrain's job service here and GPU workers as "
         "SLURM jobs (dask-jobqueue): one job per GPU.",
     )
     parser.add_argument("--jobs", type=int, default=1, help="SLURM jobs (= GPUs = workers) to submit (default 1)")
@@ -126,23 +147,48 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dashboard-address", default="127.0.0.1:8787", help="default 127.0.0.1:8787 (not public)")
     parser.add_argument("--python", help="the Python the nodes run (default: this one)")
     parser.add_argument("--log-directory", help="where the worker jobs' stdout/stderr go")
-    parser.add_argument("--prologue", action="append", default=[], metavar="LINE",
-                        help="a line run before the worker (repeatable), e.g. 'module load cuda/12'")
-    parser.add_argument("--sbatch", action="append", default=[], metavar="DIRECTIVE",
-                        help="another #SBATCH directive (repeatable), e.g. --sbatch=--constraint=h100")
-    parser.add_argument("--tls-dir", help="TLS: a folder with make-certs.sh's ca.pem, scheduler and worker certificates")
-    parser.add_argument("--print-job-script", action="store_true", help="print the job script and exit (submits nothing)")
+    parser.add_argument(
+        "--prologue",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a line run before the worker (repeatable), e.g. 'module load cuda/12'",
+    )
+    parser.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="DIRECTIVE",
+        help="another #SBATCH directive (repeatable), e.g. --sbatch=--constraint=h100",
+    )
+    parser.add_argument(
+        "--tls-dir", help="TLS: a folder with make-certs.sh's ca.pem, scheduler and worker certificates"
+    )
+    parser.add_argument(
+        "--print-job-script", action="store_true", help="print the job script and exit (submits nothing)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cluster = make_cluster(
-        jobs=0, partition=args.partition, account=args.account, walltime=args.walltime,
-        cpus_per_gpu=args.cpus_per_gpu, memory=args.memory, gres=args.gres, interface=args.interface,
-        host=args.host, scheduler_port=args.scheduler_port, dashboard_address=args.dashboard_address,
-        python=args.python, log_directory=args.log_directory, job_extra_directives=args.sbatch,
-        job_script_prologue=args.prologue, tls_dir=args.tls_dir,
+        jobs=0,
+        partition=args.partition,
+        account=args.account,
+        walltime=args.walltime,
+        cpus_per_gpu=args.cpus_per_gpu,
+        memory=args.memory,
+        gres=args.gres,
+        interface=args.interface,
+        host=args.host,
+        scheduler_port=args.scheduler_port,
+        dashboard_address=args.dashboard_address,
+        python=args.python,
+        log_directory=args.log_directory,
+        job_extra_directives=args.sbatch,
+        job_script_prologue=args.prologue,
+        tls_dir=args.tls_dir,
     )
     try:
         if args.print_job_script:
@@ -150,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cluster.scale(jobs=args.jobs)
         print(cluster.scheduler_address, flush=True)
-        print(f"  {args.jobs} SLURM job(s) of one GPU each; dashboard: {cluster.dashboard_link}\n"
-              f"  dtrain submit JOB --scheduler {cluster.scheduler_address}\n  Ctrl-C: cancel the jobs and stop",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {args.jobs} SLURM job(s) of one GPU each; dashboard: {cluster.dashboard_link}\n"
+            f"  dtrain submit JOB --scheduler {cluster.scheduler_address}\n  Ctrl-C: cancel the jobs and stop",
+            file=sys.stderr,
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

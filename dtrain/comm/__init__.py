@@ -11,6 +11,7 @@ Backends: "local" (one rank, no-ops), "dask" (NumPy arrays over Dask's worker-to
 over the Dask path: the fallback without NCCL). The Dask-based backends need the
 :class:`~dtrain.comm.dask.DtrainWorkerPlugin` registered on the cluster.
 """
+
 from __future__ import annotations
 
 import threading
@@ -45,7 +46,9 @@ def make_communicator(
         raise ValueError(f"Expected 0 <= rank < size, received rank={rank!r}, size={size!r}.")
     if kind == "local":
         if size != 1:
-            raise ValueError(f"The 'local' communicator has exactly one rank, received size={size}; use 'dask' or 'nccl'.")
+            raise ValueError(
+                f"The 'local' communicator has exactly one rank, received size={size}; use 'dask' or 'nccl'."
+            )
         return LocalCommunicator(abort_event if abort_event is not None else _job_flag(job_id))
 
     from . import dask as dask_comm

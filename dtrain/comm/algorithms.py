@@ -28,6 +28,7 @@ never copied (the ranks read each other's and release them before they wait for 
 Buffers are processed in buckets of at most :data:`BUCKET_BYTES` (Dask splits larger frames and
 merges them again with a copy). Tests shrink the module constants; they are read at call time.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol

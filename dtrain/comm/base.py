@@ -6,6 +6,7 @@ order with buffers of the same size and dtype, and each call returns when this r
 the result. A peer that never answers is an error after a deadline (``CommError``), never a hang;
 an abort of the job (by the driver or by a failing peer) wakes every waiter at once (``Aborted``).
 """
+
 from __future__ import annotations
 
 import threading

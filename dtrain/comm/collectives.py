@@ -1,6 +1,7 @@
 """A :class:`~dtrain.comm.base.Communicator` built from a :class:`~dtrain.comm.algorithms.Transport`:
 the checks on the buffer, the numbering of calls, and the choice of algorithm live here once for
 the Dask and in-memory backends."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,9 +16,11 @@ from .base import CommError
 def flat_view(array: Any, backend: str) -> np.ndarray:
     """A 1-D view of a contiguous, writable NumPy array, or a TypeError that says what to pass."""
     if not isinstance(array, np.ndarray):
-        hint = " For CuPy arrays use the 'nccl' or 'host-staged' communicator." if hasattr(
-            array, "__cuda_array_interface__"
-        ) else ""
+        hint = (
+            " For CuPy arrays use the 'nccl' or 'host-staged' communicator."
+            if hasattr(array, "__cuda_array_interface__")
+            else ""
+        )
         raise TypeError(f"The {backend!r} communicator sums NumPy arrays, received {type(array).__name__}.{hint}")
     if not array.flags.c_contiguous or not array.flags.writeable:
         raise ValueError(

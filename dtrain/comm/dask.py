@@ -14,6 +14,7 @@ Where code runs is labelled: *event loop* (handlers, ``client.run`` functions, t
 send) or *task thread* (the rank's training loop). They share the job table under one lock, held
 only for dictionary updates; no handler ever waits for the task thread.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -243,9 +244,7 @@ def abort_on_worker(job_id: str, reason: str, dask_worker: Worker | None = None)
     _table(dask_worker).abort(job_id, reason)
 
 
-def deliver_on_worker(
-    job_id: str, source: Hashable, tag: str, data: Any, dask_worker: Worker | None = None
-) -> None:
+def deliver_on_worker(job_id: str, source: Hashable, tag: str, data: Any, dask_worker: Worker | None = None) -> None:
     """``client.run(deliver_on_worker, job_id, "driver", tag, value)``: a control value for the ranks,
     which read it with ``get_plugin().wait_for(job_id, "driver", tag, timeout)`` (event loop)."""
     dask_worker = dask_worker or get_worker()
@@ -343,12 +342,19 @@ class _DaskTransport:
         # 0.5 ms of communication, and the 7.4 MB gradient of 784-1024-1024-10 from 9.5 to 7.1 ms.
         # Larger ones keep the reply: 40 MiB allreduces took 30-33 ms with it, 34-38 ms without.
         await self.worker.rpc(address).dtrain_message(
-            job_id=self.job_id, source=self.rank, tag=tag, **lead, data=to_serialize(array), reply=array.nbytes >= ACK_MIN_BYTES
+            job_id=self.job_id,
+            source=self.rank,
+            tag=tag,
+            **lead,
+            data=to_serialize(array),
+            reply=array.nbytes >= ACK_MIN_BYTES,
         )
 
     async def _send_message(self, address: str, tag: str, **fields: Any) -> None:  # event loop
         """A small message (msgpack-able fields), without waiting for a reply."""
-        await self.worker.rpc(address).dtrain_message(job_id=self.job_id, source=self.rank, tag=tag, **fields, reply=False)
+        await self.worker.rpc(address).dtrain_message(
+            job_id=self.job_id, source=self.rank, tag=tag, **fields, reply=False
+        )
 
     def _put_shared(self, peer: int, array: np.ndarray) -> shared.SharedRef:
         slots = self._slots.setdefault(peer, [])

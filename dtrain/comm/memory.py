@@ -4,6 +4,7 @@ Dask transport without a cluster, for tests and for trying a multi-rank training
     group = MemoryGroup(3)
     # in thread r:  comm = group.communicator(r); comm.allreduce(grads)
 """
+
 from __future__ import annotations
 
 from typing import Any

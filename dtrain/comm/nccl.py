@@ -14,6 +14,7 @@ until the worker process exits: restart the workers if that happens repeatedly.
 CuPy is reached only through :mod:`dtrain.backend` (which owns the guarded import); the NCCL
 submodule is loaded from it by name.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -162,8 +163,9 @@ class NcclCommunicator:
     # -- collectives: task thread -----------------------------------------------------------------
 
     def allreduce(self, array: Any) -> None:
-        self._collective("allreduce", array, lambda comm, ptr, n, dt, s: comm.allReduce(
-            ptr, ptr, n, dt, self._nccl.NCCL_SUM, s))
+        self._collective(
+            "allreduce", array, lambda comm, ptr, n, dt, s: comm.allReduce(ptr, ptr, n, dt, self._nccl.NCCL_SUM, s)
+        )
 
     def allreduce_into(self, array: Any, out: Any) -> None:
         out[...] = array
@@ -189,7 +191,9 @@ class NcclCommunicator:
             device = self._cp.asarray(flat_view(host, "nccl"))
         else:
             if not array.flags.c_contiguous:
-                raise ValueError("NCCL collectives work in place on one contiguous buffer; received a non-contiguous array.")
+                raise ValueError(
+                    "NCCL collectives work in place on one contiguous buffer; received a non-contiguous array."
+                )
             device = array.reshape(-1)
         dtype = _NCCL_DTYPES.get(device.dtype.name)
         if dtype is None:

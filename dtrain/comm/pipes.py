@@ -20,6 +20,7 @@ thread through a condition variable (the bare system calls: 8 us). Once the hand
 the owner closes its own copy of each write end: the peer then holds the only one, and if that
 peer dies the pipe ends at once (no waiting for a deadline).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -41,7 +42,7 @@ READ_CHUNK = 2**16
 PIPE_BYTES = 2**18  # asked for each kept pipe (from 64 KiB): a few of the largest inline frames
 FULL_PIPE_POLL_S = 0.01  # a writer facing a full pipe looks again (and reads its own) this often
 ENLARGE_MAX_PEERS = 8  # with more peers on the machine, pipes keep the default size: Linux allows
-                       # each user 64 MiB of pipes (pipe-user-pages-soft), then gives new ones 4 KiB
+# each user 64 MiB of pipes (pipe-user-pages-soft), then gives new ones 4 KiB
 _NONE, _SEGMENT, _ARRAY = 0, 1, 2  # payload kinds
 
 
@@ -89,7 +90,7 @@ class Outbound:
         deadline = time.monotonic() + timeout
         while view:
             try:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
                 continue
             except BlockingIOError:
                 pass

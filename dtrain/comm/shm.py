@@ -16,6 +16,7 @@ so a worker that cannot see the sender's process (another PID namespace on the s
 never reads the wrong memory: the handshake in the Dask transport then keeps that pair on TCP.
 Linux only; elsewhere :func:`available` is False and everything goes over TCP.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -108,7 +109,9 @@ class PeerSegments:
         be opened (its process is gone or invisible from here) or is not the one announced."""
         end = HEADER_BYTES + ref.offset + ref.count * np.dtype(ref.dtype).itemsize
         if ref.offset < 0 or ref.count < 0 or end > ref.size:
-            raise OSError(f"an array of {ref.count} {ref.dtype} at byte {ref.offset} does not fit a segment of {ref.size} bytes")
+            raise OSError(
+                f"an array of {ref.count} {ref.dtype} at byte {ref.offset} does not fit a segment of {ref.size} bytes"
+            )
         mapped = self._maps.get(ref.token)
         if mapped is None:
             mapped = self._maps[ref.token] = _open(ref)

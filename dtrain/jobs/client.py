@@ -8,6 +8,7 @@
 Every call returns the service's plain dicts (what ``--json`` prints). The scheduler address
 comes from the argument, else ``$DTRAIN_SCHEDULER``, else Dask's ``scheduler-address`` config.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,9 @@ class JobsClient:
             try:
                 client = Client(address, timeout=f"{timeout}s", set_as_default=False)
             except (OSError, TimeoutError) as exc:
-                raise SchedulerUnreachable(f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc})") from exc
+                raise SchedulerUnreachable(
+                    f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc})"
+                ) from exc
             except TypeError as exc:  # Dask's way of saying that a tls:// address has no TLS settings
                 if not address.startswith("tls://"):
                     raise
@@ -131,7 +134,9 @@ class JobsClient:
             return []
         return self._call("list")["jobs"]
 
-    def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll: float = POLL_INTERVAL_S) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, on_update: Callable[[dict], None] | None = None, poll: float = POLL_INTERVAL_S
+    ) -> dict[str, Any]:
         """Poll the job until it has ended; ``on_update(record)`` sees every poll. Returns the final record."""
         while True:
             record = self.status(job_id)
@@ -143,11 +148,14 @@ class JobsClient:
 
     def _call(self, op: str, **kwargs: Any) -> dict[str, Any]:
         if self.client.status not in ("running", "newly-created"):  # it lost the scheduler
-            raise SchedulerUnreachable(f"lost the Dask scheduler at {self.address} (the client is {self.client.status})")
+            raise SchedulerUnreachable(
+                f"lost the Dask scheduler at {self.address} (the client is {self.client.status})"
+            )
         if op != "submit" and not self.has_service():
             raise JobServiceError(
                 f"no dtrain jobs on the scheduler at {self.address}: nothing was submitted to it yet (or it was "
-                "restarted, which forgets its jobs)", kind="unknown",
+                "restarted, which forgets its jobs)",
+                kind="unknown",
             )
         try:
             reply = self.client.sync(getattr(self.client.scheduler, HANDLER), action=op, **kwargs)
@@ -157,7 +165,8 @@ class JobsClient:
             self._service_seen = False
             raise JobServiceError(
                 f"no dtrain job service on the scheduler at {self.address} any more (it restarted and forgot its jobs; "
-                "their outputs remain: `dtrain resume OUTPUT` continues one)", kind="unknown",
+                "their outputs remain: `dtrain resume OUTPUT` continues one)",
+                kind="unknown",
             )
         if "refused" in reply:
             raise JobServiceError(reply["refused"], reply.get("kind", ""))

@@ -19,6 +19,7 @@ Each file is written under a temporary name and moved into place (dtrain.storage
 a reader never sees half a file (on object stores the move is a copy, but the final name still
 appears only once whole).
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,14 @@ STEPS_FILE = "steps.csv"
 JOB_FILE = "job.yaml"
 PLOT_FILE = "training.png"
 RESULT_FILE = "result.json"
-_NAMES = {"model": MODEL_FILE, "history": HISTORY_FILE, "steps": STEPS_FILE, "job": JOB_FILE, "plot": PLOT_FILE,
-          "result": RESULT_FILE}  # kind (the keys write_outputs returns) -> file name
+_NAMES = {
+    "model": MODEL_FILE,
+    "history": HISTORY_FILE,
+    "steps": STEPS_FILE,
+    "job": JOB_FILE,
+    "plot": PLOT_FILE,
+    "result": RESULT_FILE,
+}  # kind (the keys write_outputs returns) -> file name
 
 # The per-rank timings of history.step_times (seconds) that steps.csv reports, as medians over ranks.
 _STEP_PARTS = ("compute", "communication", "waiting", "overhead")
@@ -249,8 +256,15 @@ def _plot_png(history, title: str | None = None) -> bytes:
                 if not curves.get(name):
                     continue
                 values = [float("nan") if v is None else float(v) for v in curves[name]]
-                ax.plot(epochs[: len(values)], values, color=f"C{k}", marker=marker, markersize=3,
-                        linestyle="--" if name.startswith("val_") else "-", label=name)
+                ax.plot(
+                    epochs[: len(values)],
+                    values,
+                    color=f"C{k}",
+                    marker=marker,
+                    markersize=3,
+                    linestyle="--" if name.startswith("val_") else "-",
+                    label=name,
+                )
                 drawn += 1
         if drawn:
             ax.legend(loc="best", fontsize="small")
@@ -291,7 +305,9 @@ def read_summary(output: str | os.PathLike) -> dict:
     steps = _read_csv(where, STEPS_FILE)
     started, ended = record.get("started_at"), record.get("ended_at")
     step_ms = [row["step_ms"] for row in steps or [] if row.get("step_ms") is not None]
-    final = record.get("final") or ({k: v for k, v in epochs[-1].items() if k not in ("epoch", "seconds")} if epochs else {})
+    final = record.get("final") or (
+        {k: v for k, v in epochs[-1].items() if k not in ("epoch", "seconds")} if epochs else {}
+    )
     known = [RESULT_FILE, MODEL_FILE, HISTORY_FILE, STEPS_FILE, JOB_FILE, PLOT_FILE]
     return {
         "output": where.text,
@@ -302,7 +318,9 @@ def read_summary(output: str | os.PathLike) -> dict:
         "submitted_at": record.get("submitted_at"),
         "started_at": started,
         "ended_at": ended,
-        "duration_s": ended - started if isinstance(started, (int, float)) and isinstance(ended, (int, float)) else None,
+        "duration_s": ended - started
+        if isinstance(started, (int, float)) and isinstance(ended, (int, float))
+        else None,
         "workers": record.get("workers") or [],
         "device": record.get("device"),
         "epochs": len(epochs),
@@ -334,7 +352,9 @@ def _best(epochs: list[dict]) -> dict[str, dict[str, float]]:
     """Best value of every val_ metric and the (1-based) epoch it was reached in."""
     best: dict[str, dict[str, float]] = {}
     for metric in [k for k in (epochs[0] if epochs else {}) if k.startswith("val_")]:
-        scored = [(row[metric], row["epoch"]) for row in epochs if row.get(metric) is not None and math.isfinite(row[metric])]
+        scored = [
+            (row[metric], row["epoch"]) for row in epochs if row.get(metric) is not None and math.isfinite(row[metric])
+        ]
         if scored:
             pick = max if _higher_is_better(metric) else min
             value, epoch = pick(scored, key=lambda pair: pair[0])
@@ -356,13 +376,17 @@ def format_summary(summary: dict) -> str:
     lines.append(("ran", when))
     workers = s.get("workers") or []
     if workers:
-        lines.append(("workers", f"{len(workers)}: {', '.join(workers)}" + (f" ({s['device']})" if s.get("device") else "")))
+        lines.append(
+            ("workers", f"{len(workers)}: {', '.join(workers)}" + (f" ({s['device']})" if s.get("device") else ""))
+        )
     planned = s.get("epochs_planned")
     lines.append(("epochs", f"{s.get('epochs', 0)}" + (f" of {planned}" if planned else "")))
     if s.get("final"):
         lines.append(("final", "  ".join(f"{k} {_number(v)}" for k, v in s["final"].items())))
     if s.get("best"):
-        lines.append(("best", "  ".join(f"{k} {_number(b['value'])} (epoch {b['epoch']})" for k, b in s["best"].items())))
+        lines.append(
+            ("best", "  ".join(f"{k} {_number(b['value'])} (epoch {b['epoch']})" for k, b in s["best"].items()))
+        )
     if s.get("median_step_ms") is not None:
         lines.append(("step", f"{s['median_step_ms']:.2f} ms (median)"))
     lines.append(("files", ", ".join(s.get("files") or []) or "-"))
@@ -383,8 +407,9 @@ def _epoch_table(rows: list[dict]) -> list[str]:
     else:
         shown = list(rows)
     cells = [columns] + [
-        ["..." for _ in columns] if row is None else
-        [str(int(row[c])) if c == "epoch" else _number(row.get(c)) for c in columns]
+        ["..." for _ in columns]
+        if row is None
+        else [str(int(row[c])) if c == "epoch" else _number(row.get(c)) for c in columns]
         for row in shown
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]

@@ -12,6 +12,7 @@ runs. Clients talk to it through one scheduler handler, ``dtrain_jobs`` (see
 Where code runs: the handler and the plugin hooks on the scheduler's event loop; each job's
 driver in its own thread. They share the table under one lock, held only for short updates.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -82,7 +83,7 @@ class JobRecord:
         """The lines logged from line number ``since`` on (those still kept), and the next number."""
         with self._log_lock:
             first = self.logged - len(self.lines)
-            return self.lines[max(since - first, 0):], self.logged
+            return self.lines[max(since - first, 0) :], self.logged
 
     def public(self) -> dict[str, Any]:
         return {
@@ -184,14 +185,21 @@ class JobService(SchedulerPlugin):
             if holder is not None:
                 return {
                     "refused": f"job {holder.job_id} ({holder.state}) already writes to {job.output_dir}: wait for it, "
-                    "cancel it, or choose another output.dir", "kind": "invalid",
+                    "cancel it, or choose another output.dir",
+                    "kind": "invalid",
                 }
             job_id = _new_job_id(job.name)
             while job_id in self.table.jobs:
                 job_id = _new_job_id(job.name)
             record = JobRecord(
-                job_id=job_id, name=job.name, spec=job.to_dict(), output=job.output_dir, requested=job.workers,
-                epochs=job.epochs, max_workers=job.fit_options()["shards"], resume=resume,
+                job_id=job_id,
+                name=job.name,
+                spec=job.to_dict(),
+                output=job.output_dir,
+                requested=job.workers,
+                epochs=job.epochs,
+                max_workers=job.fit_options()["shards"],
+                resume=resume,
             )
             record.log(f"submitted{f' from {source}' if source else ''}; output: {record.output}")
             self.table.jobs[record.job_id] = record
@@ -230,7 +238,12 @@ class JobService(SchedulerPlugin):
             return _unknown(job_id)
         state = record.state  # before the lines: a job's last line is logged before its final state is set
         lines, next_line = record.log_since(since)
-        return {"job_id": job_id, "state": state, "lines": [{"time": t, "text": text} for t, text in lines], "next": next_line}
+        return {
+            "job_id": job_id,
+            "state": state,
+            "lines": [{"time": t, "text": text} for t, text in lines],
+            "next": next_line,
+        }
 
     # -- scheduling: any thread -----------------------------------------------------------------------
 
@@ -335,22 +348,39 @@ class JobService(SchedulerPlugin):
         resume_from = None
         if record.resume:
             if recovery_options["checkpoints"] is None:
-                raise ValueError("this job writes no checkpoints (output.checkpoint: false): there is nothing to resume from")
+                raise ValueError(
+                    "this job writes no checkpoints (output.checkpoint: false): there is nothing to resume from"
+                )
             resume_from = recovery_options["checkpoints"].directory
             record.log(f"resuming from the latest checkpoint in {resume_from}")
         try:
-            with Client(self.scheduler.address, security=_client_security(self.scheduler),
-                        set_as_default=False, timeout="30s") as client:
+            with Client(
+                self.scheduler.address, security=_client_security(self.scheduler), set_as_default=False, timeout="30s"
+            ) as client:
                 if record.cancel.is_set():
                     raise JobCancelled(f"job {record.job_id} was cancelled")
                 history = fit_on_cluster(
-                    model, data["x"], data["y"], client=client, workers=record.workers, shards=options["shards"],
-                    batch_size=options["batch_size"], epochs=options["epochs"], verbose=0,
-                    callbacks=[_Recorder(record)], validation_split=data["validation_split"],
-                    validation_data=data["validation_data"], shuffle=options["shuffle"], initial_epoch=0,
-                    seed=options["seed"], timeout=options["timeout"], stop=record.cancel, resume_from=resume_from,
+                    model,
+                    data["x"],
+                    data["y"],
+                    client=client,
+                    workers=record.workers,
+                    shards=options["shards"],
+                    batch_size=options["batch_size"],
+                    epochs=options["epochs"],
+                    verbose=0,
+                    callbacks=[_Recorder(record)],
+                    validation_split=data["validation_split"],
+                    validation_data=data["validation_data"],
+                    shuffle=options["shuffle"],
+                    initial_epoch=0,
+                    seed=options["seed"],
+                    timeout=options["timeout"],
+                    stop=record.cancel,
+                    resume_from=resume_from,
                     on_restart=lambda count, reason: _restarted(record, count, reason),
-                    restart_workers=lambda usable: self._reallocate(record, usable), **recovery_options,
+                    restart_workers=lambda usable: self._reallocate(record, usable),
+                    **recovery_options,
                 )
         finally:
             self._release(record)  # the workers are free as soon as training has ended
@@ -416,8 +446,10 @@ def _client_security(scheduler: Scheduler) -> Any:
     from distributed.security import Security
 
     return Security(
-        tls_ca_file=security.tls_ca_file, tls_client_cert=security.tls_scheduler_cert,
-        tls_client_key=security.tls_scheduler_key, require_encryption=True,
+        tls_ca_file=security.tls_ca_file,
+        tls_client_cert=security.tls_scheduler_cert,
+        tls_client_key=security.tls_scheduler_key,
+        require_encryption=True,
     )
 
 
@@ -433,17 +465,28 @@ def _claim(requested: Any, free: list[str], present: list[str], cap: int | None)
     if requested is None:
         if free:
             return free[:cap], ""
-        return None, f"waiting for a free worker (the cluster has {len(present)}, all busy)" if present else "waiting for workers to join the cluster"
+        return (
+            None,
+            f"waiting for a free worker (the cluster has {len(present)}, all busy)"
+            if present
+            else "waiting for workers to join the cluster",
+        )
     if isinstance(requested, int):
         if len(free) >= requested:
             return free[:requested], ""
-        short = f"; the cluster has only {len(present)}: add workers or lower cluster.workers" if len(present) < requested else ""
+        short = (
+            f"; the cluster has only {len(present)}: add workers or lower cluster.workers"
+            if len(present) < requested
+            else ""
+        )
         return None, f"waiting for {requested} free workers ({len(free)} free of {len(present)} in the cluster{short})"
     missing = [a for a in requested if a not in present]
     busy = [a for a in requested if a in present and a not in free]
     if not missing and not busy:
         return list(requested), ""
-    parts = ([f"not in the cluster: {', '.join(missing)}"] if missing else []) + ([f"busy: {', '.join(busy)}"] if busy else [])
+    parts = ([f"not in the cluster: {', '.join(missing)}"] if missing else []) + (
+        [f"busy: {', '.join(busy)}"] if busy else []
+    )
     return None, f"waiting for its workers ({'; '.join(parts)})"
 
 
@@ -452,7 +495,10 @@ def _new_job_id(name: str) -> str:
 
 
 def _unknown(job_id: str) -> dict[str, Any]:
-    return {"refused": f"no job {job_id!r} on this scheduler (see `dtrain list`; a restarted scheduler forgets its jobs)", "kind": "unknown"}
+    return {
+        "refused": f"no job {job_id!r} on this scheduler (see `dtrain list`; a restarted scheduler forgets its jobs)",
+        "kind": "unknown",
+    }
 
 
 def _brief(record: JobRecord) -> dict[str, Any]:

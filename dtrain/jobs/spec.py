@@ -16,6 +16,7 @@ The resolved job (``Job.spec``) has every default filled in and every local path
 means the same thing wherever it is sent (``dtrain submit`` sends it to the scheduler as a dict,
 which :func:`job_from_dict` validates again).
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,16 +51,28 @@ DATA_KEYS = ("train", "validation")
 # (_REQUIRED: no default).
 _REQUIRED = object()
 SOURCE_FORMATS: dict[str, dict[str, Any]] = {
-    "synthetic": {"format": _REQUIRED, "samples": _REQUIRED, "features": _REQUIRED, "classes": _REQUIRED,
-                  "seed": 0, "separation": 1.0},
+    "synthetic": {
+        "format": _REQUIRED,
+        "samples": _REQUIRED,
+        "features": _REQUIRED,
+        "classes": _REQUIRED,
+        "seed": 0,
+        "separation": 1.0,
+    },
     "npy": {"format": _REQUIRED, "x": _REQUIRED, "y": _REQUIRED, "storage_options": {}},
     "npz": {"format": _REQUIRED, "path": _REQUIRED, "x": "x", "y": "y", "storage_options": {}},
     "parquet": {"format": _REQUIRED, "path": _REQUIRED, "label": _REQUIRED, "features": None, "storage_options": {}},
     "csv": {"format": _REQUIRED, "path": _REQUIRED, "label": _REQUIRED, "features": None, "storage_options": {}},
 }
 FIT_DEFAULTS: dict[str, Any] = {
-    "epochs": 1, "batch_size": 32, "seed": 0, "shuffle": True, "shards": None, "timeout": 60,
-    "max_restarts": 2, "on_nonfinite": "stop",
+    "epochs": 1,
+    "batch_size": 32,
+    "seed": 0,
+    "shuffle": True,
+    "shards": None,
+    "timeout": 60,
+    "max_restarts": 2,
+    "on_nonfinite": "stop",
 }
 NONFINITE = ("stop", "skip", "ignore")
 CHECKPOINT_DEFAULTS: dict[str, Any] = {"every": "epoch", "keep": 3}
@@ -216,7 +229,11 @@ def _yaml_problem(exc: yaml.YAMLError, what: str) -> Problem:
 
 def _duplicate_problems(duplicates: list[tuple[str, int, int]]) -> list[Problem]:
     return [
-        Problem(path, f"this key appears twice in its mapping (first on line {first}); only the last is used, remove one", line)
+        Problem(
+            path,
+            f"this key appears twice in its mapping (first on line {first}); only the last is used, remove one",
+            line,
+        )
         for path, line, first in duplicates
     ]
 
@@ -325,7 +342,9 @@ def _apply_overrides(spec: Any, overrides: Sequence[str]) -> tuple[set[str], lis
     problems: list[Problem] = []
     for text in overrides:
         if not isinstance(spec, dict):
-            problems.append(Problem("", f"cannot apply --set {text!r}: the job file is not a mapping", None, SET_ORIGIN))
+            problems.append(
+                Problem("", f"cannot apply --set {text!r}: the job file is not a mapping", None, SET_ORIGIN)
+            )
             continue
         paths, problem = _apply_override(spec, str(text))
         written.update(paths)
@@ -478,7 +497,8 @@ def _construct(ck: _Checker, path: str, make: Callable[..., Any], kwargs: dict, 
 def _parameters(cls: type) -> list[str]:
     """The keyword arguments ``cls(...)`` takes."""
     return [
-        name for name, p in inspect.signature(cls).parameters.items()
+        name
+        for name, p in inspect.signature(cls).parameters.items()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
 
@@ -619,7 +639,9 @@ def _check_compile(ck: _Checker, raw: Any, model: _Model) -> _Compile:
     optimizer = _named(ck, "compile.optimizer", spec["optimizer"], optimizers.get, optimizers.OPTIMIZERS)
     metrics = spec["metrics"]
     if not isinstance(metrics, list):
-        ck.report("compile.metrics", f"expected a list of metric names or mappings (e.g. [accuracy]), got {_got(metrics)}")
+        ck.report(
+            "compile.metrics", f"expected a list of metric names or mappings (e.g. [accuracy]), got {_got(metrics)}"
+        )
         return _Compile(spec, loss)
     resolved = []
     # The output width only picks which accuracy "accuracy" means; any width checks the rest.
@@ -679,7 +701,11 @@ def _check_exists(ck: _Checker, resolved: str, path: str, kind: str) -> None:
     if os.path.isfile(resolved) or (kind == "parquet" and os.path.isdir(resolved)):
         return
     if os.path.isdir(resolved):
-        hint = f"; give a file or a glob such as {os.path.join(resolved, '*.csv')}" if kind == "csv" else ", expected a file"
+        hint = (
+            f"; give a file or a glob such as {os.path.join(resolved, '*.csv')}"
+            if kind == "csv"
+            else ", expected a file"
+        )
         ck.report(path, f"{resolved} is a directory{hint}")
     else:
         ck.report(path, f"file not found: {resolved} (relative paths are taken from the job file's folder)")
@@ -750,7 +776,8 @@ def _check_source(ck: _Checker, value: Any, path: str) -> Any:
     _mapping(ck, value, path, tuple(schema), required=[k for k, d in schema.items() if d is _REQUIRED])
     source = {
         key: copy.deepcopy(value.get(key, default))
-        for key, default in schema.items() if key in value or default is not _REQUIRED
+        for key, default in schema.items()
+        if key in value or default is not _REQUIRED
     }
     if fmt == "synthetic":
         _check_synthetic(ck, source, path)
@@ -777,7 +804,9 @@ def _check_validation(ck: _Checker, value: Any) -> Any:
         return None
     if isinstance(value, dict) and "split" in value:
         if "format" in value:
-            ck.report(path, "give either split: (a fraction of the training data) or a data source with format:, not both")
+            ck.report(
+                path, "give either split: (a fraction of the training data) or a data source with format:, not both"
+            )
             return value
         _mapping(ck, value, path, ("split",))
         split = value["split"]
@@ -862,7 +891,11 @@ def _check_checkpoint(ck: _Checker, value: Any) -> dict | bool:
     """``output.checkpoint``: false (none), or {every: epoch | N steps, keep: N} (default: every epoch, keep 3)."""
     if value is False:
         return False
-    section = {} if value is None or value is True else _mapping(ck, value, "output.checkpoint", tuple(CHECKPOINT_DEFAULTS)) or {}
+    section = (
+        {}
+        if value is None or value is True
+        else _mapping(ck, value, "output.checkpoint", tuple(CHECKPOINT_DEFAULTS)) or {}
+    )
     checkpoint = {key: section.get(key, default) for key, default in CHECKPOINT_DEFAULTS.items()}
     if checkpoint["every"] != "epoch":
         _integer(ck, checkpoint["every"], "output.checkpoint.every")
@@ -924,7 +957,12 @@ def _check_sizes(ck: _Checker, data: Any, fit: dict) -> None:
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
         rows = None
     validation = data.get("validation") if isinstance(data, dict) else None
-    if rows is not None and isinstance(validation, dict) and _real(validation.get("split")) and 0 < validation["split"] < 1:
+    if (
+        rows is not None
+        and isinstance(validation, dict)
+        and _real(validation.get("split"))
+        and 0 < validation["split"] < 1
+    ):
         kept = int(math.floor(rows * (1.0 - validation["split"])))
         if kept in (0, rows):
             ck.report(
@@ -988,8 +1026,13 @@ def _validate(raw: Any, ck: _Checker, source: str | None) -> dict:
     _check_model_fits_data(ck, model, compile_, data)
     _check_sizes(ck, data, fit)
     spec = {
-        "name": name, "model": model.spec, "compile": compile_.spec, "data": data,
-        "fit": fit, "cluster": cluster, "output": output,
+        "name": name,
+        "model": model.spec,
+        "compile": compile_.spec,
+        "data": data,
+        "fit": fit,
+        "cluster": cluster,
+        "output": output,
     }
     _check_plain(ck, spec, "")
     return spec
@@ -1022,8 +1065,10 @@ def load_job(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Job:
     raw = parsed.data
     overridden, override_problems = _apply_overrides(raw, overrides)
     ck = _Checker(
-        lines=parsed.lines, overridden=overridden,
-        base_dir=os.path.dirname(os.path.abspath(source)), check_files=True,
+        lines=parsed.lines,
+        overridden=overridden,
+        base_dir=os.path.dirname(os.path.abspath(source)),
+        check_files=True,
     )
     return _finish(raw, ck, source, [*parsed.problems, *override_problems])
 
@@ -1035,7 +1080,8 @@ def job_from_dict(
     paths are taken from ``base_dir`` (default: the current directory); ``check_files=False``
     skips checking that local files exist (they need not exist where the job is only queued)."""
     ck = _Checker(
-        lines={}, overridden=set(),
+        lines={},
+        overridden=set(),
         base_dir=os.path.abspath(os.fspath(base_dir) if base_dir is not None else os.getcwd()),
         check_files=check_files,
     )
@@ -1130,8 +1176,12 @@ class Job:
         options = source.get("storage_options") or None
         if fmt == "synthetic":
             return sources.from_synthetic(
-                source["samples"], source["features"], source["classes"], seed=source["seed"],
-                separation=source["separation"], dtype=self.spec["model"]["dtype"],
+                source["samples"],
+                source["features"],
+                source["classes"],
+                seed=source["seed"],
+                separation=source["separation"],
+                dtype=self.spec["model"]["dtype"],
             )
         if fmt == "npy":
             return sources.from_npy(source["x"], options), sources.from_npy(source["y"], options)
@@ -1161,9 +1211,15 @@ class Job:
         from ..recovery import CheckpointPolicy
 
         checkpoint = self.spec["output"]["checkpoint"]
-        policy = None if checkpoint is False else CheckpointPolicy.make(self.checkpoint_dir, checkpoint["every"], checkpoint["keep"])
+        policy = (
+            None
+            if checkpoint is False
+            else CheckpointPolicy.make(self.checkpoint_dir, checkpoint["every"], checkpoint["keep"])
+        )
         fit = self.spec["fit"]
         return {
-            "checkpoints": policy, "max_restarts": fit["max_restarts"], "on_nonfinite": fit["on_nonfinite"],
+            "checkpoints": policy,
+            "max_restarts": fit["max_restarts"],
+            "on_nonfinite": fit["on_nonfinite"],
             "checkpoint_extra": {"job": spec_hash(self.spec["data"])},
         }
