@@ -51,8 +51,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .single_process import machine_record
 
@@ -561,7 +562,7 @@ def _child_single(cfg: dict) -> dict:
     import gc
     import resource
     import threading
-    import tracemalloc
+    import tracemalloc  # noqa: F401  (phase B imports it; loaded before the baseline, as before)
 
     import numpy as np
     import numpy.random  # noqa: F401  (imported lazily by NumPy 2; part of the baseline, ~2 MiB)
@@ -1439,7 +1440,7 @@ def run(quick: bool = False, **kwargs: Any) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, help=f"training rows (default {FULL['samples']}; quick {QUICK['samples']})")
-    p.add_argument("--steps", type=int, help="at least this many steps, in whole epochs (default %d)" % FULL["steps"])
+    p.add_argument("--steps", type=int, help=f"at least this many steps, in whole epochs (default {FULL['steps']})")
     p.add_argument("--workers", type=int, help="workers of the cluster part, 0 for none (default 2)")
     p.add_argument("--layers", help="widths, comma-separated (default 784,1024,1024,10)")
     p.add_argument("--batch", type=int, help="global batch (default 512)")

@@ -16,9 +16,10 @@ import json
 import math
 import operator
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PLOTS = {
     "single_process": "suite_single_process.png",

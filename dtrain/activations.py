@@ -8,7 +8,7 @@ f(z), which lets a layer keep one buffer per batch instead of two.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from .registry import resolve
 
 
-@lru_cache(maxsize=None)
+@cache
 def exp_cap(dtype) -> float:
     """Largest argument (less a margin) whose exp is finite in ``dtype``: clipping the argument
     of exp to it keeps exp from overflowing (and from warning) while changing no result that

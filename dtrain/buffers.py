@@ -9,7 +9,8 @@ used beyond that, so calling ``predict`` with many different lengths cannot pile
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -22,7 +22,8 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 # Exit codes: a finished job's state, or why the command could not do its work.
 EXIT_OK = 0  # success (a job that succeeded)

@@ -6,7 +6,8 @@ expected, so that bad input fails fast and loses nothing.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -22,8 +22,9 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -599,10 +600,9 @@ def _recoverable(exc: BaseException) -> bool:
     connection or a deadline (the step deadline of a hung rank). Not: the data, the maths
     (NaN), a cancel, Ctrl-C, or a scheduler that cannot be reached."""
     from distributed import KilledWorker
+    from distributed.comm import CommClosedError
 
     from .comm import CommError
-
-    from distributed.comm import CommClosedError
 
     if isinstance(exc, (JobCancelled, recovery.NonFiniteError, KeyboardInterrupt, SchedulerLostError)):
         return False

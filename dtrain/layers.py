@@ -234,7 +234,7 @@ class Dense(Layer):
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Dense":
+    def from_config(cls, config: dict[str, Any]) -> Dense:
         try:
             return cls(**config)
         except TypeError as exc:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import callbacks as callbacks_module
 from . import layers as layers_module
-from . import losses, metrics as metrics_module, optimizers, recovery
+from . import losses, optimizers, recovery
+from . import metrics as metrics_module
 from .backend import Backend, check_dtype, get_backend, get_default_device, host_copy, to_numpy
 from .buffers import BufferCache
 from .data import (
@@ -36,8 +38,8 @@ from .data import (
     init_rng,
     new_seed,
 )
-from .sampling import EpochSampler, ShardPlan
 from .layers import Layer, assign_weights
+from .sampling import EpochSampler, ShardPlan
 
 # Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
 # operands); the few padding elements stay zero and are never read.
@@ -64,7 +66,7 @@ class Totals:
         return np.array([self.count, self.loss, *self.metrics], dtype=np.float64)
 
     @classmethod
-    def from_array(cls, metric_names: Sequence[str], values: np.ndarray) -> "Totals":
+    def from_array(cls, metric_names: Sequence[str], values: np.ndarray) -> Totals:
         totals = cls(metric_names)
         totals.count, totals.loss, totals.metrics = (
             int(round(values[0])),
@@ -219,7 +221,7 @@ class Sequential:
         rng = init_rng(seed)
         host = np.zeros(offset, dtype=np.float64)
         for layer, fan_in, spans in plan:
-            for (start, shape), value in zip(spans, layer.initial_values(fan_in, rng)):
+            for (start, _shape), value in zip(spans, layer.initial_values(fan_in, rng)):
                 host[start : start + value.size] = value.ravel()
         self.params = xp.asarray(host.astype(dtype))
         self.grads = xp.zeros_like(self.params)
@@ -600,7 +602,7 @@ class Sequential:
         return _as_result(totals.logs(), self.metrics)
 
     # -- evaluate / predict -------------------------------------------------------------------
-    def _evaluation_totals(self, x, y, batch_size: int) -> "Totals":
+    def _evaluation_totals(self, x, y, batch_size: int) -> Totals:
         """Sums of loss and metrics over (x, y) (host arrays, already checked)."""
         totals = Totals([m.name for m in self.metrics])
         for rows in batches(len(x), batch_size):
@@ -702,7 +704,7 @@ class Sequential:
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], device: str | None = None) -> "Sequential":
+    def from_config(cls, config: dict[str, Any], device: str | None = None) -> Sequential:
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError(f"A Sequential config needs a 'layers' list, received {config!r}.")
         unknown = set(config) - {"name", "dtype", "layers"}

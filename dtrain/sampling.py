@@ -18,7 +18,7 @@ run the same number of steps however the shards are placed.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

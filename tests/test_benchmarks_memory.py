@@ -70,7 +70,7 @@ def quick():
     """One quick run without the cluster part (both optimizers), shared by the tests below."""
     result = memory.run(quick=True, workers=0)
     assert result["single_process"], result
-    for name, part in result["single_process"].items():
+    for _name, part in result["single_process"].items():
         assert "error" not in part, part.get("error")
     return result
 

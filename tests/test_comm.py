@@ -152,7 +152,7 @@ def test_reduce_scatter_then_allgather_sums_every_part_once_and_shares_it(size, 
         assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
         assert all(p.start % algorithms.PART_ALIGN == 0 or p.start == n for p in parts)
         inputs = [rank_data(rank, n, dtype) for rank in range(size)]
-        for rank, (part, source, summed, outside, gathered, reference) in enumerate(r[i] for r in results):
+        for rank, (_part, source, summed, outside, gathered, reference) in enumerate(r[i] for r in results):
             np.testing.assert_array_equal(source, inputs[rank])
             assert np.isnan(summed[outside]).all()
             if n:

@@ -213,7 +213,7 @@ def test_check_command_refuses_what_the_clis_refuse():
         ["dask", "scheduler", "--preload", "dtrain.jobs.service", "--bogus", "1"],
         ["dtrain", "submit", "job.yaml", "--schedulr", "tcp://x:8786"],
     ):
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 (argparse's SystemExit or the check's AssertionError)
             check_command(bad)
     with pytest.raises(AssertionError):
         _check_against_option_list(["tcp://x:8786", "--nthread", "1"])
@@ -849,7 +849,7 @@ def test_kubernetes_manifests_against_the_kubernetes_models():
         "PersistentVolumeClaim": "V1PersistentVolumeClaim",
     }
     seen = set()
-    for name, docs in manifests().items():
+    for _name, docs in manifests().items():
         for doc in docs:
             if doc["kind"] in models:
                 _round_trip(doc, models[doc["kind"]])

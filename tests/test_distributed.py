@@ -725,9 +725,8 @@ def test_a_sharded_step_equals_one_process_and_brings_back_the_whole_optimizer_s
 
 
 def _blas_threads_in_a_rank():
-    from threadpoolctl import threadpool_info
-
     from distributed import get_worker
+    from threadpoolctl import threadpool_info
 
     from dtrain.worker import _blas_threads
 

@@ -23,8 +23,8 @@ def test_seed_program_runs_with_only_imports_changed_and_learns():
     x_train, y_train, _ = _seed_data(2000, sample_seed=1)
 
     # ---- the program, verbatim but for the imports ----
-    from dtrain.models import Sequential
     from dtrain.layers import Dense
+    from dtrain.models import Sequential
 
     model = Sequential()
     model.add(Dense(units=64, activation="relu", input_dim=100))

@@ -7,9 +7,9 @@ import numpy as np
 from conftest import blobs, small_model
 
 from dtrain import callbacks, optimizers
-from dtrain.sampling import shard_order
 from dtrain.layers import Dense
 from dtrain.models import Sequential
+from dtrain.sampling import shard_order
 
 
 def _regression(n=70, features=5, outputs=2, seed=0):

@@ -338,8 +338,8 @@ def test_get_config_from_config_roundtrip():
     clone = Sequential.from_config(json.loads(text))
     assert clone.name == "cfg" and clone.dtype == model.dtype
     assert clone.get_config() == config
-    assert [l.name for l in clone.layers] == [l.name for l in model.layers]
-    assert [(l.units, l.activation.name, l.use_bias) for l in clone.layers] == [
+    assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
+    assert [(layer.units, layer.activation.name, layer.use_bias) for layer in clone.layers] == [
         (6, "tanh", True),
         (3, "softmax", True),
         (2, "linear", False),

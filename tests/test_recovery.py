@@ -11,14 +11,13 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import blobs, one_hot
 
 import dtrain
 from dtrain.callbacks import Callback
 from dtrain.checkpoints import list_checkpoints
 from dtrain.layers import Dense
 from dtrain.recovery import NonFiniteError
-
-from conftest import blobs, one_hot
 
 
 def make_model(dtype="float64"):

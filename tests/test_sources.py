@@ -277,7 +277,7 @@ def test_parquet_shards_read_on_workers(client2, parquet_dir, split_row_groups, 
     assert x.columns == [f"f{j}" for j in range(6)] + ["target"] and (x.row_shape, y.row_shape) == ((7,), ())
     assert (x.dtype, y.dtype) == (np.float64, np.int64)
     with pytest.raises(RuntimeError, match=r"counted by prepare\(client\)"):
-        x.n_rows
+        _ = x.n_rows
     assert x.prepare(client2) is x and y.n_rows == N  # counted once, on the cluster, for both
     assert len(x.table.lengths) == (11 if split_row_groups is True else 3)  # 4 + 2 + 5 row groups
     assert set(client2.run(x.access_check()).values()) == {None}

@@ -15,7 +15,8 @@ over the Dask path: the fallback without NCCL). The Dask-based backends need the
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .base import Aborted, CommError, Communicator, LocalCommunicator, Mailbox
 

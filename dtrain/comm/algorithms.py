@@ -132,12 +132,13 @@ def reduce_scatter_into(t: Transport, source: np.ndarray, out: np.ndarray, tag: 
         if i < len(sums):
             acc = sums[i]
 
+            # (both closures are called within this iteration, so the loop variables they read are current)
             def contribution(q: int) -> np.ndarray:
-                return own[i] if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)
+                return own[i] if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)  # noqa: B023
 
             def done_with(q: int) -> None:
                 if q != r:
-                    t.release(q, ptag)
+                    t.release(q, ptag)  # noqa: B023
 
             np.add(contribution(0), contribution(1), out=acc)  # in rank order, whoever owns the part
             done_with(0)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Hashable, Protocol, runtime_checkable
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol, runtime_checkable
 
 # How long a blocked wait sleeps before it looks at its deadline and abort flag again. Deliveries
 # and aborts notify the waiter at once; the slice only bounds how late a missed wake-up is noticed.

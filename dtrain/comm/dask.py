@@ -23,8 +23,9 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Hashable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 from distributed import WorkerPlugin, get_worker

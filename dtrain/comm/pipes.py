@@ -29,12 +29,13 @@ import select
 import stat
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import numpy as np
 
-from .base import WAIT_SLICE, Aborted, CommError, Mailbox
+from .base import Aborted, CommError, Mailbox
 from .shm import SharedRef
 
 HEADER = 4  # bytes of the frame length, little-endian

@@ -16,10 +16,10 @@ driver in its own thread. They share the table under one lock, held only for sho
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
 import threading
 import time
-import inspect
 import traceback
 import weakref
 from dataclasses import dataclass, field

@@ -28,9 +28,10 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -625,7 +626,8 @@ class _Compile:
 
 
 def _check_compile(ck: _Checker, raw: Any, model: _Model) -> _Compile:
-    from .. import losses, metrics as metrics_module, optimizers
+    from .. import losses, optimizers
+    from .. import metrics as metrics_module
 
     section = _mapping(ck, raw, "compile", COMPILE_KEYS, required=("loss",))
     if section is None:
