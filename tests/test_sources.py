@@ -29,6 +29,9 @@ from dtrain.sources import (
     from_csv,
     from_npy,
     from_parquet,
+    npz,
+    synthetic,
+    tables,
 )
 
 # dask's Parquet reader still calls reset_index(inplace=True), which pandas 3.1 deprecates
@@ -266,7 +269,7 @@ def no_reads_here(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("table partitions were read in the client process")
 
-    monkeypatch.setattr(sources, "_read_partitions", refuse)
+    monkeypatch.setattr(tables, "_read_partitions", refuse)
 
 
 @pytest.mark.parametrize("split_row_groups", [True, "infer"])
@@ -307,7 +310,7 @@ def test_csv_partitions_match_on_every_worker(client2, tmp_path, no_reads_here):
     x.prepare(client2)
     assert len(x.table.lengths) >= 6 and x.n_rows == N
     # workers open the table from (path, kwargs) and must cut the same partitions as the client
-    assert set(client2.run(lambda: sources._open_frame(x.table).npartitions).values()) == {x.table.npartitions}
+    assert set(client2.run(lambda: tables._open_frame(x.table).npartitions).values()) == {x.table.npartitions}
     check_shards(client2, x, df[["f0", "f5", "label"]].to_numpy(dtype=np.float64))
     check_shards(client2, y, df["target"].to_numpy())
 
@@ -375,7 +378,7 @@ def no_npz_reads_here(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("rows of a .npz member were read in the client process")
 
-    monkeypatch.setattr(sources, "_read_npz_rows", refuse)
+    monkeypatch.setattr(npz, "_read_npz_rows", refuse)
 
 
 def _save_npz(path, compressed: bool, **arrays) -> None:
@@ -506,7 +509,7 @@ def no_generation_here(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("synthetic rows were generated in the client process")
 
-    monkeypatch.setattr(sources._Synthetic, "rows", refuse)
+    monkeypatch.setattr(synthetic._Synthetic, "rows", refuse)
 
 
 BLOCK = sources.SYNTHETIC_BLOCK
@@ -561,7 +564,7 @@ def test_synthetic_rows_are_generated_by_each_worker(client2, no_generation_here
 
 
 def _generated_here(n: int) -> tuple[np.ndarray, np.ndarray]:
-    spec = sources._synthetic_spec(n, 6, 4, 3, 1.0, False, "float32")
+    spec = synthetic._synthetic_spec(n, 6, 4, 3, 1.0, False, "float32")
     labels = np.concatenate([spec._block(b, False)[0] for b in range(3)])[:n]
     blocks = np.concatenate([spec._block(b, True)[1] for b in range(3)])[:n]
     return blocks, labels
