@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import Array
 from .registry import resolve
 
 
@@ -32,10 +33,10 @@ class Activation:
 
     name = "activation"
 
-    def forward(self, xp, z, out):
+    def forward(self, xp: Any, z: Array, out: Array) -> None:
         raise NotImplementedError
 
-    def backward(self, xp, da, a, out, scratch):
+    def backward(self, xp: Any, da: Array, a: Array, out: Array, scratch: Array) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:

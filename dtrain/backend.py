@@ -19,6 +19,10 @@ import numpy as np
 DEVICES = ("auto", "cpu", "gpu")
 FLOAT_DTYPES = ("float32", "float64")
 
+# A NumPy or a CuPy array: the maths runs unchanged on either (through ``xp``), so it is typed by
+# what it does, not by its class. ``np.ndarray`` marks the arrays that are always on the host.
+Array = Any
+
 _default_device = os.environ.get("DTRAIN_DEVICE", "auto")
 _default_floatx = "float32"
 _cupy_probe: tuple[ModuleType | None, str | None] | None = None

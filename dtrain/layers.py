@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import activations, initializers
-from .backend import host_copy, to_numpy
+from .backend import Array, host_copy, to_numpy
 from .buffers import BufferCache
 
 _layer_ids = itertools.count()
@@ -23,7 +23,7 @@ def _positive_int(name: str, value: Any, where: str) -> int:
     return int(value)
 
 
-def assign_weights(views: list[tuple[str, Any]], values: Any, xp) -> None:
+def assign_weights(views: list[tuple[str, Array]], values: Any, xp: Any) -> None:
     """Copy ``values`` into the arrays ``views`` ([(name, array)]) after checking the count, the
     shapes and the dtypes of all of them, so that a bad call writes nothing."""
     values = list(values)
@@ -47,7 +47,28 @@ def assign_weights(views: list[tuple[str, Any]], values: Any, xp) -> None:
 
 
 class Layer:
-    """Base class: a name, a config, and the build/forward/backward lifecycle."""
+    """Base class: a name, a config, and the build/forward/backward lifecycle.
+
+    This is everything a model relies on in a layer (:class:`Dense` is the one implementation):
+
+    - attributes ``name``, ``units`` (output width), ``input_dim`` (input width: declared, or
+      set by ``bind``; None until then), ``activation`` and ``use_bias``;
+    - build: ``param_shapes(input_dim)`` and ``initial_values(input_dim, rng)`` describe the
+      weights, ``bind(xp, input_dim, params, grads)`` hands the layer views into the model's flat
+      buffers, ``built`` says whether that happened;
+    - compute: ``forward(x, training)`` and ``backward(grad, ...)``, and ``logits``, the
+      pre-activation output of the last forward pass;
+    - weights: ``weight_views()``, ``get_weights()`` and ``set_weights(weights)``;
+    - config: ``get_config()`` and the classmethod ``from_config(config)``.
+    """
+
+    default_name = "layer"
+
+    name: str
+    units: int
+    input_dim: int | None
+    activation: activations.Activation
+    use_bias: bool
 
     def __init__(self, name: str | None = None):
         if name is None:
@@ -57,7 +78,61 @@ class Layer:
             raise ValueError(f"Expected a non-empty string for name, received name={name!r}.")
         self.name = name
 
-    default_name = "layer"
+    # -- build --------------------------------------------------------------------------------
+    def param_shapes(self, input_dim: int) -> list[tuple[str, tuple[int, ...]]]:
+        """[(name, shape)] of the weights for inputs of width ``input_dim``, in Keras order."""
+        raise NotImplementedError
+
+    def initial_values(self, input_dim: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Float64 host arrays in ``param_shapes`` order, drawn from ``rng`` in a fixed order."""
+        raise NotImplementedError
+
+    def bind(self, xp: Any, input_dim: int, params: list[Array], grads: list[Array]) -> None:
+        """Take views into the model's flat parameter and gradient buffers (``param_shapes`` order)."""
+        raise NotImplementedError
+
+    @property
+    def built(self) -> bool:
+        """Whether ``bind`` gave the layer its weights."""
+        raise NotImplementedError
+
+    # -- compute ------------------------------------------------------------------------------
+    def forward(self, x: Array, training: bool = False) -> Array:
+        """The layer's output for ``x``; with ``training``, keep what ``backward`` needs."""
+        raise NotImplementedError
+
+    @property
+    def logits(self) -> Array | None:
+        """Pre-activation output of the last forward pass (None before one)."""
+        raise NotImplementedError
+
+    def backward(self, grad: Array, *, grad_is_logits: bool = False, need_input_grad: bool = True) -> Array | None:
+        """Fill the weight gradients from dL/d(output) (or dL/d(logits) with ``grad_is_logits``);
+        return dL/dx, or None when ``need_input_grad`` is False."""
+        raise NotImplementedError
+
+    # -- weights ------------------------------------------------------------------------------
+    def weight_views(self) -> list[tuple[str, Array]]:
+        """[(name, array)] of the weights (views into the model's buffer); [] before ``bind``."""
+        raise NotImplementedError
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of the weights as NumPy arrays, ``weight_views`` order."""
+        raise NotImplementedError
+
+    def set_weights(self, weights: Any) -> None:
+        """Replace the weights from arrays in ``get_weights()`` order and shapes."""
+        raise NotImplementedError
+
+    # -- config -------------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Plain JSON-able arguments from which ``from_config`` rebuilds the layer."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Layer:
+        """A new layer from ``get_config()``'s result."""
+        raise NotImplementedError
 
 
 class Dense(Layer):
@@ -69,6 +144,18 @@ class Dense(Layer):
     """
 
     default_name = "dense"
+
+    kernel_initializer: initializers.Initializer
+    bias_initializer: initializers.Initializer
+    # Views into the model's flat parameter and gradient buffers: None until bind().
+    kernel: Array
+    bias: Array
+    kernel_grad: Array
+    bias_grad: Array
+    _xp: Any  # the array module (numpy or cupy) of the model: None until bind()
+    _x: Array  # kept by forward(training=True) for backward: the input, ...
+    _z: Array  # ... the logits ...
+    _a: Array  # ... and the output (None before the first forward)
 
     def __init__(
         self,
@@ -96,7 +183,7 @@ class Dense(Layer):
         self._x = self._z = self._a = None  # kept by forward(training=True) for backward
 
     @staticmethod
-    def _resolve_input_dim(input_dim, input_shape) -> int | None:
+    def _resolve_input_dim(input_dim: Any, input_shape: Any) -> int | None:
         if input_shape is not None:
             shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else (input_shape,)
             if len(shape) != 1:
@@ -114,7 +201,7 @@ class Dense(Layer):
 
     # -- build: shapes, initial values, binding to the model's flat buffers --------------------
     def param_shapes(self, input_dim: int) -> list[tuple[str, tuple[int, ...]]]:
-        shapes = [("kernel", (input_dim, self.units))]
+        shapes: list[tuple[str, tuple[int, ...]]] = [("kernel", (input_dim, self.units))]
         if self.use_bias:
             shapes.append(("bias", (self.units,)))
         return shapes
@@ -126,7 +213,7 @@ class Dense(Layer):
             values.append(self.bias_initializer((self.units,), rng))
         return values
 
-    def bind(self, xp, input_dim: int, params: list[Any], grads: list[Any]) -> None:
+    def bind(self, xp: Any, input_dim: int, params: list[Array], grads: list[Array]) -> None:
         """Take views into the model's flat parameter and gradient buffers."""
         self._xp = xp
         self.input_dim = input_dim
@@ -140,12 +227,12 @@ class Dense(Layer):
         return self.kernel is not None
 
     # -- compute ------------------------------------------------------------------------------
-    def _buffers_for(self, n: int, need_dx: bool):
+    def _buffers_for(self, n: int, need_dx: bool) -> tuple[Array, Array, Array]:
         """Output and gradient buffers for a batch of n rows, allocated once per batch size,
         so that steady-state training allocates no arrays."""
         xp, dtype = self._xp, self.kernel.dtype
 
-        def outputs():
+        def outputs() -> tuple[Array, Array, Array]:
             z = xp.empty((n, self.units), dtype)
             a = z if isinstance(self.activation, activations.Linear) else xp.empty((n, self.units), dtype)
             return (z, a, None)
@@ -155,7 +242,7 @@ class Dense(Layer):
             buffers = self._buffers.put(n, (buffers[0], buffers[1], xp.empty((n, self.input_dim), dtype)))
         return buffers
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         """Return ``activation(x @ kernel + bias)``; with ``training`` keep x for backward.
 
         The returned array is a buffer owned by the layer: it is overwritten by the next call
@@ -173,11 +260,11 @@ class Dense(Layer):
         return a
 
     @property
-    def logits(self):
+    def logits(self) -> Array | None:
         """Pre-activation output of the last forward pass."""
         return self._z
 
-    def backward(self, grad, *, grad_is_logits: bool = False, need_input_grad: bool = True):
+    def backward(self, grad: Array, *, grad_is_logits: bool = False, need_input_grad: bool = True) -> Array | None:
         """Fill kernel_grad and bias_grad from dL/da (or dL/dz with ``grad_is_logits``).
 
         ``grad`` may be overwritten. Returns dL/dx, or None when ``need_input_grad`` is False
@@ -200,7 +287,7 @@ class Dense(Layer):
         return dx
 
     # -- weights ------------------------------------------------------------------------------
-    def weight_views(self) -> list[tuple[str, Any]]:
+    def weight_views(self) -> list[tuple[str, Array]]:
         """[(name, array)] of this layer's weights (views into the model's buffer), Keras order."""
         if not self.built:
             return []

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import host_copy
+from .backend import Array, host_copy
 from .registry import resolve
 
 
@@ -58,11 +58,11 @@ class Optimizer:
     def __init__(self, learning_rate: float):
         self.learning_rate = _positive("learning_rate", learning_rate)
         self.iterations = 0
-        self.slots: dict[str, Any] = {}
-        self._scratch = None
-        self._xp = None
+        self.slots: dict[str, Array] = {}
+        self._scratch: Array = None  # None until build()
+        self._xp: Any = None  # the array module (numpy or cupy) of the parameters: None until build()
 
-    def build(self, xp, params) -> None:
+    def build(self, xp: Any, params: Array) -> None:
         """Fresh state for ``params``: zero slots and step count 0 (a step count kept from
         earlier training with zeroed slots would apply the wrong bias correction)."""
         self._xp = xp
@@ -74,7 +74,7 @@ class Optimizer:
     def built(self) -> bool:
         return self._scratch is not None
 
-    def apply(self, params, grads, part: slice = slice(None)) -> None:
+    def apply(self, params: Array, grads: Array, part: slice = slice(None)) -> None:
         """One step: ``params`` updated in place from ``grads``. With ``part``, only that part of
         the flat buffers (and of the state) is updated, as one rank's share of a sharded step:
         the update is elementwise, so the parts together give the bits of the whole."""
@@ -84,7 +84,7 @@ class Optimizer:
         slots = {name: slot[part] for name, slot in self.slots.items()}
         self._update(self._xp, params[part], grads[part], self._scratch[part], slots)
 
-    def _update(self, xp, w, g, s, slots) -> None:
+    def _update(self, xp: Any, w: Array, g: Array, s: Array, slots: dict[str, Array]) -> None:
         """Update ``w`` in place from ``g``, with ``s`` as scratch and ``slots`` the state (views of
         the same part)."""
         raise NotImplementedError

@@ -24,7 +24,7 @@ def resolve(
     identifier: Any,
     registry: Mapping[str, Callable[..., T]],
     kind: str,
-    base: type,
+    base: type[T],
     known: Iterable[str] | None = None,
 ) -> T:
     """Turn ``identifier`` into an instance of ``base``.
