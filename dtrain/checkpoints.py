@@ -472,7 +472,7 @@ def _read_manifest(store: Location, name: str) -> dict:
         ("meta", dict),
     ):
         value = manifest.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             raise _Bad(
                 where, f"the manifest's {key} is {value!r}, expected a {'whole number >= 0' if kind is int else 'dict'}"
             )

@@ -19,6 +19,7 @@ A value you set yourself (Dask config file or environment) is left alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 TRAINING_DASK_CONFIG: dict[str, Any] = {"distributed.admin.tick.interval": "1s"}
@@ -38,7 +39,7 @@ def training_config() -> dict[str, Any]:
     }
 
 
-def training_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+def training_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment variables for Dask processes: the training settings not already in ``environ``."""
     environ = os.environ if environ is None else environ
     return {_env_name(key): str(value) for key, value in TRAINING_DASK_CONFIG.items() if _env_name(key) not in environ}

@@ -7,7 +7,7 @@ expected, so that bad input fails fast and loses nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -19,7 +19,9 @@ INIT_STREAM, SHUFFLE_STREAM = 0, 1  # independent random streams derived from on
 
 def new_seed() -> int:
     """A fresh random seed (recorded so that an unseeded run can be repeated)."""
-    return int(np.random.SeedSequence().entropy % (2**63))
+    # Without an argument SeedSequence draws its entropy from the OS: always an int (the stubs
+    # allow the sequence or None that a caller may pass).
+    return int(cast(int, np.random.SeedSequence().entropy) % (2**63))
 
 
 def check_seed(seed: Any) -> int | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 
 class Location:
@@ -37,7 +38,9 @@ class Location:
         self.text = text
         self.durable = durable
         self.is_url = "://" in text
-        self.fs = None
+        # fsspec has no type information: an AbstractFileSystem where is_url, else None (every
+        # use below is behind an is_url check).
+        self.fs: Any = None
         if self.is_url:
             from fsspec.core import url_to_fs  # fsspec only when a URL needs it
 

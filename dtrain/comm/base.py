@@ -50,7 +50,8 @@ class Communicator(Protocol):
         """``out`` = the sum over all ranks of ``array`` (same size and dtype); ``array`` is left as
         it was. With ``array`` from :meth:`shared_array`, the peers read it where it is, uncopied."""
 
-    has_reduce_scatter: bool  # whether the next two exist (not on the GPU communicators yet)
+    # Whether the next two work (not on the GPU communicators yet: theirs raise NotImplementedError).
+    has_reduce_scatter: bool
 
     def reduce_scatter_into(self, array: Any, out: Any) -> slice:
         """``out[part]`` = the sum over all ranks of ``array[part]`` for this rank's ``part`` of the
@@ -282,4 +283,5 @@ class Mailbox:
                         self._waiting_on_reader -= 1
                 if not quiet or check is None:
                     continue
-            check()
+            if check is not None:  # always so here: a quiet slice breaks out only with a check
+                check()

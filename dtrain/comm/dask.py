@@ -280,7 +280,9 @@ class _DaskTransport:
     def __init__(self, worker: Worker, box: Mailbox, job_id: str, rank: int, peers: list[str], timeout: float):
         self.worker, self.box, self.job_id = worker, box, job_id
         self.rank, self.size, self.peers, self.timeout = rank, len(peers), peers, timeout
-        self.loop = worker.loop.asyncio_loop
+        # The worker's tornado IOLoop is an AsyncIOLoop (tornado 6 has no other kind), which
+        # tornado's base IOLoop type does not say.
+        self.loop = worker.loop.asyncio_loop  # type: ignore[attr-defined]
         self._pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
         self.shared_peers: set[int] = set()  # peers that read this rank's large arrays from shared memory
         self._slots: dict[int, list[_Slot]] = {}
@@ -445,8 +447,8 @@ class _DaskTransport:
                     probe = inbound = None
             sent = []
             for p in local:
-                offer = None
-                if probe is not None:
+                offer: dict[str, Any] | None = None
+                if probe is not None and inbound is not None:  # made together: both or neither
                     offer = {"segment": probe.ref(np.dtype(np.uint8), 0, -1, 0).to_msg(), "pipe": inbound.write_end(p)}
                 sent.append(self._post(p, "shm.hello", data=offer))
             for p in local:
@@ -617,6 +619,7 @@ class DaskCommunicator(TransportCommunicator):
     """
 
     name = "dask"
+    _transport: _DaskTransport  # what TransportCommunicator holds as a Transport, with its extras
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ import importlib
 import threading
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -174,6 +174,12 @@ class NcclCommunicator:
     def shared_array(self, size: int, dtype: Any) -> None:
         return None
 
+    def reduce_scatter_into(self, array: Any, out: Any) -> slice:
+        _no_sharding(self.name, "reduce_scatter_into")
+
+    def allgather(self, array: Any) -> None:
+        _no_sharding(self.name, "allgather")
+
     def broadcast(self, array: Any, root: int = 0) -> None:
         if not isinstance(root, int) or not 0 <= root < self.size:
             raise ValueError(f"root={root!r} is not a rank: expected an integer in [0, {self.size}).")
@@ -317,6 +323,12 @@ class HostStagedCommunicator:
     def shared_array(self, size: int, dtype: Any) -> None:
         return None  # the GPU's buffers are staged through host memory anyway
 
+    def reduce_scatter_into(self, array: Any, out: Any) -> slice:
+        _no_sharding(self.name, "reduce_scatter_into")
+
+    def allgather(self, array: Any) -> None:
+        _no_sharding(self.name, "allgather")
+
     def broadcast(self, array: Any, root: int = 0) -> None:
         if isinstance(array, np.ndarray):
             return self.inner.broadcast(array, root)
@@ -356,6 +368,15 @@ class HostStagedCommunicator:
 
     def __repr__(self) -> str:
         return f"<HostStagedCommunicator over {self.inner!r}>"
+
+
+def _no_sharding(name: str, method: str) -> NoReturn:
+    """The sharded step's collectives: the GPU communicators declare them, as every
+    :class:`Communicator` does, but do not have them yet (``has_reduce_scatter`` is False, so
+    the training loop never calls them)."""
+    raise NotImplementedError(
+        f"The {name!r} communicator has no {method} (has_reduce_scatter is False): sum whole buffers with allreduce_into."
+    )
 
 
 def _pinned_bytes(nbytes: int) -> np.ndarray:
