@@ -1,4 +1,4 @@
-"""The ``dtrain`` command line.
+"""The ``dtrain`` command line (click, like Dask's own; also ``dask dtrain ...``).
 
     dtrain demo [--epochs 5] [--samples 4000] [--workers 2] [--device auto] [--save model.safetensors]
     dtrain validate JOB [--set key.path=value ...]
@@ -11,19 +11,25 @@
 Every command but demo's progress takes --json and then prints exactly one JSON document on
 stdout. Errors print one line on stderr (an invalid job: one line per problem) and exit
 non-zero (add --verbose for the traceback); the codes are below.
+
+The same group of commands is Dask's ``dask dtrain`` (the ``dask_cli`` entry point names
+:data:`cli`). Only click is imported here: Dask, NumPy and the training modules are imported
+by the commands that use them.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 # Exit codes: a finished job's state, or why the command could not do its work.
 EXIT_OK = 0  # success (a job that succeeded)
@@ -34,163 +40,29 @@ EXIT_CANCELLED = 4  # the job was cancelled
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= ``minimum``, with a one-line error naming ``what``."""
+class _IntAtLeast(click.ParamType):
+    """An integer >= ``minimum``, with a one-line error naming ``what``."""
 
-    def parse(text: str) -> int:
+    name = "integer"
+
+    def __init__(self, minimum: int, what: str):
+        self.minimum, self.what = minimum, what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, received {text!r}")
-        return value
-
-    return parse
+            number = int(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < self.minimum:
+            self.fail(f"expected a {self.what} integer, received {value!r}", param, ctx)
+        return number
 
 
-_positive_int = _int_at_least(1, "positive")
-_non_negative_int = _int_at_least(0, "non-negative")
+_positive_int = _IntAtLeast(1, "positive")
+_non_negative_int = _IntAtLeast(0, "non-negative")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="dtrain",
-        description="Train dense neural networks with a Keras-style API, on one machine or a Dask cluster.",
-    )
-    parser.add_argument("--version", action="version", version=f"dtrain {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    demo = commands.add_parser(
-        "demo",
-        help="train the seed network (100 inputs, 64 relu, 10 softmax) on generated data",
-        description="Train the seed network (Dense 64 relu -> Dense 10 softmax, SGD) on seeded "
-        "generated data, data-parallel on an embedded local Dask cluster (--workers 0: in this "
-        "process), then report held-out accuracy.",
-    )
-    demo.add_argument("--epochs", type=_positive_int, default=5)
-    demo.add_argument("--samples", type=_positive_int, default=4000, help="generated samples (20%% held out)")
-    demo.add_argument("--batch-size", type=_positive_int, default=32, help="global batch per step (default: 32)")
-    demo.add_argument(
-        "--workers",
-        type=_non_negative_int,
-        default=2,
-        help="worker processes of the embedded local Dask cluster (default: 2; 0: train in this process)",
-    )
-    demo.add_argument("--optimizer", default="sgd", help="sgd, adam or rmsprop (default: sgd)")
-    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--save", metavar="PATH", help="save the trained model to PATH (safetensors)")
-    demo.add_argument("--json", action="store_true", help="print one JSON document on stdout, no progress")
-
-    # Options every job command takes, after its name (``dtrain status ID --json --verbose``).
-    # (SUPPRESS: the subcommand's copy of --verbose must not reset a `dtrain --verbose CMD`.)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
-    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
-    overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a value of the job file (repeatable), e.g. --set fit.epochs=3",
-    )
-    scheduler = argparse.ArgumentParser(add_help=False)
-    scheduler.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="the Dask scheduler, e.g. tcp://host:8786 (default: $DTRAIN_SCHEDULER, then Dask's scheduler-address)",
-    )
-    scheduler.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to try reaching the scheduler (default: 10)",
-    )
-
-    validate = commands.add_parser(
-        "validate",
-        parents=[common, overrides],
-        help="check a job file without running it",
-        description="Check a job file (and its --set overrides) without running it: every problem is reported "
-        "with its key path and line.",
-    )
-    validate.add_argument("job", metavar="JOB", help="the job file (YAML or JSON)")
-
-    run = commands.add_parser(
-        "run",
-        parents=[common, overrides],
-        help="run a job file on an embedded local Dask cluster",
-        description="Run a job on a local Dask cluster started for it (CPU worker processes, or one worker per GPU "
-        "with the gpu extra), show its progress, print a summary and write its outputs.",
-    )
-    run.add_argument("job", metavar="JOB", help="the job file (YAML or JSON)")
-    run.add_argument(
-        "--workers",
-        type=_positive_int,
-        help="worker processes (default: the job's cluster.workers if a count, else one per CPU core or GPU)",
-    )
-
-    submit = commands.add_parser(
-        "submit",
-        parents=[common, overrides, scheduler],
-        help="run a job file on a Dask cluster",
-        description="Submit a job to the dtrain job service of a Dask scheduler and follow it (--detach: print the "
-        "job id and return; the job keeps running).",
-    )
-    submit.add_argument("job", metavar="JOB", help="the job file (YAML or JSON)")
-    submit.add_argument("--detach", action="store_true", help="return once the job is queued")
-
-    resume = commands.add_parser(
-        "resume",
-        parents=[common, overrides],
-        help="continue a job from its latest checkpoint",
-        description="Continue a job from the latest good checkpoint in its output location (its job file is "
-        "there too): on an embedded local cluster, or with --scheduler on a Dask cluster. The final weights "
-        "equal those of an uninterrupted run.",
-    )
-    resume.add_argument("output", metavar="OUTPUT", help="the job's output location (output.dir)")
-    resume.add_argument(
-        "--scheduler", metavar="ADDRESS", help="run it on this Dask scheduler (default: a local cluster)"
-    )
-    resume.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
-    resume.add_argument("--workers", type=_positive_int, help="local worker processes (without --scheduler)")
-    resume.add_argument("--detach", action="store_true", help="with --scheduler: return once the job is queued")
-
-    for name, text in (("status", "show a job's state and progress"), ("cancel", "cancel a queued or running job")):
-        command = commands.add_parser(
-            name, parents=[common, scheduler], help=text, description=text[0].upper() + text[1:] + "."
-        )
-        command.add_argument("job_id", metavar="JOB_ID")
-    logs = commands.add_parser(
-        "logs", parents=[common, scheduler], help="print a job's log", description="Print a job's log."
-    )
-    logs.add_argument("job_id", metavar="JOB_ID")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job has ended")
-    commands.add_parser(
-        "list",
-        parents=[common, scheduler],
-        help="list the jobs of a scheduler",
-        description="List the jobs of a scheduler.",
-    )
-
-    report = commands.add_parser(
-        "report",
-        parents=[common],
-        help="summarise a job's outputs",
-        description="Summarise a finished job from its output location (a directory or fsspec URL).",
-    )
-    report.add_argument("output", metavar="OUTPUT")
-    return parser
-
-
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: SimpleNamespace) -> int:
     from .datasets import make_classification
     from .layers import Dense
     from .models import Sequential
@@ -249,13 +121,13 @@ def _demo(args: argparse.Namespace) -> int:
 # -- job commands ---------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace):
+def _load(args: SimpleNamespace):
     from .jobs.spec import load_job
 
     return load_job(args.job, args.overrides)
 
 
-def _validate(args: argparse.Namespace) -> int:
+def _validate(args: SimpleNamespace) -> int:
     job = _load(args)
     if args.json:
         _print_json({"valid": True, "job": job.to_dict()})
@@ -269,11 +141,11 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: SimpleNamespace) -> int:
     return _run_locally(_load(args), args, resume=False)
 
 
-def _run_locally(job, args: argparse.Namespace, resume: bool) -> int:
+def _run_locally(job, args: SimpleNamespace, resume: bool) -> int:
     """The job on a local cluster of its own: every worker of it is the job's."""
     if isinstance(job.workers, list):
         raise _UsageError(
@@ -290,7 +162,7 @@ def _run_locally(job, args: argparse.Namespace, resume: bool) -> int:
         return _follow(jobs, record, args)
 
 
-def _resume(args: argparse.Namespace) -> int:
+def _resume(args: SimpleNamespace) -> int:
     import tempfile
 
     from .jobs.outputs import read_job_file
@@ -307,13 +179,13 @@ def _resume(args: argparse.Namespace) -> int:
         return _submitted(jobs, jobs.submit(job, resume=True), args)
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _submit(args: SimpleNamespace) -> int:
     job = _load(args)
     with _jobs_client(args) as jobs:
         return _submitted(jobs, jobs.submit(job), args)
 
 
-def _submitted(jobs, record: dict, args: argparse.Namespace) -> int:
+def _submitted(jobs, record: dict, args: SimpleNamespace) -> int:
     """A job just queued: print its id and return (--detach), or follow it to the end."""
     if not args.detach:
         return _follow(jobs, record, args)
@@ -325,7 +197,7 @@ def _submitted(jobs, record: dict, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status(args: argparse.Namespace) -> int:
+def _status(args: SimpleNamespace) -> int:
     with _jobs_client(args) as jobs:
         record = jobs.status(args.job_id)
     if args.json:
@@ -335,7 +207,7 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cancel(args: argparse.Namespace) -> int:
+def _cancel(args: SimpleNamespace) -> int:
     with _jobs_client(args) as jobs:
         record = jobs.cancel(args.job_id)
         if record["state"] == "running":  # give the ranks their moment to stop, so "cancelled" is true
@@ -352,7 +224,7 @@ def _cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _logs(args: argparse.Namespace) -> int:
+def _logs(args: SimpleNamespace) -> int:
     with _jobs_client(args) as jobs:
         lines: list[dict] = []
         since, state = 0, None
@@ -371,7 +243,7 @@ def _logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _list(args: argparse.Namespace) -> int:
+def _list(args: SimpleNamespace) -> int:
     with _jobs_client(args) as jobs:
         records = jobs.list()
     if args.json:
@@ -398,7 +270,7 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(args: argparse.Namespace) -> int:
+def _report(args: SimpleNamespace) -> int:
     from .jobs.outputs import format_summary, read_summary
 
     summary = read_summary(args.output)
@@ -412,7 +284,7 @@ def _report(args: argparse.Namespace) -> int:
 # -- following a job --------------------------------------------------------------------------------
 
 
-def _follow(jobs, record: dict, args: argparse.Namespace) -> int:
+def _follow(jobs, record: dict, args: SimpleNamespace) -> int:
     """Until the job ends: its log lines and a progress bar (not with --json); then the summary.
     Ctrl-C cancels the job (use submit --detach to leave one running)."""
     job_id = record["job_id"]
@@ -547,7 +419,7 @@ class _UsageError(ValueError):
 
 
 @contextlib.contextmanager
-def _jobs_client(args: argparse.Namespace):
+def _jobs_client(args: SimpleNamespace):
     from .jobs.client import JobsClient
 
     with JobsClient(args.scheduler, timeout=args.connect_timeout) as jobs:
@@ -611,27 +483,292 @@ def _local_client(workers: int, device: str = "cpu"):
         yield client
 
 
-HANDLERS = {
-    "demo": _demo,
-    "validate": _validate,
-    "run": _run,
-    "submit": _submit,
-    "resume": _resume,
-    "status": _status,
-    "logs": _logs,
-    "cancel": _cancel,
-    "list": _list,
-    "report": _report,
-}
+# -- the commands -----------------------------------------------------------------------------------
+
+_CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 88}  # as `dask`'s
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
-    if not getattr(args, "verbose", False) and args.command not in ("validate", "report"):
+def _expand_prefixes(command: click.Command, ctx: click.Context, args: list[str], options_first: bool) -> list[str]:
+    """A unique prefix of a long option stands for it (``--sched`` for ``--scheduler``), as
+    argparse allowed. ``options_first``: the group's options, which end at its command's name."""
+    names = [
+        name for param in command.get_params(ctx) for name in (*param.opts, *param.secondary_opts) if name[:2] == "--"
+    ]
+    expanded: list[str] = []
+    for i, token in enumerate(args):
+        if token == "--" or (options_first and not token.startswith("-")):
+            return expanded + args[i:]
+        if token[:2] == "--":
+            name, equals, value = token.partition("=")
+            matches = [known for known in names if known.startswith(name)]
+            if name not in names and len(matches) == 1:
+                token = matches[0] + equals + value
+        expanded.append(token)
+    return expanded
+
+
+class _Argument(click.Argument):
+    """A positional argument with a line of help (click's own ``help`` needs click 8.5)."""
+
+    def __init__(self, name: str, metavar: str, help: str = ""):
+        super().__init__([name], metavar=metavar)
+        self.argument_help = help
+
+
+class _Command(click.Command):
+    """A dtrain command: its help lists its positional arguments, and it takes option prefixes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _expand_prefixes(self, ctx, args, options_first=False))
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(p.human_readable_name, p.argument_help) for p in self.params if isinstance(p, _Argument)]
+        if rows:
+            with formatter.section("Positional arguments"):
+                formatter.write_dl(rows)
+        super().format_options(ctx, formatter)
+
+
+class _Group(click.Group):
+    """The ``dtrain`` group: its commands listed in the order they are added, not sorted."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _expand_prefixes(self, ctx, args, options_first=True))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from . import __version__
+
+    click.echo(f"dtrain {__version__}")
+    ctx.exit(EXIT_OK)
+
+
+@click.group(
+    "dtrain",
+    cls=_Group,
+    invoke_without_command=True,
+    context_settings=_CONTEXT_SETTINGS,
+    help="Train dense neural networks with a Keras-style API, on one machine or a Dask cluster.",
+    short_help="Train dense neural networks on one machine or a Dask cluster (dtrain).",
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="show program's version number and exit",
+)
+@click.option("--verbose", is_flag=True, help="show tracebacks on errors")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    if ctx.invoked_subcommand is None:  # `dtrain` alone: the help, and a usage error's status
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
+
+
+# Options every job command takes, after its name (``dtrain status ID --json --verbose``).
+def _common() -> list[click.Parameter]:
+    return [
+        click.Option(["--json"], is_flag=True, help="print exactly one JSON document on stdout"),
+        click.Option(["--verbose"], is_flag=True, help="show tracebacks on errors"),
+    ]
+
+
+def _overrides() -> list[click.Parameter]:
+    return [
+        click.Option(
+            ["--set", "overrides"],
+            multiple=True,
+            metavar="KEY.PATH=VALUE",
+            help="override a value of the job file (repeatable), e.g. --set fit.epochs=3",
+        )
+    ]
+
+
+def _scheduler() -> list[click.Parameter]:
+    return [
+        click.Option(
+            ["--scheduler"],
+            metavar="ADDRESS",
+            help="the Dask scheduler, e.g. tcp://host:8786 (default: $DTRAIN_SCHEDULER, then Dask's scheduler-address)",
+        ),
+        click.Option(
+            ["--connect-timeout"],
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="how long to try reaching the scheduler (default: 10)",
+        ),
+    ]
+
+
+def _job() -> list[click.Parameter]:
+    return [_Argument("job", "JOB", "the job file (YAML or JSON)")]
+
+
+def _add(name: str, handler: Callable[[SimpleNamespace], int], short_help: str, help: str, params: list) -> None:
+    """``dtrain NAME``: ``handler`` runs with the parsed parameters as attributes of one object."""
+
+    def callback(**values: Any) -> Any:
+        return _invoke(click.get_current_context(), name, handler, values)
+
+    cli.add_command(
+        _Command(
+            name, callback=callback, params=params, help=help, short_help=short_help, context_settings=_CONTEXT_SETTINGS
+        )
+    )
+
+
+_add(
+    "demo",
+    _demo,
+    "train the seed network (100 inputs, 64 relu, 10 softmax) on generated data",
+    "Train the seed network (Dense 64 relu -> Dense 10 softmax, SGD) on seeded generated data, data-parallel on an "
+    "embedded local Dask cluster (--workers 0: in this process), then report held-out accuracy.",
+    [
+        click.Option(["--epochs"], type=_positive_int, default=5, metavar="EPOCHS"),
+        click.Option(
+            ["--samples"], type=_positive_int, default=4000, metavar="SAMPLES", help="generated samples (20% held out)"
+        ),
+        click.Option(
+            ["--batch-size"],
+            type=_positive_int,
+            default=32,
+            metavar="BATCH_SIZE",
+            help="global batch per step (default: 32)",
+        ),
+        click.Option(
+            ["--workers"],
+            type=_non_negative_int,
+            default=2,
+            metavar="WORKERS",
+            help="worker processes of the embedded local Dask cluster (default: 2; 0: train in this process)",
+        ),
+        click.Option(["--optimizer"], default="sgd", metavar="OPTIMIZER", help="sgd, adam or rmsprop (default: sgd)"),
+        click.Option(["--device"], type=click.Choice(["auto", "cpu", "gpu"]), default="auto", metavar="{auto,cpu,gpu}"),
+        click.Option(["--seed"], type=int, default=0, metavar="SEED"),
+        click.Option(["--save"], metavar="PATH", help="save the trained model to PATH (safetensors)"),
+        click.Option(["--json"], is_flag=True, help="print one JSON document on stdout, no progress"),
+    ],
+)
+_add(
+    "validate",
+    _validate,
+    "check a job file without running it",
+    "Check a job file (and its --set overrides) without running it: every problem is reported with its key path "
+    "and line.",
+    [*_common(), *_overrides(), *_job()],
+)
+_add(
+    "run",
+    _run,
+    "run a job file on an embedded local Dask cluster",
+    "Run a job on a local Dask cluster started for it (CPU worker processes, or one worker per GPU with the gpu "
+    "extra), show its progress, print a summary and write its outputs.",
+    [
+        *_common(),
+        *_overrides(),
+        *_job(),
+        click.Option(
+            ["--workers"],
+            type=_positive_int,
+            metavar="WORKERS",
+            help="worker processes (default: the job's cluster.workers if a count, else one per CPU core or GPU)",
+        ),
+    ],
+)
+_add(
+    "submit",
+    _submit,
+    "run a job file on a Dask cluster",
+    "Submit a job to the dtrain job service of a Dask scheduler and follow it (--detach: print the job id and "
+    "return; the job keeps running).",
+    [
+        *_common(),
+        *_overrides(),
+        *_scheduler(),
+        *_job(),
+        click.Option(["--detach"], is_flag=True, help="return once the job is queued"),
+    ],
+)
+_add(
+    "resume",
+    _resume,
+    "continue a job from its latest checkpoint",
+    "Continue a job from the latest good checkpoint in its output location (its job file is there too): on an "
+    "embedded local cluster, or with --scheduler on a Dask cluster. The final weights equal those of an "
+    "uninterrupted run.",
+    [
+        *_common(),
+        *_overrides(),
+        _Argument("output", "OUTPUT", "the job's output location (output.dir)"),
+        click.Option(
+            ["--scheduler"], metavar="ADDRESS", help="run it on this Dask scheduler (default: a local cluster)"
+        ),
+        click.Option(["--connect-timeout"], type=float, default=10.0, metavar="SECONDS"),
+        click.Option(
+            ["--workers"], type=_positive_int, metavar="WORKERS", help="local worker processes (without --scheduler)"
+        ),
+        click.Option(["--detach"], is_flag=True, help="with --scheduler: return once the job is queued"),
+    ],
+)
+for _name, _handler, _text in (
+    ("status", _status, "show a job's state and progress"),
+    ("cancel", _cancel, "cancel a queued or running job"),
+):
+    _add(
+        _name,
+        _handler,
+        _text,
+        _text[0].upper() + _text[1:] + ".",
+        [*_common(), *_scheduler(), _Argument("job_id", "JOB_ID")],
+    )
+_add(
+    "logs",
+    _logs,
+    "print a job's log",
+    "Print a job's log.",
+    [
+        *_common(),
+        *_scheduler(),
+        _Argument("job_id", "JOB_ID"),
+        click.Option(["--follow", "-f"], is_flag=True, help="keep printing until the job has ended"),
+    ],
+)
+_add("list", _list, "list the jobs of a scheduler", "List the jobs of a scheduler.", [*_common(), *_scheduler()])
+_add(
+    "report",
+    _report,
+    "summarise a job's outputs",
+    "Summarise a finished job from its output location (a directory or fsspec URL).",
+    [*_common(), _Argument("output", "OUTPUT")],
+)
+
+
+class _DryRun:
+    """``ctx.obj`` of :func:`_parse`: the commands return their parameters instead of running."""
+
+
+def _invoke(ctx: click.Context, name: str, handler: Callable[[SimpleNamespace], int], values: dict) -> Any:
+    args = SimpleNamespace(command=name, **values)
+    # `dtrain --verbose CMD` or `dtrain CMD --verbose` (demo: only the first)
+    args.verbose = bool(values.get("verbose")) or bool(ctx.parent is not None and ctx.parent.params.get("verbose"))
+    if "overrides" in values:
+        args.overrides = list(values["overrides"])
+    if isinstance(ctx.obj, _DryRun):
+        return vars(args)
+    ctx.exit(_execute(handler, args))
+
+
+def _execute(handler: Callable[[SimpleNamespace], int], args: SimpleNamespace) -> int:
+    """The command's work, and its errors as one line on stderr (and the JSON document with --json)."""
+    if not args.verbose and args.command not in ("validate", "report"):
         # Dask logs its own view of a failure (a lost scheduler: reconnect tracebacks) on
         # stderr; the CLI's one line says what happened and what to do.
         import logging
@@ -641,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ["distributed", *[n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]]:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        return HANDLERS[args.command](args)
+        return handler(args)
     except KeyboardInterrupt:
         print("dtrain: interrupted", file=sys.stderr)
         return _error(args, "interrupted", EXIT_INTERRUPTED)
@@ -649,11 +786,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as exc:  # one line for users (one per problem for an invalid job); the traceback with --verbose
-        if getattr(args, "verbose", False):
+        if args.verbose:
             traceback.print_exc()
         code, message = _classify(exc)
         print(f"dtrain {args.command}: error: {message}", file=sys.stderr)
         return _error(args, message, code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``dtrain ARGV`` (default: this process's arguments); returns the exit status."""
+    try:
+        cli.main(args=None if argv is None else list(argv), prog_name="dtrain")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_FAILED)
+    return EXIT_OK
+
+
+def _parse(argv: Sequence[str]) -> dict[str, Any]:
+    """The parameters ``dtrain ARGV`` would run with, running nothing (to check the command lines
+    of recipes and documents): ``command``, ``verbose`` and the command's own, by their names
+    (``--set``: ``overrides``). Raises click's UsageError (BadParameter, NoSuchOption...) where
+    ``dtrain`` would refuse the line with exit status 2."""
+    parsed = cli.main(args=list(argv), prog_name="dtrain", standalone_mode=False, obj=_DryRun())
+    if not isinstance(parsed, dict):  # no command: `dtrain` alone, --help, --version
+        raise click.UsageError(f"no command to run in {list(argv)}")
+    return parsed
 
 
 def _classify(exc: Exception) -> tuple[int, str]:
@@ -673,7 +830,7 @@ def _classify(exc: Exception) -> tuple[int, str]:
     return EXIT_FAILED, str(exc)
 
 
-def _error(args: argparse.Namespace, message: str, code: int) -> int:
+def _error(args: SimpleNamespace, message: str, code: int) -> int:
     """With --json, an error is also the one JSON document on stdout."""
     if getattr(args, "json", False):
         _print_json({"error": message, "exit_code": code})

@@ -101,3 +101,107 @@ def test_generated_data_is_seeded():
     c = dtrain.datasets.make_classification(100, seed=4)
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     assert not np.array_equal(a[0], c[0])
+
+
+# -- the console scripts: `dtrain` and Dask's `dask dtrain` ----------------------------------------
+
+SEED_JOB = ROOT / "examples" / "jobs" / "seed_network.yaml"
+COMMANDS = ["demo", "validate", "run", "submit", "resume", "status", "cancel", "logs", "list", "report"]
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """The console script ``name`` of this environment (pip installs it next to the interpreter)."""
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"no {name} script next to {sys.executable}: `pip install -e .` first"
+    return subprocess.run([str(path), *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_dtrain_help_lists_every_command_in_order():
+    proc = script("dtrain", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: dtrain ")
+    listed = proc.stdout.split("Commands:\n", 1)[1]
+    names = [line.split()[0] for line in listed.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert names == COMMANDS
+    for option in ("--version", "--verbose", "-h, --help"):
+        assert option in proc.stdout
+    submit = script("dtrain", "submit", "-h")
+    assert submit.returncode == 0 and "JOB  the job file (YAML or JSON)" in submit.stdout
+    for option in ("--json", "--verbose", "--set KEY.PATH=VALUE", "--scheduler ADDRESS", "--connect-timeout SECONDS"):
+        assert option in submit.stdout
+
+
+def test_help_imports_neither_dask_nor_the_training_modules():
+    code = (
+        "import sys\n"
+        "from dtrain.cli import main\n"
+        "assert main(['--help']) == 0\n"
+        "assert main(['validate', '--help']) == 0\n"
+        "print(sorted(m for m in ('dask', 'distributed', 'dtrain.jobs', 'dtrain.driver') if m in sys.modules))"
+    )
+    proc = run("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_dtrain_validate_an_example_job():
+    proc = script("dtrain", "validate", str(SEED_JOB))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{SEED_JOB} is valid: job 'seed_network', layers 64 -> 10,")
+    as_json = script("dtrain", "validate", str(SEED_JOB), "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["valid"] is True
+
+
+def test_dask_dtrain_help():
+    proc = script("dask", "dtrain", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: dask dtrain ")
+    assert all(f"  {name} " in proc.stdout for name in COMMANDS)
+    listed = script("dask", "--help")
+    assert listed.returncode == 0 and "  dtrain " in listed.stdout
+    assert script("dask", "dtrain", "--version").stdout.strip() == f"dtrain {dtrain.__version__}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [str(SEED_JOB)],
+        [str(SEED_JOB), "--json", "--set", "fit.epochs=3"],
+        [str(SEED_JOB), "--set", "fit.epochs=-1"],  # an invalid job: exit 2, the same one line on stderr
+        [str(SEED_JOB), "--set", "fit.epochs=-1", "--json"],
+    ],
+)
+def test_dask_dtrain_validate_is_dtrain_validate(args):
+    ours, dasks = script("dtrain", "validate", *args), script("dask", "dtrain", "validate", *args)
+    assert (dasks.returncode, dasks.stdout, dasks.stderr) == (ours.returncode, ours.stdout, ours.stderr)
+    assert ours.returncode == (2 if "fit.epochs=-1" in args else 0), ours.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["submit", str(SEED_JOB), "--schedulr", "tcp://x:8786"], "--schedulr"),  # an unknown option
+        (["validate"], "JOB"),  # a missing argument
+        (["status"], "JOB_ID"),
+        (["demo", "--epochs", "0"], "expected a positive integer, received '0'"),  # a bad value
+        (["demo", "--device", "tpu"], "tpu"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+@pytest.mark.parametrize("cli", [["dtrain"], ["dask", "dtrain"]])
+def test_usage_errors_exit_2(cli, args, message):
+    proc = script(*cli, *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_no_command_prints_help_and_exits_2_under_dask_too():
+    proc = script("dask", "dtrain")
+    assert proc.returncode == 2 and "Usage: dask dtrain " in proc.stdout and "validate" in proc.stdout
+
+
+def test_long_options_take_unique_prefixes_as_before():
+    proc = script("dtrain", "validate", str(SEED_JOB), "--js", "--se", "fit.epochs=2")  # --json, --set
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["job"]["fit"]["epochs"] == 2

@@ -164,12 +164,14 @@ def check_command(argv: list[str]) -> dict | None:
         if argv[0] == "distributed.cli.dask_worker":  # dask-jobqueue's worker command
             argv = ["dask", "worker", *argv[1:]]
     if argv[0] == "dtrain":
-        from dtrain.cli import _parser
+        import click
+
+        from dtrain.cli import _parse
 
         try:
-            return vars(_parser().parse_args(argv[1:]))
-        except SystemExit as exc:  # argparse's way of refusing
-            raise AssertionError(f"dtrain refuses {shlex.join(argv)}") from exc
+            return _parse(argv[1:])  # the real click commands, with nothing run
+        except click.ClickException as exc:  # click's way of refusing (`dtrain` exits 2)
+            raise AssertionError(f"dtrain refuses {shlex.join(argv)}: {exc.format_message()}") from exc
     assert argv[0] == "dask", argv
     if argv[1:3] == ["cuda", "worker"]:
         command = _dask_subcommand("cuda")
@@ -207,13 +209,14 @@ def test_check_command_refuses_what_the_clis_refuse():
     assert check_command(["dask", "scheduler", "--port", "8786", "--preload", "dtrain.jobs.service"])["preload"] == (
         "dtrain.jobs.service",
     )
+    assert check_command(["dtrain", "submit", "job.yaml", "--scheduler", "tcp://x:8786"])["scheduler"] == "tcp://x:8786"
     for bad in (
         ["dask", "scheduler", "--no-such-option"],
         ["dask", "worker", "tcp://x:8786", "--nthreads", "two"],
         ["dask", "scheduler", "--preload", "dtrain.jobs.service", "--bogus", "1"],
         ["dtrain", "submit", "job.yaml", "--schedulr", "tcp://x:8786"],
     ):
-        with pytest.raises(Exception):  # noqa: B017 (argparse's SystemExit or the check's AssertionError)
+        with pytest.raises(Exception):  # noqa: B017 (click's UsageError or the check's AssertionError)
             check_command(bad)
     with pytest.raises(AssertionError):
         _check_against_option_list(["tcp://x:8786", "--nthread", "1"])
