@@ -87,7 +87,7 @@ QUICK = {
 
 # What dtrain does, as read from its code (the bound is computed from shapes with these, never
 # by measuring):
-ALIGN_BYTES = 128  # dtrain/model.py _ALIGN_BYTES: each array of the flat buffers starts 128-byte aligned
+ALIGN_BYTES = 128  # dtrain/network.py _ALIGN_BYTES: each array of the flat buffers starts 128-byte aligned
 BUFFER_SIZES_KEPT = 4  # dtrain/buffers.py BufferCache(max_sizes=4): batch sizes whose buffers are kept
 SHM_HEADER_BYTES = 64  # dtrain/comm/shm.py HEADER_BYTES: before the data of a shared-memory segment
 SHM_MIN_BYTES = 2**16  # dtrain/comm/dask.py SHARED_MIN_BYTES: smaller arrays go over TCP (nothing kept)
@@ -121,7 +121,7 @@ def _item(
 
 def flat_elements(layers: Sequence[int], itemsize: int) -> int:
     """Elements of dtrain's flat parameter (and gradient) buffer: every kernel and bias padded to a
-    multiple of 128 bytes (dtrain/model.py Sequential.build)."""
+    multiple of 128 bytes (dtrain/network.py Network.build)."""
     align = ALIGN_BYTES // itemsize
     total = 0
     for fan_in, units in zip(layers[:-1], layers[1:]):
@@ -143,7 +143,7 @@ def batch_items(
     """The buffers dtrain keeps for one batch size n (allocated on the first step of that size):
     per Dense layer z (n, units) and a (n, units) (a is z for a linear layer) and, for every layer
     but the first, dx (n, fan_in) (dtrain/layers.py Dense._buffers_for); the loss gradient
-    dL/dlogits (n, classes) when the loss is fused with softmax (dtrain/model.py _top_grads); and
+    dL/dlogits (n, classes) when the loss is fused with softmax (dtrain/network.py _top_grads); and
     the rows of a shuffled batch gathered into reusable buffers (dtrain/data.py BatchGatherer)."""
     items = []
     for i, (fan_in, units, act) in enumerate(zip(layers[:-1], layers[1:], activations)):
@@ -169,7 +169,7 @@ def batch_items(
                 "activation gradients",
                 (n, layers[-1]),
                 itemsize,
-                "dtrain/model.py Sequential._top_grads",
+                "dtrain/network.py Network._top_grads",
                 dtype,
             )
         )
@@ -215,7 +215,7 @@ def compute_bound(
 
     # data
     x_where = (
-        "worker: the shard scattered by the client (dtrain/sources.py ArraySource.shard)"
+        "worker: the shard scattered by the client (dtrain/sources/arrays.py ArraySource.shard)"
         if received_shard
         else "the caller's array (fit checks it without copying)"
     )
@@ -272,7 +272,7 @@ def compute_bound(
             "parameters",
             (flat,),
             itemsize,
-            "dtrain/model.py Sequential.build: model.params",
+            "dtrain/network.py Network.build: network.params",
             dtype,
         )
     )
@@ -282,7 +282,7 @@ def compute_bound(
             "gradients",
             (flat,),
             itemsize,
-            "dtrain/model.py Sequential.build: model.grads",
+            "dtrain/network.py Network.build: network.grads",
             dtype,
         )
     )
@@ -310,7 +310,7 @@ def compute_bound(
         )
     )
     notes.append(
-        "the finite check keeps no buffer: it takes g . g (dtrain/recovery.py FiniteCheck), and a zero vector only "
+        "the finite check keeps no buffer: it takes g . g (dtrain/training/sync.py FiniteCheck), and a zero vector only "
         "if that overflows"
     )
 
@@ -335,7 +335,7 @@ def compute_bound(
                 "communication",
                 (flat,),
                 itemsize,
-                "dtrain/worker.py _gradient_buffers",
+                "dtrain/training/sync.py choose_sync",
                 dtype,
             )
         )
@@ -425,7 +425,7 @@ def compute_bound(
                 "rank 0 transfer",
                 (flat,),
                 itemsize,
-                "dtrain/driver.py: client.scatter of the start point to rank 0",
+                "dtrain/cluster/launch.py: client.scatter of the start point to rank 0",
                 dtype,
             )
         )
@@ -900,10 +900,10 @@ def _worker_baseline() -> dict:
 
     import psutil
 
+    import dtrain.cluster.rank  # noqa: F401
     import dtrain.comm.dask  # noqa: F401
     import dtrain.comm.shm  # noqa: F401
     import dtrain.models  # noqa: F401
-    import dtrain.worker  # noqa: F401
 
     gc.collect()
     return {"pid": os.getpid(), "rss": psutil.Process().memory_info().rss}

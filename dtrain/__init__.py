@@ -6,26 +6,24 @@ from dtrain.layers import Dense
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
-
-try:
-    __version__ = _version("dtrain")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
-
 from . import activations, callbacks, datasets, initializers, layers, losses, metrics, optimizers, utils
+from ._version import __version__ as __version__
 from .backend import floatx, get_backend, gpu_available, set_default_device, set_floatx
+from .cluster.errors import JobCancelled, SchedulerLostError, WorkerLostError
 from .clusters import TRAINING_DASK_CONFIG, local_cluster, training_environment
 from .layers import Dense
-from .model import Sequential
-from .saving import load_model
+from .models import Sequential, load_model
 from .sources import from_csv, from_npy, from_npz, from_parquet, from_synthetic
+from .training.sync import NonFiniteError
 
 __all__ = [
     "Dense",
     "Sequential",
     "load_model",
+    "NonFiniteError",
+    "WorkerLostError",
+    "SchedulerLostError",
+    "JobCancelled",
     "from_csv",
     "from_npy",
     "from_npz",

@@ -24,7 +24,7 @@ class Callback:
     observes_only = False
 
     def __init__(self):
-        self.model = None
+        self.model: Any = None  # the model being trained (set by fit; None before)
         self.params: dict[str, Any] = {}
 
     def set_model(self, model) -> None:
@@ -88,7 +88,13 @@ class CallbackList:
 
 
 class History(Callback):
-    """Records the epoch logs: ``history.history["loss"]`` is the list of per-epoch losses."""
+    """Records the epoch logs: ``history.history["loss"]`` is the list of per-epoch losses.
+
+    ``fit`` also records how the run went: ``restarts`` (the reason of each), ``skipped_steps``
+    (non-finite steps left out), ``sharded_step``; with ``client=``, ``workers`` (in rank order),
+    ``placement`` (logical shards per worker), ``device``, ``communicator``, ``timing`` (median
+    milliseconds per step: compute, communication, waiting, overhead) and ``step_times`` (seconds,
+    per rank and step)."""
 
     observes_only = True
 
@@ -97,6 +103,15 @@ class History(Callback):
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
         self._before: list[dict[str, float]] = []
+        self.restarts: list[str] = []
+        self.skipped_steps = 0
+        self.sharded_step = False
+        self.workers: list[str] | None = None
+        self.placement: dict[str, list[int]] | None = None
+        self.device: str | None = None
+        self.communicator: str | None = None
+        self.timing: dict[str, float] = {}
+        self.step_times: dict[str, Any] = {}
 
     def restore(self, epochs: list[dict[str, float]]) -> None:
         """Start from these finished epochs' logs (a run resumed from a checkpoint, or restarted

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .storage import Location
 
 FORMAT = "dtrain.checkpoint"
@@ -296,8 +297,6 @@ def _safetensors_bytes(arrays: dict[str, np.ndarray], name: str) -> bytes:
 def _manifest(
     name: str, data: bytes, arrays: dict[str, np.ndarray], *, global_step: int, epoch: int, step: int, meta: dict
 ) -> bytes:
-    from . import __version__
-
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

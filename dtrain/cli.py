@@ -90,7 +90,9 @@ def _demo(args: SimpleNamespace) -> int:
             client=client,
         )
     seconds = time.perf_counter() - start
-    loss, accuracy = model.evaluate(x[split:], y[split:])
+    scores = model.evaluate(x[split:], y[split:], return_dict=True)
+    assert isinstance(scores, dict)
+    loss, accuracy = scores["loss"], scores["accuracy"]
     if args.save:
         model.save(args.save)
     result = {
@@ -320,7 +322,7 @@ class _JobView:
 
     def __init__(self, job_id: str):
         self.job_id, self.since = job_id, 0
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar while an epoch's steps are shown
         self.bar_epoch = None
         print(f"job {job_id}", flush=True)
 
@@ -542,7 +544,7 @@ class _Group(click.Group):
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from . import __version__
+    from ._version import __version__
 
     click.echo(f"dtrain {__version__}")
     ctx.exit(EXIT_OK)

@@ -12,9 +12,15 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from ._version import __version__
+from .backend import check_device
+from .network import Network
+
+_N = TypeVar("_N", bound=Network)
 
 FORMAT = "dtrain.model"
 FORMAT_VERSION = 1
@@ -28,14 +34,12 @@ def _resolve_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def save_model(model, path: str | os.PathLike, include_optimizer: bool = True) -> Path:
+def save_model(model: Network, path: str | os.PathLike, include_optimizer: bool = True) -> Path:
     """Write ``model`` to ``path`` (or ``path/model.safetensors`` when ``path`` is a directory)
     atomically: a temporary file in the same folder, renamed over the target when complete."""
     from safetensors.numpy import save_file
 
-    from . import __version__
-
-    model._require_built("save")
+    model.require_built("save")
     target = _resolve_path(path)
     if not target.parent.exists():
         raise FileNotFoundError(f"Cannot save model: folder {str(target.parent)!r} does not exist.")
@@ -51,8 +55,8 @@ def save_model(model, path: str | os.PathLike, include_optimizer: bool = True) -
     compile_config = model.compile_config()
     if compile_config is not None:
         metadata["compile"] = json.dumps(compile_config)
-        if include_optimizer and model.optimizer.built:
-            for name, value in model.optimizer.get_state().items():
+        if include_optimizer and model.compiled_optimizer.built:
+            for name, value in model.compiled_optimizer.get_state().items():
                 tensors[f"optimizer.{name}"] = np.ascontiguousarray(value)
     # A fresh temporary name next to the target, created like any file (mode 0o666 minus the
     # umask); safetensors rewrites it readable by its owner only, so the mode is put back.
@@ -124,31 +128,30 @@ def _read_bytes(location: str, data: bytes) -> tuple[dict[str, Any], dict[str, n
     return metadata if isinstance(metadata, dict) else {}, tensors
 
 
-def load_model(path: str | os.PathLike, device: str | None = None, compile: bool = True):
-    """Load a model saved with ``model.save``. ``path`` may be the file or the folder holding
-    ``model.safetensors`` (a job's output directory), locally or as an fsspec URL
-    (``s3://bucket/run``, ``memory://runs/x/model.safetensors``...: the file is downloaded into
-    memory). With ``compile`` the optimizer (and its state), loss and metrics come back too, so
-    training can continue."""
-    from .backend import check_device
-
+def read_model(path: str | os.PathLike, cls: type[_N], device: str | None = None, compile: bool = True) -> _N:
+    """The model saved at ``path`` as an instance of ``cls`` (``dtrain.models.load_model`` is the
+    public entry: it passes ``Sequential``)."""
     if device is not None:
         check_device(device)
     if _is_url(path):
-        source, data = _download(path)
+        source, data = _download(str(path))
         metadata, tensors = _read_bytes(source, data)
     else:
-        source = _resolve_path(path)
-        metadata, tensors = _read_local(source)
-    return _model_from(str(source), metadata, tensors, device, compile)
+        local = _resolve_path(path)
+        source = str(local)
+        metadata, tensors = _read_local(local)
+    return _model_from(source, metadata, tensors, cls, device, compile)
 
 
 def _model_from(
-    source: str, metadata: dict[str, Any], tensors: dict[str, np.ndarray], device: str | None, compile: bool
-):
+    source: str,
+    metadata: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    cls: type[_N],
+    device: str | None,
+    compile: bool,
+) -> _N:
     """The model described by a file's metadata and tensors, every part checked."""
-    from .model import Sequential
-
     if metadata.get("format") != FORMAT:
         raise _not_a_model(source, f"its header has format={metadata.get('format')!r}, expected {FORMAT!r}")
     version = metadata.get("format_version")
@@ -164,7 +167,7 @@ def _model_from(
         raise _not_a_model(source, f"its header has no valid model config ({exc!r})") from None
 
     try:
-        model = Sequential.from_config(config, device=device)
+        model = cls.from_config(config, device=device)
         model.build()
         weights = [tensors[key] for key in sorted(k for k in tensors if k.startswith("weights."))]
         model.set_weights(weights)  # checks the count and every shape against the architecture
@@ -174,7 +177,7 @@ def _model_from(
             model.compile(**compile_config)
             state = {key[len("optimizer.") :]: value for key, value in tensors.items() if key.startswith("optimizer.")}
             if state:
-                model.optimizer.set_state(state)
+                model.compiled_optimizer.set_state(state)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{source!r} is a damaged or inconsistent dtrain model file: {exc}") from exc
     return model

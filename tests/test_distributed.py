@@ -11,8 +11,8 @@ from conftest import blobs, one_hot, shared_client, small_model
 
 import dtrain
 from dtrain import callbacks
-from dtrain.driver import fit_on_cluster
 from dtrain.layers import Dense
+from dtrain.testing import replica_hashes
 
 pytestmark = pytest.mark.cluster
 
@@ -79,26 +79,9 @@ def test_full_batch_on_n_workers_equals_plain_single_process_training(n_workers)
 def test_replicas_are_bitwise_identical_after_every_step(client3):
     x, y = blobs(100)
     model = _model("float32")
-    history = fit_on_cluster(
-        model,
-        x,
-        y,
-        client=client3,
-        workers=None,
-        shards=None,
-        batch_size=10,
-        epochs=2,
-        verbose=0,
-        callbacks=[],
-        validation_split=0.0,
-        validation_data=None,
-        shuffle=True,
-        initial_epoch=0,
-        seed=5,
-        timeout=None,
-        record_replica_hashes=True,
-    )
-    hashes = history.replica_hashes
+    with replica_hashes() as recorded:
+        model.fit(x, y, client=client3, batch_size=10, epochs=2, verbose=0, seed=5)
+    hashes = recorded.per_rank
     assert len(hashes) == 3 and len(hashes[0]) == 2 * 10
     assert hashes[0] == hashes[1] == hashes[2]
     assert len(set(hashes[0])) == len(hashes[0])  # the weights did change every step
@@ -291,7 +274,8 @@ def test_a_killed_worker_fails_the_job_within_the_timeout():
 
 
 def test_a_restarted_worker_never_reruns_a_rank(client2):
-    from dtrain.worker import RankSpec, run_rank
+    from dtrain.cluster.rank import RankSpec, run_rank
+    from dtrain.config import FitConfig
 
     address = sorted(client2.scheduler_info()["workers"])[0]
     model = _model()
@@ -305,15 +289,9 @@ def test_a_restarted_worker_never_reruns_a_rank(client2):
         input_dim=20,
         device="cpu",
         comm="local",
-        timeout=5,
+        config=FitConfig.make(timeout=5, shards=1, batch_size=5, seed=0, shuffle=False, epochs=1),
         rows=10,
-        shards=1,
-        batch_size=5,
         owned=[0],
-        seed=0,
-        shuffle=False,
-        epochs=1,
-        initial_epoch=0,
     )
     future = client2.submit(run_rank, spec, {}, {}, None, workers=[address], pure=False)
     with pytest.raises(RuntimeError, match="restarted worker never re-runs a rank"):
@@ -486,7 +464,7 @@ def test_builtin_callbacks_passed_by_the_user_and_on_train_end_sees_trained_weig
 
 # -- device and communicator choice (plain functions of what the workers reported) ----------------
 def _info(address, gpu=False, uid=None, nccl=False, host="10.0.0.1"):
-    from dtrain.driver import WorkerInfo
+    from dtrain.cluster.probe import WorkerInfo
 
     return WorkerInfo(
         address=address,
@@ -504,7 +482,7 @@ def _info(address, gpu=False, uid=None, nccl=False, host="10.0.0.1"):
 
 
 def test_device_and_communicator_follow_what_the_workers_have():
-    from dtrain.driver import choose_communicator, choose_device
+    from dtrain.cluster.probe import choose_communicator, choose_device
 
     cpu = [_info("a"), _info("b")]
     gpus = [_info("a", True, "0000:01:00.0", True), _info("b", True, "0000:02:00.0", True)]
@@ -688,37 +666,20 @@ def _wide_model(optimizer, dtype="float64"):
 def test_a_sharded_step_equals_one_process_and_brings_back_the_whole_optimizer_state(optimizer, client3):
     """Large gradients: each rank sums and updates its third of the weights and optimizer state,
     then the ranks swap parts. The weights, every slot of the state and the replicas agree."""
-    from dtrain.worker import SHARDED_STEP_MIN_BYTES
+    from dtrain.training.sync import SHARDED_STEP_MIN_BYTES
 
     x, y = blobs(70, features=1024)
     local, distributed = _wide_model(optimizer), _wide_model(optimizer)
     assert distributed.params.nbytes >= SHARDED_STEP_MIN_BYTES
     local.fit(x, y, batch_size=16, epochs=2, seed=4, shards=3, verbose=0)
-    history = fit_on_cluster(
-        distributed,
-        x,
-        y,
-        client=client3,
-        workers=None,
-        shards=None,
-        batch_size=16,
-        epochs=2,
-        verbose=0,
-        callbacks=[],
-        validation_split=0.0,
-        validation_data=None,
-        shuffle=True,
-        initial_epoch=0,
-        seed=4,
-        timeout=None,
-        record_replica_hashes=True,
-    )
+    with replica_hashes() as recorded:
+        history = distributed.fit(x, y, client=client3, batch_size=16, epochs=2, seed=4, verbose=0)
     assert history.sharded_step and history.communicator == "dask"
     _assert_weights_close(distributed, local, rtol=1e-10, atol=1e-12)
     assert distributed.optimizer.iterations == local.optimizer.iterations == 2 * 5
     for name, slot in local.optimizer.slots.items():  # every rank's part, gathered before it came back
         np.testing.assert_allclose(distributed.optimizer.slots[name], slot, rtol=1e-9, atol=1e-14)
-    hashes = history.replica_hashes
+    hashes = recorded.per_rank
     assert hashes[0] == hashes[1] == hashes[2] and len(set(hashes[0])) == 2 * 5
     small = _model()
     assert not small.fit(x[:, :20], y, batch_size=16, epochs=1, client=client3, verbose=0).sharded_step
@@ -728,13 +689,13 @@ def _blas_threads_in_a_rank():
     from distributed import get_worker
     from threadpoolctl import threadpool_info
 
-    from dtrain.worker import _blas_threads
+    from dtrain.cluster.worker_env import blas_threads
 
     def count():
         return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=0)
 
     outside = count()
-    with _blas_threads(get_worker()):
+    with blas_threads(get_worker()):
         inside = count()
     return outside, inside
 
@@ -760,7 +721,7 @@ def _monitoring_states():
     rank, inside one, inside two nested (two fits sharing the worker), and after both left."""
     from distributed import get_worker
 
-    from dtrain.worker import _quiet_monitoring
+    from dtrain.cluster.worker_env import quiet_monitoring
 
     worker = get_worker()
 
@@ -769,9 +730,9 @@ def _monitoring_states():
         return profile.is_running(), tick.callback_time
 
     seen = [state()]
-    with _quiet_monitoring(worker):
+    with quiet_monitoring(worker):
         seen.append(state())
-        with _quiet_monitoring(worker):
+        with quiet_monitoring(worker):
             seen.append(state())
         seen.append(state())  # the other rank still runs
     seen.append(state())
@@ -782,3 +743,19 @@ def test_a_rank_pauses_its_workers_profiler_and_puts_it_back(client2):
     outside, inside, nested, one_left, after = client2.submit(_monitoring_states, pure=False).result()
     assert outside[0] is True and outside == after
     assert inside == nested == one_left == (False, 1000.0)
+
+
+def test_the_progress_bar_ends_every_epoch_at_100_percent(client2, capsys):
+    """Rank 0 reports progress every 0.25 s, and always the epoch's last step: the client's bar
+    closes at n/n, not wherever the last timed report happened to be (it used to close at 2%, 72%...)."""
+    import re
+
+    x, y = blobs(400)
+    model = _model("float32")
+    model.fit(x, y, client=client2, batch_size=10, epochs=3, verbose=1, seed=1)
+    err = capsys.readouterr().err
+    for epoch in (1, 2, 3):
+        # tqdm redraws with carriage returns: the bar's last state is the last segment of its epoch
+        states = [s for s in re.split(r"[\r\n]", err) if s.startswith(f"Epoch {epoch}/3")]
+        assert states, err
+        assert "100%" in states[-1] and "40/40" in states[-1], states[-1]

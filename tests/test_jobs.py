@@ -482,7 +482,7 @@ def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(tmp_path)
 def test_fit_on_a_cluster_whose_scheduler_dies_fails_soon_and_says_so():
     from distributed import Client
 
-    from dtrain.driver import SchedulerLostError
+    from dtrain.cluster.errors import SchedulerLostError
 
     cluster = Cluster(2)
     client = Client(cluster.address, timeout="10s", set_as_default=False)

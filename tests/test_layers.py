@@ -134,7 +134,7 @@ def test_model_gradients_match_finite_differences(last, loss, hidden, kind):
     model.build(seed=2)
     x = rng.normal(size=(7, 4))
     y = _targets(kind, 7, units, rng)
-    x_checked, y_checked = model._check_xy(x, y)
+    x_checked, y_checked = model.check_xy(x, y)
 
     model.compute_gradients(x_checked, y_checked)
     analytic = model.grads.copy()

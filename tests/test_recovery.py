@@ -17,7 +17,8 @@ import dtrain
 from dtrain.callbacks import Callback
 from dtrain.checkpoints import list_checkpoints
 from dtrain.layers import Dense
-from dtrain.recovery import NonFiniteError
+from dtrain.testing import Fault, inject, replica_hashes
+from dtrain.training.sync import NonFiniteError
 
 
 def make_model(dtype="float64"):
@@ -124,13 +125,13 @@ def test_a_non_finite_state_is_never_written(tmp_path):
     x, y = data()
     x = x.astype(np.float64)
     x[57] = 1.7e308
-    with np.errstate(all="ignore"), pytest.warns(dtrain.recovery.NonFiniteCheckpointWarning):
+    with np.errstate(all="ignore"), pytest.warns(dtrain.training.checkpointing.NonFiniteCheckpointWarning):
         # on_nonfinite="ignore" goes on with NaN weights, as Keras does: no checkpoint of them
         history = make_model().fit(x, y, shuffle=False, on_nonfinite="ignore", checkpoint_dir=tmp_path, **FIT)
     assert len(history.history["loss"]) == 4 and list_checkpoints(tmp_path) == []
     with np.errstate(all="ignore"), pytest.raises(dtrain.checkpoints.NonFiniteCheckpoint):
-        dtrain.recovery.write(
-            dtrain.recovery.CheckpointPolicy(str(tmp_path)),
+        dtrain.training.checkpointing.write(
+            dtrain.config.CheckpointPolicy(str(tmp_path)),
             make_nan_model(),
             epoch=1,
             step=0,
@@ -158,7 +159,7 @@ def test_resume_takes_the_seed_and_shards_it_was_not_given(tmp_path):
         )  # no seed: a fresh one
     resumed = make_model()
     resumed.fit(x, y, epochs=4, batch_size=20, verbose=0, resume_from=tmp_path)  # neither seed nor shards
-    seed = dtrain.recovery.checkpoint_plan(tmp_path)["seed"]
+    seed = dtrain.training.checkpointing.checkpoint_plan(tmp_path)["seed"]
     whole = make_model()
     whole.fit(x, y, epochs=4, batch_size=20, verbose=0, shards=3, seed=seed)
     for got, expected in zip(resumed.get_weights(), whole.get_weights()):
@@ -173,30 +174,9 @@ def test_resume_on_a_cluster_equals_an_uninterrupted_run(client3, tmp_path):
     x, y = data()
     whole = make_model()
     whole.fit(x, y, client=client3, **FIT)
-    from dtrain.driver import fit_on_cluster  # the injected crash is a test hook of the driver
-
     crashed = make_model()
-    with pytest.raises(RuntimeError, match="injected crash"):
-        fit_on_cluster(
-            crashed,
-            x,
-            y,
-            client=client3,
-            workers=None,
-            shards=None,
-            batch_size=20,
-            epochs=4,
-            verbose=0,
-            callbacks=[],
-            validation_split=0.0,
-            validation_data=None,
-            shuffle=True,
-            initial_epoch=0,
-            seed=3,
-            timeout=30,
-            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=4),
-            faults=[{"rank": 1, "epoch": 2, "step": 6, "kind": "crash"}],
-        )
+    with pytest.raises(RuntimeError, match="injected crash"), inject(Fault(rank=1, epoch=2, step=6, kind="crash")):
+        crashed.fit(x, y, client=client3, checkpoint_dir=tmp_path, checkpoint_every=4, **FIT)
     resumed = make_model()
     history = resumed.fit(x, y, client=client3, resume_from=tmp_path, **FIT)
     for got, expected in zip(resumed.get_weights(), whole.get_weights()):
@@ -210,78 +190,28 @@ def test_resume_on_a_cluster_equals_an_uninterrupted_run(client3, tmp_path):
 
 @pytest.mark.cluster
 def test_a_nan_on_one_rank_stops_every_rank_at_that_step(client2):
-    from dtrain.driver import fit_on_cluster
-
     x, y = data()
     model = make_model()
     start = time.monotonic()
-    with pytest.raises(NonFiniteError, match=r"epoch 2, step 4\b"):
-        fit_on_cluster(
-            model,
-            x,
-            y,
-            client=client2,
-            workers=None,
-            shards=None,
-            batch_size=20,
-            epochs=4,
-            verbose=0,
-            callbacks=[],
-            validation_split=0.0,
-            validation_data=None,
-            shuffle=True,
-            initial_epoch=0,
-            seed=3,
-            timeout=30,
-            faults=[{"rank": 1, "epoch": 1, "step": 3, "kind": "nan"}],
-        )
+    nan = Fault(rank=1, epoch=1, step=3, kind="nan")
+    with pytest.raises(NonFiniteError, match=r"epoch 2, step 4\b"), inject(nan):
+        model.fit(x, y, client=client2, **FIT)
     assert time.monotonic() - start < 20
     skipping = make_model()
-    history = fit_on_cluster(
-        skipping,
-        x,
-        y,
-        client=client2,
-        workers=None,
-        shards=None,
-        batch_size=20,
-        epochs=4,
-        verbose=0,
-        callbacks=[],
-        validation_split=0.0,
-        validation_data=None,
-        shuffle=True,
-        initial_epoch=0,
-        seed=3,
-        timeout=30,
-        on_nonfinite="skip",
-        faults=[{"rank": 1, "epoch": 1, "step": 3, "kind": "nan"}],
-    )
+    with inject(nan):
+        history = skipping.fit(x, y, client=client2, on_nonfinite="skip", **FIT)
     assert history.skipped_steps == 1 and skipping.optimizer.iterations == 4 * 11 - 1
 
 
 def wide_model():
-    """Adam on a 4.2 MB float32 gradient: the ranks shard the step (above dtrain.worker.SHARDED_STEP_MIN_BYTES)."""
+    """Adam on a 4.2 MB float32 gradient: the ranks shard the step (above dtrain.training.sync.SHARDED_STEP_MIN_BYTES)."""
     model = dtrain.Sequential([Dense(1024, activation="relu", input_dim=1024), Dense(3, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.build(seed=2)
     return model
 
 
-WIDE = dict(
-    workers=None,
-    shards=None,
-    batch_size=16,
-    epochs=3,
-    verbose=0,
-    callbacks=[],
-    validation_split=0.0,
-    validation_data=None,
-    shuffle=True,
-    initial_epoch=0,
-    seed=3,
-    timeout=30,
-)
+WIDE = dict(batch_size=16, epochs=3, seed=3, verbose=0, timeout=30)
 
 
 @pytest.mark.cluster
@@ -291,42 +221,30 @@ def test_a_nan_in_any_part_of_a_sharded_step_skips_it_on_every_rank(index, clien
     """Rank 1's NaN lands in rank 0's part of the sum (index 0) or in its own (-1): either way
     only one rank sees it, and every rank must skip the step, or stop at it."""
     from dtrain.comm.algorithms import part_of
-    from dtrain.driver import fit_on_cluster
 
     x, y = blobs(64, features=1024)
     size = wide_model().params.size
     assert (index % size) in range(size)[part_of(size, 0 if index == 0 else 1, 2)]
-    nan = [{"rank": 1, "epoch": 1, "step": 1, "kind": "nan", "index": index}]
-    with pytest.raises(NonFiniteError, match=r"epoch 2, step 2\b"):
-        fit_on_cluster(wide_model(), x, y, client=client2, faults=nan, **WIDE)
+    nan = Fault(rank=1, epoch=1, step=1, kind="nan", index=index)
+    with pytest.raises(NonFiniteError, match=r"epoch 2, step 2\b"), inject(nan):
+        wide_model().fit(x, y, client=client2, **WIDE)
     skipping = wide_model()
-    history = fit_on_cluster(
-        skipping, x, y, client=client2, faults=nan, on_nonfinite="skip", record_replica_hashes=True, **WIDE
-    )
+    with inject(nan), replica_hashes() as hashes:
+        history = skipping.fit(x, y, client=client2, on_nonfinite="skip", **WIDE)
     assert history.sharded_step
     assert history.skipped_steps == 1 and skipping.optimizer.iterations == 3 * 4 - 1
-    assert history.replica_hashes[0] == history.replica_hashes[1]
+    assert hashes.per_rank[0] == hashes.per_rank[1]
     assert all(np.isfinite(w).all() for w in skipping.get_weights())
 
 
 @pytest.mark.cluster
 def test_a_sharded_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one(client2, tmp_path):
     """The checkpoint holds the whole optimizer state, gathered from every rank's part."""
-    from dtrain.driver import fit_on_cluster
-
     x, y = blobs(64, features=1024)
     whole = wide_model()
-    assert fit_on_cluster(whole, x, y, client=client2, **WIDE).sharded_step
-    with pytest.raises(RuntimeError, match="injected crash"):
-        fit_on_cluster(
-            wide_model(),
-            x,
-            y,
-            client=client2,
-            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=3),
-            faults=[{"rank": 1, "epoch": 2, "step": 1, "kind": "crash"}],
-            **WIDE,
-        )
+    assert whole.fit(x, y, client=client2, **WIDE).sharded_step
+    with pytest.raises(RuntimeError, match="injected crash"), inject(Fault(rank=1, epoch=2, step=1, kind="crash")):
+        wide_model().fit(x, y, client=client2, checkpoint_dir=tmp_path, checkpoint_every=3, **WIDE)
     resumed = wide_model()
     resumed.fit(x, y, client=client2, resume_from=tmp_path, epochs=3, batch_size=16, seed=3, verbose=0)
     for got, expected in zip(resumed.get_weights(), whole.get_weights()):
@@ -384,8 +302,6 @@ def test_a_worker_killed_mid_training_costs_a_restart_not_the_result(tmp_path):
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_stuck_rank_is_caught_by_the_step_deadline_and_the_run_restarts(tmp_path):
-    from dtrain.driver import fit_on_cluster
-
     x, y = data()
     alone = make_model()
     alone.fit(x, y, shards=3, **FIT)
@@ -393,27 +309,10 @@ def test_a_stuck_rank_is_caught_by_the_step_deadline_and_the_run_restarts(tmp_pa
     try:
         model = make_model()
         start = time.monotonic()
-        history = fit_on_cluster(
-            model,
-            x,
-            y,
-            client=client,
-            workers=None,
-            shards=None,
-            batch_size=20,
-            epochs=4,
-            verbose=0,
-            callbacks=[],
-            validation_split=0.0,
-            validation_data=None,
-            shuffle=True,
-            initial_epoch=0,
-            seed=3,
-            timeout=2,
-            checkpoints=dtrain.recovery.CheckpointPolicy(str(tmp_path), every=4),
-            max_restarts=1,
-            faults=[{"rank": 2, "epoch": 1, "step": 5, "kind": "hang", "seconds": 60}],
-        )
+        with inject(Fault(rank=2, epoch=1, step=5, kind="hang", seconds=60)):
+            history = model.fit(
+                x, y, client=client, timeout=2, checkpoint_dir=tmp_path, checkpoint_every=4, max_restarts=1, **FIT
+            )
         elapsed = time.monotonic() - start
     finally:
         client.close()
@@ -426,9 +325,9 @@ def test_a_stuck_rank_is_caught_by_the_step_deadline_and_the_run_restarts(tmp_pa
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_finite_check_is_exact_even_where_the_sum_of_squares_overflows(dtype):
-    from dtrain.recovery import FiniteCheck
+    from dtrain.training.sync import FiniteCheck
 
-    check = FiniteCheck(np, np.zeros(1000, dtype))
+    check = FiniteCheck(np)
     grads = np.random.default_rng(0).standard_normal(1000).astype(dtype)
     assert check(grads) and check._zeros is None  # the one-pass test sufficed
     huge = grads * (np.finfo(dtype).max / 1e4)  # finite, but their squares overflow

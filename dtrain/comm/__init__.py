@@ -98,7 +98,14 @@ def _job_flag(job_id: str) -> Mailbox | None:
     return plugin.mailbox(job_id) if isinstance(plugin, DtrainWorkerPlugin) else None
 
 
-_DASK_NAMES = ("DaskCommunicator", "DtrainWorkerPlugin", "PLUGIN_NAME", "abort_on_worker", "deliver_on_worker")
+_DASK_NAMES = (
+    "DaskCommunicator",
+    "DtrainWorkerPlugin",
+    "PLUGIN_NAME",
+    "abort_on_worker",
+    "deliver_on_worker",
+    "get_plugin",
+)
 
 
 def __getattr__(name: str) -> Any:

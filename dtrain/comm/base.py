@@ -88,7 +88,7 @@ class Communicator(Protocol):
         """Release this rank's resources; the communicator cannot be used afterwards."""
 
 
-def _abort_reason(flag: Any) -> str:
+def abort_reason(flag: Any) -> str:
     return getattr(flag, "reason", None) or "the job was aborted"
 
 
@@ -138,7 +138,7 @@ class LocalCommunicator:
 
     def check_abort(self) -> None:
         if self._abort.is_set():
-            raise Aborted(self._reason or _abort_reason(self._abort))
+            raise Aborted(self._reason or abort_reason(self._abort))
 
     def abort(self, reason: str) -> None:
         self._reason = self._reason or reason

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .. import backend
-from .base import WAIT_SLICE, Aborted, CommError, Communicator, Mailbox, _abort_reason, failure_message
+from .base import WAIT_SLICE, Aborted, CommError, Communicator, Mailbox, abort_reason, failure_message
 from .collectives import flat_view
 
 ABORT_DEADLINE_S = 10.0  # how long a rank waits for ncclCommAbort before it gives up on it
@@ -263,7 +263,7 @@ class NcclCommunicator:
 
     def check_abort(self) -> None:
         if self._abort.is_set():
-            raise Aborted(self._reason or _abort_reason(self._abort))
+            raise Aborted(self._reason or abort_reason(self._abort))
 
     def abort(self, reason: str) -> None:
         try:

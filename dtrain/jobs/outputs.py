@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any
 
-from ..saving import MODEL_FILENAME
+from ..saving import MODEL_FILENAME, save_model
 from ..storage import Location
 
 MODEL_FILE = MODEL_FILENAME
@@ -127,8 +127,6 @@ def json_text(value: Any) -> str:
 
 def _write_model(where: Location, model) -> str:
     """save_model writes atomically where it can rename; a URL gets a local copy uploaded."""
-    from ..saving import save_model
-
     if not where.is_url:
         return str(save_model(model, where.where(MODEL_FILE)))
     with tempfile.TemporaryDirectory(prefix="dtrain-model-") as tmp:
@@ -194,7 +192,8 @@ def _history_csv(history, record: dict) -> str:
     rows = []
     for i, epoch in enumerate(epochs):
         values = [_metric_at(history.history[m], i) for m in metrics]
-        rows.append([epoch, *values, None if seconds[i] is None else round(seconds[i], 4)])
+        took = seconds[i]
+        rows.append([epoch, *values, None if took is None else round(took, 4)])
     return _csv_text(["epoch", *metrics, "seconds"], rows)
 
 
@@ -304,7 +303,7 @@ def read_summary(output: str | os.PathLike) -> dict:
     epochs = _read_csv(where, HISTORY_FILE) or []
     steps = _read_csv(where, STEPS_FILE)
     started, ended = record.get("started_at"), record.get("ended_at")
-    step_ms = [row["step_ms"] for row in steps or [] if row.get("step_ms") is not None]
+    step_ms = [ms for row in steps or [] if (ms := row.get("step_ms")) is not None]
     final = record.get("final") or (
         {k: v for k, v in epochs[-1].items() if k not in ("epoch", "seconds")} if epochs else {}
     )

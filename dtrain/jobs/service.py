@@ -22,12 +22,17 @@ import threading
 import time
 import traceback
 import weakref
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ..callbacks import Callback
+from ..cluster.errors import JobCancelled
+from ..cluster.launch import RunControl, fit_on_cluster
+from .outputs import write_outputs, write_record
+from .spec import JobError, job_from_dict
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -154,7 +159,7 @@ class JobService(SchedulerPlugin):
     async def handle(self, action: str, **kwargs: Any) -> dict[str, Any]:
         """Answers with a job record (or list, or log), or ``{"refused": why, "kind": ...}``.
         ("op" would be the natural name of ``action``, but Dask's RPC uses it for the handler's.)"""
-        operations = {
+        operations: dict[str, Callable[..., dict[str, Any]]] = {
             "submit": self._submit,
             "status": self._status,
             "list": self._list,
@@ -172,7 +177,6 @@ class JobService(SchedulerPlugin):
         return operations[action](**kwargs)
 
     def _submit(self, spec: dict, source: str | None = None, resume: bool = False) -> dict[str, Any]:
-        from .spec import JobError, job_from_dict
 
         try:
             job = job_from_dict(spec, check_files=False, source=source)
@@ -312,7 +316,6 @@ class JobService(SchedulerPlugin):
     # -- one job: its own thread ----------------------------------------------------------------------
 
     def _run(self, record: JobRecord) -> None:
-        from ..driver import JobCancelled
 
         record.log(f"started on {len(record.workers)} worker(s): {', '.join(record.workers)}")
         try:
@@ -334,25 +337,19 @@ class JobService(SchedulerPlugin):
     def _train(self, record: JobRecord) -> dict[str, str]:
         from distributed import Client
 
-        from ..driver import JobCancelled, fit_on_cluster
-        from .outputs import write_outputs, write_record
-        from .spec import job_from_dict
-
         job = job_from_dict(record.spec, check_files=False)
         # The job file first: a job that dies with its scheduler is resumed from it (dtrain resume).
         write_record(record.output, record.public(), job_yaml=job.to_yaml())
         model = job.build_model()
         data = job.data()
-        options = job.fit_options()
-        recovery_options = job.recovery_options()
-        resume_from = None
-        if record.resume:
-            if recovery_options["checkpoints"] is None:
-                raise ValueError(
-                    "this job writes no checkpoints (output.checkpoint: false): there is nothing to resume from"
-                )
-            resume_from = recovery_options["checkpoints"].directory
-            record.log(f"resuming from the latest checkpoint in {resume_from}")
+        config = replace(job.fit_config(resume=record.resume), workers=tuple(record.workers))
+        if config.resume_from is not None:
+            record.log(f"resuming from the latest checkpoint in {config.resume_from}")
+        control = RunControl(
+            stop=record.cancel,
+            on_restart=lambda count, reason: _restarted(record, count, reason),
+            restart_workers=lambda usable: self._reallocate(record, usable),
+        )
         try:
             with Client(
                 self.scheduler.address, security=_client_security(self.scheduler), set_as_default=False, timeout="30s"
@@ -363,24 +360,11 @@ class JobService(SchedulerPlugin):
                     model,
                     data["x"],
                     data["y"],
+                    data["validation_data"],
+                    [_Recorder(record)],
+                    config,
                     client=client,
-                    workers=record.workers,
-                    shards=options["shards"],
-                    batch_size=options["batch_size"],
-                    epochs=options["epochs"],
-                    verbose=0,
-                    callbacks=[_Recorder(record)],
-                    validation_split=data["validation_split"],
-                    validation_data=data["validation_data"],
-                    shuffle=options["shuffle"],
-                    initial_epoch=0,
-                    seed=options["seed"],
-                    timeout=options["timeout"],
-                    stop=record.cancel,
-                    resume_from=resume_from,
-                    on_restart=lambda count, reason: _restarted(record, count, reason),
-                    restart_workers=lambda usable: self._reallocate(record, usable),
-                    **recovery_options,
+                    control=control,
                 )
         finally:
             self._release(record)  # the workers are free as soon as training has ended
@@ -394,7 +378,6 @@ class JobService(SchedulerPlugin):
     def _finish(self, record: JobRecord, state: str, message: str, error: str | None = None) -> None:
         """result.json first (a successful job wrote it with its outputs), then the last log line,
         then the state: a client that sees the final state finds the record and the log complete."""
-        from .outputs import write_record
 
         ended = time.time()
         if state != "succeeded":

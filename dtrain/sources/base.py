@@ -220,10 +220,10 @@ def read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype, int]
     return tuple(shape), fortran_order, dtype, f.tell()
 
 
-def read_into(f: IO[bytes], rows: np.ndarray, what: str, stop: int) -> None:
+def read_into(f: Any, rows: np.ndarray, what: str, stop: int) -> None:
     """Fill ``rows`` (C-contiguous) from ``f``'s current position; ``what`` names the file in the
     error if it ends early."""
-    view, got = memoryview(rows.view(np.uint8).reshape(-1)), 0
+    view, got = memoryview(rows.view(np.uint8).reshape(-1).data), 0
     while got < len(view):
         n = f.readinto(view[got:])
         if not n:

@@ -69,7 +69,7 @@ class _Synthetic:
             lo, hi = max(start, first), min(stop, first + SYNTHETIC_BLOCK)
             block_labels, block_x = self._block(block, want_x)
             labels[lo - start : hi - start] = block_labels[lo - first : hi - first]
-            if x is not None:
+            if x is not None and block_x is not None:
                 x[lo - start : hi - start] = block_x[lo - first : hi - first]
         if x is not None:
             return x

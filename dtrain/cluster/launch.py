@@ -1,0 +1,353 @@
+"""``Sequential.fit(..., client=)``: check, plan, launch, supervise, restart, collect.
+
+1. probe the workers (identity, host, GPU, memory) and order the ranks (host, then GPU index);
+2. plan the logical shards and global batches; check the data where it is (NumPy on the
+   client; files and Dask arrays on the workers, metadata only) and that every rank's shards fit
+   its worker's memory — all before any task is submitted, so a bad call fails fast and
+   changes nothing;
+3. launch one pinned, long-lived rank task per worker (:func:`dtrain.cluster.rank.run_rank`);
+4. supervise them (:class:`~dtrain.cluster.supervisor.Supervisor`); a failure a restart can
+   cure restarts every rank from the latest checkpoint on the workers left;
+5. put the trained weights and optimizer state into the client's model, return a History.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .. import comm as comm_module
+from ..backend import host_copy
+from ..callbacks import Callback, CallbackList, History
+from ..checkpoints import CheckpointError
+from ..comm import CommError
+from ..config import CheckpointPolicy, FitConfig
+from ..network import Network
+from ..sampling import ShardPlan
+from ..training.checkpointing import ResumePoint, resolve_seed_and_shards, resume_point, start_of_run
+from ..training.hooks import StepHook, callback_list, installed_hooks
+from ..training.sync import NonFiniteError
+from .errors import JobCancelled, SchedulerLostError, WorkerLostError
+from .placement import Rows, check_access, check_memory, place_shards, split_rows, training_sources
+from .probe import WorkerInfo, choose_communicator, choose_device, cluster_ranks, scheduler_workers
+from .rank import RankSpec, run_rank
+from .supervisor import Supervisor
+
+
+@dataclass
+class RunControl:
+    """How a caller steers a cluster run beyond its FitConfig (the job service does):
+
+    ``stop``: once set, every rank is aborted within a moment and JobCancelled is raised;
+    ``on_restart(count, reason)`` hears of each restart; ``restart_workers(usable)`` picks the
+    workers of a restart among those usable, instead of all of them."""
+
+    stop: threading.Event | None = None
+    on_restart: Callable[[int, str], None] | None = None
+    restart_workers: Callable[[list[str]], list[str]] | None = None
+
+
+def fit_on_cluster(
+    model: Network,
+    x: Any,
+    y: Any,
+    validation_data: tuple[Any, Any] | None,
+    callbacks: Sequence[Callback],
+    config: FitConfig,
+    *,
+    client: Any,
+    control: RunControl | None = None,
+) -> History:
+    """Train ``model`` on the workers of ``client``'s cluster (see the module docstring).
+
+    A run that fails in a way a restart can cure (a lost or stuck worker, a broken connection,
+    a step past its deadline) restarts from the latest checkpoint of ``config.checkpoint`` (else
+    from its start) on the workers then alive, up to ``config.max_restarts`` times."""
+    control = control or RunControl()
+    for cb in callbacks:
+        if getattr(cb, "restore_best_weights", False):
+            raise ValueError(
+                "EarlyStopping(restore_best_weights=True) is not supported with client= yet: during "
+                "distributed training the weights live on the workers, and the client's model receives "
+                "them only when fit returns. Use it without client=, or drop restore_best_weights."
+            )
+    config = resolve_seed_and_shards(config)
+    ranks = cluster_ranks(client, config.workers)
+    train, validation = training_sources(model, x, y, config.validation_split, validation_data, client)
+    if control.stop is not None and control.stop.is_set():  # preparing the sources can take a while
+        raise JobCancelled("training was cancelled before it started")
+    # The plan (shard count included) is fixed for the whole run, restarts too: that is what
+    # keeps the maths the same when a restart has fewer workers.
+    config = replace(config, shards=config.shards or len(ranks))
+    assert config.shards is not None
+    plan = ShardPlan(train.count, config.shards, config.batch_size)
+    input_dim = train.x.row_shape[0]
+
+    # The model's starting point is built here, exactly as single-process fit builds it.
+    history = History()
+    cbs = callback_list(model, callbacks, history, config, plan)
+    start, meta = start_of_run(model, plan, config, input_dim)
+    start.params = host_copy(model.params)
+    start.optimizer = model.compiled_optimizer.get_state() if model.compiled_optimizer.iterations else None
+    history.restore(start.history or [])
+    run = _Run(
+        client=client,
+        model=model,
+        cbs=cbs,
+        config=config,
+        plan=plan,
+        train=train,
+        validation=validation,
+        input_dim=input_dim,
+        stop=control.stop,
+        wait_for_client=any(not getattr(cb, "observes_only", False) for cb in callbacks),
+        meta=meta,
+        hooks=installed_hooks(),
+    )
+    run.epochs_done = set(range(start.epoch))  # a resumed run's earlier epochs belong to an earlier fit
+    model.stop_training = False
+    cbs.on_train_begin()
+    point, restarts = start, list[str]()
+    while True:
+        try:
+            results, supervisor = run.attempt(ranks, point, attempt=len(restarts))
+            break
+        except BaseException as exc:
+            if len(restarts) >= config.max_restarts or not _recoverable(exc):
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+            restarts.append(reason)
+            point = _restart_point(config.checkpoint, meta, start)
+            if control.on_restart is not None:
+                control.on_restart(len(restarts), reason)
+            ranks = _surviving_ranks(client, config.workers, run.stuck, reason, control.restart_workers)
+
+    # -- the trained model back in the client's hands -----------------------------------------
+    rank0 = results[0]
+    model.params[...] = model.backend.asarray(rank0["params"])
+    model.compiled_optimizer.set_state(rank0["optimizer"])
+    for index, hook in enumerate(run.hooks):
+        for result in results:
+            hook.collect(result["rank"], result["hooks"][index])
+    history.timing, history.step_times = _timing(results, plan)
+    history.workers = list(run.ranks)
+    history.placement = dict(run.placement)  # logical shards per worker
+    history.device, history.communicator = run.device, run.comm_kind
+    history.restarts = restarts
+    history.skipped_steps = int(rank0.get("skipped_steps", 0))
+    history.sharded_step = bool(rank0.get("sharded_step", False))
+    cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model
+    return history
+
+
+@dataclass
+class _Run:
+    """What stays the same across the attempts of one fit (a first start and its restarts)."""
+
+    client: Any
+    model: Network
+    cbs: CallbackList
+    config: FitConfig
+    plan: ShardPlan
+    train: Rows
+    validation: Rows | None
+    input_dim: int
+    stop: threading.Event | None
+    wait_for_client: bool
+    meta: dict
+    hooks: list[StepHook]
+    # set by each attempt
+    ranks: list[str] = field(default_factory=list)
+    placement: dict[str, list[int]] = field(default_factory=dict)
+    device: str = "cpu"
+    comm_kind: str = "local"
+    stuck: list[str] = field(default_factory=list)  # workers whose rank did not stop when aborted
+    epochs_done: set[int] = field(default_factory=set)
+
+    @property
+    def sources(self) -> list[Any]:
+        """Every distinct source of the run (validation rows may share the training sources)."""
+        sources = [self.train.x, self.train.y]
+        if self.validation is not None:
+            sources += [self.validation.x, self.validation.y]
+        return list({id(s): s for s in sources}.values())
+
+    def attempt(self, ranks: list[WorkerInfo], point: ResumePoint, attempt: int) -> tuple[list[dict], Supervisor]:
+        """Launch every rank from ``point`` and follow them to the end; returns their results."""
+        client, plan, model, validation = self.client, self.plan, self.model, self.validation
+        ranks = ranks[: plan.shards]  # more workers than shards: the extra ones would have nothing to train on
+        self.device = choose_device(model.requested_device, ranks)
+        self.comm_kind = choose_communicator(self.device, ranks)
+        check_access(client, self.sources, ranks)
+        owned = place_shards(plan, ranks, self.train, client)
+        val_split = split_rows(validation.count, len(ranks)) if validation is not None else None
+        check_memory(model, plan, owned, ranks, self.train, validation, val_split)
+        self.ranks = [w.address for w in ranks]
+        self.placement = {w.address: owned[r] for r, w in enumerate(ranks)}
+
+        if not all(w.has_plugin for w in ranks):  # a peer without it would never answer
+            client.register_plugin(comm_module.DtrainWorkerPlugin(), name=comm_module.PLUGIN_NAME)
+        job_id = f"fit-{uuid.uuid4().hex[:12]}"  # new for every attempt: new task keys, events, NCCL id
+        nccl_id = None
+        if self.comm_kind == "nccl":
+            from ..comm.nccl import make_unique_id  # (CuPy: only where the ranks have GPUs)
+
+            nccl_id = client.submit(make_unique_id, workers=[ranks[0].address], pure=False).result()
+
+        initial = {
+            "params": point.params,
+            "optimizer": point.optimizer,
+            "totals": point.totals,
+            "history": point.history,
+        }
+        supervisor = Supervisor(
+            client, job_id, ranks, self.cbs, model, self.config.timeout, self.wait_for_client, self.stop
+        )
+        # The callbacks see each epoch once. Epochs after the checkpoint are trained again but
+        # not reported again; epochs the checkpoint holds whose end never reached the client
+        # (rank 0 died between writing and reporting) are reported now.
+        supervisor.epochs_done = self.epochs_done
+        for epoch, logs in enumerate(point.history or []):
+            supervisor.report_epoch_end(epoch, logs)
+        try:
+            with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
+                # Only rank 0 receives the weights; it broadcasts them to the others.
+                [initial_future] = client.scatter([initial], workers=[ranks[0].address], hash=False)
+                for r, worker in enumerate(ranks):
+                    readers: dict[str, list] = {"x": [], "y": [], "val_x": [], "val_y": []}
+                    for shard in owned[r]:
+                        xr, yr = self.train.readers(*plan.bounds[shard], client, worker.address)
+                        readers["x"].append(xr)
+                        readers["y"].append(yr)
+                    if validation is not None and val_split is not None and val_split[r][1] > val_split[r][0]:
+                        xr, yr = validation.readers(*val_split[r], client, worker.address)
+                        readers["val_x"].append(xr)
+                        readers["val_y"].append(yr)
+                    dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
+                    spec = RankSpec(
+                        job_id=job_id,
+                        rank=r,
+                        peers=self.ranks,
+                        worker_id=worker.worker_id,
+                        model_config=model.get_config(),
+                        compile_config=model.compile_config() or {},
+                        input_dim=self.input_dim,
+                        device=self.device,
+                        comm=self.comm_kind,
+                        config=self.config,
+                        rows=plan.rows,
+                        owned=owned[r],
+                        start_epoch=point.epoch,
+                        start_step=point.step,
+                        has_validation=validation is not None,
+                        wait_for_client=self.wait_for_client,
+                        checkpoint_meta=self.meta,
+                        attempt=attempt,
+                        hooks=self.hooks,
+                        nccl_id=nccl_id,
+                    )
+                    supervisor.futures.append(
+                        client.submit(
+                            run_rank,
+                            spec,
+                            readers,
+                            dependencies,
+                            initial_future if r == 0 else None,
+                            key=f"dtrain-{job_id}-rank-{r}",
+                            workers=[worker.address],
+                            allow_other_workers=False,
+                            pure=False,
+                            retries=0,
+                        )
+                    )
+                results = supervisor.follow(point.epoch, self.config.epochs)
+        finally:
+            self.stuck = supervisor.stuck
+        return results, supervisor
+
+
+def _recoverable(exc: BaseException) -> bool:
+    """Failures a restart on the workers left can cure: a lost or stuck worker, a broken
+    connection or a deadline (the step deadline of a hung rank). Not: the data, the maths
+    (NaN), a cancel, Ctrl-C, or a scheduler that cannot be reached."""
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+
+    if isinstance(exc, (JobCancelled, NonFiniteError, KeyboardInterrupt, SchedulerLostError)):
+        return False
+    # Connection failures only: a full disk or a missing file fails the same way again.
+    connection = (CommClosedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+    return isinstance(exc, (WorkerLostError, CommError, KilledWorker, TimeoutError, *connection))
+
+
+def _restart_point(policy: CheckpointPolicy | None, meta: dict, start: ResumePoint) -> ResumePoint:
+    """Where a restart begins: this run's latest good checkpoint, else the run's own start."""
+    if policy is None:
+        return start
+    try:
+        with warnings.catch_warnings():  # other runs' checkpoints in the folder are expected here
+            warnings.simplefilter("ignore")
+            point = resume_point(policy.directory, meta, same_run=True)
+    except CheckpointError:  # none of this run is good (or none yet): from the start
+        return start
+    return point if (point.epoch, point.step) >= (start.epoch, start.step) else start
+
+
+def _surviving_ranks(
+    client: Any,
+    workers: Sequence[str] | None,
+    stuck: list[str],
+    reason: str,
+    choose: Callable[[list[str]], list[str]] | None = None,
+) -> list[WorkerInfo]:
+    """The workers a restart runs on: those still in the cluster (of ``workers=``, when given),
+    joined ones included, minus those whose rank did not stop (they are restarted, and serve
+    again at a later restart); ``choose`` may narrow them (the job service's allocation)."""
+    alive = set(scheduler_workers(client))
+    if stuck:
+        try:
+            client.restart_workers([w for w in stuck if w in alive], timeout=60, raise_for_error=False)
+        except Exception:
+            pass
+    usable = [w for w in sorted(alive) if w not in stuck]
+    if choose is not None:
+        candidates = [w for w in choose(usable) if w in usable]
+    else:
+        candidates = [w for w in (workers or usable) if w in usable]
+    if not candidates:
+        raise WorkerLostError(f"No worker left to restart on after: {reason}")
+    return cluster_ranks(client, candidates)
+
+
+def _timing(results: list[dict], plan: ShardPlan) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Per-step time split into compute, communication and waiting, from every rank's record.
+
+    Steps start together on every rank (each leaves the same allreduce), so a rank waits for
+    the slowest one: waiting = slowest compute - own compute; the rest of its allreduce time
+    is communication; overhead is what the step spent outside both (bookkeeping, reporting).
+    """
+    compute = np.stack([r["times"]["compute"] for r in results])
+    allreduce = np.stack([r["times"]["allreduce"] for r in results])
+    step = np.stack([r["times"]["step"] for r in results])
+    if compute.shape[1] == 0:
+        return {}, {}
+    waiting = np.minimum(compute.max(axis=0, keepdims=True) - compute, allreduce)
+    communication = allreduce - waiting
+    overhead = np.maximum(step - compute - allreduce, 0.0)
+    per_step = {
+        "compute": compute,
+        "communication": communication,
+        "waiting": waiting,
+        "overhead": overhead,
+        "step": step,
+    }
+    median_step = float(np.median(step.max(axis=0)))
+    summary = {f"{name}_ms": float(np.median(values.mean(axis=0))) * 1e3 for name, values in per_step.items()}
+    summary["samples_per_s"] = plan.batch_size / median_step if median_step > 0 else float("nan")
+    return summary, per_step

@@ -1,0 +1,172 @@
+"""The data where it is: training and validation rows as sources, checked on the client as
+far as it can without reading files or computing Dask arrays; which logical shards each rank
+trains on; whether every rank's rows and model fit its worker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..network import Network
+from ..sampling import ShardPlan
+from ..sources import ArraySource, Source, as_source, check_same_rows
+from ..training.local import validation_split_at
+from .probe import WorkerInfo
+
+
+@dataclass
+class Rows:
+    """Rows [start, start + count) of a pair of sources: the training or the validation set."""
+
+    x: Any
+    y: Any
+    start: int
+    count: int
+
+    def readers(self, lo: int, hi: int, client: Any, worker: str) -> tuple[Any, Any]:
+        return (
+            self.x.shard(self.start + lo, self.start + hi, client, worker),
+            self.y.shard(self.start + lo, self.start + hi, client, worker),
+        )
+
+
+def numpy_like(value: Any) -> bool:
+    """In the client's memory (an array, a list): checked and sent from here."""
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return True
+    return not isinstance(value, (str, Source)) and not hasattr(value, "dask") and not hasattr(value, "__fspath__")
+
+
+def training_sources(
+    model: Network, x: Any, y: Any, validation_split: float, validation_data: Any, client: Any
+) -> tuple[Rows, Rows | None]:
+    """Training and validation rows as sources, checked as far as the client can without
+    reading files or computing Dask arrays."""
+
+    def pair(xv: Any, yv: Any, prefix: str, input_dim: int | None) -> tuple[Source, Source]:
+        if numpy_like(xv) and numpy_like(yv):  # in client memory: check everything here
+            xa, ya = model.check_xy(xv, yv, name=prefix, input_dim=input_dim)
+            return ArraySource(xa), ArraySource(ya)
+        # Metadata only: a file's header or footers; table lengths and Dask chunks are counted
+        # (persisted) on the cluster. Nothing of the data comes to the client.
+        xs, ys = as_source(xv, f"{prefix}x").prepare(client), as_source(yv, f"{prefix}y").prepare(client)
+        if len(xs.row_shape) != 1:
+            raise ValueError(
+                f"{prefix}x must be 2-D (samples, features); {xs.describe()} has rows of shape {xs.row_shape}."
+            )
+        expected = input_dim if input_dim is not None else model.input_dim
+        if expected is not None and xs.row_shape[0] != expected:
+            raise ValueError(
+                f"{prefix}x has {xs.row_shape[0]} features per sample ({xs.describe()}), but the model expects "
+                f"input_dim={expected}."
+            )
+        check_same_rows(xs, ys)
+        if xs.n_rows == 0:
+            raise ValueError(f"{prefix}x is empty ({xs.describe()}): it has no samples.")
+        return xs, ys
+
+    if x is None or y is None:
+        raise ValueError("fit(..., client=) needs both x and y (arrays, Dask arrays or dtrain.from_* sources).")
+    xs, ys = pair(x, y, "", None)
+    train = Rows(xs, ys, 0, xs.n_rows)
+    validation = None
+    if validation_data is not None:
+        vx, vy = pair(validation_data[0], validation_data[1], "validation ", xs.row_shape[0])
+        validation = Rows(vx, vy, 0, vx.n_rows)
+    elif validation_split:
+        split_at = validation_split_at(train.count, validation_split)  # the last rows, as Keras
+        validation = Rows(xs, ys, split_at, train.count - split_at)
+        train = Rows(xs, ys, 0, split_at)
+    return train, validation
+
+
+def place_shards(plan: ShardPlan, ranks: Sequence[WorkerInfo], train: Rows, client) -> list[list[int]]:
+    """Which logical shards each rank trains on: as even a count as possible, each shard where
+    most of its rows already are (Dask arrays), else consecutive shards per rank."""
+    n = len(ranks)
+    capacity = [plan.shards // n + (1 if r < plan.shards % n else 0) for r in range(n)]
+    local = [train.x.locality(train.start + lo, train.start + hi, client) for lo, hi in plan.bounds]
+    if not any(local):
+        owned, next_shard = [], 0
+        for count in capacity:
+            owned.append(list(range(next_shard, next_shard + count)))
+            next_shard += count
+        return owned
+    index = {w.address: r for r, w in enumerate(ranks)}
+    owned = [[] for _ in ranks]
+    preferences = sorted(
+        (
+            (-nbytes, shard, index[addr])
+            for shard, held in enumerate(local)
+            for addr, nbytes in held.items()
+            if addr in index
+        )
+    )
+    placed: set[int] = set()
+    for _, shard, r in preferences:
+        if shard not in placed and len(owned[r]) < capacity[r]:
+            owned[r].append(shard)
+            placed.add(shard)
+    for shard in range(plan.shards):  # shards held nowhere (or only on full ranks)
+        if shard not in placed:
+            r = next(r for r in range(n) if len(owned[r]) < capacity[r])
+            owned[r].append(shard)
+    return [sorted(o) for o in owned]
+
+
+def split_rows(count: int, parts: int) -> list[tuple[int, int]]:
+    cuts = [p * count // parts for p in range(parts + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def check_access(client, sources, ranks: Sequence[WorkerInfo]) -> None:
+    """Every file is readable from every worker that will read it (a header at most)."""
+    for source in sources:
+        check = source.access_check()
+        if check is None:
+            continue
+        answers = client.run(check, workers=[w.address for w in ranks])
+        problems = [f"{addr}: {why}" for addr, why in answers.items() if why]
+        if problems:
+            raise FileNotFoundError(f"{source.describe()} cannot be read on every worker: " + "; ".join(problems))
+
+
+def model_bytes(model: Network, local_batch: int) -> int:
+    """Parameters, gradients, the summed gradient, the optimizer's scratch and slots, and the
+    activations of one local batch."""
+    itemsize = np.dtype(model.dtype).itemsize
+    params = int(model.params.size) if model.built else 0
+    slots = len(model.compiled_optimizer.slot_names)
+    widths = sum(layer.units for layer in model.layers)
+    return itemsize * (params * (4 + slots) + 4 * local_batch * widths)
+
+
+def check_memory(model: Network, plan: ShardPlan, owned, ranks, train: Rows, validation, val_split) -> None:
+    """Refuse, before anything runs, a rank whose rows and model will not fit its worker."""
+    for r, worker in enumerate(ranks):
+        if worker.memory_limit is None:
+            continue
+        row_bytes = train.x.row_nbytes(model.dtype) + train.y.row_nbytes(model.dtype)
+        rows = plan.local_rows(owned[r])
+        need = rows * row_bytes
+        if validation is not None:
+            lo, hi = val_split[r]
+            need += (hi - lo) * (validation.x.row_nbytes(model.dtype) + validation.y.row_nbytes(model.dtype))
+        local_batch = max(1, -(-plan.batch_size * rows // plan.rows))
+        need += model_bytes(model, local_batch)
+        usable = int(worker.memory_limit * (worker.pause_fraction or 1.0)) - worker.memory_used
+        if need > usable:
+            raise MemoryError(
+                f"Rank {r} on worker {worker.address} needs about {gib(need)} for its {rows} rows (shards "
+                f"{owned[r]}) and the model, but the worker has {gib(max(usable, 0))} usable (memory limit "
+                f"{gib(worker.memory_limit)}, Dask pauses it at {int((worker.pause_fraction or 1) * 100)}%, "
+                f"{gib(worker.memory_used)} in use). Use more workers, workers with more memory "
+                "(dask worker --memory-limit), or less data per worker."
+            )
+
+
+def gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.1f} MiB"

@@ -1,0 +1,272 @@
+"""The rank task: one long-lived task per Dask worker (SPMD), run in the worker's task thread.
+
+    check identity -> connect to the peers -> load and check this rank's rows -> build the
+    replica and broadcast rank 0's weights -> the training loop (dtrain.training.loop.train)
+    -> return the weights (rank 0), the step timings and what the hooks recorded (every rank)
+
+Everything a rank needs arrives as plain data (``RankSpec``: model config, compile config,
+the run's FitConfig, the plan's size, not pickled model objects) plus shard readers; the
+client-side launch and supervision live in ``launch`` and ``supervisor``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import comm as comm_module
+from ..backend import host_copy
+from ..comm import Aborted, Communicator, make_communicator
+from ..config import FitConfig
+from ..data import check_features, check_targets
+from ..network import Network, Totals
+from ..sampling import ShardPlan
+from ..training.checkpointing import ResumePoint
+from ..training.hooks import Progress, StepHook
+from ..training.loop import Batches, train
+from .worker_env import blas_threads, quiet_monitoring
+
+PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
+STARTUP_TIMEOUT_S = 600.0  # how long ranks wait for each other while loading their shards
+
+
+@dataclass
+class RankSpec:
+    """What one rank needs to know, as plain data."""
+
+    job_id: str
+    rank: int
+    peers: list[str]  # worker addresses in rank order
+    worker_id: str  # Worker.id at launch: a restarted worker must not re-run the rank
+    model_config: dict[str, Any]
+    compile_config: dict[str, Any]
+    input_dim: int
+    device: str  # "cpu" | "gpu"
+    comm: str  # communicator kind (see dtrain.comm)
+    config: FitConfig  # the run's options, its seed and shard count fixed
+    rows: int  # training rows (the plan)
+    owned: list[int]  # logical shards this rank trains on, in this order
+    start_epoch: int = 0
+    start_step: int = 0  # steps of start_epoch already done (resuming from a checkpoint)
+    has_validation: bool = False  # the run validates (every rank joins the sums)
+    wait_for_client: bool = False  # rank 0 waits for the client's continue/stop after each epoch
+    checkpoint_meta: dict = field(default_factory=dict)  # what a checkpoint records of the run
+    attempt: int = 0  # 0, then 1 at the first restart...
+    hooks: list[StepHook] = field(default_factory=list)  # instruments the tests installed
+    nccl_id: Any = None
+
+    @property
+    def size(self) -> int:
+        return len(self.peers)
+
+    @property
+    def topic(self) -> str:
+        return event_topic(self.job_id)
+
+
+def event_topic(job_id: str) -> str:
+    return f"dtrain-{job_id}"
+
+
+def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, list], initial: dict | None) -> dict:
+    """The rank task (runs in a worker's task thread). ``readers`` holds the shard readers
+    ("x", "y", "val_x", "val_y"), ``dependencies`` the values Dask resolved for them, and
+    ``initial`` (rank 0 only) the client model's weights and optimizer state."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    # A worker that died and came back at the same address makes the scheduler re-run its
+    # pinned task from scratch, alone: refuse, the driver reports the lost worker.
+    if worker.id != spec.worker_id:
+        raise RuntimeError(
+            f"Rank {spec.rank} of job {spec.job_id} was started again on a restarted worker "
+            f"({worker.address}); a restarted worker never re-runs a rank. Run fit again."
+        )
+    plugin = comm_module.get_plugin(worker)
+    plugin.open_job(spec.job_id)
+    comm = None
+    try:
+        # Start-up waits (for the slowest rank to load its rows) may be long; the driver watches
+        # the workers meanwhile. Between steps every wait is bounded by the run's timeout.
+        comm = make_communicator(
+            spec.comm,
+            job_id=spec.job_id,
+            rank=spec.rank,
+            size=spec.size,
+            peers=spec.peers,
+            timeout=max(spec.config.timeout, STARTUP_TIMEOUT_S),
+            nccl_id=spec.nccl_id,
+        )
+        with blas_threads(worker), quiet_monitoring(worker):
+            return _run(spec, comm, worker, readers, dependencies, initial)
+    except Aborted:
+        raise
+    except BaseException as exc:  # tell the peers at once, so that they stop waiting for this rank
+        reason = f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}"
+        if comm is not None:
+            comm.abort(reason)
+        else:
+            plugin.abort_job(spec.job_id, reason)
+        raise
+    finally:
+        if comm is not None:
+            comm.close()
+        plugin.close_job(spec.job_id)
+
+
+def _run(
+    spec: RankSpec, comm: Communicator, worker: Any, readers: dict, dependencies: dict, initial: dict | None
+) -> dict:
+    # -- this rank's data, then the replica -----------------------------------------------------
+    network = Network.from_config(spec.model_config, device=spec.device)
+    network.compile(**spec.compile_config)  # the loss decides the form of the targets
+    x, y = _load_checked(network, spec, readers, dependencies, "x", "y", "training")
+    validation = None
+    if spec.has_validation:
+        val_x, val_y = _load_checked(network, spec, readers, dependencies, "val_x", "val_y", "validation")
+        validation = None if val_x is None or val_y is None else (val_x, val_y)
+    _build_replica(network, spec, comm, initial)  # waits for every rank to have loaded
+    comm.set_timeout(spec.config.timeout)
+    assert spec.config.shards is not None
+    plan = ShardPlan(spec.rows, spec.config.shards, spec.config.batch_size)
+    if x is None or y is None:
+        raise ValueError(
+            f"Rank {spec.rank} received 0 training rows for shards {spec.owned}, "
+            f"expected {plan.local_rows(spec.owned)}: the data changed between planning and loading."
+        )
+    resumed = initial or {}  # rank 0's: the epoch's sums before a mid-epoch checkpoint, the epochs before
+    start = ResumePoint(
+        epoch=spec.start_epoch, step=spec.start_step, totals=resumed.get("totals"), history=resumed.get("history")
+    )
+
+    # -- the loop -------------------------------------------------------------------------------
+    result = train(
+        network,
+        comm,
+        Batches(network, x, y, stage_on_device=True),  # on a GPU the shard lives there
+        validation,
+        config=spec.config,
+        plan=plan,
+        owned=spec.owned,
+        start=start,
+        meta=spec.checkpoint_meta,
+        progress=RankReporter(spec, worker, comm),
+        has_validation=spec.has_validation,
+        hooks=spec.hooks,
+        attempt=spec.attempt,
+    )
+
+    # -- results --------------------------------------------------------------------------------
+    out: dict[str, Any] = {
+        "rank": spec.rank,
+        "times": result.times,
+        "hooks": result.hook_results,
+        "skipped_steps": result.skipped_steps,
+        "sharded_step": result.sharded_step,
+        "sync": result.sync,
+    }
+    if spec.rank == 0:
+        out.update(
+            params=host_copy(network.params), optimizer=network.compiled_optimizer.get_state(), history=result.history
+        )
+    return out
+
+
+class RankReporter(Progress):
+    """The loop's audience on a rank: rank 0's live progress as Dask events (Worker.log_event)
+    the client subscribes to, and, after each epoch, the client's verdict (its callbacks:
+    EarlyStopping...) shared with every rank."""
+
+    def __init__(self, spec: RankSpec, worker: Any, comm: Communicator) -> None:
+        self.spec, self.worker, self.comm = spec, worker, comm
+        self.reporting = spec.rank == 0
+        self._last = 0.0
+        self._stop = np.zeros(1, dtype=np.float64)
+
+    def batch_end(self, epoch: int, step: int, last: bool, totals: Totals) -> None:
+        now = time.monotonic()
+        # Every epoch's last step is reported, so that the client's progress bar ends at 100%.
+        if self.reporting and (last or now - self._last >= PROGRESS_INTERVAL_S):
+            self._last = now
+            message = {"kind": "progress", "epoch": epoch, "step": step, "logs": totals.logs()}
+            self.worker.log_event(self.spec.topic, message)
+
+    def epoch_end(self, epoch: int, logs: dict[str, float], seconds: float) -> bool:
+        spec = self.spec
+        if self.reporting:
+            self.worker.log_event(spec.topic, {"kind": "epoch", "epoch": epoch, "logs": logs, "seconds": seconds})
+        if not spec.wait_for_client:
+            return False
+        # Client callbacks (EarlyStopping...) decide after each epoch; every rank must agree.
+        timeout = spec.config.timeout
+        if spec.rank == 0:
+            self._stop[0] = float(
+                comm_module.get_plugin(self.worker).wait_for(
+                    spec.job_id,
+                    "driver",
+                    f"epoch-{epoch}",
+                    timeout,
+                    waiting_for=f"the client's callbacks after epoch {epoch + 1} (a callback slower than "
+                    f"timeout={timeout:g} s, or the client is gone)",
+                )
+            )
+        # The others wait while rank 0 waits for the client: give them longer, so that a slow
+        # callback is reported by rank 0 as such, not as a dead rank 0.
+        self.comm.set_timeout(2 * timeout)
+        self.comm.broadcast(self._stop, root=0)
+        self.comm.set_timeout(timeout)
+        return bool(self._stop[0])
+
+
+def _load(readers: Sequence, dependencies: Sequence) -> list[np.ndarray]:
+    return [reader.load(deps) for reader, deps in zip(readers, dependencies)]
+
+
+def _rows_label(readers: Sequence) -> str:
+    spans = [f"{r.start}..{r.stop - 1}" for r in readers]
+    return "rows " + ", ".join(spans) if spans else "no rows"
+
+
+def _load_checked(
+    network: Network, spec: RankSpec, readers: dict, dependencies: dict, x_key: str, y_key: str, what: str
+) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """This rank's rows of x and y, checked like single-process fit checks them."""
+    xs, ys = _load(readers[x_key], dependencies[x_key]), _load(readers[y_key], dependencies[y_key])
+    where = f"{what} {_rows_label(readers[x_key])}"
+    if not xs or sum(len(part) for part in xs) == 0:
+        return None, None
+    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    y = np.concatenate(ys) if len(ys) > 1 else ys[0]
+    x = check_features(x, spec.input_dim, network.dtype, name=f"x ({where})")
+    y = check_targets(
+        y,
+        len(x),
+        network.compiled_loss,
+        network.output_units,
+        network.dtype,
+        name=f"y ({where})",
+        x_name=f"x ({where})",
+    )
+    # Aligned rows (a copy only where the transport left them misaligned): every batch is
+    # gathered from them, and a misaligned gather costs ~10% of a step.
+    return np.require(x, requirements=["C", "A"]), np.require(y, requirements=["C", "A"])
+
+
+def _build_replica(network: Network, spec: RankSpec, comm: Communicator, initial: dict | None) -> None:
+    """The same network on every rank: rank 0 sets the client's weights (and optimizer state),
+    then broadcasts them, so all replicas start bitwise identical."""
+    network.build(spec.input_dim, seed=spec.config.seed)
+    if spec.rank == 0 and initial is not None:
+        network.params[...] = network.backend.asarray(initial["params"])
+        if initial.get("optimizer"):
+            network.compiled_optimizer.set_state(initial["optimizer"])
+    comm.broadcast(network.params, root=0)
+    for slot in network.compiled_optimizer.slots.values():
+        comm.broadcast(slot, root=0)
+    iterations = np.array([network.compiled_optimizer.iterations], dtype=np.float64)
+    comm.broadcast(iterations, root=0)
+    network.compiled_optimizer.iterations = int(iterations[0])

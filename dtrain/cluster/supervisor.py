@@ -1,0 +1,238 @@
+"""Follows the rank tasks of one attempt from the client: progress events to the callbacks,
+failed ranks and lost workers, a cancel or Ctrl-C; on the first failure every rank is aborted
+within a moment and the original error is raised."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from typing import Any
+
+from .. import comm as comm_module
+from ..callbacks import CallbackList
+from ..comm import Aborted
+from ..network import Network
+from .errors import JobCancelled, SchedulerLostError, WorkerLostError
+from .probe import WorkerInfo, scheduler_workers
+from .rank import event_topic
+
+LIVENESS_INTERVAL_S = 0.5  # how often the driver checks that every rank's worker is alive
+ABORT_GRACE_S = 10.0  # how long aborted ranks get to return before their tasks are released
+
+
+class Supervisor:
+    """Follows the rank tasks from the client: progress events to callbacks, failures, lost
+    workers, Ctrl-C. Runs in the caller's thread; Dask events arrive on the client's event
+    loop and are handed over through a queue."""
+
+    def __init__(
+        self,
+        client: Any,
+        job_id: str,
+        ranks: list[WorkerInfo],
+        cbs: CallbackList,
+        model: Network,
+        timeout: float,
+        wait_for_client: bool,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.client, self.job_id, self.ranks = client, job_id, ranks
+        self.cbs, self.model, self.timeout, self.wait_for_client = cbs, model, timeout, wait_for_client
+        self.futures: list[Any] = []
+        self.stop = stop
+        self.stuck: list[str] = []  # workers whose rank was still running after an abort
+        self.events: queue.Queue[tuple[Any, dict]] = queue.Queue()
+        self.epoch_open: int | None = None
+        self.epochs_done: set[int] = set()
+        self.epochs = 0
+        self.logs: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def running(self):
+        """Subscribed to the job's events; on any exception (Ctrl-C included) every rank is
+        aborted and every task of the job released before the exception goes on."""
+        topic = event_topic(self.job_id)
+        self.client.subscribe_topic(topic, self.events.put)
+        try:
+            yield
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        finally:
+            self.client.unsubscribe_topic(topic)
+
+    def follow(self, initial_epoch: int, epochs: int) -> list[dict]:
+        """Until every rank has returned; then every rank's result."""
+        self.epochs = epochs
+        if initial_epoch < epochs:  # the workers start the first epoch now
+            self._begin(initial_epoch)
+        self._follow()
+        # Finished futures hold results on their workers; a worker that dies right now would
+        # leave the fetch waiting for a re-run that cannot happen: bound it.
+        results = [f.result(timeout=self.timeout) for f in self.futures]
+        # Epochs whose events did not arrive (they travel separately from results) still reach
+        # the callbacks, from rank 0's own record.
+        for offset, logs in enumerate(results[0]["history"]):
+            self._epoch_end(initial_epoch + offset, logs, notify=False)
+        return results
+
+    def _abort(self, exc: BaseException) -> None:
+        reason = (
+            "interrupted on the client (Ctrl-C)"
+            if isinstance(exc, KeyboardInterrupt)
+            else f"{type(exc).__name__}: {exc}"
+        )
+        try:  # only the workers still there: a call to a dead one waits for the connect timeout
+            alive = self._alive_addresses()
+            targets = [w.address for w in self.ranks if w.address in alive]
+        except Exception:
+            targets = [w.address for w in self.ranks]
+        try:
+            self.client.run(
+                comm_module.abort_on_worker,
+                self.job_id,
+                f"training aborted: {reason}",
+                workers=targets,
+                on_error="ignore",
+            )
+        except Exception:  # the scheduler is unreachable: the ranks' own deadlines stop them
+            pass
+        self._release()
+
+    def _follow(self) -> None:
+        next_liveness = time.monotonic()
+        while True:
+            try:
+                _, message = self.events.get(timeout=0.05)
+                self._on_event(message)
+                continue
+            except queue.Empty:
+                pass
+            if self.stop is not None and self.stop.is_set():
+                raise JobCancelled("training was cancelled")
+            statuses = [f.status for f in self.futures]
+            gone = [r for r, status in enumerate(statuses) if status in ("cancelled", "lost")]
+            if "error" in statuses or gone:
+                if "error" in statuses:
+                    error = self._first_error()
+                else:
+                    error = RuntimeError(
+                        f"The task of rank {gone[0]} was {statuses[gone[0]]} by the scheduler (did the client lose "
+                        "its connection, or was the task cancelled elsewhere?); training was stopped on every rank."
+                    )
+                try:  # caused by a lost worker (the scheduler also cancels tasks whose data died): say that
+                    self._check_workers_alive()
+                except WorkerLostError as lost:
+                    raise lost from error
+                raise error
+            if all(status == "finished" for status in statuses):
+                return
+            if time.monotonic() >= next_liveness:
+                self._check_workers_alive()
+                next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
+
+    def _on_event(self, message: dict) -> None:
+        epoch = message["epoch"]
+        if epoch in self.epochs_done:  # trained again after a restart: its callbacks ran the first time
+            if message["kind"] == "epoch":
+                self._answer(epoch)
+            return
+        self._begin(epoch)
+        if message["kind"] == "progress":
+            self.cbs.on_train_batch_end(message["step"], message["logs"])
+        else:
+            self._epoch_end(epoch, message["logs"], notify=True)
+
+    def report_epoch_end(self, epoch: int, logs: dict) -> None:
+        """An epoch's end that reached the client before this attempt (a checkpoint's history)."""
+        self._epoch_end(epoch, logs, notify=False)
+
+    def _epoch_end(self, epoch: int, logs: dict, notify: bool) -> None:
+        if epoch in self.epochs_done:
+            return
+        self._begin(epoch)
+        self.cbs.on_epoch_end(epoch, logs)
+        self.epochs_done.add(epoch)
+        self.epoch_open = None
+        self.logs = logs
+        if notify:
+            self._answer(epoch)
+        if notify and not self.model.stop_training and epoch + 1 < self.epochs:
+            self._begin(epoch + 1)  # the workers go straight on: the progress bar times from here
+
+    def _answer(self, epoch: int) -> None:
+        """Rank 0 waits for this answer before it starts the next epoch (EarlyStopping...)."""
+        if self.wait_for_client:
+            self.client.run(
+                comm_module.deliver_on_worker,
+                self.job_id,
+                "driver",
+                f"epoch-{epoch}",
+                bool(self.model.stop_training),
+                workers=[self.ranks[0].address],
+            )
+
+    def _begin(self, epoch: int) -> None:
+        if self.epoch_open != epoch and epoch not in self.epochs_done:
+            self.cbs.on_epoch_begin(epoch)
+            self.epoch_open = epoch
+
+    def _first_error(self) -> BaseException:
+        """The original error: a rank's own failure rather than a peer's resulting abort."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            errors = [f.exception() for f in self.futures if f.status == "error"]
+            original = [e for e in errors if not isinstance(e, Aborted)]
+            if original or time.monotonic() > deadline or all(f.done() for f in self.futures):
+                break
+            time.sleep(0.05)
+        chosen = original[0] if original else errors[0]
+        future = next(f for f in self.futures if f.status == "error" and f.exception() is chosen)
+        return chosen.with_traceback(future.traceback())
+
+    def _alive_addresses(self) -> set[str]:
+        # A client that lost its scheduler answers from a stale (or emptied) copy of the worker
+        # list: ask whether it is still connected first, or a lost scheduler looks like lost workers.
+        # (Client.scheduler_info() would not do: it answers from its cache when the call fails.)
+        problem = None
+        if self.client.status != "running":
+            problem = f"the client is {self.client.status}"
+        else:
+            try:
+                alive = set(scheduler_workers(self.client))
+            except OSError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if self.client.status == "running":
+                    return alive
+                problem = f"the client is {self.client.status}"
+        raise SchedulerLostError(
+            f"Lost the Dask scheduler at {self.client.scheduler.address} during training ({problem}). Start a new "
+            "cluster and fit again with resume_from= the checkpoint directory (jobs: `dtrain resume OUTPUT`) to go "
+            "on from the latest checkpoint."
+        )
+
+    def _check_workers_alive(self) -> None:
+        alive = self._alive_addresses()
+        lost = [(r, w.address) for r, w in enumerate(self.ranks) if w.address not in alive]
+        if lost:
+            r, address = lost[0]
+            raise WorkerLostError(
+                f"Worker {address} (rank {r}) left the cluster during training; the job was stopped on every "
+                "rank. Check that worker's logs (memory limit? killed?), then run fit again."
+            )
+
+    def _release(self) -> None:
+        """Give aborted ranks a moment to return, then release every task of the job."""
+        deadline = time.monotonic() + ABORT_GRACE_S
+        while time.monotonic() < deadline and not all(f.done() for f in self.futures):
+            time.sleep(0.05)
+        # A rank still running now ignores the abort (stuck in a step): its worker's thread is
+        # taken until it returns, so a restart must not count on that worker.
+        self.stuck = [self.ranks[r].address for r, f in enumerate(self.futures) if not f.done()]
+        try:
+            self.client.cancel(self.futures)
+        except Exception:
+            pass

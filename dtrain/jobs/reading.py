@@ -1,0 +1,222 @@
+"""Reading a job file: YAML (or JSON) with the line of every key and the keys written twice, and
+the ``--set key.path=value`` overrides applied to what was read."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .problems import SET_ORIGIN, Problem, join_item, join_key
+
+# -- reading the file: YAML with the line of every key ----------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that records the line of every mapping key and list item by key path
+    (``lines["model.layers[1].units"] == 8``), and keys that appear twice in one mapping
+    (YAML keeps the last silently, which hides mistakes)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.lines: dict[str, int] = {}
+        self.duplicates: list[tuple[str, int, int]] = []  # (path, line, line of the first one)
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._record(node, "", frozenset())
+        return self.construct_document(node)
+
+    def _record(self, node: yaml.Node, path: str, active: frozenset, merged: bool = False) -> None:
+        if id(node) in active:  # a recursive alias (&a [*a]): its lines are recorded already
+            return
+        active = active | {id(node)}
+        if isinstance(node, yaml.SequenceNode):
+            for i, child in enumerate(node.value):
+                self._set_line(join_item(path, i), child.start_mark.line + 1, merged)
+                self._record(child, join_item(path, i), active, merged)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            merges = []
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": after the explicit keys
+                    merges.append(value_node)
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                line = key_node.start_mark.line + 1
+                child = join_key(path, key_node.value)
+                if key_node.value in seen and not merged:
+                    self.duplicates.append((child, line, seen[key_node.value]))
+                seen[key_node.value] = line
+                self._set_line(child, line, merged)
+                self._record(value_node, child, active, merged)
+            for value_node in merges:
+                bases = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for base in bases:
+                    self._record(base, path, active, merged=True)
+
+    def _set_line(self, path: str, line: int, merged: bool) -> None:
+        if merged:  # a merged-in key never hides the line of one written in place
+            self.lines.setdefault(path, line)
+        else:
+            self.lines[path] = line
+
+
+# PyYAML follows YAML 1.1, where a float needs a dot: "1e-3" would be the string '1e-3'. Job files
+# are full of learning rates, so read exponent notation as YAML 1.2 (and JSON) do.
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+@dataclass
+class Parsed:
+    data: Any
+    lines: dict[str, int]
+    problems: list[Problem]  # syntax errors (then data is None), duplicate keys
+
+
+def _yaml_problem(exc: yaml.YAMLError, what: str) -> Problem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    detail = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if context:
+        detail = f"{detail} ({context})"
+    if mark is None:
+        return Problem("", f"{what} syntax error: {detail}", None)
+    return Problem("", f"{what} syntax error at column {mark.column + 1}: {detail}", mark.line + 1)
+
+
+def _duplicate_problems(duplicates: list[tuple[str, int, int]]) -> list[Problem]:
+    return [
+        Problem(
+            path,
+            f"this key appears twice in its mapping (first on line {first}); only the last is used, remove one",
+            line,
+        )
+        for path, line, first in duplicates
+    ]
+
+
+def _parse_yaml(text: str) -> Parsed:
+    loader = _LineLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        return Parsed(None, {}, [_yaml_problem(exc, "YAML")])
+    finally:
+        loader.dispose()
+    return Parsed(data, loader.lines, _duplicate_problems(loader.duplicates))
+
+
+def _parse_json(text: str) -> Parsed:
+    """Values from ``json.loads`` (YAML 1.1 reads a few JSON numbers differently); lines from
+    the YAML loader, which reads almost any JSON text, or none where it cannot."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Parsed(None, {}, [Problem("", f"JSON syntax error at column {exc.colno}: {exc.msg}", exc.lineno)])
+    # json.loads (strict) refuses raw tabs inside strings, so every tab is indentation, which
+    # YAML refuses: spaces instead keep both the meaning and the lines.
+    as_yaml = _parse_yaml(text.replace("\t", " "))
+    if as_yaml.data is None and as_yaml.problems:
+        return Parsed(data, {}, [])
+    return Parsed(data, as_yaml.lines, as_yaml.problems)
+
+
+def _looks_like_json(path: str, text: str) -> bool:
+    if path.lower().endswith(".json"):
+        return True
+    if not text.lstrip().startswith(("{", "[")):
+        return False
+    try:  # a flow-style YAML document starts with "{" too
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse(path: str, text: str) -> Parsed:
+    return _parse_json(text) if _looks_like_json(path, text) else _parse_yaml(text)
+
+
+# -- --set overrides ---------------------------------------------------------------------------------
+
+_KEY_PATH = re.compile(r"[^.\[\]\s=]+(?:\[\d+\])*(?:\.[^.\[\]\s=]+(?:\[\d+\])*)*")
+_TOKEN = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _tokens(key_path: str) -> list[str | int]:
+    """``model.layers[0].units`` -> ``["model", "layers", 0, "units"]``."""
+    return [int(index) if index else key for index, key in _TOKEN.findall(key_path)]
+
+
+def _apply_override(spec: dict, text: str) -> tuple[list[str], Problem | None]:
+    """Apply one ``key.path=value`` to ``spec`` in place. Returns the key paths it wrote (the
+    value's and those of mappings it created) or the problem that stopped it."""
+    key_path, sep, value_text = text.partition("=")
+    key_path = key_path.strip()
+    if not sep or not _KEY_PATH.fullmatch(key_path):
+        example = "e.g. --set fit.epochs=10 or --set model.layers[0].units=128"
+        return [], Problem("", f"--set {text!r} is not key.path=value ({example})", None, SET_ORIGIN)
+    try:
+        value = yaml.load(value_text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        detail = getattr(exc, "problem", None) or str(exc)
+        return [], Problem(key_path, f"--set {text!r}: the value is not valid YAML: {detail}", None, SET_ORIGIN)
+
+    written: list[str] = []
+
+    def fail(message: str) -> tuple[list[str], Problem]:
+        # Mappings created before the failure stay: their problems must not claim a file line.
+        return written, Problem(key_path, f"cannot apply --set {text!r}: {message}", None, SET_ORIGIN)
+
+    tokens = _tokens(key_path)
+    node: Any = spec
+    path = ""
+    for i, token in enumerate(tokens):
+        last = i == len(tokens) - 1
+        if isinstance(token, int):
+            if not isinstance(node, list):
+                return fail(f"{path or 'the job'} is not a list, so it has no item [{token}]")
+            if token >= len(node):
+                return fail(f"index {token} is out of range: {path} has {len(node)} item(s)")
+        elif not isinstance(node, dict):
+            return fail(f"{path or 'the job'} is not a mapping, so it has no key {token!r}")
+        child_path = join_item(path, token) if isinstance(token, int) else join_key(path, token)
+        if last:
+            node[token] = value
+            written.append(child_path)
+        elif isinstance(token, str) and node.get(token) is None:
+            # A missing (or empty, "fit:") mapping on the way is created, unless a list is needed.
+            if isinstance(tokens[i + 1], int):
+                return fail(f"{child_path} is not in the job, so it has no item [{tokens[i + 1]}]")
+            node[token] = {}
+            written.append(child_path)
+        node, path = node[token], child_path
+    return written, None
+
+
+def apply_overrides(spec: Any, overrides: Sequence[str]) -> tuple[set[str], list[Problem]]:
+    written: set[str] = set()
+    problems: list[Problem] = []
+    for text in overrides:
+        if not isinstance(spec, dict):
+            problems.append(
+                Problem("", f"cannot apply --set {text!r}: the job file is not a mapping", None, SET_ORIGIN)
+            )
+            continue
+        paths, problem = _apply_override(spec, str(text))
+        written.update(paths)
+        if problem is not None:
+            problems.append(problem)
+    return written, problems

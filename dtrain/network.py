@@ -1,0 +1,469 @@
+"""The network: layers over two flat buffers, and the maths of one training step.
+
+All parameters live in one contiguous array (``network.params``) and all gradients in another
+(``network.grads``); every layer's kernel and bias are views into them. A training step is
+``compute_gradients`` (forward, loss, backward: fills ``network.grads``) then
+``apply_gradients`` (one optimizer update over the flat buffer). Data-parallel training puts
+the sum over the ranks between the two (``dtrain.training.sync``): of ``network.grads`` in
+place, or, where the ranks share memory, from ``network.grads`` (moved into that memory,
+``use_gradient_buffer``) into a separate buffer that ``apply_gradients(grads)`` then reads. A
+sharded step sums only this rank's part, ``apply_gradients(grads, part)`` updates only that
+part, and the ranks then copy each other's parts of ``network.params`` (moved into shared
+memory with ``use_parameter_buffer``).
+
+``Network`` knows nothing of epochs, callbacks or clusters: the training loop
+(``dtrain.training.loop``) drives it, and ``dtrain.model.Sequential`` adds Keras' API on top.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from . import layers as layers_module
+from . import losses, optimizers
+from . import metrics as metrics_module
+from .backend import Array, Backend, check_dtype, get_backend, get_default_device, host_copy, to_numpy
+from .buffers import BufferCache
+from .data import batches, check_features, check_seed, check_targets, init_rng, new_seed
+from .layers import Layer, assign_weights
+
+# Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
+# operands); the few padding elements stay zero and are never read.
+_ALIGN_BYTES = 128
+
+_N = TypeVar("_N", bound="Network")
+DEFAULT_OPTIMIZER = "rmsprop"  # Keras' compile() default
+
+
+class Totals:
+    """Running sums over an epoch (or an evaluation): sample count, loss sum, metric sums."""
+
+    def __init__(self, metric_names: Sequence[str]):
+        self.names = list(metric_names)
+        self.count = 0
+        self.loss = 0.0
+        self.metrics = [0.0] * len(self.names)
+
+    def add(self, count: int, loss_sum: float, metric_sums: Sequence[float]) -> None:
+        self.count += count
+        self.loss += loss_sum
+        for i, value in enumerate(metric_sums):
+            self.metrics[i] += value
+
+    def to_array(self) -> np.ndarray:
+        """[count, loss sum, *metric sums] in float64: what ranks sum with one allreduce."""
+        return np.array([self.count, self.loss, *self.metrics], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, metric_names: Sequence[str], values: np.ndarray) -> Totals:
+        totals = cls(metric_names)
+        totals.count, totals.loss, totals.metrics = (
+            int(round(values[0])),
+            float(values[1]),
+            [float(v) for v in values[2:]],
+        )
+        return totals
+
+    def logs(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        out = {"loss": self.loss / n}
+        out.update({name: total / n for name, total in zip(self.names, self.metrics)})
+        return out
+
+
+class Network:
+    """A linear stack of layers over flat parameter and gradient buffers.
+
+    ``device`` is "auto" (GPU when CuPy and a CUDA device are present), "cpu" or "gpu";
+    ``dtype`` is "float32" (default) or "float64".
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[Layer] | None = None,
+        name: str | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
+        self.name = name or "sequential"
+        self.backend: Backend = get_backend(device)
+        # As asked ("auto", "cpu", "gpu"): on a cluster each worker resolves it for itself.
+        self.requested_device = device if device is not None else get_default_device()
+        self.dtype = check_dtype(dtype)
+        self._layers: list[Layer] = []
+        # The flat buffers (NumPy or CuPy arrays): None until build().
+        self.params: Array = None
+        self.grads: Array = None
+        self._binding: list = []  # (layer, fan-in, spans in the flat buffers), set by build
+        self.optimizer: optimizers.Optimizer | None = None
+        self.loss: losses.Loss | None = None
+        self.metrics: list[metrics_module.Metric] = []
+        self._fused_loss = False
+        self._top_grads: BufferCache[Any] = BufferCache()  # batch size -> dL/dlogits
+        self.stop_training = False  # set by callbacks (Keras' Model.stop_training); read by the loop's audience
+        if isinstance(layers, (Layer, str)):
+            raise TypeError(
+                f"Sequential(layers=...) expects a list of layers, received {type(layers).__name__} {layers!r}."
+            )
+        for layer in layers or ():
+            self.add(layer)
+
+    # -- structure ----------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self._layers)
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def built(self) -> bool:
+        return self.params is not None
+
+    @property
+    def compiled(self) -> bool:
+        return self.loss is not None
+
+    @property
+    def input_dim(self) -> int | None:
+        return self._layers[0].input_dim if self._layers else None
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """["loss", *metric names]: the order of evaluate()'s list result."""
+        return ["loss", *(m.name for m in self.metrics)]
+
+    @property
+    def output_units(self) -> int:
+        return self._layers[-1].units
+
+    def add(self, layer: Layer) -> None:
+        """Append a layer. Its input width is the previous layer's ``units``."""
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"Sequential.add expected a layer such as dtrain.layers.Dense, received "
+                f"{type(layer).__name__} {layer!r}."
+            )
+        if self.built:
+            raise RuntimeError(
+                f"Cannot add layer {layer.name!r}: model {self.name!r} is already built. "
+                "Create a new Sequential with all its layers instead."
+            )
+        if layer.built:
+            raise ValueError(
+                f"Layer {layer.name!r} already holds the weights of another built model; a layer's "
+                "weights are views into its model's flat buffers, so layers cannot be shared. Create "
+                "a new layer, e.g. Dense.from_config(layer.get_config())."
+            )
+        if any(layer is other for other in self._layers):
+            raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}; create a new layer.")
+        if any(layer.name == other.name for other in self._layers):
+            raise ValueError(
+                f"Model {self.name!r} already has a layer named {layer.name!r}; layer names must be unique."
+            )
+        if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
+            raise ValueError(
+                f"Layer {layer.name!r} declares input_dim={layer.input_dim}, but the previous layer "
+                f"{self._layers[-1].name!r} outputs {self._layers[-1].units} units."
+            )
+        self._layers.append(layer)
+        if self.compiled:
+            self._fused_loss = self.compiled_loss.fuses_with(self._layers[-1].activation.name)
+
+    def _layer_inputs(self, input_dim: int) -> list[int]:
+        return [input_dim] + [layer.units for layer in self._layers[:-1]]
+
+    def build(self, input_dim: int | None = None, seed: int | None = None) -> None:
+        """Create the weights: one flat parameter buffer initialised from ``seed``.
+
+        ``input_dim`` defaults to the first layer's ``input_dim``. ``fit`` builds the model
+        itself (from the data's width and its ``seed``) when it is not built yet.
+        """
+        if self.built:
+            if input_dim is not None and input_dim != self.input_dim:
+                raise ValueError(f"Model {self.name!r} is built for input_dim={self.input_dim}, received {input_dim}.")
+            return
+        if not self._layers:
+            raise RuntimeError(f"Model {self.name!r} has no layers: add layers before building or training it.")
+        if input_dim is None:
+            input_dim = self.input_dim
+        if input_dim is None:
+            raise ValueError(
+                "The model's input width is unknown: pass input_dim= to the first Dense layer, "
+                "call build(input_dim), or let fit() take it from the data."
+            )
+        seed = check_seed(seed)
+        seed = new_seed() if seed is None else seed
+        xp, dtype = self.backend.xp, np.dtype(self.dtype)
+        align = _ALIGN_BYTES // dtype.itemsize
+
+        # Plan: where each array of each layer lives in the flat buffer.
+        plan, offset = [], 0
+        for layer, fan_in in zip(self._layers, self._layer_inputs(input_dim)):
+            spans = []
+            for _, shape in layer.param_shapes(fan_in):
+                spans.append((offset, shape))
+                offset += -(-math.prod(shape) // align) * align
+            plan.append((layer, fan_in, spans))
+
+        # Initial values are drawn on the host in float64, layer by layer, in a fixed order.
+        rng = init_rng(seed)
+        host = np.zeros(offset, dtype=np.float64)
+        for layer, fan_in, spans in plan:
+            for (start, _shape), value in zip(spans, layer.initial_values(fan_in, rng)):
+                host[start : start + value.size] = value.ravel()
+        self.params = xp.asarray(host.astype(dtype))
+        self.grads = xp.zeros_like(self.params)
+        self._binding = plan
+        self._bind_layers()
+        if self.optimizer is not None:
+            self.optimizer.build(xp, self.params)
+
+    # -- compile ------------------------------------------------------------------------------
+    def compile(self, optimizer: Any = DEFAULT_OPTIMIZER, loss: Any = None, metrics: Any = None) -> None:
+        """Choose the optimizer, the loss and the metrics (names, config dicts or instances)."""
+        if not self._layers:
+            raise RuntimeError(f"Model {self.name!r} has no layers: add layers before compile().")
+        if loss is None:
+            raise ValueError(f"compile() needs a loss. Known losses: {', '.join(sorted(losses.LOSSES))}.")
+        optimizer = optimizers.get(optimizer)
+        loss = losses.get(loss)
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, metrics_module.Metric)):
+            metrics = [metrics]
+        elif not isinstance(metrics, (list, tuple)):
+            raise TypeError(
+                f"compile() expected metrics as a list of names, received {type(metrics).__name__} {metrics!r}."
+            )
+        resolved = [metrics_module.get(m, loss, self.output_units) for m in metrics]
+        names = [m.name for m in resolved]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"Metric names must be unique and not 'loss', received {names}.")
+        last = self._layers[-1].activation.name
+        if loss.from_logits and last in ("softmax", "sigmoid"):
+            warnings.warn(
+                f"Loss {loss.name!r} has from_logits=True but the last layer applies {last!r}: the loss "
+                "will treat probabilities as logits. Use a linear last layer, or from_logits=False.",
+                stacklevel=2,
+            )
+        self.optimizer, self.loss, self.metrics = optimizer, loss, resolved
+        self._fused_loss = loss.fuses_with(last)
+        if self.built:
+            self.optimizer.build(self.backend.xp, self.params)
+
+    @property
+    def compiled_optimizer(self) -> optimizers.Optimizer:
+        """The optimizer, for code that runs on a compiled network (the training loop, saving)."""
+        if self.optimizer is None:
+            raise RuntimeError(f"Model {self.name!r} is not compiled: call compile(optimizer=..., loss=...) first.")
+        return self.optimizer
+
+    @property
+    def compiled_loss(self) -> losses.Loss:
+        """The loss, for code that runs on a compiled network."""
+        if self.loss is None:
+            raise RuntimeError(f"Model {self.name!r} is not compiled: call compile(optimizer=..., loss=...) first.")
+        return self.loss
+
+    def require_compiled(self, what: str) -> None:
+        if not self.compiled:
+            raise RuntimeError(f"{what}() needs a compiled model: call model.compile(optimizer=..., loss=...) first.")
+
+    # -- one training step ----------------------------------------------------------------------
+    def forward(self, x: Any, training: bool) -> Any:
+        """The network's output for a batch ``x`` (a device array); ``training`` as in Keras."""
+        for layer in self._layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def _loss_and_metric_sums(self, y, out) -> tuple[float, list[float]]:
+        xp = self.backend.xp
+        if self._fused_loss:
+            per_sample = self.compiled_loss.per_sample_from_logits(xp, y, self._layers[-1].logits)
+        else:
+            per_sample = self.compiled_loss.per_sample(xp, y, out)
+        return float(per_sample.sum()), [float(m.per_sample(xp, y, out).sum()) for m in self.metrics]
+
+    def compute_gradients(self, x, y, scale: float | None = None) -> tuple[int, float, list[float]]:
+        """Forward, loss and backward on one batch (device arrays, already checked).
+
+        Fills ``model.grads`` with the gradient of ``scale * sum(per-sample loss)``; ``scale``
+        defaults to 1 / len(x), the mean over this batch (data-parallel training passes
+        1 / global batch size). Returns (samples, loss sum, metric sums), all before the update.
+        """
+        xp, n = self.backend.xp, x.shape[0]
+        scale = 1.0 / n if scale is None else scale
+        out = self.forward(x, training=True)
+        sums = self._loss_and_metric_sums(y, out)
+        top = self._layers[-1]
+        if self._fused_loss:
+            buffer = self._top_grads.get(n, lambda: xp.empty_like(out))
+            grad = self.compiled_loss.gradient_from_logits(xp, y, top.logits, out, scale, buffer)
+        else:
+            grad = self.compiled_loss.gradient(xp, y, out, scale)
+        last = len(self._layers) - 1
+        for i in range(last, -1, -1):
+            grad = self._layers[i].backward(grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > 0)
+        return (n, *sums)
+
+    def apply_gradients(self, grads: Any = None, part: slice = slice(None)) -> None:
+        """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same
+        shape); with ``part``, of that part of the flat buffer only (a rank's share of a sharded step)."""
+        self.compiled_optimizer.apply(self.params, self.grads if grads is None else grads, part)
+
+    def use_gradient_buffer(self, buffer: Any) -> None:
+        """Keep the gradients in ``buffer`` (flat, ``model.grads``' size and dtype) from now on:
+        the data-parallel ranks put them in memory their peers read without a copy."""
+        self.grads = self._moved_into(buffer, self.grads, "gradient")
+        self._bind_layers()
+
+    def use_parameter_buffer(self, buffer: Any) -> None:
+        """Keep the weights in ``buffer`` (flat, ``model.params``' size and dtype) from now on,
+        for the same reason: the ranks of a sharded step copy their peers' updated parts from it."""
+        self.params = self._moved_into(buffer, self.params, "parameter")
+        self._bind_layers()
+
+    @staticmethod
+    def _moved_into(buffer: Any, current: Any, what: str) -> Any:
+        if buffer.shape != current.shape or buffer.dtype != current.dtype:
+            raise ValueError(
+                f"A {what} buffer must be {current.shape} {current.dtype}, not {buffer.shape} {buffer.dtype}."
+            )
+        buffer[...] = current
+        return buffer
+
+    def _bind_layers(self) -> None:
+        """Give every layer its views into the flat parameter and gradient buffers."""
+
+        def views(flat, spans):
+            return [flat[start : start + math.prod(shape)].reshape(shape) for start, shape in spans]
+
+        for layer, fan_in, spans in self._binding:
+            layer.bind(self.backend.xp, fan_in, views(self.params, spans), views(self.grads, spans))
+
+    def check_xy(self, x: Any, y: Any, name: str = "", input_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` and ``y`` as host arrays this network trains on, checked (``name`` prefixes the messages)."""
+        input_dim = self.input_dim if input_dim is None else input_dim
+        x = check_features(x, input_dim, self.dtype, name=f"{name}x")
+        y = check_targets(y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y", x_name=f"{name}x")
+        return x, y
+
+    def evaluation_totals(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Totals:
+        """Sums of loss and metrics over (x, y) (host arrays, already checked)."""
+        totals = Totals([m.name for m in self.metrics])
+        for rows in batches(len(x), batch_size):
+            xb, yb = self.backend.asarray(x[rows]), self.backend.asarray(y[rows])
+            out = self.forward(xb, training=False)
+            totals.add(len(xb), *self._loss_and_metric_sums(yb, out))
+        return totals
+
+    def predict_rows(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        """Outputs for host rows ``x`` (already checked), batch by batch, as one NumPy array."""
+        result = np.empty((len(x), self.output_units), dtype=self.dtype)
+        for rows in batches(len(x), batch_size):
+            result[rows] = to_numpy(self.forward(self.backend.asarray(x[rows]), training=False))
+        return result
+
+    def require_built(self, what: str) -> None:
+        """Build the network from its first layer's input_dim, or say that ``what`` needs weights."""
+        if self.built:
+            return
+        if self.input_dim is None:
+            raise RuntimeError(
+                f"{what}() needs the model's weights: train it with fit(), call build(input_dim), "
+                "or give the first layer an input_dim."
+            )
+        self.build()
+
+    # -- weights --------------------------------------------------------------------------------
+    def _weight_views(self) -> list[tuple[str, Any]]:
+        return [view for layer in self._layers for view in layer.weight_views()]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of the weights as NumPy arrays, Keras order: [kernel (in, out), bias (out,), ...]."""
+        self.require_built("get_weights")
+        return [host_copy(view) for _, view in self._weight_views()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replace the weights from arrays in ``get_weights()`` order and shapes (all are
+        checked before any is written)."""
+        self.require_built("set_weights")
+        assign_weights(self._weight_views(), weights, self.backend.xp)
+
+    def count_params(self) -> int:
+        self.require_built("count_params")
+        return sum(int(view.size) for _, view in self._weight_views())
+
+    # -- config and saving ------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Plain JSON-able data from which ``from_config`` rebuilds the architecture."""
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self._layers],
+        }
+
+    @classmethod
+    def from_config(cls: type[_N], config: dict[str, Any], device: str | None = None) -> _N:
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ValueError(f"A Sequential config needs a 'layers' list, received {config!r}.")
+        unknown = set(config) - {"name", "dtype", "layers"}
+        if unknown:
+            raise ValueError(f"Unexpected keys {sorted(unknown)} in Sequential config.")
+        layers = [layers_module.from_config(entry) for entry in config["layers"]]
+        return cls(layers, name=config.get("name"), device=device, dtype=config.get("dtype"))
+
+    def compile_config(self) -> dict[str, Any] | None:
+        if not self.compiled:
+            return None
+        return {
+            "optimizer": optimizers.serialize(self.compiled_optimizer),
+            "loss": losses.serialize(self.compiled_loss),
+            "metrics": [metrics_module.serialize(m) for m in self.metrics],
+        }
+
+    # -- summary --------------------------------------------------------------------------------
+    def summary(self, print_fn=print) -> None:
+        """Print the layers, their output shapes and parameter counts."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        total = 0
+        fan_in = self.input_dim
+        for layer in self._layers:
+            count = None
+            if fan_in is not None:
+                count = sum(math.prod(shape) for _, shape in layer.param_shapes(fan_in))
+                total += count
+            rows.append(
+                (
+                    f"{layer.name} ({type(layer).__name__})",
+                    f"(None, {layer.units})",
+                    "?" if count is None else f"{count:,}",
+                )
+            )
+            fan_in = layer.units
+        widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+        line = "─" * sum(widths)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(line)
+        for i, row in enumerate(rows):
+            print_fn("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            if i == 0:
+                print_fn(line)
+        print_fn(line)
+        print_fn(
+            f"Total params: {total:,}"
+            if self.input_dim is not None
+            else "Total params: unknown until the input width is known"
+        )
+        print_fn(f"Device: {self.device} ({self.backend.name}), dtype: {self.dtype}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r} layers={len(self._layers)} built={self.built} device={self.device!r}>"

@@ -1,0 +1,103 @@
+"""Instruments for tests of distributed training: faults injected at a known step, and hashes of
+every replica's weights after every step. They are step hooks (``dtrain.training.hooks``):
+
+    with dtrain.testing.inject(Fault(rank=1, epoch=2, step=6, kind="crash")):
+        model.fit(x, y, client=client)            # rank 1 raises at that step
+
+    with dtrain.testing.replica_hashes() as hashes:
+        model.fit(x, y, client=client)
+    assert hashes.per_rank[0] == hashes.per_rank[1]
+
+A run carries the hooks installed when it starts to every rank; production runs carry none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backend import host_copy
+from .network import Network
+from .training.hooks import StepContext, StepHook, installed
+
+FAULT_KINDS = ("crash", "hang", "nan")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A failure at (rank, epoch, step) of a run's first start (a restart runs clean): "crash"
+    raises, "hang" sleeps ``seconds`` ignoring aborts (as a deadlock would), "nan" puts a NaN at
+    ``index`` of the rank's gradient after the backward pass."""
+
+    rank: int
+    epoch: int
+    step: int
+    kind: str
+    seconds: float = 3600.0
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"Fault kind must be one of {FAULT_KINDS}, received {self.kind!r}.")
+
+
+class FaultInjector(StepHook):
+    def __init__(self, *faults: Fault) -> None:
+        self.faults = faults
+
+    def _due(self, ctx: StepContext, kinds: tuple[str, ...]) -> list[Fault]:
+        if ctx.attempt != 0:
+            return []
+        return [
+            f for f in self.faults if f.kind in kinds and (f.rank, f.epoch, f.step) == (ctx.rank, ctx.epoch, ctx.step)
+        ]
+
+    def before_step(self, ctx: StepContext, network: Network) -> None:
+        for fault in self._due(ctx, ("hang", "crash")):
+            if fault.kind == "hang":
+                time.sleep(fault.seconds)
+            else:
+                raise RuntimeError(f"injected crash at epoch {ctx.epoch + 1}, step {ctx.step + 1}")
+
+    def after_backward(self, ctx: StepContext, network: Network) -> None:
+        for fault in self._due(ctx, ("nan",)):
+            network.grads[fault.index] = np.nan
+
+
+class ReplicaHashes(StepHook):
+    """A hash of the weights after every step, per rank (``per_rank[r]``: rank r's, in step order)."""
+
+    def __init__(self) -> None:
+        self.per_rank: dict[int, list[str]] = {}
+        self._hashes: list[str] = []
+
+    def after_step(self, ctx: StepContext, network: Network) -> None:
+        self._hashes.append(hashlib.blake2b(host_copy(network.params).tobytes(), digest_size=16).hexdigest())
+
+    def result(self) -> Any:
+        return self._hashes
+
+    def collect(self, rank: int, result: Any) -> None:
+        self.per_rank[rank] = list(result)
+
+
+@contextlib.contextmanager
+def inject(*faults: Fault) -> Iterator[FaultInjector]:
+    """Inject ``faults`` into every run started meanwhile."""
+    hook = FaultInjector(*faults)
+    with installed(hook):
+        yield hook
+
+
+@contextlib.contextmanager
+def replica_hashes() -> Iterator[ReplicaHashes]:
+    """Record the hashes of every replica's weights after every step of the runs started meanwhile."""
+    hook = ReplicaHashes()
+    with installed(hook):
+        yield hook

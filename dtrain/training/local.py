@@ -1,0 +1,83 @@
+"""Training in this process: ``Sequential.fit`` without a client.
+
+The same loop as every rank of a cluster (:func:`dtrain.training.loop.train`), on a one-rank
+communicator, with the Keras callbacks as its audience at every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..callbacks import Callback, History
+from ..comm import LocalCommunicator
+from ..config import FitConfig
+from ..network import Network
+from ..sampling import ShardPlan
+from .checkpointing import resolve_seed_and_shards, start_of_run
+from .hooks import CallbackProgress, callback_list, installed_hooks
+from .loop import Batches, train
+
+
+def validation_split_at(rows: int, validation_split: float) -> int:
+    """Where Keras' validation split begins: the last rows are for validation, taken before any
+    shuffling."""
+    split_at = int(math.floor(rows * (1.0 - validation_split)))
+    if split_at == 0 or split_at == rows:
+        raise ValueError(
+            f"validation_split={validation_split} of {rows} samples leaves "
+            f"{split_at} for training and {rows - split_at} for validation; both need at least one."
+        )
+    return split_at
+
+
+def fit_in_process(
+    model: Network,
+    x: Any,
+    y: Any,
+    validation_data: tuple[Any, Any] | None,
+    callbacks: Sequence[Callback],
+    config: FitConfig,
+) -> History:
+    """Check the data, build the model (or restore it from ``config.resume_from``), train."""
+    # Every check runs before the model is built or touched: a bad call changes nothing.
+    x, y = model.check_xy(x, y)
+    validation = None
+    if validation_data is not None:
+        validation = model.check_xy(*validation_data, name="validation ", input_dim=x.shape[1])
+    elif config.validation_split:
+        split_at = validation_split_at(len(x), config.validation_split)
+        x, y, validation = x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
+    config = resolve_seed_and_shards(config)
+    shards = config.shards or 1
+    config = replace(config, shards=shards)
+    plan = ShardPlan(len(x), shards, config.batch_size)
+    history = History()
+    cbs = callback_list(model, callbacks, history, config, plan)
+    start, meta = start_of_run(model, plan, config, x.shape[1])
+    history.restore(start.history or [])
+
+    model.stop_training = False
+    hooks = installed_hooks()
+    cbs.on_train_begin()
+    result = train(
+        model,
+        LocalCommunicator(),
+        Batches(model, x, y),
+        validation,
+        config=config,
+        plan=plan,
+        owned=range(plan.shards),
+        start=start,
+        meta=meta,
+        progress=CallbackProgress(cbs, model),
+        has_validation=validation is not None,
+        hooks=hooks,
+    )
+    for hook, hook_result in zip(hooks, result.hook_results):
+        hook.collect(0, hook_result)
+    history.restarts, history.skipped_steps, history.sharded_step = [], result.skipped_steps, False
+    cbs.on_train_end(result.logs)
+    return history

@@ -1,0 +1,231 @@
+"""The training loop: the one place in dtrain that iterates an epoch's batches.
+
+One process and every rank of a cluster run this same function; one process is a one-rank
+communicator (``LocalCommunicator``: every collective is a no-op). Read top to bottom:
+
+    choose the gradient sync (after the weights' broadcast: see sync.choose_sync)
+    for each epoch:
+        for each step (this rank's rows of the global batch):
+            forward, loss, backward           network.compute_gradients
+            sum over the ranks, check, update sync.step
+            report progress, checkpoint when due
+        epoch metrics over every rank (one allreduce of sums), validation likewise
+        checkpoint, report the epoch, stop if the audience says so
+    gather the optimizer state (sharded steps), return what the run did
+
+The caller prepares everything before: the network built, compiled and identical on every
+rank; this rank's rows; the plan; where to start (``ResumePoint``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..comm import Communicator
+from ..config import FitConfig
+from ..data import BatchGatherer
+from ..network import Network, Totals
+from ..sampling import EpochSampler, ShardPlan
+from . import checkpointing
+from .hooks import Progress, StepContext, StepHook
+from .sync import choose_sync
+
+CHECKPOINT_TIMEOUT_S = 600.0  # how long ranks wait for rank 0 to write a checkpoint
+
+
+class Batches:
+    """This rank's rows, and the rows of one step as device arrays.
+
+    ``stage_on_device``: on a GPU, the rows move to the device once and batches are gathered
+    there (the ranks of a cluster); otherwise each batch is gathered on the host into a reused
+    buffer (or is a view, for a contiguous batch) and moved (one process, as Keras does)."""
+
+    def __init__(self, network: Network, x: np.ndarray, y: np.ndarray, stage_on_device: bool = False) -> None:
+        self.backend, self.rows = network.backend, len(x)
+        self._x, self._y = x, y
+        self._on_device = stage_on_device and network.backend.device != "cpu"
+        if self._on_device:
+            self._x, self._y = self.backend.asarray(x), self.backend.asarray(y)
+        else:
+            self._x_rows, self._y_rows = BatchGatherer(x), BatchGatherer(y)
+
+    def take(self, rows: np.ndarray | slice) -> tuple[Any, Any]:
+        if isinstance(rows, slice):  # in order: a view, nothing to copy
+            xb, yb = self._x[rows], self._y[rows]
+        elif self._on_device:
+            index = self.backend.xp.asarray(rows)
+            return self._x[index], self._y[index]
+        else:
+            xb, yb = self._x_rows.take(rows), self._y_rows.take(rows)
+        return self.backend.asarray(xb), self.backend.asarray(yb)
+
+
+class StepTimes:
+    """Seconds per step: local work (batch, forward, backward, update), collectives (the
+    allreduce, or a sharded step's reduce-scatter, verdict and allgather; recorded as
+    "allreduce"), whole step.
+    Preallocated for every step the run can take, so recording them allocates nothing per step."""
+
+    def __init__(self, steps: int) -> None:
+        self._table = np.zeros((3, max(steps, 0)), dtype=np.float64)
+        self.count = 0
+
+    def record(self, compute: float, allreduce: float, step: float) -> None:
+        self._table[:, self.count] = (compute, allreduce, step)
+        self.count += 1
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        used = self._table[:, : self.count]
+        return {"compute": used[0].copy(), "allreduce": used[1].copy(), "step": used[2].copy()}
+
+
+@dataclass
+class TrainResult:
+    """What one rank's run did."""
+
+    history: list[dict[str, float]]  # the logs of the epochs this run completed
+    logs: dict[str, float]  # the last epoch's logs (completed or stopped within), {} without epochs
+    skipped_steps: int
+    sync: str  # the gradient sync's name (sync.GradientSync.name)
+    sharded_step: bool
+    times: dict[str, np.ndarray]
+    hook_results: list[Any] = field(default_factory=list)
+
+
+def train(
+    network: Network,
+    comm: Communicator,
+    batches: Batches,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    config: FitConfig,
+    plan: ShardPlan,
+    owned: Sequence[int],
+    start: checkpointing.ResumePoint,
+    meta: dict[str, Any],
+    progress: Progress,
+    has_validation: bool = False,
+    hooks: Sequence[StepHook] = (),
+    attempt: int = 0,
+) -> TrainResult:
+    """Train ``network`` from ``start`` to ``config.epochs`` on this rank's ``batches`` of the
+    shards ``owned``; ``validation`` holds this rank's validation rows (None: none here, while
+    ``has_validation`` says whether the run validates, so that every rank joins the sums).
+    ``start.totals`` (the epoch's sums before a mid-epoch checkpoint) is rank 0's to add."""
+    assert config.seed is not None, "the run's seed is fixed before training (checkpointing.resolve_seed_and_shards)"
+    sync = choose_sync(network, comm, config.on_nonfinite)
+    sampler = EpochSampler(plan, owned, config.seed, config.shuffle)
+    if batches.rows != sampler.rows:
+        raise ValueError(
+            f"Rank {comm.rank} received {batches.rows} training rows for shards {list(owned)}, "
+            f"expected {sampler.rows}: the data changed between planning and loading."
+        )
+    names = [m.name for m in network.metrics]
+    times = StepTimes((config.epochs - start.epoch) * plan.steps - start.step)
+    trained: list[dict[str, float]] = []  # the epochs this run completed
+    before = list(start.history or [])  # epochs done before it (a resumed run)
+    skipped = 0
+    logs: dict[str, float] = {}
+
+    def checkpoint(epoch: int, step: int, totals: Totals | None) -> None:
+        """Every rank calls it at the same points (mid-epoch ones sum the epoch's metrics so far);
+        rank 0 writes. A non-finite state is refused by the writer and fails the run."""
+        assert config.checkpoint is not None
+        summed = None
+        if totals is not None:
+            summed = totals.to_array()
+            comm.allreduce(summed)
+        sync.gather_optimizer_state()
+        if comm.rank == 0:
+            checkpointing.write(
+                config.checkpoint,
+                network,
+                epoch=epoch,
+                step=step,
+                position=epoch * plan.steps + step,
+                totals=summed,
+                history=before + trained,
+                meta=meta,
+                on_nonfinite=config.on_nonfinite,
+            )
+        # The others wait while rank 0 writes (to an object store, that can outlast the step
+        # deadline): wait for it here, with a deadline of its own, so a slow write is not
+        # mistaken for a dead rank 0.
+        comm.set_timeout(max(config.timeout, CHECKPOINT_TIMEOUT_S))
+        comm.barrier()
+        comm.set_timeout(config.timeout)
+
+    for epoch in range(start.epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        progress.epoch_begin(epoch)
+        first_step = start.step if epoch == start.epoch else 0
+        totals = Totals(names)
+        if first_step and comm.rank == 0 and start.totals is not None:
+            totals = Totals.from_array(names, np.asarray(start.totals))  # every rank's sums of the steps before
+        completed = True
+        for step, (rows, global_count) in enumerate(sampler.epoch(epoch, first_step), start=first_step):
+            comm.check_abort()
+            progress.batch_begin(step)
+            ctx = StepContext(comm.rank, attempt, epoch, step)
+            for hook in hooks:
+                hook.before_step(ctx, network)
+            t0 = time.perf_counter()
+            local_count = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
+            sums = None
+            if local_count:
+                # scale 1/global batch: the summed gradient is the gradient of the global mean loss.
+                sums = network.compute_gradients(*batches.take(rows), scale=1.0 / global_count)
+            else:  # this rank's shards give nothing to this step; it still joins the sum
+                network.grads.fill(0)
+            for hook in hooks:
+                hook.after_backward(ctx, network)
+            network.backend.synchronize()  # GPU: the backward kernels belong to compute, not to the sum
+            if sync.step(epoch, step):
+                if sums is not None:
+                    totals.add(*sums)
+            else:
+                skipped += 1
+            network.backend.synchronize()
+            talking, compute = sync.talking.take(), time.perf_counter() - t0
+            for hook in hooks:
+                hook.after_step(ctx, network)
+            progress.batch_end(epoch, step, step + 1 == plan.steps, totals)
+            # The step's time beyond compute and collectives is the loop's own (reports, hooks).
+            times.record(compute - talking, talking, time.perf_counter() - t0)
+            if config.checkpoint is not None and config.checkpoint.due_within_epoch(step + 1, plan.steps):
+                checkpoint(epoch, step + 1, totals)
+            if progress.stop_within_epoch():
+                completed = step + 1 == plan.steps
+                break
+
+        # Epoch metrics over the whole global batch: every rank's sums, added up.
+        summed = totals.to_array()
+        comm.allreduce(summed)
+        logs = Totals.from_array(names, summed).logs()
+        if has_validation:
+            local = Totals(names) if validation is None else network.evaluation_totals(*validation, plan.batch_size)
+            summed = local.to_array()
+            comm.allreduce(summed)
+            logs.update({f"val_{k}": v for k, v in Totals.from_array(names, summed).logs().items()})
+        if completed:
+            trained.append(logs)
+            if config.checkpoint is not None:
+                checkpoint(epoch + 1, 0, None)
+        if progress.epoch_end(epoch, logs, time.perf_counter() - epoch_start) or not completed:
+            break
+
+    sync.gather_optimizer_state()
+    return TrainResult(
+        history=trained,
+        logs=logs,
+        skipped_steps=skipped,
+        sync=sync.name,
+        sharded_step=sync.sharded,
+        times=times.as_arrays(),
+        hook_results=[hook.result() for hook in hooks],
+    )
