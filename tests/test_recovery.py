@@ -16,6 +16,8 @@ from conftest import blobs, one_hot
 import dtrain
 from dtrain.callbacks import Callback
 from dtrain.checkpoints import list_checkpoints
+from dtrain.cluster.launch import RunControl, fit_on_cluster
+from dtrain.config import FitConfig
 from dtrain.layers import Dense
 from dtrain.testing import Fault, inject, replica_hashes
 from dtrain.training.sync import NonFiniteError
@@ -297,6 +299,63 @@ def test_a_worker_killed_mid_training_costs_a_restart_not_the_result(tmp_path):
     assert seen.epochs == list(range(40)) and history.epoch == list(range(40))  # each epoch reported once
     for got, expected in zip(model.get_weights(), alone.get_weights()):
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+class Timeline(Callback):
+    """Freezes a worker (SIGSTOP) at the end of an epoch and records when progress comes back."""
+
+    observes_only = True
+
+    def __init__(self, pid, at_epoch):
+        super().__init__()
+        self.pid, self.at_epoch = pid, at_epoch
+        self.stopped_at = None
+        self.restarted_at = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch and self.stopped_at is None:
+            os.kill(self.pid, signal.SIGSTOP)
+            self.stopped_at = time.monotonic()
+
+    def on_restart(self, count, reason):  # RunControl's hook: the failure handled, the restart begins
+        self.restarted_at.append(time.monotonic())
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_frozen_worker_costs_the_step_deadline_and_a_restart_without_it():
+    """A worker in SIGSTOP (a paused VM, a swapped-out process) answers nobody: its peers time out
+    after `timeout`, the abort does not wait for it, and the run restarts on the others within
+    timeout + 2 s (it used to wait for the frozen worker as long as it stayed frozen). Woken up
+    afterwards, the worker harms nothing and trains again."""
+    x, y = data(3000)
+    fit = {**FIT, "epochs": 6, "batch_size": 30}
+    alone = make_model()
+    alone.fit(x, y, shards=3, **fit)
+    cluster, client = _fresh_cluster(3)
+    pids = client.run(os.getpid)
+    victim = sorted(pids)[2]
+    timeline = Timeline(pids[victim], at_epoch=1)
+    try:
+        model = make_model()
+        config = FitConfig.make(timeout=5, max_restarts=1, shards=3, **fit)
+        control = RunControl(on_restart=timeline.on_restart)
+        history = fit_on_cluster(model, x, y, None, [timeline], config, client=client, control=control)
+        assert len(history.restarts) == 1 and "Timed out after 5 s" in history.restarts[0], history.restarts
+        assert victim not in history.workers and len(history.workers) == 2
+        assert timeline.restarted_at[0] - timeline.stopped_at < 5 + 2
+        for got, expected in zip(model.get_weights(), alone.get_weights()):  # 3 shards on 2 workers
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+        os.kill(pids[victim], signal.SIGCONT)
+        again = make_model()
+        deadline = time.monotonic() + 30
+        while len(client.scheduler_info()["workers"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert again.fit(x, y, client=client, **fit).workers == sorted(pids)  # the woken worker trains again
+    finally:
+        os.kill(pids[victim], signal.SIGCONT)
+        client.close()
+        cluster.close()
 
 
 @pytest.mark.cluster

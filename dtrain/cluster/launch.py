@@ -126,7 +126,7 @@ def fit_on_cluster(
             point = _restart_point(config.checkpoint, meta, start)
             if control.on_restart is not None:
                 control.on_restart(len(restarts), reason)
-            ranks = _surviving_ranks(client, config.workers, run.stuck, reason, control.restart_workers)
+            ranks = _surviving_ranks(client, config.workers, run.stuck, run.silent, reason, control.restart_workers)
 
     # -- the trained model back in the client's hands -----------------------------------------
     rank0 = results[0]
@@ -168,6 +168,7 @@ class _Run:
     device: str = "cpu"
     comm_kind: str = "local"
     stuck: list[str] = field(default_factory=list)  # workers whose rank did not stop when aborted
+    silent: list[str] = field(default_factory=list)  # workers that stopped answering (frozen, cut off)
     epochs_done: set[int] = field(default_factory=set)
 
     @property
@@ -268,7 +269,7 @@ class _Run:
                     )
                 results = supervisor.follow(point.epoch, self.config.epochs)
         finally:
-            self.stuck = supervisor.stuck
+            self.stuck, self.silent = supervisor.stuck, supervisor.silent
         return results, supervisor
 
 
@@ -303,19 +304,22 @@ def _surviving_ranks(
     client: Any,
     workers: Sequence[str] | None,
     stuck: list[str],
+    silent: list[str],
     reason: str,
     choose: Callable[[list[str]], list[str]] | None = None,
 ) -> list[WorkerInfo]:
     """The workers a restart runs on: those still in the cluster (of ``workers=``, when given),
     joined ones included, minus those whose rank did not stop (they are restarted, and serve
-    again at a later restart); ``choose`` may narrow them (the job service's allocation)."""
+    again at a later restart) and the silent ones (frozen or cut off: left alone, they serve
+    again at a later restart if they wake); ``choose`` may narrow them (the job service's
+    allocation)."""
     alive = set(scheduler_workers(client))
     if stuck:
         try:
             client.restart_workers([w for w in stuck if w in alive], timeout=60, raise_for_error=False)
         except Exception:
             pass
-    usable = [w for w in sorted(alive) if w not in stuck]
+    usable = [w for w in sorted(alive) if w not in stuck and w not in silent]
     if choose is not None:
         candidates = [w for w in choose(usable) if w in usable]
     else:

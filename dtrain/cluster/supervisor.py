@@ -20,6 +20,8 @@ from .rank import event_topic
 
 LIVENESS_INTERVAL_S = 0.5  # how often the driver checks that every rank's worker is alive
 ABORT_GRACE_S = 10.0  # how long aborted ranks get to return before their tasks are released
+ABORT_SEND_S = 1.0  # how long an abort waits for the workers to take it (a silent one never does)
+SILENT_HEARTBEATS = 6  # a worker unheard of for this many heartbeat intervals (3 s at least) is silent
 
 
 class Supervisor:
@@ -43,6 +45,7 @@ class Supervisor:
         self.futures: list[Any] = []
         self.stop = stop
         self.stuck: list[str] = []  # workers whose rank was still running after an abort
+        self.silent: list[str] = []  # workers that stopped answering the scheduler (frozen, cut off)
         self.events: queue.Queue[tuple[Any, dict]] = queue.Queue()
         self.epoch_open: int | None = None
         self.epochs_done: set[int] = set()
@@ -85,21 +88,38 @@ class Supervisor:
             else f"{type(exc).__name__}: {exc}"
         )
         try:  # only the workers still there: a call to a dead one waits for the connect timeout
-            alive = self._alive_addresses()
-            targets = [w.address for w in self.ranks if w.address in alive]
-        except Exception:
-            targets = [w.address for w in self.ranks]
-        try:
-            self.client.run(
-                comm_module.abort_on_worker,
-                self.job_id,
-                f"training aborted: {reason}",
-                workers=targets,
-                on_error="ignore",
-            )
+            alive: set[str] | None = self._alive_addresses()
         except Exception:  # the scheduler is unreachable: the ranks' own deadlines stop them
-            pass
-        self._release()
+            alive = None
+        present = [r for r, w in enumerate(self.ranks) if alive is not None and w.address in alive]
+        # Silent workers (frozen: SIGSTOP, a paused VM; or cut off) answer nobody: they get the
+        # abort without anyone waiting for it (they take it if they wake), and their ranks are not
+        # waited for.
+        silent = self._silent_workers([self.ranks[r].address for r in present if not self.futures[r].done()])
+        message = f"training aborted: {reason}"
+        self._send_abort([self.ranks[r].address for r in present if self.ranks[r].address not in silent], message)
+        if silent:
+            self._send_abort(sorted(silent), message, wait_s=0.0)
+        self._release(present, silent)
+
+    def _send_abort(self, targets: list[str], reason: str, wait_s: float = ABORT_SEND_S) -> None:
+        """Tell the ranks on ``targets`` to stop, waiting ``wait_s`` at most: the call returns only
+        once every worker has answered, and a worker that froze a moment ago would never answer.
+        The call goes on in the background meanwhile."""
+        if not targets:
+            return
+        sent = threading.Event()
+
+        def send() -> None:
+            try:
+                self.client.run(comm_module.abort_on_worker, self.job_id, reason, workers=targets, on_error="ignore")
+            except Exception:  # the scheduler went away meanwhile: the ranks' own deadlines stop them
+                pass
+            finally:
+                sent.set()
+
+        threading.Thread(target=send, name=f"dtrain-abort-{self.job_id}", daemon=True).start()
+        sent.wait(wait_s)
 
     def _follow(self) -> None:
         next_liveness = time.monotonic()
@@ -192,6 +212,16 @@ class Supervisor:
         future = next(f for f in self.futures if f.status == "error" and f.exception() is chosen)
         return chosen.with_traceback(future.traceback())
 
+    def _silent_workers(self, addresses: list[str]) -> set[str]:
+        """Those of ``addresses`` the scheduler has not heard from for SILENT_HEARTBEATS heartbeat
+        intervals (none when it cannot be asked)."""
+        if not addresses:
+            return set()
+        try:
+            return set(self.client.run_on_scheduler(_silent_on_scheduler, addresses, SILENT_HEARTBEATS))
+        except Exception:
+            return set()
+
     def _alive_addresses(self) -> set[str]:
         # A client that lost its scheduler answers from a stale (or emptied) copy of the worker
         # list: ask whether it is still connected first, or a lost scheduler looks like lost workers.
@@ -224,15 +254,34 @@ class Supervisor:
                 "rank. Check that worker's logs (memory limit? killed?), then run fit again."
             )
 
-    def _release(self) -> None:
-        """Give aborted ranks a moment to return, then release every task of the job."""
+    def _release(self, present: list[int], silent: set[str]) -> None:
+        """Give the aborted ranks a moment to return, then release every task of the job.
+
+        Waited for: the ranks on workers still there (``present``) that answer the scheduler. Not
+        waited for: a rank whose worker left (the scheduler keeps a task pinned to a gone worker
+        in no-worker for ever, which cost every lost worker the whole grace), nor one on a
+        ``silent`` worker, which cannot return before it wakes."""
+        waited = [r for r in present if self.ranks[r].address not in silent]
         deadline = time.monotonic() + ABORT_GRACE_S
-        while time.monotonic() < deadline and not all(f.done() for f in self.futures):
+        while time.monotonic() < deadline and not all(self.futures[r].done() for r in waited):
             time.sleep(0.05)
         # A rank still running now ignores the abort (stuck in a step): its worker's thread is
-        # taken until it returns, so a restart must not count on that worker.
-        self.stuck = [self.ranks[r].address for r, f in enumerate(self.futures) if not f.done()]
+        # taken until it returns, so a restart must not count on that worker (it is restarted).
+        self.stuck = [self.ranks[r].address for r in waited if not self.futures[r].done()]
+        # A silent worker is left out of a restart and left alone: restarting it would wait on it too.
+        self.silent = sorted(silent)
         try:
             self.client.cancel(self.futures)
         except Exception:
             pass
+
+
+def _silent_on_scheduler(addresses: list[str], heartbeats: int, dask_scheduler: Any = None) -> list[str]:
+    """Runs on the scheduler (client.run_on_scheduler): the workers of ``addresses`` whose last
+    heartbeat is older than ``heartbeats`` of the intervals the scheduler asks of them (0.5 s up
+    to 10 workers, longer on larger clusters), and 3 s at least."""
+    from distributed.scheduler import heartbeat_interval
+
+    limit = max(3.0, heartbeats * heartbeat_interval(len(dask_scheduler.workers)))
+    now = time.time()  # the scheduler stamps heartbeats with time()
+    return [a for a in addresses if a in dask_scheduler.workers and now - dask_scheduler.workers[a].last_seen > limit]

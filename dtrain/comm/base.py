@@ -82,7 +82,7 @@ class Communicator(Protocol):
         """Raise :class:`Aborted` if the job was aborted (cheap: called every step)."""
 
     def abort(self, reason: str) -> None:
-        """Best effort: tell every peer to abort because this rank is failing. Never raises; blocks ~1 s at most."""
+        """Best effort: tell every peer to abort because this rank is failing. Never raises; blocks a moment at most."""
 
     def close(self) -> None:
         """Release this rank's resources; the communicator cannot be used afterwards."""

@@ -42,7 +42,10 @@ if TYPE_CHECKING:
 
 PLUGIN_NAME = "dtrain"
 REMEMBER_JOBS = 4096  # closed and aborted job ids remembered per worker (bounded; oldest forgotten)
-ABORT_GRACE = 1.0  # seconds abort() waits for its messages to the peers
+CLOSE_GRACE = 1.0  # seconds close() waits for the peers to finish reading this rank's shared memory
+# Seconds abort() waits for its messages to the peers. Short: a frozen or cut-off peer never answers
+# (the driver aborts every rank as well), and a failing rank should report its error at once.
+ABORT_GRACE = 0.25
 
 
 class _JobTable:
@@ -285,6 +288,7 @@ class _DaskTransport:
         self.loop = worker.loop.asyncio_loop  # type: ignore[attr-defined]
         self._pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
         self.shared_peers: set[int] = set()  # peers that read this rank's large arrays from shared memory
+        self.unanswered: set[int] = set()  # peers a receive from timed out or ended on: aborts do not wait on them
         self._slots: dict[int, list[_Slot]] = {}
         self._sends = 0
         self._peer_segments = shared.PeerSegments()
@@ -483,13 +487,19 @@ class _DaskTransport:
         return self._launch(peer, tag, self._send_message(self.peers[peer], tag, **fields))
 
     def _take(self, peer: int, tag: str) -> Any:
-        return self.box.take(
-            peer,
-            tag,
-            self.timeout,
-            waiting_for=f"rank {peer} ({self.peers[peer]}) to send {tag!r} to rank {self.rank} of job {self.job_id!r}",
-            check=self._checker(peer, tag),
-        )
+        try:
+            return self.box.take(
+                peer,
+                tag,
+                self.timeout,
+                waiting_for=f"rank {peer} ({self.peers[peer]}) to send {tag!r} to rank {self.rank} of job {self.job_id!r}",
+                check=self._checker(peer, tag),
+            )
+        except Aborted:
+            raise
+        except CommError:  # the peer is dead, frozen or cut off: it will not answer an abort either
+            self.unanswered.add(peer)
+            raise
 
     def _checker(self, peer: int, tag: str) -> Callable[[], None]:
         """What a receive from ``peer`` checks between waits: this rank's failed sends, and whether the
@@ -676,18 +686,20 @@ class DaskCommunicator(TransportCommunicator):
             raise Aborted(reason)
 
     def abort(self, reason: str) -> None:
-        """Abort the job here and on every peer (best effort, ~1 s at most, never raises)."""
+        """Abort the job here and on every peer (best effort, ABORT_GRACE at most, never raises)."""
         t = self._transport
         message = failure_message(self.rank, f" ({t.peers[self.rank]})", reason)
         try:
             self._jobs.abort(self.job_id, message)
-            futures = [
-                asyncio.run_coroutine_threadsafe(self._send_abort(address, message), t.loop)
-                for address in t.peers
-                if address != t.peers[self.rank]
-            ]
-            if not _on_loop_thread(t.loop):  # never block the event loop waiting for itself
-                concurrent.futures.wait(futures, timeout=ABORT_GRACE)
+            futures = {
+                peer: asyncio.run_coroutine_threadsafe(self._send_abort(address, message), t.loop)
+                for peer, address in enumerate(t.peers)
+                if peer != self.rank
+            }
+            # Not waited for: a peer that let a receive time out (frozen or cut off) never answers.
+            waited = [future for peer, future in futures.items() if peer not in t.unanswered]
+            if waited and not _on_loop_thread(t.loop):  # never block the event loop waiting for itself
+                concurrent.futures.wait(waited, timeout=ABORT_GRACE)
         except Exception:  # best effort: the caller is already failing
             pass
 
@@ -696,7 +708,7 @@ class DaskCommunicator(TransportCommunicator):
 
     def close(self) -> None:
         self._transport.cancel_sends()  # after a failed collective: sends that will never complete
-        self._transport.close_shared_memory(grace=min(self.timeout, ABORT_GRACE))
+        self._transport.close_shared_memory(grace=min(self.timeout, CLOSE_GRACE))
         self._jobs.close(self.job_id)
 
     def __repr__(self) -> str:
