@@ -443,6 +443,11 @@ def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_pat
     assert record["state"] == "succeeded", record["error"]
     assert record["restarts"] == 1 and len(record["workers"]) == 2  # it finished on the two left
     assert "left the cluster" in record["restart_reasons"][0] or "Error" in record["restart_reasons"][0]
+    [restart] = record["restart_log"]  # dtrain status --json: where it was, where it went on from, how fast
+    assert restart["reason"] == record["restart_reasons"][0] and restart["at"]["epoch"] >= 2
+    resumed = restart["resumed_from"]
+    assert resumed["source"] == "checkpoint" and 2 <= resumed["epoch"] <= restart["at"]["epoch"] + 1
+    assert 0 <= restart["detected_s"] < 3 and 0 < restart["recovered_s"] < 10
     model = dtrain.load_model(out)
     expected = uninterrupted(SEED_JOB, overrides, shards=3)
     for got, want in zip(model.get_weights(), expected.get_weights()):
@@ -450,10 +455,13 @@ def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_pat
 
 
 @pytest.mark.slow
-def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(tmp_path):
+@pytest.mark.parametrize("sizes", [(2, 2), (3, 2)], ids=["same-size", "on-fewer-workers"])
+def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(sizes, tmp_path):
+    """The job leaves fit.shards unset: the resumed run takes the shard count from the checkpoint
+    (one per worker of the first cluster), also on a cluster of another size."""
     out = tmp_path / "out"
     overrides = recovery_job(out)
-    first = Cluster(2)
+    first = Cluster(sizes[0])
     try:
         job_id = submit_and_reach(first.address, overrides, epoch=4)
     finally:
@@ -461,7 +469,7 @@ def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(tmp_path)
     start = time.monotonic()
     gone = dtrain_cli("status", job_id, "--scheduler", first.address, "--json", "--connect-timeout", "3")
     assert gone.returncode == 3 and time.monotonic() - start < 30
-    second = Cluster(2)
+    second = Cluster(sizes[1])
     try:
         resumed = dtrain_cli("resume", str(out), "--scheduler", second.address, "--json")
     finally:
@@ -473,7 +481,7 @@ def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(tmp_path)
     first = result["history"][0]["epoch"]
     assert first >= 4 and [row["epoch"] for row in result["history"]] == list(range(first, 13))
     model = dtrain.load_model(out)
-    expected = uninterrupted(SEED_JOB, overrides, shards=2)
+    expected = uninterrupted(SEED_JOB, overrides, shards=sizes[0])
     for got, want in zip(model.get_weights(), expected.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
 

@@ -317,7 +317,7 @@ class Timeline(Callback):
             os.kill(self.pid, signal.SIGSTOP)
             self.stopped_at = time.monotonic()
 
-    def on_restart(self, count, reason):  # RunControl's hook: the failure handled, the restart begins
+    def on_restart(self, count, record):  # RunControl's hook: the failure handled, the restart begins
         self.restarted_at.append(time.monotonic())
 
 
@@ -344,6 +344,16 @@ def test_a_frozen_worker_costs_the_step_deadline_and_a_restart_without_it():
         assert len(history.restarts) == 1 and "Timed out after 5 s" in history.restarts[0], history.restarts
         assert victim not in history.workers and len(history.workers) == 2
         assert timeline.restarted_at[0] - timeline.stopped_at < 5 + 2
+        [record] = history.restart_log
+        assert record["reason"] == history.restarts[0] and record["at"]["epoch"] >= 1
+        assert record["resumed_from"] == {
+            "epoch": 0,
+            "step": 0,
+            "source": "start",
+            "why": "the run writes no checkpoints",
+        }
+        # noticed at the step deadline after rank 0 was last heard of; training again within seconds
+        assert 4.5 <= record["detected_s"] < 5 + 2 and 0 < record["recovered_s"] < 5
         for got, expected in zip(model.get_weights(), alone.get_weights()):  # 3 shards on 2 workers
             np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
         os.kill(pids[victim], signal.SIGCONT)

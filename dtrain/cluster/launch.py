@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -45,11 +46,12 @@ class RunControl:
     """How a caller steers a cluster run beyond its FitConfig (the job service does):
 
     ``stop``: once set, every rank is aborted within a moment and JobCancelled is raised;
-    ``on_restart(count, reason)`` hears of each restart; ``restart_workers(usable)`` picks the
+    ``on_restart(count, record)`` hears of each restart (its ``history.restart_log`` entry, whose
+    ``recovered_s`` is filled in when the restarted run first reports); ``restart_workers(usable)`` picks the
     workers of a restart among those usable, instead of all of them."""
 
     stop: threading.Event | None = None
-    on_restart: Callable[[int, str], None] | None = None
+    on_restart: Callable[[int, dict], None] | None = None
     restart_workers: Callable[[list[str]], list[str]] | None = None
 
 
@@ -113,19 +115,23 @@ def fit_on_cluster(
     run.epochs_done = set(range(start.epoch))  # a resumed run's earlier epochs belong to an earlier fit
     model.stop_training = False
     cbs.on_train_begin()
-    point, restarts = start, list[str]()
+    point, restarts, restart_log = start, list[str](), list[dict]()
     while True:
         try:
             results, supervisor = run.attempt(ranks, point, attempt=len(restarts))
             break
         except BaseException as exc:
+            noticed = time.monotonic()
             if len(restarts) >= config.max_restarts or not _recoverable(exc):
                 raise
             reason = f"{type(exc).__name__}: {exc}"
             restarts.append(reason)
-            point = _restart_point(config.checkpoint, meta, start)
+            point, whence = _restart_point(config.checkpoint, meta, start)
+            record = _restart_record(reason, run, point, whence, noticed)
+            restart_log.append(record)
+            run.on_first_report = _recovery_timer(record, noticed)
             if control.on_restart is not None:
-                control.on_restart(len(restarts), reason)
+                control.on_restart(len(restarts), record)
             ranks = _surviving_ranks(client, config.workers, run.stuck, run.silent, reason, control.restart_workers)
 
     # -- the trained model back in the client's hands -----------------------------------------
@@ -140,6 +146,7 @@ def fit_on_cluster(
     history.placement = dict(run.placement)  # logical shards per worker
     history.device, history.communicator = run.device, run.comm_kind
     history.restarts = restarts
+    history.restart_log = restart_log
     history.skipped_steps = int(rank0.get("skipped_steps", 0))
     history.sharded_step = bool(rank0.get("sharded_step", False))
     cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model
@@ -170,6 +177,10 @@ class _Run:
     stuck: list[str] = field(default_factory=list)  # workers whose rank did not stop when aborted
     silent: list[str] = field(default_factory=list)  # workers that stopped answering (frozen, cut off)
     epochs_done: set[int] = field(default_factory=set)
+    # where the last attempt was when last heard of, and when; a restart's timer of its first report
+    position: tuple[int, int] | None = None
+    heard_at: float | None = None
+    on_first_report: Callable[[float], None] | None = None
 
     @property
     def sources(self) -> list[Any]:
@@ -214,6 +225,7 @@ class _Run:
         # not reported again; epochs the checkpoint holds whose end never reached the client
         # (rank 0 died between writing and reporting) are reported now.
         supervisor.epochs_done = self.epochs_done
+        supervisor.on_first_report = self.on_first_report
         for epoch, logs in enumerate(point.history or []):
             supervisor.report_epoch_end(epoch, logs)
         try:
@@ -270,6 +282,8 @@ class _Run:
                 results = supervisor.follow(point.epoch, self.config.epochs)
         finally:
             self.stuck, self.silent = supervisor.stuck, supervisor.silent
+            self.position = supervisor.position
+            self.heard_at = supervisor.heard_at if supervisor.heard_at is not None else supervisor.started_at
         return results, supervisor
 
 
@@ -287,17 +301,53 @@ def _recoverable(exc: BaseException) -> bool:
     return isinstance(exc, (WorkerLostError, CommError, KilledWorker, TimeoutError, *connection))
 
 
-def _restart_point(policy: CheckpointPolicy | None, meta: dict, start: ResumePoint) -> ResumePoint:
-    """Where a restart begins: this run's latest good checkpoint, else the run's own start."""
+def _restart_point(policy: CheckpointPolicy | None, meta: dict, start: ResumePoint) -> tuple[ResumePoint, str]:
+    """Where a restart begins: this run's latest good checkpoint, else the run's own start; and
+    why, in words, when it is the start."""
     if policy is None:
-        return start
+        return start, "the run writes no checkpoints"
     try:
         with warnings.catch_warnings():  # other runs' checkpoints in the folder are expected here
             warnings.simplefilter("ignore")
             point = resume_point(policy.directory, meta, same_run=True)
     except CheckpointError:  # none of this run is good (or none yet): from the start
-        return start
-    return point if (point.epoch, point.step) >= (start.epoch, start.step) else start
+        return start, f"no good checkpoint of this run in {policy.directory} (none written yet, or none readable here)"
+    if (point.epoch, point.step) >= (start.epoch, start.step):
+        return point, ""
+    return start, f"the latest checkpoint of this run in {policy.directory} is older than the run's start"
+
+
+def _restart_record(reason: str, run: _Run, point: ResumePoint, whence: str, noticed: float) -> dict:
+    """A restart as ``history.restart_log`` and the job service record it (README: Restarts)."""
+    epoch, step = run.position if run.position is not None else (None, None)
+    resumed: dict[str, Any] = {"epoch": point.epoch, "step": point.step}
+    resumed["source"] = "checkpoint" if point.source is not None else "start"
+    if whence:
+        resumed["why"] = whence
+    return {
+        "reason": reason,
+        "at": None if epoch is None else {"epoch": epoch, "step": step},
+        "resumed_from": resumed,
+        "detected_s": round(noticed - run.heard_at, 3) if run.heard_at is not None else None,
+        "recovered_s": None,  # filled in when the restarted run first reports
+    }
+
+
+def describe_resume(resumed_from: dict) -> str:
+    """A restart record's ``resumed_from`` in words (the job service's log line)."""
+    where = f"epoch {resumed_from['epoch'] + 1}, step {resumed_from['step']}"
+    if resumed_from["source"] == "checkpoint":
+        return f"continuing from the checkpoint at {where}"
+    if resumed_from["epoch"] == 0 and resumed_from["step"] == 0:
+        return f"starting again from the beginning ({resumed_from.get('why', 'no checkpoint')})"
+    return f"starting again from the run's start at {where} ({resumed_from.get('why', 'no checkpoint')})"
+
+
+def _recovery_timer(record: dict, noticed: float) -> Callable[[float], None]:
+    def first_report(at: float) -> None:
+        record["recovered_s"] = round(at - noticed, 3)
+
+    return first_report
 
 
 def _surviving_ranks(

@@ -8,6 +8,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import comm as comm_module
@@ -51,6 +52,12 @@ class Supervisor:
         self.epochs_done: set[int] = set()
         self.epochs = 0
         self.logs: dict[str, float] = {}
+        # The ranks' reports (rank 0's progress, every PROGRESS_INTERVAL_S, and epoch ends): where
+        # training was and when the client last heard of it; ``on_first_report`` hears the first.
+        self.started_at = time.monotonic()
+        self.heard_at: float | None = None
+        self.position: tuple[int, int] | None = None  # (epoch, step) of the last report
+        self.on_first_report: Callable[[float], None] | None = None
 
     @contextlib.contextmanager
     def running(self):
@@ -155,6 +162,11 @@ class Supervisor:
 
     def _on_event(self, message: dict) -> None:
         epoch = message["epoch"]
+        first = self.heard_at is None
+        self.heard_at = time.monotonic()
+        self.position = (epoch, message["step"] + 1) if message["kind"] == "progress" else (epoch + 1, 0)
+        if first and self.on_first_report is not None:
+            self.on_first_report(self.heard_at)
         if epoch in self.epochs_done:  # trained again after a restart: its callbacks ran the first time
             if message["kind"] == "epoch":
                 self._answer(epoch)

@@ -30,7 +30,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ..callbacks import Callback
 from ..cluster.errors import JobCancelled
-from ..cluster.launch import RunControl, fit_on_cluster
+from ..cluster.launch import RunControl, describe_resume, fit_on_cluster
 from .outputs import write_outputs, write_record
 from .spec import JobError, job_from_dict
 
@@ -69,6 +69,7 @@ class JobRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     restarts: int = 0
     restart_reasons: list[str] = field(default_factory=list)
+    restart_log: list[dict] = field(default_factory=list)  # history.restart_log's records, as they happen
     error: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     waiting_for: str | None = None  # why a queued job has not started
@@ -103,6 +104,7 @@ class JobRecord:
             "history": [dict(row) for row in self.history],
             "restarts": self.restarts,
             "restart_reasons": list(self.restart_reasons),
+            "restart_log": [dict(entry) for entry in self.restart_log],
             "error": self.error,
             "output": self.output,
             "files": dict(self.files),
@@ -436,10 +438,11 @@ def _client_security(scheduler: Scheduler) -> Any:
     )
 
 
-def _restarted(record: JobRecord, count: int, reason: str) -> None:
+def _restarted(record: JobRecord, count: int, restart: dict) -> None:
     record.restarts = count
-    record.restart_reasons.append(reason)
-    record.log(f"restart {count}: {reason}; continuing from the latest checkpoint on the workers left")
+    record.restart_reasons.append(restart["reason"])
+    record.restart_log.append(restart)  # its recovered_s is filled in when training goes on
+    record.log(f"restart {count}: {restart['reason']}; {describe_resume(restart['resumed_from'])}, on the workers left")
 
 
 def _claim(requested: Any, free: list[str], present: list[str], cap: int | None) -> tuple[list[str] | None, str]:
@@ -485,7 +488,11 @@ def _unknown(job_id: str) -> dict[str, Any]:
 
 
 def _brief(record: JobRecord) -> dict[str, Any]:
-    return {key: value for key, value in record.public().items() if key not in ("history", "files", "restart_reasons")}
+    return {
+        key: value
+        for key, value in record.public().items()
+        if key not in ("history", "files", "restart_reasons", "restart_log")
+    }
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
