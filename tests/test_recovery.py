@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,3 +407,47 @@ def test_the_finite_check_is_exact_even_where_the_sum_of_squares_overflows(dtype
             broken = values.copy()
             broken[737] = bad
             assert not check(broken)
+
+
+@pytest.mark.cluster
+def test_checkpoints_the_driver_cannot_read_are_refused_before_training(tmp_path):
+    """Rank 0 writes checkpoints to a disk private to its host (here: a worker in a mount namespace
+    with its own tmpfs over the folder): a restart would silently start over. Said before training."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1): a worker with a private view of the folder")
+    from distributed import Client
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port)], **quiet)
+    private = f"mount -t tmpfs tmpfs {folder} && exec {dask} worker {address} --nthreads 1 --no-nanny"
+    worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", private], **quiet)
+    try:
+        client = Client(address, timeout=30, set_as_default=False)
+        client.wait_for_workers(1, timeout=30)
+        x, y = data(200)
+        before = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
+        with pytest.raises(OSError, match=r"writes checkpoints to .* which this process \(the driver\) cannot read"):
+            make_model().fit(x, y, client=client, checkpoint_dir=folder, **FIT)
+        after = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
+        assert not any("rank" in str(key) for key in after - before)  # refused before any rank ran
+        assert list(folder.iterdir()) == []
+        # Without checkpoints the same worker trains: the folder was all that was wrong.
+        assert len(make_model().fit(x, y, client=client, **FIT).history["loss"]) == FIT["epochs"]
+        client.close()
+    finally:
+        worker.kill()
+        scheduler.kill()
+        worker.wait()
+        scheduler.wait()

@@ -35,7 +35,15 @@ from ..training.checkpointing import ResumePoint, resolve_seed_and_shards, resum
 from ..training.hooks import StepHook, callback_list, installed_hooks
 from ..training.sync import NonFiniteError
 from .errors import JobCancelled, SchedulerLostError, WorkerLostError
-from .placement import Rows, check_access, check_memory, place_shards, split_rows, training_sources
+from .placement import (
+    Rows,
+    check_access,
+    check_checkpoint_folder,
+    check_memory,
+    place_shards,
+    split_rows,
+    training_sources,
+)
 from .probe import WorkerInfo, choose_communicator, choose_device, cluster_ranks, scheduler_workers
 from .rank import RankSpec, run_rank
 from .supervisor import Supervisor
@@ -197,6 +205,8 @@ class _Run:
         self.device = choose_device(model.requested_device, ranks)
         self.comm_kind = choose_communicator(self.device, ranks)
         check_access(client, self.sources, ranks)
+        if self.config.checkpoint is not None:
+            check_checkpoint_folder(client, ranks[0].address, self.config.checkpoint.directory)
         owned = place_shards(plan, ranks, self.train, client)
         val_split = split_rows(validation.count, len(ranks)) if validation is not None else None
         check_memory(model, plan, owned, ranks, self.train, validation, val_split)

@@ -1,9 +1,11 @@
 """The data where it is: training and validation rows as sources, checked on the client as
 far as it can without reading files or computing Dask arrays; which logical shards each rank
-trains on; whether every rank's rows and model fit its worker."""
+trains on; whether every rank's rows and model fit its worker; whether the checkpoints rank 0
+writes are where the driver reads them."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,7 @@ import numpy as np
 from ..network import Network
 from ..sampling import ShardPlan
 from ..sources import ArraySource, Source, as_source, check_same_rows
+from ..storage import Location
 from ..training.local import validation_split_at
 from .probe import WorkerInfo
 
@@ -132,6 +135,55 @@ def check_access(client, sources, ranks: Sequence[WorkerInfo]) -> None:
         problems = [f"{addr}: {why}" for addr, why in answers.items() if why]
         if problems:
             raise FileNotFoundError(f"{source.describe()} cannot be read on every worker: " + "; ".join(problems))
+
+
+PROBE_PREFIX = ".dtrain-probe-"
+
+
+def _write_probe(directory: str, name: str) -> str:
+    """Runs on rank 0's worker (client.run): write a probe file where rank 0 writes checkpoints;
+    returns where that is, as the worker sees it."""
+    location = Location(directory, what="a checkpoint directory or URL")
+    location.make()
+    location.write(name, b"dtrain checkpoint folder probe\n")
+    return location.where(name)
+
+
+def _remove_probe(directory: str, name: str) -> None:
+    try:
+        Location(directory).remove(name)
+    except Exception:  # best effort: a leftover probe is a few bytes, and named for what it is
+        pass
+
+
+def check_checkpoint_folder(client: Any, rank0: str, directory: str) -> None:
+    """Rank 0 writes the checkpoints and the driver (this process: the client, or the scheduler
+    for jobs) reads them when a run restarts or resumes: they must see the same folder. A probe
+    written through rank 0's worker must be readable here; otherwise a restart would silently
+    start over (a relative path on workers started elsewhere, a disk private to a host)."""
+    name = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
+    try:
+        where = client.run(_write_probe, directory, name, workers=[rank0])[rank0]
+    except Exception as exc:
+        raise OSError(
+            f"Rank 0 (worker {rank0}) cannot write checkpoints to {directory!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    here = Location(directory, what="a checkpoint directory or URL")
+    try:
+        seen = here.exists(name)
+    except Exception:
+        seen = False
+    _remove_probe(directory, name)
+    if not seen:
+        try:
+            client.run(_remove_probe, directory, name, workers=[rank0])
+        except Exception:
+            pass
+        raise OSError(
+            f"Rank 0 (worker {rank0}) writes checkpoints to {where}, which this process (the driver) cannot "
+            f"read at {here.where(name)}: a restart or a resume could not continue from them. Use a folder that "
+            "the workers and the driver share (the same absolute path on a shared filesystem) or a URL (s3://...)."
+        )
 
 
 def model_bytes(model: Network, local_batch: int) -> int:
