@@ -12,6 +12,7 @@ client-side launch and supervision live in ``launch`` and ``supervisor``.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,14 +104,17 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         )
         with blas_threads(worker), quiet_monitoring(worker):
             return _run(spec, comm, worker, readers, dependencies, initial)
-    except Aborted:
-        raise
-    except BaseException as exc:  # tell the peers at once, so that they stop waiting for this rank
-        reason = f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}"
-        if comm is not None:
-            comm.abort(reason)
-        else:
-            plugin.abort_job(spec.job_id, reason)
+    except BaseException as exc:
+        if not isinstance(exc, Aborted):  # tell the peers at once, so that they stop waiting for this rank
+            reason = f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}"
+            if comm is not None:
+                comm.abort(reason)
+            else:
+                plugin.abort_job(spec.job_id, reason)
+        # The traceback's finished frames hold the replica, whose weights and gradients live in
+        # shared memory: cleared, closing the communicator below unmaps that memory now, not at
+        # the worker's next full garbage collection (the frames and the exception form a cycle).
+        traceback.clear_frames(exc.__traceback__)
         raise
     finally:
         if comm is not None:
