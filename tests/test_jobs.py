@@ -455,6 +455,26 @@ def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_pat
 
 
 @pytest.mark.slow
+def test_cancelling_a_job_with_a_frozen_worker_takes_seconds(tmp_path):
+    """A worker in SIGSTOP answers nobody. `dtrain cancel` used to give up after 30 s while the job
+    thread waited on it; the abort no longer waits for a silent worker."""
+    overrides = recovery_job(tmp_path / "out")
+    cluster = Cluster(2)
+    try:
+        job_id = submit_and_reach(cluster.address, overrides, epoch=2)
+        cluster.workers[1].send_signal(signal.SIGSTOP)
+        time.sleep(4)  # silent: no heartbeat for 3 s
+        start = time.monotonic()
+        cancelled = dtrain_cli("cancel", job_id, "--scheduler", cluster.address, "--json")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert json_of(cancelled)["state"] == "cancelled"
+        assert time.monotonic() - start < 15
+    finally:
+        cluster.workers[1].send_signal(signal.SIGCONT)
+        cluster.kill()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sizes", [(2, 2), (3, 2)], ids=["same-size", "on-fewer-workers"])
 def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(sizes, tmp_path):
     """The job leaves fit.shards unset: the resumed run takes the shard count from the checkpoint
