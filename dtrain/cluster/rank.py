@@ -171,7 +171,6 @@ def _run(
         "hooks": result.hook_results,
         "skipped_steps": result.skipped_steps,
         "sharded_step": result.sharded_step,
-        "sync": result.sync,
     }
     if spec.rank == 0:
         out.update(

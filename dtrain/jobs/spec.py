@@ -164,14 +164,15 @@ class Job:
         which read nothing until training (each worker reads its own rows)."""
         data = self.spec["data"]
         validation = data["validation"]
-        split = 0.0
-        validation_data = None
-        if validation is not None and "split" in validation:
-            split = float(validation["split"])
-        elif validation is not None:
-            validation_data = self._open(validation)
+        split = self._validation_split()
+        validation_data = self._open(validation) if validation is not None and "split" not in validation else None
         x, y = self._open(data["train"])
         return {"x": x, "y": y, "validation_data": validation_data, "validation_split": split}
+
+    def _validation_split(self) -> float:
+        """``data.validation.split``, or 0.0 when the job validates on other data or not at all."""
+        validation = self.spec["data"]["validation"]
+        return float(validation["split"]) if validation is not None and "split" in validation else 0.0
 
     def _open(self, source: dict) -> tuple[Any, Any]:
         # Opening reads nothing: each worker reads its own rows during training.
@@ -221,11 +222,10 @@ class Job:
             if checkpoint is False
             else {"checkpoint_every": checkpoint["every"], "keep_checkpoints": checkpoint["keep"]}
         )
-        validation = self.spec["data"]["validation"]
         return FitConfig.make(
             **self.fit_options(),
             verbose=0,
-            validation_split=float(validation["split"]) if validation is not None and "split" in validation else 0.0,
+            validation_split=self._validation_split(),
             checkpoint_dir=self.checkpoint_dir,
             **policy,
             resume_from=self.checkpoint_dir if resume else None,
