@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 
 def blas_threads(worker: Any) -> Any:
     """The rank's BLAS uses as many threads as its worker has (``--nthreads``), no more.
@@ -18,8 +20,6 @@ def blas_threads(worker: Any) -> Any:
     with OPENBLAS_NUM_THREADS=2 in the client's environment, two workers of 1 thread each ran
     2 BLAS threads each and their step took 63 ms instead of 34 ms. The rank owns its
     worker's only task slot, so the worker's thread count is its share of the machine."""
-    from threadpoolctl import threadpool_limits  # only where ranks run: `import dtrain` needs none of it
-
     return threadpool_limits(limits=max(1, int(worker.state.nthreads)), user_api="blas")
 
 
