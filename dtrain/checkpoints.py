@@ -167,14 +167,15 @@ def _manifest_file(name: str) -> str:
     return f"{name}.json"
 
 
-def _step_of(name: str) -> int:
+def global_step_of(name: str) -> int:
+    """The global step (epoch * steps per epoch + step) of the checkpoint named ``name``."""
     return int(name[len("ckpt-") :])
 
 
 def _complete(files: list[str]) -> list[str]:
     """Names of the checkpoints that have a manifest, by global step (oldest first)."""
     names = {m["name"] for m in map(_FILE.match, files) if m and m["kind"] == "json"}
-    return sorted(names, key=_step_of)
+    return sorted(names, key=global_step_of)
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[str]:
@@ -319,9 +320,9 @@ def _prune(store: Location, *, newest: str, keep: int) -> None:
     as bad when this run resumed) are not older, so they stay: counting them instead would
     delete the checkpoints this run has just written, ``latest`` included."""
     files = _names(store)
-    limit = _step_of(newest)
-    kept = [n for n in _complete(files) if _step_of(n) <= limit][-keep:]
-    oldest_kept = _step_of(kept[0]) if kept else limit
+    limit = global_step_of(newest)
+    kept = [n for n in _complete(files) if global_step_of(n) <= limit][-keep:]
+    oldest_kept = global_step_of(kept[0]) if kept else limit
     protected = set(kept) | {newest}
     doomed: dict[int, list[str]] = {}
     for file in files:
@@ -475,10 +476,10 @@ def _read_manifest(store: Location, name: str) -> dict:
             raise _Bad(
                 where, f"the manifest's {key} is {value!r}, expected a {'whole number >= 0' if kind is int else 'dict'}"
             )
-    if manifest["global_step"] != _step_of(name):
+    if manifest["global_step"] != global_step_of(name):
         raise _Bad(
             where,
-            f"the manifest is for global step {manifest['global_step']}, not {_step_of(name)} "
+            f"the manifest is for global step {manifest['global_step']}, not {global_step_of(name)} "
             f"as its name says (a renamed or copied file)",
         )
     return manifest

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,14 +28,16 @@ from .backend import host_copy
 from .network import Network
 from .training.hooks import StepContext, StepHook, installed
 
-FAULT_KINDS = ("crash", "hang", "nan")
+FAULT_KINDS = ("crash", "hang", "nan", "kill")
 
 
 @dataclass(frozen=True)
 class Fault:
-    """A failure at (rank, epoch, step) of a run's first start (a restart runs clean): "crash"
+    """A failure at (rank, epoch, step) of a run's first start (of its restart number
+    ``attempt``, when given; the other attempts run clean): "crash"
     raises, "hang" sleeps ``seconds`` ignoring aborts (as a deadlock would), "nan" puts a NaN at
-    ``index`` of the rank's gradient after the backward pass."""
+    ``index`` of the rank's gradient after the backward pass, "kill" sends the rank's own worker
+    process SIGKILL before the step (``kill -9`` at a known step; never in one process)."""
 
     rank: int
     epoch: int
@@ -41,6 +45,7 @@ class Fault:
     kind: str
     seconds: float = 3600.0
     index: int = 0
+    attempt: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -52,14 +57,16 @@ class FaultInjector(StepHook):
         self.faults = faults
 
     def _due(self, ctx: StepContext, kinds: tuple[str, ...]) -> list[Fault]:
-        if ctx.attempt != 0:
-            return []
         return [
-            f for f in self.faults if f.kind in kinds and (f.rank, f.epoch, f.step) == (ctx.rank, ctx.epoch, ctx.step)
+            f
+            for f in self.faults
+            if f.kind in kinds and (f.attempt, f.rank, f.epoch, f.step) == (ctx.attempt, ctx.rank, ctx.epoch, ctx.step)
         ]
 
     def before_step(self, ctx: StepContext, network: Network) -> None:
-        for fault in self._due(ctx, ("hang", "crash")):
+        for fault in self._due(ctx, ("hang", "crash", "kill")):
+            if fault.kind == "kill":
+                _kill_this_worker()
             if fault.kind == "hang":
                 time.sleep(fault.seconds)
             else:
@@ -85,6 +92,16 @@ class ReplicaHashes(StepHook):
 
     def collect(self, rank: int, result: Any) -> None:
         self.per_rank[rank] = list(result)
+
+
+def _kill_this_worker() -> None:
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        raise RuntimeError("A 'kill' fault kills a Dask worker's process; this run is not on a worker.") from None
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager

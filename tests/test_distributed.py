@@ -293,6 +293,7 @@ def test_a_restarted_worker_never_reruns_a_rank(client2):
     model = _model()
     spec = RankSpec(
         job_id="stale",
+        run_id="stale-run",
         rank=0,
         peers=[address],
         worker_id="some-earlier-worker",

@@ -430,7 +430,7 @@ def submit_and_reach(address: str, overrides: list[str], epoch: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_path):
+def test_a_worker_killed_with_sigkill_costs_a_restart_from_memory_and_not_the_result(tmp_path):
     out = tmp_path / "out"
     overrides = recovery_job(out)
     cluster = Cluster(3)
@@ -445,9 +445,12 @@ def test_a_worker_killed_with_sigkill_costs_a_restart_and_not_the_result(tmp_pat
     assert "left the cluster" in record["restart_reasons"][0] or "Error" in record["restart_reasons"][0]
     [restart] = record["restart_log"]  # dtrain status --json: where it was, where it went on from, how fast
     assert restart["reason"] == record["restart_reasons"][0] and restart["at"]["epoch"] >= 2
-    resumed = restart["resumed_from"]
-    assert resumed["source"] == "checkpoint" and 2 <= resumed["epoch"] <= restart["at"]["epoch"] + 1
-    assert 0 <= restart["detected_s"] < 3 and 0 < restart["recovered_s"] < 10
+    resumed = restart["resumed_from"]  # the survivors' memory: from the step the kill interrupted, no checkpoint read
+    assert resumed["source"] == "memory" and (resumed["epoch"], resumed["step"]) >= (
+        restart["at"]["epoch"],
+        restart["at"]["step"],
+    )
+    assert 0 <= restart["detected_s"] < 3 and 0 < restart["recovered_s"] < 5
     model = dtrain.load_model(out)
     expected = uninterrupted(SEED_JOB, overrides, shards=3)
     for got, want in zip(model.get_weights(), expected.get_weights()):
@@ -502,6 +505,38 @@ def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(sizes, tm
     assert first >= 4 and [row["epoch"] for row in result["history"]] == list(range(first, 13))
     model = dtrain.load_model(out)
     expected = uninterrupted(SEED_JOB, overrides, shards=sizes[0])
+    for got, want in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_killing_the_scheduler_stops_every_rank_and_dtrain_resume_goes_on(tmp_path):
+    """The ranks talk to each other, not through the scheduler: with it gone they used to train on
+    to the end, writing checkpoints beside the run that resumes the job. A worker that loses its
+    scheduler closes, and its rank stops at the next step; `dtrain resume` on a new cluster (of
+    another size) then ends with the uninterrupted weights."""
+    out = tmp_path / "out"
+    overrides = [*recovery_job(out), "--set", "fit.timeout=5", "--set", "output.checkpoint.every=25"]
+    first = Cluster(2)
+    try:
+        submit_and_reach(first.address, overrides, epoch=3)
+        first.scheduler.kill()
+        killed = time.monotonic()
+        for worker in first.workers:  # (no nanny: a worker process ends when its worker closes)
+            worker.wait(timeout=60)
+        stopped = time.monotonic() - killed
+    finally:
+        first.kill()
+    assert stopped < 5 + 2, stopped
+    second = Cluster(3)
+    try:
+        resumed = dtrain_cli("resume", str(out), "--scheduler", second.address, "--json")
+    finally:
+        second.kill()
+    assert resumed.returncode == 0, resumed.stderr
+    assert json_of(resumed)["state"] == "succeeded"
+    model = dtrain.load_model(out)
+    expected = uninterrupted(SEED_JOB, overrides, shards=2)
     for got, want in zip(model.get_weights(), expected.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
 

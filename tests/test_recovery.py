@@ -347,12 +347,12 @@ def test_a_frozen_worker_costs_the_step_deadline_and_a_restart_without_it():
         assert timeline.restarted_at[0] - timeline.stopped_at < 5 + 2
         [record] = history.restart_log
         assert record["reason"] == history.restarts[0] and record["at"]["epoch"] >= 1
-        assert record["resumed_from"] == {
-            "epoch": 0,
-            "step": 0,
-            "source": "start",
-            "why": "the run writes no checkpoints",
-        }
+        # the survivors' memory: the step the frozen worker never finished, no checkpoint needed
+        resumed = record["resumed_from"]
+        assert resumed["source"] == "memory" and (resumed["epoch"], resumed["step"]) >= (
+            record["at"]["epoch"],
+            record["at"]["step"],
+        )
         # noticed at the step deadline after rank 0 was last heard of; training again within seconds
         assert 4.5 <= record["detected_s"] < 5 + 2 and 0 < record["recovered_s"] < 5
         for got, expected in zip(model.get_weights(), alone.get_weights()):  # 3 shards on 2 workers

@@ -7,7 +7,8 @@
    changes nothing;
 3. launch one pinned, long-lived rank task per worker (:func:`dtrain.cluster.rank.run_rank`);
 4. supervise them (:class:`~dtrain.cluster.supervisor.Supervisor`); a failure a restart can
-   cure restarts every rank from the latest checkpoint on the workers left;
+   cure restarts every rank on the workers left, from the most advanced state a survivor holds
+   in memory (:mod:`~dtrain.cluster.memory`), else from the latest checkpoint, else from the start;
 5. put the trained weights and optimizer state into the client's model, return a History.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 from .. import comm as comm_module
 from ..backend import host_copy
 from ..callbacks import Callback, CallbackList, History
-from ..checkpoints import CheckpointError
+from ..checkpoints import CheckpointError, global_step_of, list_checkpoints
 from ..comm import CommError
 from ..config import CheckpointPolicy, FitConfig
 from ..network import Network
@@ -34,6 +35,7 @@ from ..sampling import ShardPlan
 from ..training.checkpointing import ResumePoint, resolve_seed_and_shards, resume_point, start_of_run
 from ..training.hooks import StepHook, callback_list, installed_hooks
 from ..training.sync import NonFiniteError
+from . import memory
 from .errors import JobCancelled, SchedulerLostError, WorkerLostError
 from .placement import (
     Rows,
@@ -77,8 +79,9 @@ def fit_on_cluster(
     """Train ``model`` on the workers of ``client``'s cluster (see the module docstring).
 
     A run that fails in a way a restart can cure (a lost or stuck worker, a broken connection,
-    a step past its deadline) restarts from the latest checkpoint of ``config.checkpoint`` (else
-    from its start) on the workers then alive, up to ``config.max_restarts`` times."""
+    a step past its deadline) restarts on the workers then alive, up to ``config.max_restarts``
+    times: from the state after the last step a survivor completed, kept in its memory; else
+    from the latest checkpoint of ``config.checkpoint``; else from the run's start."""
     control = control or RunControl()
     for cb in callbacks:
         if getattr(cb, "restore_best_weights", False):
@@ -107,6 +110,7 @@ def fit_on_cluster(
     start.optimizer = model.compiled_optimizer.get_state() if model.compiled_optimizer.iterations else None
     history.restore(start.history or [])
     run = _Run(
+        run_id=f"run-{uuid.uuid4().hex[:12]}",
         client=client,
         model=model,
         cbs=cbs,
@@ -124,23 +128,27 @@ def fit_on_cluster(
     model.stop_training = False
     cbs.on_train_begin()
     point, restarts, restart_log = start, list[str](), list[dict]()
-    while True:
-        try:
-            results, supervisor = run.attempt(ranks, point, attempt=len(restarts))
-            break
-        except BaseException as exc:
-            noticed = time.monotonic()
-            if len(restarts) >= config.max_restarts or not _recoverable(exc):
-                raise
-            reason = f"{type(exc).__name__}: {exc}"
-            restarts.append(reason)
-            point, whence = _restart_point(config.checkpoint, meta, start)
-            record = _restart_record(reason, run, point, whence, noticed)
-            restart_log.append(record)
-            run.on_first_report = _recovery_timer(record, noticed)
-            if control.on_restart is not None:
-                control.on_restart(len(restarts), record)
-            ranks = _surviving_ranks(client, config.workers, run.stuck, run.silent, reason, control.restart_workers)
+    try:
+        while True:
+            try:
+                results, supervisor = run.attempt(ranks, point, attempt=len(restarts))
+                break
+            except BaseException as exc:
+                noticed = time.monotonic()
+                if len(restarts) >= config.max_restarts or not _recoverable(exc):
+                    raise
+                reason = f"{type(exc).__name__}: {exc}"
+                restarts.append(reason)
+                ranks = _surviving_ranks(client, config.workers, run.stuck, run.silent, reason, control.restart_workers)
+                kept = _memory_point(client, run.run_id, ranks[: plan.shards])
+                point, whence = _restart_point(config.checkpoint, meta, start, plan, kept)
+                record = _restart_record(reason, run, point, whence, noticed)
+                restart_log.append(record)
+                run.on_first_report = _recovery_timer(record, noticed)
+                if control.on_restart is not None:
+                    control.on_restart(len(restarts), record)
+    finally:  # the survivors' states of this run are of no more use: free their memory
+        memory.forget_everywhere(client, run.run_id)
 
     # -- the trained model back in the client's hands -----------------------------------------
     rank0 = results[0]
@@ -165,6 +173,7 @@ def fit_on_cluster(
 class _Run:
     """What stays the same across the attempts of one fit (a first start and its restarts)."""
 
+    run_id: str
     client: Any
     model: Network
     cbs: CallbackList
@@ -222,12 +231,10 @@ class _Run:
 
             nccl_id = client.submit(make_unique_id, workers=[ranks[0].address], pure=False).result()
 
-        initial = {
-            "params": point.params,
-            "optimizer": point.optimizer,
-            "totals": point.totals,
-            "history": point.history,
-        }
+        # Every rank starts from the source rank's weights: the survivor's that holds them in
+        # memory, else rank 0's, sent from here.
+        source = next(r for r, w in enumerate(ranks) if w.address == point.memory) if point.memory else 0
+        initial = None if point.memory else {"params": point.params, "optimizer": point.optimizer}
         supervisor = Supervisor(
             client, job_id, ranks, self.cbs, model, self.config.timeout, self.wait_for_client, self.stop
         )
@@ -240,8 +247,9 @@ class _Run:
             supervisor.report_epoch_end(epoch, logs)
         try:
             with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
-                # Only rank 0 receives the weights; it broadcasts them to the others.
-                [initial_future] = client.scatter([initial], workers=[ranks[0].address], hash=False)
+                initial_future = None
+                if initial is not None:  # only the source rank receives them; it broadcasts them
+                    [initial_future] = client.scatter([initial], workers=[ranks[source].address], hash=False)
                 for r, worker in enumerate(ranks):
                     readers: dict[str, list] = {"x": [], "y": [], "val_x": [], "val_y": []}
                     for shard in owned[r]:
@@ -255,6 +263,7 @@ class _Run:
                     dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
                     spec = RankSpec(
                         job_id=job_id,
+                        run_id=self.run_id,
                         rank=r,
                         peers=self.ranks,
                         worker_id=worker.worker_id,
@@ -268,6 +277,10 @@ class _Run:
                         owned=owned[r],
                         start_epoch=point.epoch,
                         start_step=point.step,
+                        start_totals=None if point.totals is None else [float(v) for v in point.totals],
+                        start_history=point.history,
+                        source_rank=source,
+                        from_memory=point.memory is not None,
                         has_validation=validation is not None,
                         wait_for_client=self.wait_for_client,
                         checkpoint_meta=self.meta,
@@ -281,7 +294,7 @@ class _Run:
                             spec,
                             readers,
                             dependencies,
-                            initial_future if r == 0 else None,
+                            initial_future if r == source else None,
                             key=f"dtrain-{job_id}-rank-{r}",
                             workers=[worker.address],
                             allow_other_workers=False,
@@ -311,9 +324,32 @@ def _recoverable(exc: BaseException) -> bool:
     return isinstance(exc, (WorkerLostError, CommError, KilledWorker, TimeoutError, *connection))
 
 
-def _restart_point(policy: CheckpointPolicy | None, meta: dict, start: ResumePoint) -> tuple[ResumePoint, str]:
-    """Where a restart begins: this run's latest good checkpoint, else the run's own start; and
-    why, in words, when it is the start."""
+def _restart_point(
+    policy: CheckpointPolicy | None, meta: dict, start: ResumePoint, plan: ShardPlan, kept: ResumePoint | None
+) -> tuple[ResumePoint, str]:
+    """Where a restart begins: the state ``kept`` in a survivor's memory, unless this run wrote a
+    checkpoint further on (a sharded step's memory is of its epoch's start); else this run's
+    latest good checkpoint; else the run's own start, and why, in words."""
+    if kept is not None and not _checkpoint_beyond(policy, plan, kept):
+        return kept, ""
+    point, whence = _checkpoint_or_start(policy, meta, start)
+    if kept is not None and (kept.epoch, kept.step) >= (point.epoch, point.step):
+        return kept, ""
+    return point, whence
+
+
+def _checkpoint_beyond(policy: CheckpointPolicy | None, plan: ShardPlan, point: ResumePoint) -> bool:
+    """Whether the checkpoint folder holds one past ``point`` (from the names alone: no file is read)."""
+    if policy is None:
+        return False
+    try:
+        names = list_checkpoints(policy.directory)
+    except Exception:  # unreadable here: it has nothing to offer
+        return False
+    return bool(names) and global_step_of(names[-1]) > point.epoch * plan.steps + point.step
+
+
+def _checkpoint_or_start(policy: CheckpointPolicy | None, meta: dict, start: ResumePoint) -> tuple[ResumePoint, str]:
     if policy is None:
         return start, "the run writes no checkpoints"
     try:
@@ -327,13 +363,26 @@ def _restart_point(policy: CheckpointPolicy | None, meta: dict, start: ResumePoi
     return start, f"the latest checkpoint of this run in {policy.directory} is older than the run's start"
 
 
+def _memory_point(client: Any, run_id: str, ranks: Sequence[WorkerInfo]) -> ResumePoint | None:
+    """The most advanced state of the run that a worker of the restart holds in memory, if any."""
+    found = memory.best_memory(client, run_id, [w.address for w in ranks])
+    if found is None:
+        return None
+    address, kept = found
+    totals = None if kept["totals"] is None else np.asarray(kept["totals"], dtype=np.float64)
+    return ResumePoint(epoch=kept["epoch"], step=kept["step"], totals=totals, history=kept["history"], memory=address)
+
+
 def _restart_record(reason: str, run: _Run, point: ResumePoint, whence: str, noticed: float) -> dict:
     """A restart as ``history.restart_log`` and the job service record it (README: Restarts)."""
     epoch, step = run.position if run.position is not None else (None, None)
     resumed: dict[str, Any] = {"epoch": point.epoch, "step": point.step}
-    resumed["source"] = "checkpoint" if point.source is not None else "start"
-    if whence:
-        resumed["why"] = whence
+    if point.memory is not None:
+        resumed["source"] = "memory"
+    else:
+        resumed["source"] = "checkpoint" if point.source is not None else "start"
+        if whence:
+            resumed["why"] = whence
     return {
         "reason": reason,
         "at": None if epoch is None else {"epoch": epoch, "step": step},
@@ -346,6 +395,8 @@ def _restart_record(reason: str, run: _Run, point: ResumePoint, whence: str, not
 def describe_resume(resumed_from: dict) -> str:
     """A restart record's ``resumed_from`` in words (the job service's log line)."""
     where = f"epoch {resumed_from['epoch'] + 1}, step {resumed_from['step']}"
+    if resumed_from["source"] == "memory":
+        return f"continuing from a survivor's memory at {where}"
     if resumed_from["source"] == "checkpoint":
         return f"continuing from the checkpoint at {where}"
     if resumed_from["epoch"] == 0 and resumed_from["step"] == 0:

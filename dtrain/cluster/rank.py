@@ -1,8 +1,10 @@
 """The rank task: one long-lived task per Dask worker (SPMD), run in the worker's task thread.
 
     check identity -> connect to the peers -> load and check this rank's rows -> build the
-    replica and broadcast rank 0's weights -> the training loop (dtrain.training.loop.train)
-    -> return the weights (rank 0), the step timings and what the hooks recorded (every rank)
+    replica and broadcast the source rank's weights (rank 0's from the client, or a survivor's
+    from its worker's memory) -> the training loop (dtrain.training.loop.train) -> return the
+    weights (rank 0), the step timings and what the hooks recorded (every rank); a failed run
+    leaves this rank's state in its worker's memory for a restart (``memory``)
 
 Everything a rank needs arrives as plain data (``RankSpec``: model config, compile config,
 the run's FitConfig, the plan's size, not pickled model objects) plus shard readers; the
@@ -29,6 +31,7 @@ from ..sampling import ShardPlan
 from ..training.checkpointing import ResumePoint
 from ..training.hooks import Progress, StepHook
 from ..training.loop import Batches, train
+from . import memory
 from .worker_env import blas_threads, quiet_monitoring
 
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
@@ -39,7 +42,8 @@ STARTUP_TIMEOUT_S = 600.0  # how long ranks wait for each other while loading th
 class RankSpec:
     """What one rank needs to know, as plain data."""
 
-    job_id: str
+    job_id: str  # this attempt's
+    run_id: str  # the fit's, the same across its restarts
     rank: int
     peers: list[str]  # worker addresses in rank order
     worker_id: str  # Worker.id at launch: a restarted worker must not re-run the rank
@@ -52,7 +56,11 @@ class RankSpec:
     rows: int  # training rows (the plan)
     owned: list[int]  # logical shards this rank trains on, in this order
     start_epoch: int = 0
-    start_step: int = 0  # steps of start_epoch already done (resuming from a checkpoint)
+    start_step: int = 0  # steps of start_epoch already done (resuming)
+    start_totals: list[float] | None = None  # the global sums of those steps (Totals.to_array)
+    start_history: list[dict[str, float]] | None = None  # the logs of the epochs before start_epoch
+    source_rank: int = 0  # whose weights every rank starts from: the client's (initial) or, with
+    from_memory: bool = False  # from_memory, those this run left in source_rank's worker
     has_validation: bool = False  # the run validates (every rank joins the sums)
     wait_for_client: bool = False  # rank 0 waits for the client's continue/stop after each epoch
     checkpoint_meta: dict = field(default_factory=dict)  # what a checkpoint records of the run
@@ -76,7 +84,8 @@ def event_topic(job_id: str) -> str:
 def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, list], initial: dict | None) -> dict:
     """The rank task (runs in a worker's task thread). ``readers`` holds the shard readers
     ("x", "y", "val_x", "val_y"), ``dependencies`` the values Dask resolved for them, and
-    ``initial`` (rank 0 only) the client model's weights and optimizer state."""
+    ``initial`` (the source rank only, unless from memory) the weights and optimizer state to
+    start from."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -142,9 +151,11 @@ def _run(
             f"Rank {spec.rank} received 0 training rows for shards {spec.owned}, "
             f"expected {plan.local_rows(spec.owned)}: the data changed between planning and loading."
         )
-    resumed = initial or {}  # rank 0's: the epoch's sums before a mid-epoch checkpoint, the epochs before
     start = ResumePoint(
-        epoch=spec.start_epoch, step=spec.start_step, totals=resumed.get("totals"), history=resumed.get("history")
+        epoch=spec.start_epoch,
+        step=spec.start_step,
+        totals=None if spec.start_totals is None else np.asarray(spec.start_totals, dtype=np.float64),
+        history=spec.start_history,
     )
 
     # -- the loop -------------------------------------------------------------------------------
@@ -162,6 +173,7 @@ def _run(
         has_validation=spec.has_validation,
         hooks=spec.hooks,
         attempt=spec.attempt,
+        keep_on_failure=lambda point: memory.keep(spec.run_id, point),
     )
 
     # -- results --------------------------------------------------------------------------------
@@ -260,16 +272,19 @@ def _load_checked(
 
 
 def _build_replica(network: Network, spec: RankSpec, comm: Communicator, initial: dict | None) -> None:
-    """The same network on every rank: rank 0 sets the client's weights (and optimizer state),
-    then broadcasts them, so all replicas start bitwise identical."""
+    """The same network on every rank: the source rank sets the weights (and optimizer state)
+    to start from, then broadcasts them, so all replicas start bitwise identical."""
     network.build(spec.input_dim, seed=spec.config.seed)
-    if spec.rank == 0 and initial is not None:
+    root = spec.source_rank
+    if spec.rank == root and spec.from_memory:
+        initial = vars(memory.take(spec.run_id, spec.start_epoch, spec.start_step))
+    if spec.rank == root and initial is not None:
         network.params[...] = network.backend.asarray(initial["params"])
         if initial.get("optimizer"):
             network.compiled_optimizer.set_state(initial["optimizer"])
-    comm.broadcast(network.params, root=0)
+    comm.broadcast(network.params, root=root)
     for slot in network.compiled_optimizer.slots.values():
-        comm.broadcast(slot, root=0)
+        comm.broadcast(slot, root=root)
     iterations = np.array([network.compiled_optimizer.iterations], dtype=np.float64)
-    comm.broadcast(iterations, root=0)
+    comm.broadcast(iterations, root=root)
     network.compiled_optimizer.iterations = int(iterations[0])

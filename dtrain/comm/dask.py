@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 from distributed.comm import get_address_host
+from distributed.core import Status
 from distributed.protocol import to_serialize
 
 from . import pipes
@@ -684,6 +685,15 @@ class DaskCommunicator(TransportCommunicator):
         reason = self._box.reason
         if reason is not None:
             raise Aborted(reason)
+        worker = self._transport.worker
+        if worker.status in _LEAVING:
+            # A worker closes when it loses its scheduler (Dask does not reconnect) or is shut down.
+            # Its rank must not train on alone: peers on its machine still answer through shared
+            # memory, and the run would go on writing checkpoints beside the one that resumes it.
+            raise CommError(
+                f"Worker {worker.address} is {worker.status.name.replace('_', ' ')} (it lost its scheduler, "
+                "or is being shut down): its rank stops, and so does the run; resume it from its checkpoints."
+            )
 
     def abort(self, reason: str) -> None:
         """Abort the job here and on every peer (best effort, ABORT_GRACE at most, never raises)."""
@@ -713,6 +723,9 @@ class DaskCommunicator(TransportCommunicator):
 
     def __repr__(self) -> str:
         return f"<DaskCommunicator job {self.job_id!r} rank {self.rank} of {self.size}>"
+
+
+_LEAVING = (Status.closing, Status.closing_gracefully, Status.closed, Status.failed)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

@@ -44,6 +44,7 @@ class ResumePoint:
     history: list[dict[str, float]] | None = None
     source: str | None = None  # the checkpoint it came from
     run: str | None = None  # the run (lineage of starts, resumes and restarts) that wrote it
+    memory: str | None = None  # the worker whose memory holds its weights (a restart from survivors)
 
 
 def checkpoint_meta(

@@ -7,11 +7,14 @@ communicator (``LocalCommunicator``: every collective is a no-op). Read top to b
     for each epoch:
         for each step (this rank's rows of the global batch):
             forward, loss, backward           network.compute_gradients
-            sum over the ranks, check, update sync.step
+            sum over the ranks, check, update sync.step (the step's loss and metric sums too)
             report progress, checkpoint when due
-        epoch metrics over every rank (one allreduce of sums), validation likewise
+        epoch metrics (every rank holds the global sums), validation (one allreduce of sums)
         checkpoint, report the epoch, stop if the audience says so
     gather the optimizer state (sharded steps), return what the run did
+
+A run that fails hands ``keep_on_failure`` this rank's state after its last completed step
+(``training.recovery``): a restart can go on from a survivor's memory.
 
 The caller prepares everything before: the network built, compiled and identical on every
 rank; this rank's rows; the plan; where to start (``ResumePoint``).
@@ -33,6 +36,7 @@ from ..network import Network, Totals
 from ..sampling import EpochSampler, ShardPlan
 from . import checkpointing
 from .hooks import Progress, StepContext, StepHook
+from .recovery import KeepState, Survivor
 from .sync import choose_sync
 
 CHECKPOINT_TIMEOUT_S = 600.0  # how long ranks wait for rank 0 to write a checkpoint
@@ -111,11 +115,12 @@ def train(
     has_validation: bool = False,
     hooks: Sequence[StepHook] = (),
     attempt: int = 0,
+    keep_on_failure: KeepState | None = None,
 ) -> TrainResult:
     """Train ``network`` from ``start`` to ``config.epochs`` on this rank's ``batches`` of the
     shards ``owned``; ``validation`` holds this rank's validation rows (None: none here, while
     ``has_validation`` says whether the run validates, so that every rank joins the sums).
-    ``start.totals`` (the epoch's sums before a mid-epoch checkpoint) is rank 0's to add."""
+    ``start.totals`` holds the global sums of the steps of ``start.epoch`` done before."""
     assert config.seed is not None, "the run's seed is fixed before training (checkpointing.resolve_seed_and_shards)"
     sync = choose_sync(network, comm, config.on_nonfinite)
     sampler = EpochSampler(plan, owned, config.seed, config.shuffle)
@@ -128,17 +133,15 @@ def train(
     times = StepTimes((config.epochs - start.epoch) * plan.steps - start.step)
     trained: list[dict[str, float]] = []  # the epochs this run completed
     before = list(start.history or [])  # epochs done before it (a resumed run)
+    survivor = Survivor(network, sync, start.epoch, start.step, before, trained)
     skipped = 0
     logs: dict[str, float] = {}
+    no_rows = (0, 0.0, [0.0] * len(names))  # the sums of a rank with no rows in a step
 
     def checkpoint(epoch: int, step: int, totals: Totals | None) -> None:
-        """Every rank calls it at the same points (mid-epoch ones sum the epoch's metrics so far);
+        """Every rank calls it at the same points (mid-epoch ones with the epoch's sums so far);
         rank 0 writes. A non-finite state is refused by the writer and fails the run."""
         assert config.checkpoint is not None
-        summed = None
-        if totals is not None:
-            summed = totals.to_array()
-            comm.allreduce(summed)
         sync.gather_optimizer_state()
         if comm.rank == 0:
             checkpointing.write(
@@ -147,7 +150,7 @@ def train(
                 epoch=epoch,
                 step=step,
                 position=epoch * plan.steps + step,
-                totals=summed,
+                totals=None if totals is None else totals.to_array(),
                 history=before + trained,
                 meta=meta,
                 on_nonfinite=config.on_nonfinite,
@@ -159,65 +162,70 @@ def train(
         comm.barrier()
         comm.set_timeout(config.timeout)
 
-    for epoch in range(start.epoch, config.epochs):
-        epoch_start = time.perf_counter()
-        progress.epoch_begin(epoch)
-        first_step = start.step if epoch == start.epoch else 0
-        totals = Totals(names)
-        if first_step and comm.rank == 0 and start.totals is not None:
-            totals = Totals.from_array(names, np.asarray(start.totals))  # every rank's sums of the steps before
-        completed = True
-        for step, (rows, global_count) in enumerate(sampler.epoch(epoch, first_step), start=first_step):
-            comm.check_abort()
-            progress.batch_begin(step)
-            if hooks:  # (tests only: production runs make nothing here)
-                ctx = StepContext(comm.rank, attempt, epoch, step)
-            for hook in hooks:
-                hook.before_step(ctx, network)
-            t0 = time.perf_counter()
-            local_count = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
-            sums = None
-            if local_count:
-                # scale 1/global batch: the summed gradient is the gradient of the global mean loss.
-                sums = network.compute_gradients(*batches.take(rows), scale=1.0 / global_count)
-            else:  # this rank's shards give nothing to this step; it still joins the sum
-                network.grads.fill(0)
-            for hook in hooks:
-                hook.after_backward(ctx, network)
-            network.backend.synchronize()  # GPU: the backward kernels belong to compute, not to the sum
-            if sync.step(epoch, step):
-                if sums is not None:
-                    totals.add(*sums)
-            else:
-                skipped += 1
-            network.backend.synchronize()
-            talking, compute = sync.talking.take(), time.perf_counter() - t0
-            for hook in hooks:
-                hook.after_step(ctx, network)
-            progress.batch_end(epoch, step, step + 1 == plan.steps, totals)
-            # The step's time beyond compute and collectives is the loop's own (reports, hooks).
-            times.record(compute - talking, talking, time.perf_counter() - t0)
-            if config.checkpoint is not None and config.checkpoint.due_within_epoch(step + 1, plan.steps):
-                checkpoint(epoch, step + 1, totals)
-            if progress.stop_within_epoch():
-                completed = step + 1 == plan.steps
-                break
+    try:
+        for epoch in range(start.epoch, config.epochs):
+            epoch_start = time.perf_counter()
+            progress.epoch_begin(epoch)
+            first_step = start.step if epoch == start.epoch else 0
+            totals = Totals(names)
+            if first_step and start.totals is not None:
+                totals = Totals.from_array(names, np.asarray(start.totals))  # the global sums of the steps before
+            survivor.step_done(epoch, first_step, totals)
+            completed = True
+            for step, (rows, global_count) in enumerate(sampler.epoch(epoch, first_step), start=first_step):
+                comm.check_abort()
+                progress.batch_begin(step)
+                if hooks:  # (tests only: production runs make nothing here)
+                    ctx = StepContext(comm.rank, attempt, epoch, step)
+                for hook in hooks:
+                    hook.before_step(ctx, network)
+                t0 = time.perf_counter()
+                local_count = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
+                sums = no_rows
+                if local_count:
+                    # scale 1/global batch: the summed gradient is the gradient of the global mean loss.
+                    sums = network.compute_gradients(*batches.take(rows), scale=1.0 / global_count)
+                else:  # this rank's shards give nothing to this step; it still joins the sum
+                    network.grads.fill(0)
+                for hook in hooks:
+                    hook.after_backward(ctx, network)
+                network.backend.synchronize()  # GPU: the backward kernels belong to compute, not to the sum
+                summed = sync.step(epoch, step, sums)  # None: skipped (a non-finite gradient)
+                if summed is not None:
+                    totals.add(*summed)
+                else:
+                    skipped += 1
+                survivor.step_done(epoch, step + 1, totals)
+                network.backend.synchronize()
+                talking, compute = sync.talking.take(), time.perf_counter() - t0
+                for hook in hooks:
+                    hook.after_step(ctx, network)
+                progress.batch_end(epoch, step, step + 1 == plan.steps, totals)
+                # The step's time beyond compute and collectives is the loop's own (reports, hooks).
+                times.record(compute - talking, talking, time.perf_counter() - t0)
+                if config.checkpoint is not None and config.checkpoint.due_within_epoch(step + 1, plan.steps):
+                    checkpoint(epoch, step + 1, totals)
+                if progress.stop_within_epoch():
+                    completed = step + 1 == plan.steps
+                    break
 
-        # Epoch metrics over the whole global batch: every rank's sums, added up.
-        summed = totals.to_array()
-        comm.allreduce(summed)
-        logs = Totals.from_array(names, summed).logs()
-        if has_validation:
-            local = Totals(names) if validation is None else network.evaluation_totals(*validation, plan.batch_size)
-            summed = local.to_array()
-            comm.allreduce(summed)
-            logs.update({f"val_{k}": v for k, v in Totals.from_array(names, summed).logs().items()})
-        if completed:
-            trained.append(logs)
-            if config.checkpoint is not None:
-                checkpoint(epoch + 1, 0, None)
-        if progress.epoch_end(epoch, logs, time.perf_counter() - epoch_start) or not completed:
-            break
+            logs = totals.logs()  # over the whole global batch: the steps' sums are global
+            if has_validation:
+                local = Totals(names) if validation is None else network.evaluation_totals(*validation, plan.batch_size)
+                val_sums = local.to_array()
+                comm.allreduce(val_sums)
+                logs.update({f"val_{k}": v for k, v in Totals.from_array(names, val_sums).logs().items()})
+            if completed:
+                trained.append(logs)
+                if config.checkpoint is not None:
+                    checkpoint(epoch + 1, 0, None)
+                survivor.epoch_done(epoch)
+            if progress.epoch_end(epoch, logs, time.perf_counter() - epoch_start) or not completed:
+                break
+    except BaseException:
+        if keep_on_failure is not None:
+            _keep(survivor, keep_on_failure)
+        raise
 
     sync.gather_optimizer_state()
     return TrainResult(
@@ -228,3 +236,14 @@ def train(
         times=times.as_arrays(),
         hook_results=[hook.result() for hook in hooks],
     )
+
+
+def _keep(survivor: Survivor, keep: KeepState) -> None:
+    """Hand this rank's state to ``keep`` as the run fails; a copy that fails too (a device in
+    error) leaves nothing to recover from here, and must not hide the run's own error."""
+    try:
+        point = survivor.state()
+        if point is not None:
+            keep(point)
+    except Exception:
+        pass

@@ -15,6 +15,12 @@ sync, then update.
 Every rank sees the same summed gradient (or, sharded, every rank's verdict on its part), so
 every rank decides alike, at once: all apply the step, all skip it, or all stop.
 
+The step's sums of the loss and metrics (samples, loss sum, metric sums) travel with the
+gradient, in a few elements after it in the same buffer (sharded: with the finite verdict), so
+every rank knows the global batch's sums after every step without another collective. A rank
+therefore holds the epoch's metrics so far of every rank, and a run that loses a rank mid-epoch
+can go on from a survivor's memory with the exact metrics (``training.recovery``).
+
 :func:`choose_sync` picks the strategy once, after the communicator's first collective (the
 weights' broadcast): a Dask communicator knows which peers share this machine's memory only
 once they have talked.
@@ -27,8 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import to_numpy
 from ..comm import Communicator
 from ..network import Network
+
+StepSums = tuple[int, float, list[float]]  # samples, loss sum, metric sums (Network.compute_gradients)
 
 # Gradients smaller than this are summed with one allreduce and every rank updates all of the
 # weights: a sharded step has three round trips (reduce-scatter, the finite verdict, allgather)
@@ -105,14 +114,22 @@ class GradientSync:
     name = "local"
     sharded = False
 
+    # Whether the weights and optimizer state this rank holds are, whenever a collective fails,
+    # those after the last step it completed (the update follows the last collective of a step):
+    # then a survivor's memory can continue the run (training.recovery).
+    holds_whole_state = True
+
     def __init__(self, network: Network, comm: Communicator, on_nonfinite: str) -> None:
         self.network, self.comm, self.on_nonfinite = network, comm, on_nonfinite
         self.finite = FiniteCheck(network.backend.xp)
         self.talking = Stopwatch()
+        self.sums_size = 2 + len(network.metrics)  # samples, loss sum, metric sums
+        self._sums = np.zeros(self.sums_size, dtype=np.float64)
 
-    def step(self, epoch: int, step: int) -> bool:
-        """Sum this step's gradient over the ranks and apply it: True when applied, False when
-        skipped (``on_nonfinite="skip"``); NonFiniteError with "stop"; "ignore" applies it regardless."""
+    def step(self, epoch: int, step: int, sums: StepSums) -> StepSums | None:
+        """Sum this step's gradient and ``sums`` (this rank's) over the ranks and apply the
+        gradient: the global batch's sums when applied, None when skipped
+        (``on_nonfinite="skip"``); NonFiniteError with "stop"; "ignore" applies it regardless."""
         raise NotImplementedError
 
     def gather_optimizer_state(self) -> None:
@@ -129,13 +146,31 @@ class GradientSync:
     def _finite(self, grads: Any) -> bool:
         return self.on_nonfinite == "ignore" or self.finite(grads)
 
+    # The sums ride after the gradient: ``buffer`` is [gradient..., samples, loss, metrics...].
+    def _put_sums(self, buffer: Any, sums: StepSums) -> None:
+        count, loss, metrics = sums
+        self._sums[0], self._sums[1], self._sums[2:] = count, loss, metrics
+        buffer[-self.sums_size :] = self.network.backend.asarray(self._sums.astype(buffer.dtype))
+
+    def _summed_sums(self, buffer: Any) -> StepSums:
+        return _as_sums(to_numpy(buffer[-self.sums_size :]))
+
+    def _gradient_with_sums(self, buffer: Any) -> Any:
+        """``buffer`` (the gradient's size plus the sums'), its front holding the gradient from now on."""
+        self.network.use_gradient_buffer(buffer[: self.network.grads.size])
+        return buffer
+
+
+def _as_sums(values: np.ndarray) -> StepSums:
+    return int(round(float(values[0]))), float(values[1]), [float(v) for v in values[2:]]
+
 
 class LocalStep(GradientSync):
     """One rank: the local gradient is the whole gradient."""
 
-    def step(self, epoch: int, step: int) -> bool:
+    def step(self, epoch: int, step: int, sums: StepSums) -> StepSums | None:
         grads = self.network.grads
-        return self._apply(grads, self._finite(grads), epoch, step)
+        return sums if self._apply(grads, self._finite(grads), epoch, step) else None
 
 
 class InPlaceAllreduce(GradientSync):
@@ -144,11 +179,17 @@ class InPlaceAllreduce(GradientSync):
 
     name = "allreduce"
 
-    def step(self, epoch: int, step: int) -> bool:
-        grads = self.network.grads
+    def __init__(self, network: Network, comm: Communicator, on_nonfinite: str) -> None:
+        super().__init__(network, comm, on_nonfinite)
+        grads = network.grads
+        self.buffer = self._gradient_with_sums(network.backend.xp.zeros(grads.size + self.sums_size, grads.dtype))
+
+    def step(self, epoch: int, step: int, sums: StepSums) -> StepSums | None:
+        self._put_sums(self.buffer, sums)
         with self.talking:
-            self.comm.allreduce(grads)
-        return self._apply(grads, self._finite(grads), epoch, step)
+            self.comm.allreduce(self.buffer)
+        grads = self.network.grads
+        return self._summed_sums(self.buffer) if self._apply(grads, self._finite(grads), epoch, step) else None
 
 
 class SharedAllreduce(GradientSync):
@@ -161,13 +202,15 @@ class SharedAllreduce(GradientSync):
 
     def __init__(self, network: Network, comm: Communicator, on_nonfinite: str, shared: Any) -> None:
         super().__init__(network, comm, on_nonfinite)
-        network.use_gradient_buffer(shared)
-        self.summed = network.backend.xp.empty_like(network.grads)
+        self.buffer = self._gradient_with_sums(shared)  # (allocated with room for the sums)
+        self.summed = network.backend.xp.empty_like(shared)
 
-    def step(self, epoch: int, step: int) -> bool:
+    def step(self, epoch: int, step: int, sums: StepSums) -> StepSums | None:
+        self._put_sums(self.buffer, sums)
         with self.talking:
-            self.comm.allreduce_into(self.network.grads, self.summed)
-        return self._apply(self.summed, self._finite(self.summed), epoch, step)
+            self.comm.allreduce_into(self.buffer, self.summed)
+        grads = self.summed[: self.network.grads.size]
+        return self._summed_sums(self.summed) if self._apply(grads, self._finite(grads), epoch, step) else None
 
 
 class ShardedStep(GradientSync):
@@ -179,6 +222,10 @@ class ShardedStep(GradientSync):
 
     name = "sharded"
     sharded = True
+    # After its update a rank holds its own part of the step's weights until the allgather
+    # completes, and its own part of the optimizer state only: its memory is a whole state only
+    # at the epoch boundaries, after gather_optimizer_state (training.recovery keeps a copy there).
+    holds_whole_state = False
 
     def __init__(self, network: Network, comm: Communicator, on_nonfinite: str, shared: Any) -> None:
         super().__init__(network, comm, on_nonfinite)
@@ -188,25 +235,27 @@ class ShardedStep(GradientSync):
             if shared_params is not None:
                 network.use_parameter_buffer(shared_params)
         self.summed = network.backend.xp.empty_like(network.grads)
-        self._verdict = np.zeros(1)
+        self._verdict = np.zeros(1 + self.sums_size)  # [non-finite parts, samples, loss, metrics...]
 
-    def step(self, epoch: int, step: int) -> bool:
+    def step(self, epoch: int, step: int, sums: StepSums) -> StepSums | None:
         with self.talking:
             part = self.comm.reduce_scatter_into(self.network.grads, self.summed)
-        if not self._apply(self.summed, self._all_finite(self.summed[part]), epoch, step, part):
-            return False
+        finite, summed = self._verdict_and_sums(self.summed[part], sums)
+        if not self._apply(self.summed, finite, epoch, step, part):
+            return None
         with self.talking:
             self.comm.allgather(self.network.params)  # the other ranks' updated parts
-        return True
+        return summed
 
-    def _all_finite(self, mine: Any) -> bool:
-        """Every rank checked its own part; all must be finite (one number summed over the ranks)."""
-        if self.on_nonfinite == "ignore":
-            return True
+    def _verdict_and_sums(self, mine: Any, sums: StepSums) -> tuple[bool, StepSums]:
+        """Every rank checked its own part; all must be finite. One small allreduce carries the
+        count of non-finite parts and the step's sums of loss and metrics."""
+        count, loss, metrics = sums
+        self._verdict[0] = 0.0 if self.on_nonfinite == "ignore" or self.finite(mine) else 1.0
+        self._verdict[1], self._verdict[2], self._verdict[3:] = count, loss, metrics
         with self.talking:
-            self._verdict[0] = 0.0 if self.finite(mine) else 1.0
             self.comm.allreduce(self._verdict)
-        return bool(self._verdict[0] == 0.0)
+        return bool(self._verdict[0] == 0.0), _as_sums(self._verdict[1:])
 
     def gather_optimizer_state(self) -> None:
         """After sharded steps each rank's optimizer state is current in its own part only."""
@@ -224,9 +273,9 @@ def choose_sync(network: Network, comm: Communicator, on_nonfinite: str) -> Grad
         return LocalStep(network, comm, on_nonfinite)
     grads = network.grads
     sharded = getattr(comm, "has_reduce_scatter", False) and grads.nbytes >= SHARDED_STEP_MIN_BYTES
-    shared = comm.shared_array(grads.size, grads.dtype)
     if sharded:
-        return ShardedStep(network, comm, on_nonfinite, shared)
+        return ShardedStep(network, comm, on_nonfinite, comm.shared_array(grads.size, grads.dtype))
+    shared = comm.shared_array(grads.size + 2 + len(network.metrics), grads.dtype)  # room for the step's sums
     if shared is not None:
         return SharedAllreduce(network, comm, on_nonfinite, shared)
     return InPlaceAllreduce(network, comm, on_nonfinite)

@@ -1,0 +1,113 @@
+"""Recovery from the survivors' memory: a run that loses a worker goes on from the state a
+surviving rank holds, at the step it failed, without a checkpoint, and ends with the weights and
+metrics of an uninterrupted run. Real LocalClusters whose worker processes are killed (SIGKILL)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import blobs
+from test_recovery import FIT, data, make_model
+
+import dtrain
+from dtrain.layers import Dense
+from dtrain.testing import Fault, inject
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def _fresh_cluster(n):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
+    )
+    return cluster, Client(cluster, set_as_default=False)
+
+
+def _assert_same_run(model, history, alone, alone_history, rtol=1e-10):
+    for got, expected in zip(model.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-12)
+    assert history.epoch == alone_history.epoch  # each epoch reported once
+    for key, values in alone_history.history.items():
+        np.testing.assert_allclose(history.history[key], values, rtol=rtol)
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["rank-1", "rank-0"])
+def test_a_killed_worker_costs_no_step_without_checkpoints(victim):
+    """kill -9 of one of 3 workers at epoch 3: the survivors' memory has the state after the
+    step before, the run goes on from there (no checkpoint anywhere), and ends with the weights
+    and the per-epoch metrics of one uninterrupted process (3 shards), float64, to 1e-10."""
+    x, y = data(1500)
+    fit = {**FIT, "epochs": 5, "batch_size": 30}
+    alone = make_model()
+    alone_history = alone.fit(x, y, shards=3, validation_split=0.2, **fit)
+    cluster, client = _fresh_cluster(3)
+    try:
+        model = make_model()
+        with inject(Fault(rank=victim, epoch=2, step=7, kind="kill")):
+            history = model.fit(x, y, client=client, max_restarts=1, validation_split=0.2, **fit)
+    finally:
+        client.close()
+        cluster.close()
+    [record] = history.restart_log
+    assert record["resumed_from"] == {"epoch": 2, "step": 7, "source": "memory"}, record
+    # from the kill (at most one progress interval after rank 0 was last heard of) to the next step
+    assert record["detected_s"] + record["recovered_s"] < 5, record
+    _assert_same_run(model, history, alone, alone_history)
+
+
+def test_two_workers_lost_one_after_the_other():
+    """Each loss restarts from the memory of the workers left: 3 workers, then 2, then 1."""
+    x, y = data(1500)
+    fit = {**FIT, "epochs": 4, "batch_size": 30}
+    alone = make_model()
+    alone_history = alone.fit(x, y, shards=3, **fit)
+    cluster, client = _fresh_cluster(3)
+    try:
+        model = make_model()
+        faults = [Fault(rank=2, epoch=1, step=3, kind="kill"), Fault(rank=1, epoch=2, step=11, kind="kill", attempt=1)]
+        with inject(*faults):
+            history = model.fit(x, y, client=client, max_restarts=2, **fit)
+    finally:
+        client.close()
+        cluster.close()
+    assert [r["resumed_from"] for r in history.restart_log] == [
+        {"epoch": 1, "step": 3, "source": "memory"},
+        {"epoch": 2, "step": 11, "source": "memory"},
+    ]
+    _assert_same_run(model, history, alone, alone_history)
+
+
+def wide_float64_model():
+    """Adam on an 8.4 MB gradient: the ranks shard the step (dtrain.training.sync.SHARDED_STEP_MIN_BYTES)."""
+    model = dtrain.Sequential(
+        [Dense(1024, activation="relu", input_dim=1024), Dense(3, activation="softmax")], dtype="float64"
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.build(seed=2)
+    return model
+
+
+def test_a_sharded_run_goes_on_from_its_epochs_start_in_memory():
+    """On the sharded step each rank updates its own part of the optimizer state only: the whole
+    state exists at the end of each epoch (gathered there), and a survivor's copy of it is where
+    the run goes on from; the result is still that of an uninterrupted process."""
+    x, y = blobs(96, features=1024)
+    fit = dict(batch_size=24, epochs=3, seed=3, verbose=0, timeout=30)
+    alone = wide_float64_model()
+    alone_history = alone.fit(x, y, shards=3, **fit)
+    cluster, client = _fresh_cluster(3)
+    try:
+        model = wide_float64_model()
+        with inject(Fault(rank=1, epoch=1, step=2, kind="kill")):
+            history = model.fit(x, y, client=client, max_restarts=1, **fit)
+    finally:
+        client.close()
+        cluster.close()
+    assert history.sharded_step
+    [record] = history.restart_log
+    assert record["resumed_from"] == {"epoch": 1, "step": 0, "source": "memory"}, record
+    _assert_same_run(model, history, alone, alone_history)
+    for name, slot in alone.optimizer.slots.items():
+        np.testing.assert_allclose(model.optimizer.slots[name], slot, rtol=1e-10, atol=1e-14)
