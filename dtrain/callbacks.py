@@ -91,7 +91,8 @@ class History(Callback):
     """Records the epoch logs: ``history.history["loss"]`` is the list of per-epoch losses.
 
     ``fit`` also records how the run went: ``restarts`` (the reason of each) and ``restart_log``
-    (each restart's record: see the README's Restarts), ``skipped_steps``
+    (each restart's record: see the README's Restarts), ``membership`` (an elastic run's changes
+    of workers: ``{"epoch", "workers", "joined", "left"}``, from that epoch on), ``skipped_steps``
     (non-finite steps left out), ``sharded_step``; with ``client=``, ``workers`` (in rank order),
     ``placement`` (logical shards per worker), ``device``, ``communicator``, ``timing`` (median
     milliseconds per step: compute, communication, waiting, overhead) and ``step_times`` (seconds,
@@ -106,6 +107,7 @@ class History(Callback):
         self._before: list[dict[str, float]] = []
         self.restarts: list[str] = []
         self.restart_log: list[dict[str, Any]] = []
+        self.membership: list[dict[str, Any]] = []
         self.skipped_steps = 0
         self.sharded_step = False
         self.workers: list[str] | None = None

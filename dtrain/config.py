@@ -65,6 +65,33 @@ def check_workers(workers: Any) -> tuple[str, ...] | None:
     return tuple(workers)
 
 
+def check_elastic(elastic: Any, min_workers: Any, max_workers: Any, shards: Any) -> tuple[int, int | None]:
+    """(min_workers, max_workers) of an elastic run, checked; 1 and None by default."""
+    if not isinstance(elastic, bool):
+        raise ValueError(f"Expected elastic to be True or False, received elastic={elastic!r}.")
+    if not elastic and (min_workers is not None or max_workers is not None):
+        raise ValueError(
+            "min_workers= and max_workers= bound an elastic run's workers: pass elastic=True as well "
+            "(without it the run trains on the workers it starts with)."
+        )
+    for name, value in (("min_workers", min_workers), ("max_workers", max_workers)):
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueError(f"Expected {name} to be a positive integer, received {name}={value!r}.")
+    low = 1 if min_workers is None else int(min_workers)
+    high = None if max_workers is None else int(max_workers)
+    if high is not None and high < low:
+        raise ValueError(f"max_workers={high} is below min_workers={low}.")
+    if elastic and shards is None and high is None:
+        raise ValueError(
+            "elastic=True needs shards= (or max_workers=): the logical shards are fixed for the whole run, "
+            "which keeps its result independent of the workers, and each worker trains at least one, so "
+            "the shard count is the most workers the run can grow to. E.g. shards=8 for up to 8 workers."
+        )
+    if elastic and shards is not None and low > shards:
+        raise ValueError(f"min_workers={low} is more than the {shards} shards: each worker needs at least one.")
+    return low, high
+
+
 @dataclass(frozen=True)
 class CheckpointPolicy:
     """Where and how often checkpoints are written: ``every`` is "epoch" (at the end of every
@@ -122,6 +149,9 @@ class FitConfig:
     resume_from: str | None = None
     max_restarts: int = 0
     on_nonfinite: str = "stop"
+    elastic: bool = False  # workers that join are taken in at the next epoch's start
+    min_workers: int = 1  # an elastic run waits (up to timeout) for this many, or fails
+    max_workers: int | None = None  # an elastic run trains on at most this many
     # Recorded in (and required to match when resuming from) every checkpoint: a job's identity.
     checkpoint_extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -145,6 +175,9 @@ class FitConfig:
         resume_from: Any = None,
         max_restarts: Any = 0,
         on_nonfinite: Any = "stop",
+        elastic: Any = False,
+        min_workers: Any = None,
+        max_workers: Any = None,
         checkpoint_extra: dict[str, Any] | None = None,
     ) -> FitConfig:
         """Every option checked, with an error that names it and what was received; nothing is
@@ -171,6 +204,7 @@ class FitConfig:
             raise ValueError(
                 f"Expected max_restarts to be a non-negative integer, received max_restarts={max_restarts!r}."
             )
+        min_workers, max_workers = check_elastic(elastic, min_workers, max_workers, shards)
         if resume_from is not None and (not isinstance(resume_from, (str, os.PathLike)) or not os.fspath(resume_from)):
             raise ValueError(f"resume_from must be a checkpoint directory path or URL, received {resume_from!r}.")
         return cls(
@@ -188,8 +222,17 @@ class FitConfig:
             resume_from=None if resume_from is None else str(os.fspath(resume_from)),
             max_restarts=int(max_restarts),
             on_nonfinite=on_nonfinite,
+            elastic=elastic,
+            min_workers=min_workers,
+            max_workers=max_workers,
             checkpoint_extra=dict(checkpoint_extra or {}),
         )
+
+    @property
+    def most_workers(self) -> int | None:
+        """How many workers can train at once: one per shard at most, and at most max_workers."""
+        limits = [n for n in (self.shards, self.max_workers) if n is not None]
+        return min(limits) if limits else None
 
 
 def option_defaults(*names: str) -> dict[str, Any]:

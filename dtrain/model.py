@@ -59,6 +59,9 @@ class Sequential(Network):
         resume_from: str | None = None,
         max_restarts: int = 0,
         on_nonfinite: str = "stop",
+        elastic: bool = False,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs of global batches of ``batch_size`` (default 32) samples.
 
@@ -88,6 +91,12 @@ class Sequential(Network):
         ``on_nonfinite``: "stop" (raise NonFiniteError naming the epoch and step, before the
         update), "skip" (leave out the steps whose summed gradient holds NaN or inf) or
         "ignore" (apply them, as Keras does; pair it with the TerminateOnNaN callback).
+
+        ``elastic=True`` (with ``client=``): workers that join the cluster, or come back, are
+        taken into the run at the next epoch's start, up to ``max_workers`` and one per shard
+        (so it needs ``shards`` or ``max_workers``); a lost worker is a restart on the others (it
+        counts against ``max_restarts``), which waits up to ``timeout`` for ``min_workers``. The
+        logical shards never change, so the result is that of a fixed cluster.
         """
         self.require_compiled("fit")
         config = FitConfig.make(
@@ -107,6 +116,9 @@ class Sequential(Network):
             resume_from=resume_from,
             max_restarts=max_restarts,
             on_nonfinite=on_nonfinite,
+            elastic=elastic,
+            min_workers=min_workers,
+            max_workers=max_workers,
         )
         callbacks = check_callbacks(callbacks)
         if validation_data is not None and (
@@ -120,6 +132,8 @@ class Sequential(Network):
             history = fit_on_cluster(self, x, y, validation_data, callbacks, config, client=client)
         elif config.workers is not None:
             raise ValueError("workers= selects Dask workers and needs client= as well.")
+        elif config.elastic:
+            raise ValueError("elastic=True lets the workers of a Dask cluster come and go: it needs client= as well.")
         else:
             history = fit_in_process(self, x, y, validation_data, callbacks, config)
         self.history = history

@@ -351,27 +351,30 @@ class Cluster:
         self.scheduler = subprocess.Popen(
             [dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--dashboard-address", ":0"], **quiet
         )
-        self.workers = [
-            subprocess.Popen(
-                [
-                    dask,
-                    "worker",
-                    self.address,
-                    "--nthreads",
-                    "1",
-                    "--no-nanny",
-                    "--no-dashboard",
-                    "--memory-limit",
-                    "2GiB",
-                ],
-                **quiet,
-            )
-            for _ in range(workers)
+        self._worker_command = [
+            dask,
+            "worker",
+            self.address,
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+            "--memory-limit",
+            "2GiB",
         ]
+        self.workers = [subprocess.Popen(self._worker_command, **quiet) for _ in range(workers)]
+        self.wait_for_workers(workers)
+
+    def wait_for_workers(self, count: int) -> None:
         from distributed import Client
 
         with Client(self.address, timeout="30s") as client:
-            client.wait_for_workers(workers, timeout=60)
+            client.wait_for_workers(count, timeout=60)
+
+    def add_worker(self) -> None:
+        self.workers.append(
+            subprocess.Popen(self._worker_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
 
     def kill(self):
         for proc in [*self.workers, self.scheduler]:
@@ -451,6 +454,36 @@ def test_a_worker_killed_with_sigkill_costs_a_restart_from_memory_and_not_the_re
         restart["at"]["step"],
     )
     assert 0 <= restart["detected_s"] < 3 and 0 < restart["recovered_s"] < 5
+    model = dtrain.load_model(out)
+    expected = uninterrupted(SEED_JOB, overrides, shards=3)
+    for got, want in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_an_elastic_job_grows_and_shrinks_and_ends_as_a_fixed_one(tmp_path):
+    """cluster.elastic: a worker started while the job runs is taken in at an epoch's end; a
+    worker killed later is dropped (the job goes on from the survivors' memory); the weights are
+    those of one process with the job's 3 shards."""
+    out = tmp_path / "out"
+    overrides = [*recovery_job(out), "--set", "cluster.elastic=true", "--set", "fit.shards=3"]
+    cluster = Cluster(2)
+    try:
+        job_id = submit_and_reach(cluster.address, overrides, epoch=2)
+        cluster.add_worker()
+        grown = wait_until(cluster.address, job_id, lambda r: len(r["workers"]) == 3 or r["state"] != "running")
+        assert grown["state"] == "running" and len(grown["workers"]) == 3, grown
+        epoch = grown["epoch"]
+        wait_until(cluster.address, job_id, lambda r: r["epoch"] > epoch + 1 or r["state"] != "running")
+        cluster.workers[0].send_signal(signal.SIGKILL)
+        record = wait_until(cluster.address, job_id, lambda r: r["state"] in ("succeeded", "failed", "cancelled"), 300)
+        logs = dtrain_cli("logs", job_id, "--scheduler", cluster.address).stdout
+    finally:
+        cluster.kill()
+    assert record["state"] == "succeeded", record["error"]
+    assert len(record["workers"]) == 2 and record["restarts"] == 1, record
+    assert record["restart_log"][0]["resumed_from"]["source"] == "memory"
+    assert "training on 3 worker(s)" in logs, logs
     model = dtrain.load_model(out)
     expected = uninterrupted(SEED_JOB, overrides, shards=3)
     for got, want in zip(model.get_weights(), expected.get_weights()):

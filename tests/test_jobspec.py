@@ -89,7 +89,7 @@ def test_defaults_are_filled_in(tmp_path):
             "max_restarts": 2,
             "on_nonfinite": "stop",
         },
-        "cluster": {"workers": None, "device": "auto"},
+        "cluster": {"workers": None, "device": "auto", "elastic": False, "min_workers": None, "max_workers": None},
         "output": {"dir": str(tmp_path / "runs" / "tiny-job"), "checkpoint": {"every": "epoch", "keep": 3}},
     }
     assert json.loads(json.dumps(job.spec)) == job.spec  # plain JSON-able
@@ -674,3 +674,18 @@ def test_digits_example_validates_and_reaches_95_percent():
     model = job.build_model()
     history = model.fit(x, y, verbose=0, validation_split=job.spec["data"]["validation"]["split"], **job.fit_options())
     assert history.history["val_accuracy"][-1] >= 0.95
+
+
+@pytest.mark.parametrize(
+    "cluster,path,message",
+    [
+        ("  elastic: true\n", "cluster.elastic", "needs fit.shards"),
+        ("  max_workers: 3\n", "cluster.max_workers", "set cluster.elastic: true as well"),
+        ("  elastic: true\n  workers: 2\n", "cluster.workers", "leave cluster.workers out"),
+        ("  elastic: true\n  min_workers: 3\n  max_workers: 2\n", "cluster.max_workers", "below cluster.min_workers"),
+        ("  elastic: yes please\n", "cluster.elastic", ""),
+    ],
+)
+def test_elastic_settings_are_checked(tmp_path, cluster, path, message):
+    problems = problems_of(write(tmp_path, "job.yaml", MINIMAL + "cluster:\n" + cluster))
+    assert message in str(find(problems, path))

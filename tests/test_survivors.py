@@ -4,12 +4,16 @@ metrics of an uninterrupted run. Real LocalClusters whose worker processes are k
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 from conftest import blobs
 from test_recovery import FIT, data, make_model
 
 import dtrain
+from dtrain.callbacks import Callback
 from dtrain.layers import Dense
 from dtrain.testing import Fault, inject
 
@@ -111,3 +115,62 @@ def test_a_sharded_run_goes_on_from_its_epochs_start_in_memory():
     _assert_same_run(model, history, alone, alone_history)
     for name, slot in alone.optimizer.slots.items():
         np.testing.assert_allclose(model.optimizer.slots[name], slot, rtol=1e-10, atol=1e-14)
+
+
+class Membership(Callback):
+    """At the end of chosen epochs: add a worker and wait for it, or kill one (SIGKILL)."""
+
+    def __init__(self, cluster, client, grow_at, kill_at, back_by):
+        super().__init__()
+        self.cluster, self.client = cluster, client
+        self.grow_at, self.kill_at, self.back_by = grow_at, kill_at, back_by
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.grow_at:
+            self.cluster.scale(3)
+            self.client.wait_for_workers(3, timeout=60)
+        if epoch == self.kill_at:
+            pids = self.client.run(os.getpid)
+            os.kill(pids[sorted(pids)[-1]], signal.SIGKILL)  # not rank 0 (ranks go by host, then address)
+        if epoch == self.back_by:  # the nanny has started the killed worker again by now
+            self.client.wait_for_workers(3, timeout=60)
+
+
+def test_an_elastic_run_grows_shrinks_and_ends_as_a_fixed_one():
+    """2 workers, a third joins (taken in at the next epoch), one is killed (the run goes on from
+    memory on two), and it comes back (taken in again): the weights and metrics are those of
+    one process with the same 4 logical shards."""
+    x, y = data(1200)
+    fit = {**FIT, "epochs": 12, "batch_size": 24}
+    alone = make_model()
+    alone_history = alone.fit(x, y, shards=4, **fit)
+    cluster, client = _fresh_cluster(2)
+    try:
+        model = make_model()
+        membership = Membership(cluster, client, grow_at=1, kill_at=5, back_by=8)
+        history = model.fit(
+            x, y, client=client, elastic=True, shards=4, max_restarts=1, callbacks=[membership], **fit
+        )
+    finally:
+        client.close()
+        cluster.close()
+    first, *later = history.membership
+    assert first["epoch"] == 2 and len(first["workers"]) == 3 and len(first["joined"]) == 1, history.membership
+    [restart] = history.restart_log
+    assert restart["resumed_from"]["source"] == "memory" and restart["resumed_from"]["epoch"] == 6, restart
+    assert later and later[-1]["epoch"] <= 9 and len(later[-1]["workers"]) == 3, history.membership
+    assert len(history.workers) == 3
+    _assert_same_run(model, history, alone, alone_history)
+
+
+def test_elastic_options_are_checked_before_any_work():
+    model = make_model()
+    x, y = data(100)
+    with pytest.raises(ValueError, match="needs shards="):
+        model.fit(x, y, elastic=True, client=object())
+    with pytest.raises(ValueError, match="pass elastic=True as well"):
+        model.fit(x, y, max_workers=3)
+    with pytest.raises(ValueError, match="needs client="):
+        model.fit(x, y, elastic=True, shards=2)
+    with pytest.raises(ValueError, match="max_workers=1 is below min_workers=2"):
+        model.fit(x, y, elastic=True, shards=2, min_workers=2, max_workers=1)

@@ -58,11 +58,13 @@ class RunControl:
     ``stop``: once set, every rank is aborted within a moment and JobCancelled is raised;
     ``on_restart(count, record)`` hears of each restart (its ``history.restart_log`` entry, whose
     ``recovered_s`` is filled in when the restarted run first reports); ``restart_workers(usable)`` picks the
-    workers of a restart among those usable, instead of all of them."""
+    workers of a restart (or of an elastic run's regrouping) among those usable, instead of all
+    of them; ``joinable(workers)``: of workers outside an elastic run, those it may take in."""
 
     stop: threading.Event | None = None
     on_restart: Callable[[int, dict], None] | None = None
     restart_workers: Callable[[list[str]], list[str]] | None = None
+    joinable: Callable[[list[str]], list[str]] | None = None
 
 
 def fit_on_cluster(
@@ -91,7 +93,11 @@ def fit_on_cluster(
                 "them only when fit returns. Use it without client=, or drop restore_best_weights."
             )
     config = resolve_seed_and_shards(config)
+    if config.elastic and config.shards is None:
+        config = replace(config, shards=config.max_workers)  # the most workers the run can grow to
     ranks = cluster_ranks(client, config.workers)
+    if len(ranks) < config.min_workers:
+        ranks = _surviving_ranks(client, config, [], [], "waiting for min_workers", None)
     train, validation = training_sources(model, x, y, config.validation_split, validation_data, client)
     if control.stop is not None and control.stop.is_set():  # preparing the sources can take a while
         raise JobCancelled("training was cancelled before it started")
@@ -120,33 +126,54 @@ def fit_on_cluster(
         validation=validation,
         input_dim=input_dim,
         stop=control.stop,
-        wait_for_client=any(not getattr(cb, "observes_only", False) for cb in callbacks),
+        # Rank 0 waits for the client's word after each epoch where a callback may stop the
+        # run, or where an elastic run may take in workers there.
+        wait_for_client=config.elastic or any(not getattr(cb, "observes_only", False) for cb in callbacks),
         meta=meta,
         hooks=installed_hooks(),
+        joinable=control.joinable,
     )
     run.epochs_done = set(range(start.epoch))  # a resumed run's earlier epochs belong to an earlier fit
     model.stop_training = False
     cbs.on_train_begin()
-    point, restarts, restart_log = start, list[str](), list[dict]()
+    point, restarts, restart_log, membership = start, list[str](), list[dict](), list[dict]()
+    attempts = 0
     try:
         while True:
+            attempts += 1
             try:
-                results, supervisor = run.attempt(ranks, point, attempt=len(restarts))
-                break
+                results, supervisor = run.attempt(ranks, point, attempt=attempts - 1)
             except BaseException as exc:
                 noticed = time.monotonic()
                 if len(restarts) >= config.max_restarts or not _recoverable(exc):
                     raise
                 reason = f"{type(exc).__name__}: {exc}"
                 restarts.append(reason)
-                ranks = _surviving_ranks(client, config.workers, run.stuck, run.silent, reason, control.restart_workers)
-                kept = _memory_point(client, run.run_id, ranks[: plan.shards])
+                ranks = _surviving_ranks(client, config, run.stuck, run.silent, reason, control.restart_workers)
+                kept = _memory_point(client, run.run_id, ranks[: config.most_workers])
                 point, whence = _restart_point(config.checkpoint, meta, start, plan, kept)
                 record = _restart_record(reason, run, point, whence, noticed)
                 restart_log.append(record)
                 run.on_first_report = _recovery_timer(record, noticed)
                 if control.on_restart is not None:
                     control.on_restart(len(restarts), record)
+                continue
+            if not results[0].get("regroup"):
+                break
+            # An elastic run took a break at an epoch's end for workers that joined: it goes on
+            # from rank 0's state with them (not a restart: nothing failed, nothing is trained again).
+            point = _handed_over(point, results[0])
+            before = list(run.ranks)
+            ranks = _surviving_ranks(client, config, [], run.silent, "regrouping", control.restart_workers)
+            now = [w.address for w in ranks[: config.most_workers]]
+            membership.append(
+                {
+                    "epoch": point.epoch,
+                    "workers": now,
+                    "joined": [w for w in now if w not in before],
+                    "left": [w for w in before if w not in now],
+                }
+            )
     finally:  # the survivors' states of this run are of no more use: free their memory
         memory.forget_everywhere(client, run.run_id)
 
@@ -163,6 +190,7 @@ def fit_on_cluster(
     history.device, history.communicator = run.device, run.comm_kind
     history.restarts = restarts
     history.restart_log = restart_log
+    history.membership = membership
     history.skipped_steps = int(rank0.get("skipped_steps", 0))
     history.sharded_step = bool(rank0.get("sharded_step", False))
     cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model
@@ -186,6 +214,7 @@ class _Run:
     wait_for_client: bool
     meta: dict
     hooks: list[StepHook]
+    joinable: Callable[[list[str]], list[str]] | None = None
     # set by each attempt
     ranks: list[str] = field(default_factory=list)
     placement: dict[str, list[int]] = field(default_factory=dict)
@@ -210,7 +239,7 @@ class _Run:
     def attempt(self, ranks: list[WorkerInfo], point: ResumePoint, attempt: int) -> tuple[list[dict], Supervisor]:
         """Launch every rank from ``point`` and follow them to the end; returns their results."""
         client, plan, model, validation = self.client, self.plan, self.model, self.validation
-        ranks = ranks[: plan.shards]  # more workers than shards: the extra ones would have nothing to train on
+        ranks = ranks[: self.config.most_workers]  # one shard each at least (and max_workers at most)
         self.device = choose_device(model.requested_device, ranks)
         self.comm_kind = choose_communicator(self.device, ranks)
         check_access(client, self.sources, ranks)
@@ -243,6 +272,8 @@ class _Run:
         # (rank 0 died between writing and reporting) are reported now.
         supervisor.epochs_done = self.epochs_done
         supervisor.on_first_report = self.on_first_report
+        if self.config.elastic:
+            supervisor.should_regroup = self._workers_waiting
         for epoch, logs in enumerate(point.history or []):
             supervisor.report_epoch_end(epoch, logs)
         try:
@@ -308,6 +339,32 @@ class _Run:
             self.position = supervisor.position
             self.heard_at = supervisor.heard_at if supervisor.heard_at is not None else supervisor.started_at
         return results, supervisor
+
+    def _workers_waiting(self) -> bool:
+        """An elastic run, at an epoch's end: whether a worker it could take in is in the cluster."""
+        most = self.config.most_workers
+        if most is not None and len(self.ranks) >= most:
+            return False
+        try:
+            present = scheduler_workers(self.client)
+        except Exception:  # the scheduler is unreachable: the run finds out on its own
+            return False
+        waiting = [w for w in present if w not in self.ranks and w not in self.silent]
+        if self.joinable is not None:  # the caller's word (the job service: the workers no other job holds)
+            return bool(waiting and self.joinable(waiting))
+        allowed = self.config.workers
+        return any(allowed is None or w in allowed for w in waiting)
+
+
+def _handed_over(point: ResumePoint, rank0: dict) -> ResumePoint:
+    """Where a run goes on after an attempt that ended at an epoch's end to regroup: rank 0's state."""
+    return ResumePoint(
+        params=rank0["params"],
+        optimizer=rank0["optimizer"],
+        epoch=point.epoch + len(rank0["history"]),
+        step=0,
+        history=[*(point.history or []), *rank0["history"]],
+    )
 
 
 def _recoverable(exc: BaseException) -> bool:
@@ -413,7 +470,7 @@ def _recovery_timer(record: dict, noticed: float) -> Callable[[float], None]:
 
 def _surviving_ranks(
     client: Any,
-    workers: Sequence[str] | None,
+    config: FitConfig,
     stuck: list[str],
     silent: list[str],
     reason: str,
@@ -423,20 +480,30 @@ def _surviving_ranks(
     joined ones included, minus those whose rank did not stop (they are restarted, and serve
     again at a later restart) and the silent ones (frozen or cut off: left alone, they serve
     again at a later restart if they wake); ``choose`` may narrow them (the job service's
-    allocation)."""
-    alive = set(scheduler_workers(client))
+    allocation). Fewer than ``config.min_workers``: it waits up to ``config.timeout`` for more."""
     if stuck:
         try:
+            alive = set(scheduler_workers(client))
             client.restart_workers([w for w in stuck if w in alive], timeout=60, raise_for_error=False)
         except Exception:
             pass
-    usable = [w for w in sorted(alive) if w not in stuck and w not in silent]
-    if choose is not None:
-        candidates = [w for w in choose(usable) if w in usable]
-    else:
-        candidates = [w for w in (workers or usable) if w in usable]
+    deadline = time.monotonic() + config.timeout
+    while True:
+        usable = [w for w in sorted(scheduler_workers(client)) if w not in stuck and w not in silent]
+        if choose is not None:
+            candidates = [w for w in choose(usable) if w in usable]
+        else:
+            candidates = [w for w in (config.workers or usable) if w in usable]
+        if len(candidates) >= config.min_workers or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if not candidates:
         raise WorkerLostError(f"No worker left to restart on after: {reason}")
+    if len(candidates) < config.min_workers:
+        raise WorkerLostError(
+            f"{len(candidates)} worker(s) left, fewer than min_workers={config.min_workers}, and none joined "
+            f"within timeout={config.timeout:g} s, after: {reason}"
+        )
     return cluster_ranks(client, candidates)
 
 

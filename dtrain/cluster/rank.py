@@ -36,6 +36,7 @@ from .worker_env import blas_threads, quiet_monitoring
 
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
 STARTUP_TIMEOUT_S = 600.0  # how long ranks wait for each other while loading their shards
+EPOCH_GO_ON, EPOCH_STOP, EPOCH_REGROUP = 0.0, 1.0, 2.0  # the client's answer after each epoch
 
 
 @dataclass
@@ -159,6 +160,7 @@ def _run(
     )
 
     # -- the loop -------------------------------------------------------------------------------
+    reporter = RankReporter(spec, worker, comm)
     result = train(
         network,
         comm,
@@ -169,7 +171,7 @@ def _run(
         owned=spec.owned,
         start=start,
         meta=spec.checkpoint_meta,
-        progress=RankReporter(spec, worker, comm),
+        progress=reporter,
         has_validation=spec.has_validation,
         hooks=spec.hooks,
         attempt=spec.attempt,
@@ -183,6 +185,7 @@ def _run(
         "hooks": result.hook_results,
         "skipped_steps": result.skipped_steps,
         "sharded_step": result.sharded_step,
+        "regroup": reporter.regroup,  # the attempt ended at an epoch's end for an elastic run's new workers
     }
     if spec.rank == 0:
         out.update(
@@ -193,14 +196,16 @@ def _run(
 
 class RankReporter(Progress):
     """The loop's audience on a rank: rank 0's live progress as Dask events (Worker.log_event)
-    the client subscribes to, and, after each epoch, the client's verdict (its callbacks:
-    EarlyStopping...) shared with every rank."""
+    the client subscribes to, and, after each epoch, the client's verdict shared with every
+    rank: go on, stop (its callbacks: EarlyStopping...), or end this attempt to regroup (an
+    elastic run taking in workers that joined): ``EPOCH_*``."""
 
     def __init__(self, spec: RankSpec, worker: Any, comm: Communicator) -> None:
         self.spec, self.worker, self.comm = spec, worker, comm
         self.reporting = spec.rank == 0
         self._last = 0.0
         self._stop = np.zeros(1, dtype=np.float64)
+        self.regroup = False
 
     def batch_end(self, epoch: int, step: int, last: bool, totals: Totals) -> None:
         now = time.monotonic()
@@ -234,7 +239,8 @@ class RankReporter(Progress):
         self.comm.set_timeout(2 * timeout)
         self.comm.broadcast(self._stop, root=0)
         self.comm.set_timeout(timeout)
-        return bool(self._stop[0])
+        self.regroup = self._stop[0] == EPOCH_REGROUP
+        return self._stop[0] != EPOCH_GO_ON
 
 
 def _load(readers: Sequence, dependencies: Sequence) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ from ..comm import Aborted
 from ..network import Network
 from .errors import JobCancelled, SchedulerLostError, WorkerLostError
 from .probe import WorkerInfo, scheduler_workers
-from .rank import event_topic
+from .rank import EPOCH_GO_ON, EPOCH_REGROUP, EPOCH_STOP, event_topic
 
 LIVENESS_INTERVAL_S = 0.5  # how often the driver checks that every rank's worker is alive
 ABORT_GRACE_S = 10.0  # how long aborted ranks get to return before their tasks are released
@@ -58,6 +58,10 @@ class Supervisor:
         self.heard_at: float | None = None
         self.position: tuple[int, int] | None = None  # (epoch, step) of the last report
         self.on_first_report: Callable[[float], None] | None = None
+        # An elastic run: asked at each epoch's end whether workers wait to join; if so, the
+        # ranks end this attempt there and the run goes on with them (``regrouping``).
+        self.should_regroup: Callable[[], bool] | None = None
+        self.regrouping = False
 
     @contextlib.contextmanager
     def running(self):
@@ -195,16 +199,22 @@ class Supervisor:
             self._begin(epoch + 1)  # the workers go straight on: the progress bar times from here
 
     def _answer(self, epoch: int) -> None:
-        """Rank 0 waits for this answer before it starts the next epoch (EarlyStopping...)."""
-        if self.wait_for_client:
-            self.client.run(
-                comm_module.deliver_on_worker,
-                self.job_id,
-                "driver",
-                f"epoch-{epoch}",
-                bool(self.model.stop_training),
-                workers=[self.ranks[0].address],
-            )
+        """Rank 0 waits for this answer before it starts the next epoch: go on, stop (a callback
+        set model.stop_training: EarlyStopping...) or end this attempt here to regroup."""
+        if not self.wait_for_client:
+            return
+        answer = EPOCH_STOP if self.model.stop_training else EPOCH_GO_ON
+        if answer == EPOCH_GO_ON and epoch + 1 < self.epochs and self.should_regroup is not None:
+            if self.should_regroup():
+                answer, self.regrouping = EPOCH_REGROUP, True
+        self.client.run(
+            comm_module.deliver_on_worker,
+            self.job_id,
+            "driver",
+            f"epoch-{epoch}",
+            answer,
+            workers=[self.ranks[0].address],
+        )
 
     def _begin(self, epoch: int) -> None:
         if self.epoch_open != epoch and epoch not in self.epochs_done:

@@ -65,7 +65,13 @@ FIT_DEFAULTS: dict[str, Any] = {
 }
 NONFINITE = NONFINITE_POLICIES
 CHECKPOINT_DEFAULTS: dict[str, Any] = {"every": CheckpointPolicy.every, "keep": CheckpointPolicy.keep}
-CLUSTER_DEFAULTS: dict[str, Any] = {"workers": None, "device": "auto"}
+CLUSTER_DEFAULTS: dict[str, Any] = {
+    "workers": None,
+    "device": "auto",
+    "elastic": False,
+    "min_workers": None,
+    "max_workers": None,
+}
 OUTPUT_KEYS = ("dir", "checkpoint")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -588,7 +594,36 @@ def _check_cluster(ck: Checker, raw: dict) -> dict:
     elif workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         ck.report("cluster.workers", f"expected a number of workers or a list of worker addresses, got {_got(workers)}")
     _choice(ck, cluster["device"], "cluster.device", DEVICES)
+    _boolean(ck, cluster["elastic"], "cluster.elastic")
+    for key in ("min_workers", "max_workers"):
+        if cluster[key] is not None:
+            _integer(ck, cluster[key], f"cluster.{key}")
+            if cluster["elastic"] is not True:
+                ck.report(f"cluster.{key}", "bounds an elastic job's workers: set cluster.elastic: true as well")
+    if cluster["elastic"] is True and workers is not None:
+        ck.report(
+            "cluster.workers",
+            "an elastic job takes workers as they join and leave: leave cluster.workers out and bound them "
+            "with cluster.min_workers / cluster.max_workers",
+        )
     return cluster
+
+
+def _check_elastic(ck: Checker, fit: dict, cluster: dict) -> None:
+    """What FitConfig asks of an elastic run, said with the job file's names."""
+    if cluster["elastic"] is not True:
+        return
+    low, high = cluster["min_workers"], cluster["max_workers"]
+    if fit["shards"] is None and high is None:
+        ck.report(
+            "cluster.elastic",
+            "an elastic job needs fit.shards (or cluster.max_workers): the logical shards are fixed for the whole "
+            "job, one worker trains at least one, so their count is the most workers the job can grow to",
+        )
+    if isinstance(low, int) and isinstance(high, int) and high < low:
+        ck.report("cluster.max_workers", f"{high} is below cluster.min_workers ({low})")
+    if isinstance(low, int) and isinstance(fit["shards"], int) and low > fit["shards"]:
+        ck.report("cluster.min_workers", f"{low} is more than the {fit['shards']} shards (fit.shards)")
 
 
 def _check_output(ck: Checker, raw: dict, name: Any) -> dict:
@@ -737,6 +772,7 @@ def validate(raw: Any, ck: Checker, source: str | None) -> dict:
     output = _check_output(ck, raw, name)
     _check_model_fits_data(ck, model, compile_, data)
     _check_sizes(ck, data, fit)
+    _check_elastic(ck, fit, cluster)
     spec = {
         "name": name,
         "model": model.spec,

@@ -56,6 +56,8 @@ class JobRecord:
     requested: Any  # None (all free workers), a count, or a list of addresses
     epochs: int
     max_workers: int | None = None  # with requested None: no more than this (the job's shard count)
+    min_workers: int = 1  # with requested None: no fewer than this (cluster.min_workers of an elastic job)
+    elastic: bool = False  # it takes in free workers at its epochs' ends (cluster.elastic)
     resume: bool = False  # continue from the latest checkpoint in the output location
     state: str = "queued"
     submitted_at: float = field(default_factory=time.time)
@@ -197,6 +199,7 @@ class JobService(SchedulerPlugin):
             job_id = _new_job_id(job.name)
             while job_id in self.table.jobs:
                 job_id = _new_job_id(job.name)
+            config = job.fit_config()
             record = JobRecord(
                 job_id=job_id,
                 name=job.name,
@@ -204,7 +207,9 @@ class JobService(SchedulerPlugin):
                 output=job.output_dir,
                 requested=job.workers,
                 epochs=job.epochs,
-                max_workers=job.fit_options()["shards"],
+                max_workers=config.most_workers,
+                min_workers=config.min_workers,
+                elastic=config.elastic,
                 resume=resume,
             )
             record.log(f"submitted{f' from {source}' if source else ''}; output: {record.output}")
@@ -263,7 +268,7 @@ class JobService(SchedulerPlugin):
                 if record.state != "queued":
                     continue
                 free = [address for address in present if address not in self.table.busy]
-                workers, reason = _claim(record.requested, free, present, record.max_workers)
+                workers, reason = _claim(record.requested, free, present, record.max_workers, record.min_workers)
                 if workers is None:
                     if reason != record.waiting_for:
                         record.waiting_for = reason
@@ -296,8 +301,14 @@ class JobService(SchedulerPlugin):
             for address in workers:
                 self.table.busy[address] = record.job_id
             record.workers = workers
-        record.log(f"restarting on {len(workers)} worker(s): {', '.join(workers)}")
+        record.log(
+            f"{'training' if record.elastic else 'restarting'} on {len(workers)} worker(s): {', '.join(workers)}"
+        )
         return workers
+
+    def _free(self, workers: list[str]) -> list[str]:
+        with self.table.lock:
+            return [address for address in workers if address not in self.table.busy]
 
     def _release(self, record: JobRecord) -> None:
         with self.table.lock:
@@ -344,6 +355,7 @@ class JobService(SchedulerPlugin):
         write_record(record.output, record.public(), job_yaml=job.to_yaml())
         model = job.build_model()
         data = job.data()
+        # The workers it was given; an elastic job takes in free ones as well (joinable, below).
         config = replace(job.fit_config(resume=record.resume), workers=tuple(record.workers))
         if config.resume_from is not None:
             record.log(f"resuming from the latest checkpoint in {config.resume_from}")
@@ -351,6 +363,7 @@ class JobService(SchedulerPlugin):
             stop=record.cancel,
             on_restart=lambda count, reason: _restarted(record, count, reason),
             restart_workers=lambda usable: self._reallocate(record, usable),
+            joinable=lambda workers: self._free(workers),
         )
         try:
             with Client(
@@ -445,12 +458,16 @@ def _restarted(record: JobRecord, count: int, restart: dict) -> None:
     record.log(f"restart {count}: {restart['reason']}; {describe_resume(restart['resumed_from'])}, on the workers left")
 
 
-def _claim(requested: Any, free: list[str], present: list[str], cap: int | None) -> tuple[list[str] | None, str]:
+def _claim(
+    requested: Any, free: list[str], present: list[str], cap: int | None, least: int = 1
+) -> tuple[list[str] | None, str]:
     """The workers a job gets now, or (None, why it waits). ``cap``: at most that many of "every
-    free worker" (a job with fewer shards than workers could use no more)."""
+    free worker" (a job with fewer shards than workers could use no more); ``least``: no fewer."""
     if requested is None:
-        if free:
+        if len(free) >= least:
             return free[:cap], ""
+        if free:
+            return None, f"waiting for {least} free workers (cluster.min_workers; {len(free)} free of {len(present)})"
         return (
             None,
             f"waiting for a free worker (the cluster has {len(present)}, all busy)"

@@ -229,5 +229,8 @@ class Job:
             checkpoint_dir=self.checkpoint_dir,
             **policy,
             resume_from=self.checkpoint_dir if resume else None,
+            elastic=self.spec["cluster"]["elastic"],
+            min_workers=self.spec["cluster"]["min_workers"],
+            max_workers=self.spec["cluster"]["max_workers"],
             checkpoint_extra={"job": spec_hash(self.spec["data"])},
         )
