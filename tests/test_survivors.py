@@ -148,9 +148,7 @@ def test_an_elastic_run_grows_shrinks_and_ends_as_a_fixed_one():
     try:
         model = make_model()
         membership = Membership(cluster, client, grow_at=1, kill_at=5, back_by=8)
-        history = model.fit(
-            x, y, client=client, elastic=True, shards=4, max_restarts=1, callbacks=[membership], **fit
-        )
+        history = model.fit(x, y, client=client, elastic=True, shards=4, max_restarts=1, callbacks=[membership], **fit)
     finally:
         client.close()
         cluster.close()
