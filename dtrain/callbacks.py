@@ -95,8 +95,9 @@ class History(Callback):
     of workers: ``{"epoch", "workers", "joined", "left"}``, from that epoch on), ``skipped_steps``
     (non-finite steps left out), ``sharded_step``; with ``client=``, ``workers`` (in rank order),
     ``placement`` (logical shards per worker), ``device``, ``communicator``, ``timing`` (median
-    milliseconds per step: compute, communication, waiting, overhead) and ``step_times`` (seconds,
-    per rank and step)."""
+    milliseconds per step: compute, communication, waiting, overhead), ``step_times`` (seconds,
+    per rank and step) and ``stragglers`` (the ranks whose steps computed markedly slower than
+    the others', last attempt)."""
 
     observes_only = True
 
@@ -108,6 +109,7 @@ class History(Callback):
         self.restarts: list[str] = []
         self.restart_log: list[dict[str, Any]] = []
         self.membership: list[dict[str, Any]] = []
+        self.stragglers: list[dict[str, Any]] = []
         self.skipped_steps = 0
         self.sharded_step = False
         self.workers: list[str] | None = None

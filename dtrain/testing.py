@@ -112,6 +112,24 @@ def inject(*faults: Fault) -> Iterator[FaultInjector]:
         yield hook
 
 
+class SlowRank(StepHook):
+    def __init__(self, rank: int, seconds: float) -> None:
+        self.rank, self.seconds = rank, seconds
+
+    def after_backward(self, ctx: StepContext, network: Network) -> None:  # within the step's compute time
+        if ctx.rank == self.rank:
+            time.sleep(self.seconds)
+
+
+@contextlib.contextmanager
+def slow_rank(rank: int, seconds: float) -> Iterator[SlowRank]:
+    """Rank ``rank`` of every run started meanwhile takes ``seconds`` longer to compute each step
+    (a straggler: a busy or weaker machine)."""
+    hook = SlowRank(rank, seconds)
+    with installed(hook):
+        yield hook
+
+
 @contextlib.contextmanager
 def replica_hashes() -> Iterator[ReplicaHashes]:
     """Record the hashes of every replica's weights after every step of the runs started meanwhile."""

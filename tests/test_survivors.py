@@ -172,3 +172,17 @@ def test_elastic_options_are_checked_before_any_work():
         model.fit(x, y, elastic=True, shards=2)
     with pytest.raises(ValueError, match="max_workers=1 is below min_workers=2"):
         model.fit(x, y, elastic=True, shards=2, min_workers=2, max_workers=1)
+
+
+def test_a_slow_rank_is_reported_not_stopped(client2):
+    """A straggler (20 ms more per step on rank 1, far below the 5 s deadline) slows the run but
+    does not fail it; history.stragglers names it and by how much."""
+    from dtrain.testing import slow_rank
+
+    x, y = data(600)
+    with slow_rank(1, 0.02):
+        history = make_model().fit(x, y, client=client2, timeout=5, **{**FIT, "epochs": 2, "batch_size": 30})
+    [straggler] = history.stragglers
+    assert straggler["rank"] == 1 and straggler["worker"] == history.workers[1] and straggler["slower"] > 0.5
+    assert straggler["message"].startswith(f"rank 1 on {history.workers[1]}: compute ")
+    assert history.restarts == []

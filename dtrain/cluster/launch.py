@@ -32,7 +32,7 @@ from ..comm import CommError
 from ..config import CheckpointPolicy, FitConfig
 from ..network import Network
 from ..sampling import ShardPlan
-from ..training.checkpointing import ResumePoint, resolve_seed_and_shards, resume_point, start_of_run
+from ..training.checkpointing import ResumePoint, folder_lease, resolve_seed_and_shards, resume_point, start_of_run
 from ..training.hooks import StepHook, callback_list, installed_hooks
 from ..training.sync import NonFiniteError
 from . import memory
@@ -106,8 +106,26 @@ def fit_on_cluster(
     config = replace(config, shards=config.shards or len(ranks))
     assert config.shards is not None
     plan = ShardPlan(train.count, config.shards, config.batch_size)
-    input_dim = train.x.row_shape[0]
+    run_id = f"run-{uuid.uuid4().hex[:12]}"
+    with folder_lease(config.checkpoint, run_id):  # one writer per checkpoint folder, before any work
+        return _train_to_the_end(model, callbacks, config, plan, train, validation, ranks, client, control, run_id)
 
+
+def _train_to_the_end(
+    model: Network,
+    callbacks: Sequence[Callback],
+    config: FitConfig,
+    plan: ShardPlan,
+    train: Rows,
+    validation: Rows | None,
+    ranks: list[WorkerInfo],
+    client: Any,
+    control: RunControl,
+    run_id: str,
+) -> History:
+    """The run from its start: every attempt (restarts, an elastic run's regroupings), then the
+    trained model back in the client's hands."""
+    input_dim = train.x.row_shape[0]
     # The model's starting point is built here, exactly as single-process fit builds it.
     history = History()
     cbs = callback_list(model, callbacks, history, config, plan)
@@ -116,7 +134,7 @@ def fit_on_cluster(
     start.optimizer = model.compiled_optimizer.get_state() if model.compiled_optimizer.iterations else None
     history.restore(start.history or [])
     run = _Run(
-        run_id=f"run-{uuid.uuid4().hex[:12]}",
+        run_id=run_id,
         client=client,
         model=model,
         cbs=cbs,
@@ -185,6 +203,7 @@ def fit_on_cluster(
         for result in results:
             hook.collect(result["rank"], result["hooks"][index])
     history.timing, history.step_times = _timing(results, plan)
+    history.stragglers = stragglers(history.step_times, run.ranks)
     history.workers = list(run.ranks)
     history.placement = dict(run.placement)  # logical shards per worker
     history.device, history.communicator = run.device, run.comm_kind
@@ -533,3 +552,33 @@ def _timing(results: list[dict], plan: ShardPlan) -> tuple[dict[str, float], dic
     summary = {f"{name}_ms": float(np.median(values.mean(axis=0))) * 1e3 for name, values in per_step.items()}
     summary["samples_per_s"] = plan.batch_size / median_step if median_step > 0 else float("nan")
     return summary, per_step
+
+
+STRAGGLER_MARGIN = 0.10  # a rank whose median compute is this much above the ranks' median is reported
+
+
+def stragglers(step_times: dict[str, np.ndarray], workers: Sequence[str]) -> list[dict[str, Any]]:
+    """The ranks that computed their steps markedly slower than the others (a busy or weaker
+    machine, a thermally throttled GPU): reported, not stopped; a rank is stopped only when a step
+    outlasts the run's timeout. Each: rank, worker, its median compute (ms) and how much slower
+    than the median of the ranks (``slower``: 0.18 for 18%), with a line that says it."""
+    compute = step_times.get("compute")
+    if compute is None or compute.ndim != 2 or compute.shape[0] < 2 or compute.shape[1] == 0:
+        return []
+    per_rank = np.median(compute, axis=1)
+    typical = float(np.median(per_rank))
+    found = []
+    for rank, value in enumerate(per_rank):
+        slower = float(value) / typical - 1.0 if typical > 0 else 0.0
+        if slower > STRAGGLER_MARGIN:
+            worker = workers[rank] if rank < len(workers) else "?"
+            found.append(
+                {
+                    "rank": rank,
+                    "worker": worker,
+                    "compute_ms": round(float(value) * 1e3, 3),
+                    "slower": round(slower, 3),
+                    "message": f"rank {rank} on {worker}: compute {slower:.0%} slower than the median",
+                }
+            )
+    return found

@@ -26,6 +26,7 @@ from ..backend import host_copy
 from ..comm import Aborted, Communicator, make_communicator
 from ..config import FitConfig
 from ..data import check_features, check_targets
+from ..leases import Lease
 from ..network import Network, Totals
 from ..sampling import ShardPlan
 from ..training.checkpointing import ResumePoint
@@ -176,6 +177,10 @@ def _run(
         hooks=spec.hooks,
         attempt=spec.attempt,
         keep_on_failure=lambda point: memory.keep(spec.run_id, point),
+        # rank 0 writes the checkpoints: it renews the folder's lease, which the driver took for the run
+        lease=Lease(spec.config.checkpoint.directory, spec.run_id)
+        if spec.rank == 0 and spec.config.checkpoint
+        else None,
     )
 
     # -- results --------------------------------------------------------------------------------

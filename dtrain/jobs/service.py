@@ -385,6 +385,8 @@ class JobService(SchedulerPlugin):
             self._release(record)  # the workers are free as soon as training has ended
         if record.cancel.is_set():
             record.log("cancel came too late: training had finished; writing the outputs")
+        for straggler in history.stragglers:  # slow but alive: reported, not stopped
+            record.log(f"straggler: {straggler['message']}")
         record.log(f"trained: {_format_metrics(record.metrics)}; writing outputs")
         done = record.public()
         done.update(state="succeeded", ended_at=time.time())

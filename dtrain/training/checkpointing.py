@@ -11,18 +11,21 @@ policy (where, how often, how many) is :class:`dtrain.config.CheckpointPolicy`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ..backend import host_copy
-from ..checkpoints import Checkpoint, CheckpointError, load_latest, write_checkpoint
+from ..checkpoints import Checkpoint, CheckpointError, CheckpointWarning, load_latest, write_checkpoint
 from ..config import CheckpointPolicy, FitConfig
 from ..data import new_seed
+from ..leases import EXPIRES_S, Lease
 from ..network import Network
 from ..sampling import ShardPlan
 
@@ -197,3 +200,28 @@ def start_of_run(network: Network, plan: ShardPlan, config: FitConfig, input_dim
         start = ResumePoint(epoch=config.initial_epoch)
     meta["run"] = start.run or new_run_id()  # a resumed run continues its lineage
     return start, meta
+
+
+@contextlib.contextmanager
+def folder_lease(policy: CheckpointPolicy | None, run: str) -> Iterator[Lease | None]:
+    """Hold the lease of the run's checkpoint folder while it trains (``dtrain.leases``: one
+    writer per folder); None without checkpoints."""
+    if policy is None:
+        yield None
+        return
+    lease = Lease(policy.directory, run)
+
+    def waiting(held: dict) -> None:
+        warnings.warn(
+            f"The checkpoint folder {policy.directory} is held by run {held.get('run')} (on {held.get('holder')}), "
+            f"which may still be writing there: waiting up to {EXPIRES_S:g} s for a sign of life before taking it "
+            "over.",
+            CheckpointWarning,
+            stacklevel=4,
+        )
+
+    lease.take(on_wait=waiting)
+    try:
+        yield lease
+    finally:
+        lease.release()

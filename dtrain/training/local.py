@@ -11,12 +11,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from ..callbacks import Callback, History
 from ..comm import LocalCommunicator
 from ..config import FitConfig
+from ..leases import Lease
 from ..network import Network
 from ..sampling import ShardPlan
-from .checkpointing import resolve_seed_and_shards, start_of_run
+from .checkpointing import folder_lease, new_run_id, resolve_seed_and_shards, start_of_run
 from .hooks import CallbackProgress, callback_list, installed_hooks
 from .loop import Batches, train
 
@@ -54,6 +57,20 @@ def fit_in_process(
     shards = config.shards or 1
     config = replace(config, shards=shards)
     plan = ShardPlan(len(x), shards, config.batch_size)
+    with folder_lease(config.checkpoint, new_run_id()) as lease:  # one writer per folder, before any work
+        return _train(model, x, y, validation, callbacks, config, plan, lease)
+
+
+def _train(
+    model: Network,
+    x: np.ndarray,
+    y: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    callbacks: Sequence[Callback],
+    config: FitConfig,
+    plan: ShardPlan,
+    lease: Lease | None,
+) -> History:
     history = History()
     cbs = callback_list(model, callbacks, history, config, plan)
     start, meta = start_of_run(model, plan, config, x.shape[1])
@@ -75,6 +92,7 @@ def fit_in_process(
         progress=CallbackProgress(cbs, model),
         has_validation=validation is not None,
         hooks=hooks,
+        lease=lease,
     )
     for hook, hook_result in zip(hooks, result.hook_results):
         hook.collect(0, hook_result)

@@ -32,6 +32,7 @@ import numpy as np
 from ..comm import Communicator
 from ..config import FitConfig
 from ..data import BatchGatherer
+from ..leases import Lease
 from ..network import Network, Totals
 from ..sampling import EpochSampler, ShardPlan
 from . import checkpointing
@@ -116,11 +117,13 @@ def train(
     hooks: Sequence[StepHook] = (),
     attempt: int = 0,
     keep_on_failure: KeepState | None = None,
+    lease: Lease | None = None,
 ) -> TrainResult:
     """Train ``network`` from ``start`` to ``config.epochs`` on this rank's ``batches`` of the
     shards ``owned``; ``validation`` holds this rank's validation rows (None: none here, while
     ``has_validation`` says whether the run validates, so that every rank joins the sums).
-    ``start.totals`` holds the global sums of the steps of ``start.epoch`` done before."""
+    ``start.totals`` holds the global sums of the steps of ``start.epoch`` done before.
+    ``lease``: the checkpoint folder's, held by the writer (rank 0), renewed as it trains."""
     assert config.seed is not None, "the run's seed is fixed before training (checkpointing.resolve_seed_and_shards)"
     sync = choose_sync(network, comm, config.on_nonfinite)
     sampler = EpochSampler(plan, owned, config.seed, config.shuffle)
@@ -144,6 +147,8 @@ def train(
         assert config.checkpoint is not None
         sync.gather_optimizer_state()
         if comm.rank == 0:
+            if lease is not None:  # still this run's folder (LeaseLostError otherwise: write nothing)
+                lease.renew()
             checkpointing.write(
                 config.checkpoint,
                 network,
@@ -196,6 +201,8 @@ def train(
                 else:
                     skipped += 1
                 survivor.step_done(epoch, step + 1, totals)
+                if lease is not None:
+                    lease.keep()
                 network.backend.synchronize()
                 talking, compute = sync.talking.take(), time.perf_counter() - t0
                 for hook in hooks:
