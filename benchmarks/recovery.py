@@ -53,7 +53,7 @@ def one_round(scenario: str, rows: int, batch: int) -> dict:
     from dtrain.config import FitConfig
 
     hidden = 1024 if scenario == "kill-sharded" else 256
-    x, y = dtrain.datasets.make_classification(rows, features=784, classes=10, seed=0)
+    x, y = dtrain.datasets.make_classification(rows, n_features=784, n_classes=10, seed=0)
     model = dtrain.Sequential(
         [
             dtrain.Dense(hidden, activation="relu", input_dim=784),
