@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from test_recovery import FIT, data, make_model
 
 import dtrain
 from dtrain.callbacks import Callback
+from dtrain.cluster.launch import RunControl, fit_on_cluster
+from dtrain.config import FitConfig
 from dtrain.layers import Dense
 from dtrain.testing import Fault, inject
 
@@ -186,3 +191,74 @@ def test_a_slow_rank_is_reported_not_stopped(client2):
     assert straggler["rank"] == 1 and straggler["worker"] == history.workers[1] and straggler["slower"] > 0.5
     assert straggler["message"].startswith(f"rank 1 on {history.workers[1]}: compute ")
     assert history.restarts == []
+
+
+def _shared_segments(dask_worker=None):
+    """dtrain's shared-memory segments this worker process still maps or holds open."""
+    with open("/proc/self/maps") as f:
+        mapped = sum("dtrain-comm" in line for line in f)
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held += "dtrain-comm" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return mapped + held
+
+
+def _segments_released(client, seconds=3.0):
+    """Whether every worker is back to no segment within ``seconds`` (no garbage collection asked for)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        counts = client.run(_shared_segments)
+        if not any(counts.values()) or time.monotonic() > deadline:
+            return counts
+
+
+class CancelAt(Callback):
+    def __init__(self, event, epoch):
+        super().__init__()
+        self.event, self.epoch = event, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.event.set()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd shared memory is Linux's")
+def test_shared_memory_is_released_after_every_kind_of_end():
+    """After a successful, a failed, a cancelled and a restarted sharded run, every worker maps
+    no shared-memory segment of dtrain any more: every buffer of an ended attempt is released at
+    once, not at the worker's next garbage collection."""
+    from dtrain.cluster.errors import JobCancelled
+
+    x, y = blobs(96, features=1024)
+    fit = dict(batch_size=24, epochs=3, seed=3, verbose=0, timeout=30)
+    cluster, client = _fresh_cluster(3)
+    try:
+        assert wide_float64_model().fit(x, y, client=client, **fit).sharded_step
+        assert _segments_released(client) == dict.fromkeys(client.run(os.getpid), 0), "after a successful run"
+        with pytest.raises(RuntimeError, match="injected crash"), inject(Fault(rank=1, epoch=1, step=1, kind="crash")):
+            wide_float64_model().fit(x, y, client=client, **fit)
+        assert not any(_segments_released(client).values()), "after a failed run"
+        stop = threading.Event()
+        config = FitConfig.make(**fit)
+        with pytest.raises(JobCancelled):
+            fit_on_cluster(
+                wide_float64_model(),
+                x,
+                y,
+                None,
+                [CancelAt(stop, 0)],
+                config,
+                client=client,
+                control=RunControl(stop=stop),
+            )
+        assert not any(_segments_released(client).values()), "after a cancelled run"
+        with inject(Fault(rank=2, epoch=1, step=2, kind="kill")):
+            history = wide_float64_model().fit(x, y, client=client, max_restarts=1, **fit)
+        assert history.restart_log[0]["resumed_from"]["source"] == "memory"
+        assert not any(_segments_released(client).values()), "after a restarted run"
+    finally:
+        client.close()
+        cluster.close()

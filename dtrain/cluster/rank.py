@@ -122,15 +122,30 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
                 comm.abort(reason)
             else:
                 plugin.abort_job(spec.job_id, reason)
-        # The traceback's finished frames hold the replica, whose weights and gradients live in
+        # The tracebacks' finished frames hold the replica, whose weights and gradients live in
         # shared memory: cleared, closing the communicator below unmaps that memory now, not at
         # the worker's next full garbage collection (the frames and the exception form a cycle).
-        traceback.clear_frames(exc.__traceback__)
+        _clear_frames(exc)
         raise
     finally:
         if comm is not None:
             comm.close()
         plugin.close_job(spec.job_id)
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Clear the finished frames of ``exc``'s traceback and of every exception it was raised while
+    handling (``__context__``) or from (``__cause__``): an abort raised while a receive failed
+    keeps that failure, and its frames, alive too (Dask keeps a failed task's exception)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending += [current.__context__, current.__cause__]
 
 
 def _run(

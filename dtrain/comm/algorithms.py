@@ -131,21 +131,14 @@ def reduce_scatter_into(t: Transport, source: np.ndarray, out: np.ndarray, tag: 
         handles = _send_bucket(t, sending, i, ptag)
         if i < len(sums):
             acc = sums[i]
-
-            # (both closures are called within this iteration, so the loop variables they read are current)
-            def contribution(q: int) -> np.ndarray:
-                return own[i] if q == r else _checked(t, t.recv(q, ptag), acc, q, ptag)  # noqa: B023
-
-            def done_with(q: int) -> None:
-                if q != r:
-                    t.release(q, ptag)  # noqa: B023
-
-            np.add(contribution(0), contribution(1), out=acc)  # in rank order, whoever owns the part
-            done_with(0)
-            done_with(1)
+            # In rank order, whoever owns the part. (No closures here: a frame of a failed step that
+            # a traceback keeps would keep its closure's buffers, which live in shared memory.)
+            np.add(_addend(t, own[i], 0, ptag, acc), _addend(t, own[i], 1, ptag, acc), out=acc)
+            _done_with(t, 0, ptag)
+            _done_with(t, 1, ptag)
             for q in range(2, p):
-                np.add(acc, contribution(q), out=acc)
-                done_with(q)
+                np.add(acc, _addend(t, own[i], q, ptag, acc), out=acc)
+                _done_with(t, q, ptag)
         for h in handles:
             t.wait(h)  # the peers have read this bucket of their parts of our source
     return mine
@@ -210,6 +203,17 @@ def broadcast(t: Transport, array: np.ndarray, root: int, tag: str) -> None:
 def _buckets(array: np.ndarray) -> list[np.ndarray]:
     per = max(1, BUCKET_BYTES // array.itemsize)
     return [array[i : i + per] for i in range(0, array.size, per)]
+
+
+def _addend(t: Transport, own: np.ndarray, q: int, tag: str, like: np.ndarray) -> np.ndarray:
+    """Rank ``q``'s part of a reduce-scatter bucket: this rank's own, or what ``q`` sent."""
+    return own if q == t.rank else _checked(t, t.recv(q, tag), like, q, tag)
+
+
+def _done_with(t: Transport, q: int, tag: str) -> None:
+    """Tell rank ``q`` that what it sent for ``tag`` has been added (its slot is free again)."""
+    if q != t.rank:
+        t.release(q, tag)
 
 
 def _checked(t: Transport, got: Any, like: np.ndarray, peer: int, tag: str) -> np.ndarray:
