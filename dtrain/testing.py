@@ -46,25 +46,36 @@ class Fault:
     seconds: float = 3600.0
     index: int = 0
     attempt: int = 0
+    at: str = "step"  # or "checkpoint": as the checkpoint at (epoch, step) begins
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"Fault kind must be one of {FAULT_KINDS}, received {self.kind!r}.")
+        if self.at not in ("step", "checkpoint"):
+            raise ValueError(f"Fault at must be 'step' or 'checkpoint', received {self.at!r}.")
 
 
 class FaultInjector(StepHook):
     def __init__(self, *faults: Fault) -> None:
         self.faults = faults
 
-    def _due(self, ctx: StepContext, kinds: tuple[str, ...]) -> list[Fault]:
+    def _due(self, ctx: StepContext, kinds: tuple[str, ...], at: str = "step") -> list[Fault]:
         return [
             f
             for f in self.faults
-            if f.kind in kinds and (f.attempt, f.rank, f.epoch, f.step) == (ctx.attempt, ctx.rank, ctx.epoch, ctx.step)
+            if f.kind in kinds
+            and f.at == at
+            and (f.attempt, f.rank, f.epoch, f.step) == (ctx.attempt, ctx.rank, ctx.epoch, ctx.step)
         ]
 
+    def before_checkpoint(self, ctx: StepContext, network: Network) -> None:
+        self._strike(self._due(ctx, ("hang", "crash", "kill"), at="checkpoint"), ctx)
+
     def before_step(self, ctx: StepContext, network: Network) -> None:
-        for fault in self._due(ctx, ("hang", "crash", "kill")):
+        self._strike(self._due(ctx, ("hang", "crash", "kill")), ctx)
+
+    def _strike(self, faults: list[Fault], ctx: StepContext) -> None:
+        for fault in faults:
             if fault.kind == "kill":
                 _kill_this_worker()
             if fault.kind == "hang":

@@ -262,3 +262,66 @@ def test_shared_memory_is_released_after_every_kind_of_end():
     finally:
         client.close()
         cluster.close()
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["rank-1-while-rank-0-writes", "rank-0-as-it-writes"])
+def test_a_kill_at_a_checkpoint_costs_no_step_and_leaves_the_folder_good(victim, tmp_path):
+    """A worker killed as a checkpoint at epoch 2, step 5 begins: rank 1 (rank 0 writes it, then
+    finds rank 1 gone) or rank 0 itself (nothing written). The survivors hold the state of that
+    very position, the run goes on from their memory, and the folder's latest checkpoint stays
+    good (a restart never reads a half-written one: checkpoints are written whole, then named)."""
+
+    x, y = data(1500)
+    fit = {**FIT, "epochs": 4, "batch_size": 30}
+    alone = make_model()
+    alone_history = alone.fit(x, y, shards=3, **fit)
+    cluster, client = _fresh_cluster(3)
+    try:
+        model = make_model()
+        with inject(Fault(rank=victim, epoch=1, step=5, kind="kill", at="checkpoint")):
+            history = model.fit(x, y, client=client, max_restarts=1, checkpoint_dir=tmp_path, checkpoint_every=5, **fit)
+    finally:
+        client.close()
+        cluster.close()
+    [record] = history.restart_log
+    assert record["resumed_from"] == {"epoch": 1, "step": 5, "source": "memory"}, record
+    _assert_same_run(model, history, alone, alone_history)
+    resumed = make_model()  # the folder's latest is the end of the run, and good
+    resumed.fit(x, y, resume_from=tmp_path, **fit)
+    for got, expected in zip(resumed.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_sharded_run_killed_at_any_moment_ends_as_an_uninterrupted_one():
+    """A kill at a moment of the clock's choosing (in a collective, the update or the allgather of
+    a sharded step, or between steps): the survivors' copy at the epoch's start is whole whatever
+    the moment, and the result is that of one process."""
+    x, y = blobs(480, features=1024)
+    fit = dict(batch_size=24, epochs=3, seed=3, verbose=0, timeout=30)
+    alone = wide_float64_model()
+    alone_history = alone.fit(x, y, shards=3, **fit)
+    cluster, client = _fresh_cluster(3)
+    try:
+        pids = client.run(os.getpid)
+        victim = pids[sorted(pids)[1]]
+
+        class KillSoon(Callback):
+            observes_only = True
+            armed = True
+
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 1 and self.armed:  # (after the restart the callbacks see epoch 2 begin again)
+                    self.armed = False
+                    threading.Timer(
+                        np.random.default_rng().uniform(0.05, 0.6), os.kill, (victim, signal.SIGKILL)
+                    ).start()
+
+        model = wide_float64_model()
+        history = model.fit(x, y, client=client, max_restarts=1, callbacks=[KillSoon()], **fit)
+    finally:
+        client.close()
+        cluster.close()
+    assert history.sharded_step
+    [record] = history.restart_log
+    assert record["resumed_from"]["source"] == "memory" and record["resumed_from"]["step"] == 0, record
+    _assert_same_run(model, history, alone, alone_history)

@@ -64,6 +64,9 @@ class StepHook:
 
     def after_step(self, ctx: StepContext, network: Network) -> None: ...
 
+    def before_checkpoint(self, ctx: StepContext, network: Network) -> None:
+        """Every rank, as a checkpoint at (epoch, step) begins (rank 0 then writes it)."""
+
     def result(self) -> Any:
         return None
 

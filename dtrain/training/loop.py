@@ -145,6 +145,8 @@ def train(
         """Every rank calls it at the same points (mid-epoch ones with the epoch's sums so far);
         rank 0 writes. A non-finite state is refused by the writer and fails the run."""
         assert config.checkpoint is not None
+        for hook in hooks:  # (tests only)
+            hook.before_checkpoint(StepContext(comm.rank, attempt, epoch, step), network)
         sync.gather_optimizer_state()
         if comm.rank == 0:
             if lease is not None:  # still this run's folder (LeaseLostError otherwise: write nothing)
