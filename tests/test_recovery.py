@@ -3,6 +3,7 @@ non-finite steps: one process and real LocalClusters with worker processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -442,7 +443,8 @@ def test_checkpoints_the_driver_cannot_read_are_refused_before_training(tmp_path
             make_model().fit(x, y, client=client, checkpoint_dir=folder, **FIT)
         after = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
         assert not any("rank" in str(key) for key in after - before)  # refused before any rank ran
-        assert list(folder.iterdir()) == []
+        assert [p.name for p in folder.iterdir()] == ["lease.json"]  # the driver's lease only, released
+        assert json.loads((folder / "lease.json").read_text())["released"] is True
         # Without checkpoints the same worker trains: the folder was all that was wrong.
         assert len(make_model().fit(x, y, client=client, **FIT).history["loss"]) == FIT["epochs"]
         client.close()

@@ -242,6 +242,7 @@ class _Run:
     stuck: list[str] = field(default_factory=list)  # workers whose rank did not stop when aborted
     silent: list[str] = field(default_factory=list)  # workers that stopped answering (frozen, cut off)
     epochs_done: set[int] = field(default_factory=set)
+    epoch_open: int | None = None  # the epoch whose begin the callbacks saw and whose end they did not
     # where the last attempt was when last heard of, and when; a restart's timer of its first report
     position: tuple[int, int] | None = None
     heard_at: float | None = None
@@ -290,6 +291,7 @@ class _Run:
         # not reported again; epochs the checkpoint holds whose end never reached the client
         # (rank 0 died between writing and reporting) are reported now.
         supervisor.epochs_done = self.epochs_done
+        supervisor.epoch_open = self.epoch_open  # a restart within an epoch does not begin it again
         supervisor.on_first_report = self.on_first_report
         if self.config.elastic:
             supervisor.should_regroup = self._workers_waiting
@@ -355,6 +357,7 @@ class _Run:
                 results = supervisor.follow(point.epoch, self.config.epochs)
         finally:
             self.stuck, self.silent = supervisor.stuck, supervisor.silent
+            self.epoch_open = supervisor.epoch_open
             self.position = supervisor.position
             self.heard_at = supervisor.heard_at if supervisor.heard_at is not None else supervisor.started_at
         return results, supervisor
