@@ -10,6 +10,7 @@ The maths never branches on the device: it takes ``xp`` (``numpy`` or ``cupy``) 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -61,6 +62,19 @@ def to_numpy(array: Any) -> np.ndarray:
 def host_copy(array: Any) -> np.ndarray:
     """A NumPy copy of ``array`` that shares no memory with it (one copy, from either device)."""
     return array.copy() if isinstance(array, np.ndarray) else to_numpy(array)
+
+
+def host_copy_aside(array: Any) -> np.ndarray:
+    """``host_copy``, from a GPU on a non-blocking stream of its own: it does not wait behind the
+    work queued on the current stream, which after a failure may be a collective that never ends
+    (the caller makes sure the work that wrote ``array`` has finished)."""
+    if isinstance(array, np.ndarray) or not type(array).__module__.startswith("cupy"):
+        return host_copy(array)
+    cupy = sys.modules["cupy"]  # imported already: ``array`` is one of its arrays
+    stream = cupy.cuda.Stream(non_blocking=True)
+    copy = array.get(stream=stream)
+    stream.synchronize()
+    return copy
 
 
 def _probe_cupy() -> tuple[ModuleType | None, str | None]:

@@ -113,3 +113,28 @@ def test_gpu_accepts_cupy_inputs():
     model.fit(cupy.asarray(x), cupy.asarray(labels), epochs=1, verbose=0, seed=0)
     out = model.predict(cupy.asarray(x))
     assert type(out) is np.ndarray and out.shape == (64, 3)
+
+
+def test_a_survivors_copy_does_not_wait_behind_the_current_stream():
+    """The state a rank keeps when its run fails is copied on a stream of its own: work still
+    queued on the current stream (after a failure, a collective that may never end; here a long
+    sleep kernel) does not hold it up."""
+    import time
+
+    import cupy
+
+    from dtrain.backend import host_copy_aside
+
+    values = cupy.arange(1 << 20, dtype=cupy.float32)
+    cupy.cuda.get_current_stream().synchronize()
+    cycles = int(cupy.cuda.runtime.getDeviceProperties(0)["clockRate"]) * 1000 * 3  # ~3 s of spinning
+    spin = cupy.RawKernel(
+        'extern "C" __global__ void spin(long long n) { long long t = clock64(); while (clock64() - t < n) {} }',
+        "spin",
+    )
+    spin((1,), (1,), (cupy.int64(cycles),))  # queued on the current stream
+    start = time.monotonic()
+    copy = host_copy_aside(values)
+    assert time.monotonic() - start < 1.0
+    np.testing.assert_array_equal(copy, np.arange(1 << 20, dtype=np.float32))
+    cupy.cuda.get_current_stream().synchronize()

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import host_copy
+from ..backend import host_copy_aside
 from ..network import Network, Totals
 from .sync import GradientSync
 
@@ -87,13 +87,18 @@ class Survivor:
         return self._whole
 
     def _copy(self) -> MemoryPoint:
+        # On a GPU the copies go around the current stream, where a collective of the failed run
+        # may wait forever; the loop synchronizes after every update, so the weights are final.
+        optimizer = self.network.compiled_optimizer
+        state = {name: host_copy_aside(slot) for name, slot in optimizer.slots.items()}
+        state["iterations"] = np.array(optimizer.iterations, dtype=np.int64)
         return MemoryPoint(
             epoch=self._epoch,
             step=self._step,
             totals=None if self._totals is None else self._totals.to_array(),
             history=[*self._before, *self._trained],
-            params=host_copy(self.network.params),
-            optimizer=self.network.compiled_optimizer.get_state(),
+            params=host_copy_aside(self.network.params),
+            optimizer=state,
         )
 
 
