@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -122,6 +123,9 @@ class Hosts:
     def link_down(self, host: int) -> None:
         _ip("link", "set", self.links[host], "down")
 
+    def link_up(self, host: int) -> None:
+        _ip("link", "set", self.links[host], "up")
+
     def close(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
@@ -191,5 +195,46 @@ def test_a_host_whose_link_goes_down_is_left_behind_within_the_deadline():
     [record] = history.restart_log
     assert record["resumed_from"]["source"] == "memory", record
     assert workers[victim] not in history.workers and len(history.workers) == 2
+    for got, expected in zip(model.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+class CutAndMend(CutAt):
+    """CutAt, then the link back up a moment after the restart; epochs slowed down a little, so
+    that the run is still going when the host is heard from again."""
+
+    def on_restart(self, count, record):
+        super().on_restart(count, record)
+        threading.Timer(1.0, self.hosts.link_up, (self.host,)).start()
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.restarted_at is not None:
+            time.sleep(0.4)
+
+
+def test_a_host_whose_link_comes_back_is_taken_in_again():
+    """An elastic run: the host cut off is left behind within the deadline; once its link is back
+    and the scheduler hears from it, the run takes it in again at an epoch's end; the result is
+    still that of one process."""
+    x, labels = blobs(3000, features=10, classes=3, seed=2)
+    y = one_hot(labels, 3)
+    fit = dict(epochs=24, batch_size=30, seed=3, verbose=0)
+    alone = make_model()
+    alone.fit(x, y, shards=3, **fit)
+    hosts = Hosts(3)
+    try:
+        workers = sorted(hosts.client.scheduler_info()["workers"])
+        cut = CutAndMend(hosts, host=2, epoch=1)
+        model = make_model()
+        config = FitConfig.make(timeout=5, max_restarts=1, shards=3, elastic=True, **fit)
+        history = fit_on_cluster(
+            model, x, y, None, [cut], config, client=hosts.client, control=RunControl(on_restart=cut.on_restart)
+        )
+    finally:
+        hosts.close()
+    assert cut.restarted_at - cut.cut_at < 5 + 2
+    assert any(workers[2] in change["joined"] for change in history.membership), history.membership
+    assert history.workers == workers
     for got, expected in zip(model.get_weights(), alone.get_weights()):
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)

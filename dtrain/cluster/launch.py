@@ -48,7 +48,7 @@ from .placement import (
 )
 from .probe import WorkerInfo, choose_communicator, choose_device, cluster_ranks, scheduler_workers
 from .rank import RankSpec, run_rank
-from .supervisor import Supervisor
+from .supervisor import Supervisor, silent_workers
 
 
 @dataclass
@@ -371,6 +371,8 @@ class _Run:
             present = scheduler_workers(self.client)
         except Exception:  # the scheduler is unreachable: the run finds out on its own
             return False
+        if self.silent:  # a worker heard from again (woken up, its link back) may join again
+            self.silent = sorted(silent_workers(self.client, self.silent))
         waiting = [w for w in present if w not in self.ranks and w not in self.silent]
         if self.joinable is not None:  # the caller's word (the job service: the workers no other job holds)
             return bool(waiting and self.joinable(waiting))

@@ -235,14 +235,7 @@ class Supervisor:
         return chosen.with_traceback(future.traceback())
 
     def _silent_workers(self, addresses: list[str]) -> set[str]:
-        """Those of ``addresses`` the scheduler has not heard from for SILENT_HEARTBEATS heartbeat
-        intervals (none when it cannot be asked)."""
-        if not addresses:
-            return set()
-        try:
-            return set(self.client.run_on_scheduler(_silent_on_scheduler, addresses, SILENT_HEARTBEATS))
-        except Exception:
-            return set()
+        return silent_workers(self.client, addresses)
 
     def _alive_addresses(self) -> set[str]:
         # A client that lost its scheduler answers from a stale (or emptied) copy of the worker
@@ -296,6 +289,17 @@ class Supervisor:
             self.client.cancel(self.futures)
         except Exception:
             pass
+
+
+def silent_workers(client: Any, addresses: list[str]) -> set[str]:
+    """Those of ``addresses`` the scheduler has not heard from for SILENT_HEARTBEATS heartbeat
+    intervals (none when it cannot be asked)."""
+    if not addresses:
+        return set()
+    try:
+        return set(client.run_on_scheduler(_silent_on_scheduler, addresses, SILENT_HEARTBEATS))
+    except Exception:
+        return set()
 
 
 def _silent_on_scheduler(addresses: list[str], heartbeats: int, dask_scheduler: Any = None) -> list[str]:
