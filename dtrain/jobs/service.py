@@ -389,7 +389,13 @@ class JobService(SchedulerPlugin):
             record.log(f"straggler: {straggler['message']}")
         record.log(f"trained: {_format_metrics(record.metrics)}; writing outputs")
         done = record.public()
-        done.update(state="succeeded", ended_at=time.time())
+        # result.json also says how the job's workers changed (elastic jobs) and which were slow
+        done.update(
+            state="succeeded",
+            ended_at=time.time(),
+            membership=list(history.membership),
+            stragglers=[{k: v for k, v in s.items() if k != "message"} for s in history.stragglers],
+        )
         return write_outputs(record.output, model=model, history=history, job_yaml=job.to_yaml(), record=done)
 
     def _finish(self, record: JobRecord, state: str, message: str, error: str | None = None) -> None:
