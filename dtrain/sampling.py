@@ -19,6 +19,7 @@ run the same number of steps however the shards are placed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,13 +50,13 @@ class ShardPlan:
                 f"({self.shards}): every step takes at least one sample from each shard. Use "
                 f"batch_size >= {self.shards}, or fewer shards."
             )
+        # Everything here is O(shards): the rows of a step are computed when asked for
+        # (taken_at), never tabulated for the whole run, so planning a billion rows is instant.
         cuts = np.arange(self.shards + 1, dtype=np.int64) * self.rows // self.shards
         self.bounds: list[tuple[int, int]] = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
         self.sizes = np.diff(cuts)
         self.steps = -(-self.rows // self.batch_size)
-        done = np.minimum(np.arange(self.steps + 1, dtype=np.int64) * self.batch_size, self.rows)
-        self.taken = _proportional_counts(self.sizes, done)  # taken[s, t]: rows of shard s in steps < t
-        self.global_counts = np.diff(done)
+        self._merge = _Merge(self.sizes)
 
     def __repr__(self) -> str:
         return f"ShardPlan(rows={self.rows}, shards={self.shards}, batch_size={self.batch_size}, steps={self.steps})"
@@ -63,39 +64,79 @@ class ShardPlan:
     def local_rows(self, owned: Sequence[int]) -> int:
         return int(sum(self.sizes[s] for s in owned))
 
+    def global_count(self, step: int) -> int:
+        """Rows in the global batch of ``step`` (every step but the last: ``batch_size``)."""
+        return min(self.batch_size, self.rows - step * self.batch_size)
 
-def _proportional_counts(sizes: np.ndarray, done: np.ndarray) -> np.ndarray:
-    """counts[s, i]: how many of shard s's rows are among the first ``done[i]`` rows of the
-    merged sequence described in the module docstring.
+    def taken_at(self, steps: Any, shards: Sequence[int] | None = None) -> np.ndarray:
+        """``out[i, k]``: rows of shard ``shards[i]`` (default: every shard) in the first
+        ``steps[k]`` steps of an epoch; O(len(shards) x len(steps)) time and memory."""
+        steps = np.asarray(steps, dtype=np.int64)
+        done = np.minimum(steps * self.batch_size, self.rows)
+        return self._merge.taken(done, np.arange(self.shards) if shards is None else np.asarray(shards, np.int64))
 
-    Shard sizes differ by at most one (m or m + 1), so the merge has only 2m + 1 distinct
-    times ("slots"): slot j of the size-m shards holds one row of each of them, at time
-    (2j + 1) / 2m, and likewise for the size-(m + 1) shards. No two slots of different sizes
-    share a time (m and m + 1 are coprime and of different parity), so the slots sort
-    exactly on the integer keys (2j + 1)(m + 1) and (2i + 1)m; inside a slot, rows go in
-    shard order. Work is O(rows / shards), not O(rows).
-    """
-    m = int(sizes.min())
-    lanes = [np.flatnonzero(sizes == m), np.flatnonzero(sizes == m + 1)]
-    keys = np.concatenate([(2 * np.arange(m) + 1) * (m + 1), (2 * np.arange(m + 1) + 1) * m])
-    lane_of_slot = np.concatenate([np.zeros(m, np.int64), np.ones(m + 1, np.int64)])
-    lane_of_slot = lane_of_slot[np.argsort(keys)]
-    lane_of_slot = lane_of_slot[np.array([len(lanes[lane]) for lane in lane_of_slot]) > 0]  # drop empty lanes
-    rows_per_slot = np.array([len(lanes[0]), len(lanes[1])])[lane_of_slot]
-    rows_before = np.concatenate([[0], np.cumsum(rows_per_slot)])
-    # For each cut: the number of whole slots before it, then the rows it takes from the next.
-    whole = np.searchsorted(rows_before, done, side="right") - 1
-    partial = done - rows_before[whole]
-    counts = np.zeros((len(sizes), len(done)), dtype=np.int64)
-    for lane, members in enumerate(lanes):
-        whole_in_lane = np.concatenate([[0], np.cumsum(lane_of_slot == lane)])[whole]
-        counts[members] = whole_in_lane
-        next_is_lane = np.zeros(len(done), bool)
-        inside = whole < len(lane_of_slot)
-        next_is_lane[inside] = lane_of_slot[whole[inside]] == lane
-        for rank_in_slot, shard in enumerate(members):
-            counts[shard] += next_is_lane & (partial > rank_in_slot)
-    return counts
+    @property
+    def taken(self) -> np.ndarray:
+        """The whole table ``taken[s, t]`` (rows of shard s in steps < t), O(shards x steps):
+        for small plans and tests; training asks ``taken_at`` for what it needs."""
+        return self.taken_at(np.arange(self.steps + 1))
+
+    @property
+    def global_counts(self) -> np.ndarray:
+        """Rows of every step's global batch, O(steps): for small plans and tests."""
+        return np.diff(np.minimum(np.arange(self.steps + 1, dtype=np.int64) * self.batch_size, self.rows))
+
+
+class _Merge:
+    """The merged sequence of the module docstring, in closed form.
+
+    Shard sizes differ by at most one (m or m + 1), so the merge has 2m + 1 distinct times
+    ("slots"): slot j of the size-m shards (lane 0) holds one row of each of them, at time
+    (2j + 1) / 2m, and slot i of the size-(m + 1) shards (lane 1) one row of each of those, at
+    (2i + 1) / (2m + 2). No two slots of different lanes share a time (m and m + 1 are coprime
+    and of different parity), so the slots sort exactly on the integer keys (2j + 1)(m + 1) and
+    (2i + 1)m; inside a slot, rows go in shard order. The rows before a cut of the sequence are
+    found by a binary search over the keys: O(log rows) per cut, nothing tabulated."""
+
+    def __init__(self, sizes: np.ndarray) -> None:
+        self.m = int(sizes.min())
+        self.lane = (sizes != self.m).astype(np.int64)  # 0: m rows, 1: m + 1 rows
+        self.rank_in_lane = np.zeros(len(sizes), np.int64)
+        for lane in (0, 1):
+            members = np.flatnonzero(self.lane == lane)
+            self.rank_in_lane[members] = np.arange(len(members))
+        self.width = np.array([np.sum(self.lane == 0), np.sum(self.lane == 1)], dtype=np.int64)  # rows per slot
+        self.last_key = max((2 * self.m - 1) * (self.m + 1), (2 * self.m + 1) * self.m)
+
+    def _whole(self, key: Any) -> tuple[Any, Any]:
+        """Slots of each lane whose key is at most ``key``."""
+        m = self.m
+        return np.minimum((key // (m + 1) + 1) // 2, m), np.minimum((key // m + 1) // 2, m + 1)
+
+    def taken(self, done: np.ndarray, shards: np.ndarray) -> np.ndarray:
+        """Rows of each of ``shards`` among the first ``done[k]`` rows of the merged sequence."""
+        # Python integers past what an int64 key can hold (a shard of over 2**31 rows).
+        kind = np.int64 if self.last_key < 2**62 else object
+        done = done.astype(kind)
+        lo = np.zeros(done.shape, kind)  # rows(key 0) = 0 <= done: the largest key with rows <= done is >= 0
+        hi = np.full(done.shape, self.last_key + 1, kind)
+        while True:
+            open_ = hi - lo > 1
+            if not open_.any():
+                break
+            mid = (lo + hi) // 2
+            whole0, whole1 = self._whole(mid)
+            fits = whole0 * self.width[0] + whole1 * self.width[1] <= done
+            lo = np.where(open_ & fits, mid, lo)
+            hi = np.where(open_ & ~fits, mid, hi)
+        whole0, whole1 = self._whole(lo)
+        partial = done - whole0 * self.width[0] - whole1 * self.width[1]
+        # A cut inside a slot: that slot has the key lo + 1 (the next key that adds rows).
+        after = lo + 1
+        next_lane = np.where((after % (self.m + 1) == 0) & ((after // (self.m + 1)) % 2 == 1), 0, 1)
+        whole = np.where(self.lane[shards, None] == 0, whole0[None, :], whole1[None, :])
+        inside = (next_lane[None, :] == self.lane[shards, None]) & (self.rank_in_lane[shards, None] < partial[None, :])
+        return (whole + inside).astype(np.int64)
 
 
 def shard_order(size: int, seed: int, epoch: int, shard: int, shuffle: bool) -> np.ndarray:
@@ -125,7 +166,7 @@ class EpochSampler:
         starts = np.cumsum([0] + [int(plan.sizes[s]) for s in self.owned])
         self._local_start = starts[:-1]
         self.rows = int(starts[-1])
-        taken = plan.taken[self.owned]  # (owned, steps + 1)
+        taken = plan.taken_at(np.arange(plan.steps + 1), self.owned)  # (owned, steps + 1): this rank's only
         self._step_bounds = taken.sum(axis=0)  # local rows used after t steps
         self._per_step = np.diff(taken, axis=1)  # (owned, steps)
         # One shard, in order: every batch is a contiguous range of the local rows.
@@ -137,7 +178,7 @@ class EpochSampler:
         plan = self.plan
         if self.contiguous:
             for t in range(first_step, plan.steps):
-                yield slice(int(self._step_bounds[t]), int(self._step_bounds[t + 1])), int(plan.global_counts[t])
+                yield slice(int(self._step_bounds[t]), int(self._step_bounds[t + 1])), plan.global_count(t)
             return
         # All of this epoch's local rows grouped by step (shards in owned order within a step):
         # one stable sort instead of a Python loop over steps x shards.
@@ -147,4 +188,4 @@ class EpochSampler:
             steps_of.append(np.repeat(np.arange(plan.steps), self._per_step[i]))
         schedule = np.concatenate(orders)[np.argsort(np.concatenate(steps_of), kind="stable")]
         for t in range(first_step, plan.steps):
-            yield schedule[self._step_bounds[t] : self._step_bounds[t + 1]], int(plan.global_counts[t])
+            yield schedule[self._step_bounds[t] : self._step_bounds[t + 1]], plan.global_count(t)

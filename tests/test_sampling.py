@@ -138,3 +138,35 @@ def test_counts_equal_a_brute_force_merge_of_all_rows():
             first = items[: min(t * batch, rows)]
             expected = [sum(1 for _, s in first if s == shard) for shard in range(shards)]
             assert list(plan.taken[:, t]) == expected, (rows, shards, batch, t)
+
+
+def test_a_plan_is_a_function_of_the_step_not_a_table():
+    """Planning holds O(shards) numbers whatever the rows: a trillion rows plan at once, and the
+    rows of any step are computed when asked for, equal to the proportional merge's."""
+    plan = ShardPlan(10**12, 7, 1000)
+    assert plan.steps == 10**9
+    end = plan.taken_at([plan.steps], range(7))[:, 0]
+    assert list(end) == list(plan.sizes) and plan.global_count(plan.steps - 1) == 1000
+    half = plan.taken_at([plan.steps // 2])[:, 0]
+    assert half.sum() == plan.rows // 2 and (np.abs(half - plan.sizes / 2) <= 1).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_closed_form_matches_the_merge_it_describes(seed):
+    """taken_at against a direct simulation of the module docstring's merge (every row at time
+    (j + 1/2) / size of its shard, ties by shard index), on random small plans."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        rows = int(rng.integers(1, 300))
+        shards = int(rng.integers(1, min(rows, 12) + 1))
+        batch = int(rng.integers(shards, max(shards, 40) + 1))
+        plan = ShardPlan(rows, shards, batch)
+        merged = sorted(
+            (Fraction(2 * j + 1, 2 * int(size)), s) for s, size in enumerate(plan.sizes) for j in range(int(size))
+        )
+        for t in range(plan.steps + 1):
+            first = merged[: min(t * batch, rows)]
+            expected = [sum(1 for _, s in first if s == shard) for shard in range(shards)]
+            assert list(plan.taken_at([t])[:, 0]) == expected, (rows, shards, batch, t)
