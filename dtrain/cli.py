@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -55,6 +56,21 @@ class _IntAtLeast(click.ParamType):
             number = None
         if number is None or number < self.minimum:
             self.fail(f"expected a {self.what} integer, received {value!r}", param, ctx)
+        return number
+
+
+class _Seconds(click.ParamType):
+    """A number of seconds > 0 (and finite), with a one-line error."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (0 < number <= 86400):
+            self.fail(f"expected a number of seconds > 0 and at most 86400, received {value!r}", param, ctx)
         return number
 
 
@@ -602,7 +618,7 @@ def _scheduler() -> list[click.Parameter]:
         ),
         click.Option(
             ["--connect-timeout"],
-            type=float,
+            type=_Seconds(),
             default=10.0,
             metavar="SECONDS",
             help="how long to try reaching the scheduler (default: 10)",
@@ -713,7 +729,7 @@ _add(
         click.Option(
             ["--scheduler"], metavar="ADDRESS", help="run it on this Dask scheduler (default: a local cluster)"
         ),
-        click.Option(["--connect-timeout"], type=float, default=10.0, metavar="SECONDS"),
+        click.Option(["--connect-timeout"], type=_Seconds(), default=10.0, metavar="SECONDS"),
         click.Option(
             ["--workers"], type=_positive_int, metavar="WORKERS", help="local worker processes (without --scheduler)"
         ),

@@ -22,6 +22,7 @@ NONFINITE_POLICIES = ("stop", "skip", "ignore")  # ignore: apply the step anyway
 VERBOSITIES = ("auto", 0, 1, 2)
 DEFAULT_BATCH_SIZE = 32  # Keras' default
 DEFAULT_TIMEOUT_S = 60.0  # the deadline of every wait on another worker
+MAX_TIMEOUT_S = 1e6  # (11.6 days) longer deadlines overflow the clocks of thread waits
 
 
 def _is_int(value: Any) -> bool:
@@ -43,6 +44,8 @@ def check_timeout(timeout: Any) -> float:
         return DEFAULT_TIMEOUT_S
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"Expected timeout to be a positive number of seconds, received timeout={timeout!r}.")
+    if timeout > MAX_TIMEOUT_S:
+        raise ValueError(f"Expected timeout to be at most {MAX_TIMEOUT_S:,.0f} seconds, received timeout={timeout!r}.")
     return float(timeout)
 
 

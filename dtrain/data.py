@@ -123,6 +123,8 @@ def check_batch_size(batch_size: Any, default: int = 32) -> int:
         return default
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"Expected batch_size to be a positive integer, received batch_size={batch_size!r}.")
+    if batch_size > 2**53:  # (it indexes int64 arrays, and counts go through float64)
+        raise ValueError(f"Expected batch_size to be at most 2**53, received batch_size={batch_size!r}.")
     return int(batch_size)
 
 

@@ -97,6 +97,8 @@ class Network:
         self.requested_device = device if device is not None else get_default_device()
         self.dtype = check_dtype(dtype)
         self._layers: list[Layer] = []
+        self._layer_ids: set[int] = set()
+        self._layer_names: set[str] = set()
         # The flat buffers (NumPy or CuPy arrays): None until build().
         self.params: Array = None
         self.grads: Array = None
@@ -162,9 +164,10 @@ class Network:
                 "weights are views into its model's flat buffers, so layers cannot be shared. Create "
                 "a new layer, e.g. Dense.from_config(layer.get_config())."
             )
-        if any(layer is other for other in self._layers):
+        # (sets, not scans: adding n layers one by one stays O(n))
+        if id(layer) in self._layer_ids:
             raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}; create a new layer.")
-        if any(layer.name == other.name for other in self._layers):
+        if layer.name in self._layer_names:
             raise ValueError(
                 f"Model {self.name!r} already has a layer named {layer.name!r}; layer names must be unique."
             )
@@ -174,6 +177,8 @@ class Network:
                 f"{self._layers[-1].name!r} outputs {self._layers[-1].units} units."
             )
         self._layers.append(layer)
+        self._layer_ids.add(id(layer))
+        self._layer_names.add(layer.name)
         if self.compiled:
             self._fused_loss = self.compiled_loss.fuses_with(self._layers[-1].activation.name)
 

@@ -15,6 +15,57 @@ from .problems import SET_ORIGIN, Problem, join_item, join_key
 
 # -- reading the file: YAML with the line of every key ----------------------------------------------
 
+# A job file is read by the scheduler, the process every job depends on: what reading one costs
+# must be bounded by the file, not by what its aliases expand to (a 1 KB "billion laughs" file
+# of nested aliases expands ~9x per level) or by how deeply it nests.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: a job file describes a job; its data lives elsewhere
+MAX_VALUES = 100_000  # values (scalars, lists, mappings) once every alias is expanded
+MAX_DEPTH = 64  # lists and mappings inside one another
+
+
+class _TooBig(yaml.YAMLError):
+    """A document over the limits above (reported as a problem of the whole file)."""
+
+
+def _check_bounds(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past MAX_VALUES values, that nests deeper than
+    MAX_DEPTH, or that contains itself; in time linear in the document's distinct nodes."""
+    size: dict[int, int] = {}  # a node's expanded size (itself and everything under it)
+    depth: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if leaving:
+            active.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0) if children else 0
+            if size[key] > MAX_VALUES:
+                raise _TooBig(
+                    f"the document expands to more than {MAX_VALUES:,} values (through YAML aliases, *name, "
+                    "written once and read many times); a job file needs far fewer: write the values out"
+                )
+            if depth[key] > MAX_DEPTH:
+                raise _TooBig(f"the document nests lists and mappings more than {MAX_DEPTH} deep")
+            continue
+        if key in size:
+            continue
+        if key in active:
+            raise _TooBig("a value contains itself (a recursive YAML alias, &a [*a]); write it out instead")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
 
 class _LineLoader(yaml.SafeLoader):
     """A SafeLoader that records the line of every mapping key and list item by key path
@@ -30,6 +81,7 @@ class _LineLoader(yaml.SafeLoader):
         node = self.get_single_node()
         if node is None:
             return None
+        _check_bounds(node)  # before anything walks every expanded path
         self._record(node, "", frozenset())
         return self.construct_document(node)
 
@@ -111,8 +163,12 @@ def _parse_yaml(text: str) -> Parsed:
     loader = _LineLoader(text)
     try:
         data = loader.get_single_data()
+    except _TooBig as exc:
+        return Parsed(None, {}, [Problem("", f"too large to read: {exc}", None)])
     except yaml.YAMLError as exc:
         return Parsed(None, {}, [_yaml_problem(exc, "YAML")])
+    except RecursionError:  # PyYAML's composer recurses once per level
+        return Parsed(None, {}, [_too_deep()])
     finally:
         loader.dispose()
     return Parsed(data, loader.lines, _duplicate_problems(loader.duplicates))
@@ -125,12 +181,18 @@ def _parse_json(text: str) -> Parsed:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return Parsed(None, {}, [Problem("", f"JSON syntax error at column {exc.colno}: {exc.msg}", exc.lineno)])
+    except RecursionError:
+        return Parsed(None, {}, [_too_deep()])
     # json.loads (strict) refuses raw tabs inside strings, so every tab is indentation, which
     # YAML refuses: spaces instead keep both the meaning and the lines.
     as_yaml = _parse_yaml(text.replace("\t", " "))
     if as_yaml.data is None and as_yaml.problems:
         return Parsed(data, {}, [])
     return Parsed(data, as_yaml.lines, as_yaml.problems)
+
+
+def _too_deep() -> Problem:
+    return Problem("", f"too large to read: the document nests lists and mappings more than {MAX_DEPTH} deep", None)
 
 
 def _looks_like_json(path: str, text: str) -> bool:
@@ -140,12 +202,16 @@ def _looks_like_json(path: str, text: str) -> bool:
         return False
     try:  # a flow-style YAML document starts with "{" too
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
 
 def parse(path: str, text: str) -> Parsed:
+    if len(text) > MAX_FILE_BYTES:
+        return Parsed(
+            None, {}, [Problem("", f"too large to read: a job file is at most {MAX_FILE_BYTES:,} bytes", None)]
+        )
     return _parse_json(text) if _looks_like_json(path, text) else _parse_yaml(text)
 
 
@@ -170,6 +236,8 @@ def _apply_override(spec: dict, text: str) -> tuple[list[str], Problem | None]:
         return [], Problem("", f"--set {text!r} is not key.path=value ({example})", None, SET_ORIGIN)
     try:
         value = yaml.load(value_text, Loader=_LineLoader)
+    except RecursionError:
+        return [], Problem(key_path, f"--set {text!r}: the value nests too deep", None, SET_ORIGIN)
     except yaml.YAMLError as exc:
         detail = getattr(exc, "problem", None) or str(exc)
         return [], Problem(key_path, f"--set {text!r}: the value is not valid YAML: {detail}", None, SET_ORIGIN)

@@ -22,7 +22,7 @@ import numpy as np
 from .. import losses, optimizers
 from .. import metrics as metrics_module
 from ..backend import DEVICES, FLOAT_DTYPES
-from ..config import NONFINITE_POLICIES, CheckpointPolicy, option_defaults
+from ..config import MAX_TIMEOUT_S, NONFINITE_POLICIES, CheckpointPolicy, option_defaults
 from ..layers import Dense
 from ..model import Sequential
 from ..network import DEFAULT_OPTIMIZER
@@ -147,10 +147,16 @@ def _mapping(ck: Checker, value: Any, path: str, known: Sequence[str], required:
     return value
 
 
+MAX_LAYERS = 4096  # deeper than any dense network trains well; bounds the work of validating one
+MAX_INTEGER = 2**53  # counts (rows, epochs, batches, units): past this a float64 no longer holds every integer
+
+
 def _integer(ck: Checker, value: Any, path: str, least: int = 1) -> Any:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         wanted = "a positive integer" if least == 1 else f"an integer >= {least}"
         ck.report(path, f"expected {wanted}, got {_got(value)}")
+    elif value > MAX_INTEGER:
+        ck.report(path, f"expected an integer <= {MAX_INTEGER:,} (2**53), got {value:,}")
     return value
 
 
@@ -315,6 +321,9 @@ def _check_model(ck: Checker, raw: Any) -> _Model:
     if "layers" in section and (not isinstance(items, list) or not items):
         example = "- {units: 10, activation: softmax}"
         ck.report("model.layers", f"expected a non-empty list of layers (e.g. {example}), got {_got(items)}")
+        items = None
+    if isinstance(items, list) and len(items) > MAX_LAYERS:
+        ck.report("model.layers", f"{len(items):,} layers: a job's model has at most {MAX_LAYERS:,}")
         items = None
     specs, layers = [], []
     for i, item in enumerate(items or ()):
@@ -577,6 +586,8 @@ def _check_fit(ck: Checker, raw: dict) -> dict:
     if fit["shards"] is not None:
         _integer(ck, fit["shards"], "fit.shards")
     _positive_number(ck, fit["timeout"], "fit.timeout")
+    if _real(fit["timeout"]) and fit["timeout"] > MAX_TIMEOUT_S:
+        ck.report("fit.timeout", f"expected at most {MAX_TIMEOUT_S:,.0f} seconds, got {fit['timeout']:g}")
     _integer(ck, fit["max_restarts"], "fit.max_restarts", least=0)
     _choice(ck, fit["on_nonfinite"], "fit.on_nonfinite", NONFINITE)
     return fit
@@ -745,6 +756,9 @@ def _check_plain(ck: Checker, value: Any, path: str, active: frozenset = frozens
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_plain(ck, item, join_item(path, i), active)
+    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        # (the job record travels between processes as msgpack, whose integers are 64-bit)
+        ck.report(path, f"integer out of range: at most 2**63 - 1 in size, got {value:,}")
     elif value is not None and not isinstance(value, (str, bool, int, float)):
         ck.report(path, f"expected plain data (a string, number, boolean, list or mapping), got {_got(value)}")
 

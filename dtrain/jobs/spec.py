@@ -37,7 +37,7 @@ from ..config import FitConfig
 from ..layers import Dense
 from ..model import Sequential
 from .problems import JobError, Problem, error_text
-from .reading import apply_overrides, parse
+from .reading import MAX_FILE_BYTES, apply_overrides, parse
 from .schema import Checker, metric_identifier, validate
 
 __all__ = ["Job", "JobError", "Problem", "load_job", "job_from_dict"]
@@ -57,9 +57,12 @@ def load_job(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Job:
     """Read, override (``--set key.path=value`` strings) and validate a job file (YAML, or JSON by
     its .json suffix or its content). Raises :class:`JobError` listing every problem."""
     source = os.fspath(path)
+    if os.path.exists(source) and not os.path.isfile(source):  # a FIFO would block, a device never end
+        what = "a folder" if os.path.isdir(source) else "not a regular file (a FIFO, a socket or a device?)"
+        raise JobError([Problem("", f"cannot read the job file: it is {what}", None)], source)
     try:
         with open(source, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_FILE_BYTES + 1)  # (parse refuses more than that)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else error_text(exc)
         raise JobError([Problem("", f"cannot read the job file: {reason}", None)], source) from None
