@@ -11,13 +11,19 @@ compared, never clocks, so hosts with skewed clocks agree.
 
 A holder that finds the lease taken over (it was frozen longer than EXPIRES_S) stops at once,
 before writing anything (``LeaseLostError``): a folder never has two writers.
+
+Checkpoint folders are leased by the run that writes them (``training.checkpointing.folder_lease``);
+a job's output folder by the job service, for the job's whole life (:meth:`Lease.held`), so that
+two jobs never write one folder, also from two schedulers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,10 +75,9 @@ class Lease:
                     break
                 if (now.get("run"), now.get("count")) != (held.get("run"), held.get("count")):
                     raise LeaseHeldError(
-                        f"Another run ({now.get('run')}, on {now.get('holder')}) is writing checkpoints to "
-                        f"{self.directory}: wait for it to end, stop it, or choose another checkpoint folder. "
-                        "(One run writes a folder at a time; its lease lapses "
-                        f"{EXPIRES_S:g} s after the run stops.)"
+                        f"Another run ({now.get('run')}, on {now.get('holder')}) is writing to {self.directory}: "
+                        "wait for it to end, stop it, or choose another folder. (One run writes a folder at a "
+                        f"time; its lease lapses {EXPIRES_S:g} s after the run stops.)"
                     )
             else:
                 self._write()
@@ -88,6 +93,34 @@ class Lease:
                 self._write(released=True)
         except Exception:
             pass
+
+    @contextlib.contextmanager
+    def held(self, on_wait: Callable[[dict], None] | None = None, on_lost: Callable[[str], None] | None = None):
+        """Take the lease, renew it from a thread of its own every RENEW_S while the block runs
+        (a writer that renews nothing itself: the job service for a job's output folder),
+        release it after. ``on_lost(message)`` hears of a takeover (the block should stop)."""
+        self.take(on_wait)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(RENEW_S):
+                try:
+                    self.renew()
+                except LeaseLostError as exc:
+                    if on_lost is not None:
+                        on_lost(str(exc))
+                    return
+                except Exception:  # storage hiccup: the next renewal tries again
+                    pass
+
+        thread = threading.Thread(target=renew, name=f"dtrain-lease-{self.run}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(timeout=RENEW_S + 1)
+            self.release()
 
     # -- the writer: renew it while training, check it before every write --------------------------
     def keep(self) -> None:

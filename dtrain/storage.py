@@ -19,6 +19,7 @@ With ``durable=True`` (local folders) each file's bytes are fsynced before its r
 from __future__ import annotations
 
 import os
+import posixpath
 import secrets
 from typing import Any
 
@@ -48,6 +49,18 @@ class Location:
             self.root = root.rstrip("/") or "/"
         else:
             self.root = os.path.abspath(text)
+
+    @property
+    def identity(self) -> str:
+        """What this folder is, whatever it was called: the real local path (symlinks, ``.``,
+        ``..`` and ``file://`` resolved), or the URL with its path normalised. Two names of one
+        folder have one identity."""
+        if not self.is_url:
+            return os.path.realpath(self.root)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        if protocol in ("file", "local"):
+            return os.path.realpath(self.root)
+        return f"{protocol}://{posixpath.normpath('/' + self.root.lstrip('/'))}"
 
     # - names -
     def path(self, name: str) -> str:

@@ -493,6 +493,31 @@ def test_an_elastic_job_grows_and_shrinks_and_ends_as_a_fixed_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_one_job_writes_an_output_folder_whatever_it_is_called_and_from_any_scheduler(tmp_path):
+    """A job's output folder is one job's: another job naming it through a symlink or a file://
+    URL is refused by the same scheduler; a job on another scheduler waits for a sign of life of
+    the folder's lease, sees the first job renew it, and fails saying so. The first job is unharmed."""
+    out = tmp_path / "out"
+    overrides = [*recovery_job(out), "--set", "fit.epochs=1000"]  # still running at the end
+    first, second = Cluster(1), Cluster(1)
+    try:
+        job_id = submit_and_reach(first.address, overrides, epoch=2)
+        alias = tmp_path / "alias"
+        alias.symlink_to(out, target_is_directory=True)
+        for name in (str(alias), f"file://{out}", f"{tmp_path}/./x/../out"):
+            other = [*overrides, "--set", f"output.dir={name}"]
+            proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", first.address, "--detach", "--json", *other)
+            assert proc.returncode != 0 and f"job {job_id} (running) already writes to" in proc.stderr, proc.stderr
+        proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", second.address, "--json", *overrides)
+        assert proc.returncode == 1 and "is writing to" in proc.stderr and f"job-{job_id}" in proc.stderr, proc.stderr
+        assert wait_until(first.address, job_id, lambda r: True)["state"] == "running"
+        assert dtrain_cli("cancel", job_id, "--scheduler", first.address).returncode == 0
+    finally:
+        first.kill()
+        second.kill()
+
+
+@pytest.mark.slow
 def test_cancelling_a_job_with_a_frozen_worker_takes_seconds(tmp_path):
     """A worker in SIGSTOP answers nobody. `dtrain cancel` used to give up after 30 s while the job
     thread waited on it; the abort no longer waits for a silent worker."""

@@ -689,3 +689,14 @@ def test_digits_example_validates_and_reaches_95_percent():
 def test_elastic_settings_are_checked(tmp_path, cluster, path, message):
     problems = problems_of(write(tmp_path, "job.yaml", MINIMAL + "cluster:\n" + cluster))
     assert message in str(find(problems, path))
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "-x", "a" * 101])
+def test_a_job_name_is_a_plain_name(tmp_path, name):
+    """A job named ".." wrote its outputs into the job file's own folder (runs/..)."""
+    problems = problems_of(write(tmp_path, "job.yaml", f"name: '{name}'\n" + MINIMAL))
+    assert "starts with a letter or digit" in find(problems, "name").message
+
+
+def test_a_default_name_from_a_hidden_file_is_plain(tmp_path):
+    assert load_job(write(tmp_path, ".hidden job.yaml", MINIMAL)).name == "hidden-job"

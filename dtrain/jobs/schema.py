@@ -73,7 +73,7 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     "max_workers": None,
 }
 OUTPUT_KEYS = ("dir", "checkpoint")
-_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a plain name: never "." or "..", no hidden files
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = ("*", "?", "[")
 
@@ -272,7 +272,7 @@ def metric_identifier(metric: Any) -> Any:
 def _default_name(source: str | None) -> str:
     """The job file's stem, made a valid name ("my job.yaml" -> "my-job")."""
     stem = Path(source).stem if source else ""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "job"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:100] or "job"
 
 
 def _check_name(ck: Checker, raw: dict, source: str | None) -> Any:
@@ -280,7 +280,11 @@ def _check_name(ck: Checker, raw: dict, source: str | None) -> Any:
         return _default_name(source)
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        ck.report("name", f"expected a name of letters, digits, '.', '_' and '-' (e.g. seed-network), got {_got(name)}")
+        ck.report(
+            "name",
+            "expected a name of letters, digits, '.', '_' and '-' that starts with a letter or digit, at most 100 "
+            f"characters (e.g. seed-network), got {_got(name)}",
+        )
     return name
 
 

@@ -31,6 +31,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from ..callbacks import Callback
 from ..cluster.errors import JobCancelled
 from ..cluster.launch import RunControl, describe_resume, fit_on_cluster
+from ..leases import EXPIRES_S, Lease
+from ..storage import Location
 from .outputs import write_outputs, write_record
 from .spec import JobError, job_from_dict
 
@@ -55,6 +57,7 @@ class JobRecord:
     output: str
     requested: Any  # None (all free workers), a count, or a list of addresses
     epochs: int
+    output_identity: str = ""  # the folder itself (symlinks, file:// resolved): one job writes it at a time
     max_workers: int | None = None  # with requested None: no more than this (the job's shard count)
     min_workers: int = 1  # with requested None: no fewer than this (cluster.min_workers of an elastic job)
     elastic: bool = False  # it takes in free workers at its epochs' ends (cluster.elastic)
@@ -187,8 +190,10 @@ class JobService(SchedulerPlugin):
         except JobError as exc:
             return {"refused": str(exc), "kind": "invalid"}
         with self.table.lock:
+            identity = Location(job.output_dir).identity  # a symlink or a file:// URL names the same folder
             holder = next(
-                (r for r in self.table.jobs.values() if r.output == job.output_dir and r.state not in TERMINAL), None
+                (r for r in self.table.jobs.values() if r.output_identity == identity and r.state not in TERMINAL),
+                None,
             )
             if holder is not None:
                 return {
@@ -205,6 +210,7 @@ class JobService(SchedulerPlugin):
                 name=job.name,
                 spec=job.to_dict(),
                 output=job.output_dir,
+                output_identity=identity,
                 requested=job.workers,
                 epochs=job.epochs,
                 max_workers=config.most_workers,
@@ -348,6 +354,23 @@ class JobService(SchedulerPlugin):
             self._release(record)  # (again: a no-op once freed)
 
     def _train(self, record: JobRecord) -> dict[str, str]:
+        """The job's whole life in its output folder, holding the folder's lease (dtrain.leases):
+        no other job, also from another scheduler, writes there meanwhile."""
+
+        def waiting(held: dict) -> None:
+            record.log(
+                f"the output folder is held by {held.get('run')} (on {held.get('holder')}): waiting up to "
+                f"{EXPIRES_S:g} s for a sign of life before taking it over"
+            )
+
+        def lost(message: str) -> None:
+            record.log(f"stopping: {message}")
+            record.cancel.set()
+
+        with Lease(record.output, f"job-{record.job_id}").held(on_wait=waiting, on_lost=lost):
+            return self._train_holding_the_folder(record)
+
+    def _train_holding_the_folder(self, record: JobRecord) -> dict[str, str]:
         from distributed import Client
 
         job = job_from_dict(record.spec, check_files=False)
