@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .storage import Location
+from .storage import Location, NotARegularFile
 
 FORMAT = "dtrain.checkpoint"
 FORMAT_VERSION = 1
@@ -347,11 +347,23 @@ class _Bad(Exception):
         self.file, self.reason = file, reason
 
 
+POINTER_MAX_BYTES = 256  # "ckpt-<global step>" and a newline; anything longer is not ours
+
+
 def _read_pointer(store: Location) -> str | None:
-    """The text of ``latest`` (stripped), or None if there is none."""
+    """The text of ``latest`` (stripped, its first POINTER_MAX_BYTES at most), or None if there is
+    none or it is not a file (a folder, a FIFO: said, and the newest good checkpoint is used)."""
     try:
-        return store.read(POINTER).decode("utf-8", "replace").strip()
+        return store.read(POINTER, limit=POINTER_MAX_BYTES).decode("utf-8", "replace").strip()
     except FileNotFoundError:
+        return None
+    except NotARegularFile as exc:
+        warnings.warn(
+            CheckpointWarning(
+                f"{store.where(POINTER)} cannot be read ({exc}); looking for the newest good checkpoint."
+            ),
+            stacklevel=4,
+        )
         return None
 
 
@@ -392,7 +404,8 @@ def _search_order(store: Location, names: list[str]) -> list[str]:
         if pointer in names:
             first = [pointer]
         else:
-            what = f"names {pointer!r}, which is not a checkpoint here" if pointer else "is empty"
+            shown = f"{pointer[:80]!r}{'...' if len(pointer) > 80 else ''}"  # (the file is not ours: say little)
+            what = f"names {shown}, which is not a checkpoint here" if pointer else "is empty"
             warnings.warn(
                 CheckpointWarning(f"{store.where(POINTER)} {what}; looking for the newest good checkpoint instead."),
                 stacklevel=3,
@@ -451,6 +464,8 @@ def _read_manifest(store: Location, name: str) -> dict:
         manifest = json.loads(store.read(_manifest_file(name)))
     except FileNotFoundError:
         raise _Bad(where, "the manifest is missing") from None
+    except NotARegularFile as exc:  # a FIFO would block for ever (other read errors are raised: they say
+        raise _Bad(where, f"the manifest cannot be read ({exc})") from None  # nothing about the checkpoint)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise _Bad(where, f"the manifest is not valid JSON ({exc}); it is damaged") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -499,6 +514,8 @@ def _read_arrays(store: Location, name: str, manifest: dict) -> dict[str, np.nda
         data = store.read(file)
     except FileNotFoundError:
         raise _Bad(where, "the arrays file is missing") from None
+    except NotARegularFile as exc:
+        raise _Bad(where, f"the arrays file cannot be read ({exc})") from None
     if len(data) != expected["bytes"]:
         what = "truncated" if len(data) < expected["bytes"] else "too long"
         raise _Bad(where, f"{what}: {len(data)} bytes, the manifest says {expected['bytes']}")
@@ -506,7 +523,41 @@ def _read_arrays(store: Location, name: str, manifest: dict) -> dict[str, np.nda
         raise _Bad(where, "its sha256 does not match the manifest's: the file is corrupt")
     arrays = _parse_safetensors(where, data)
     _check_arrays(where, arrays, manifest["arrays"])
+    _check_claims(where, arrays, manifest)
     return arrays
+
+
+def _check_claims(where: str, arrays: dict[str, np.ndarray], manifest: dict) -> None:
+    """What the arrays and the position must be for the training run the manifest describes (the
+    arrays dtrain's training writes, when it wrote them): weights and optimizer slots of the
+    model's floating dtype (a header that declares int32 over float32
+    bytes would load as garbage), an integer step count, float64 sums, and a position that its
+    data plan can reach (global_step = epoch x steps per epoch + step)."""
+    meta = manifest["meta"]
+    dtype = meta.get("dtype")
+    for key, array in arrays.items():
+        if key == "optimizer.iterations":
+            if array.dtype.kind not in "iu":
+                raise _Bad(where, f"array {key!r} is {array.dtype.name}, expected an integer count")
+        elif key == "totals":
+            if array.dtype != np.float64:
+                raise _Bad(where, f"array {key!r} is {array.dtype.name}, expected float64")
+        elif key == "params" or key.startswith("optimizer."):  # (other arrays are the writer's own)
+            if array.dtype.kind != "f" or (isinstance(dtype, str) and array.dtype.name != dtype):
+                raise _Bad(where, f"array {key!r} is {array.dtype.name}, but the model is {dtype}")
+    plan = meta.get("plan")
+    if isinstance(plan, dict) and all(isinstance(plan.get(k), int) and plan[k] > 0 for k in ("rows", "batch_size")):
+        steps = -(-plan["rows"] // plan["batch_size"])
+        epoch, step = manifest["epoch"], manifest["step"]
+        history = meta.get("history")
+        if isinstance(history, list) and len(history) != epoch:
+            raise _Bad(where, f"its position is epoch {epoch} but it holds the logs of {len(history)} finished epochs")
+        if step >= steps or epoch * steps + step != manifest["global_step"]:
+            raise _Bad(
+                where,
+                f"its position (epoch {epoch}, step {step}, global step {manifest['global_step']}) is not one its "
+                f"data plan ({plan['rows']} rows, batch {plan['batch_size']}: {steps} steps an epoch) can reach",
+            )
 
 
 def _parse_safetensors(where: str, data: bytes) -> dict[str, np.ndarray]:

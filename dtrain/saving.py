@@ -55,7 +55,9 @@ def save_model(model: Network, path: str | os.PathLike, include_optimizer: bool 
     compile_config = model.compile_config()
     if compile_config is not None:
         metadata["compile"] = json.dumps(compile_config)
-        if include_optimizer and model.compiled_optimizer.built:
+        included = include_optimizer and model.compiled_optimizer.built
+        metadata["optimizer_state"] = "included" if included else "left out"  # a reader tells damage from choice
+        if included:
             for name, value in model.compiled_optimizer.get_state().items():
                 tensors[f"optimizer.{name}"] = np.ascontiguousarray(value)
     # A fresh temporary name next to the target, created like any file (mode 0o666 minus the
@@ -87,6 +89,8 @@ def _read_local(source: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
     if not source.exists():
         raise FileNotFoundError(f"No model file at {str(source)!r}.")
+    if not source.is_file():  # opening a FIFO would block until someone writes to it
+        raise _not_a_model(source, "it is not a regular file (a FIFO, a socket or a device)")
     try:
         with safe_open(str(source), framework="numpy") as f:
             metadata: dict[str, Any] = f.metadata() or {}
@@ -126,6 +130,17 @@ def _read_bytes(location: str, data: bytes) -> tuple[dict[str, Any], dict[str, n
         raise _not_a_model(location, f"it is not a readable safetensors file ({exc})") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return metadata if isinstance(metadata, dict) else {}, tensors
+
+
+def _check_dtypes(tensors: dict[str, np.ndarray], dtype: np.dtype) -> None:
+    """Every weight and optimizer slot of the model's dtype, the step count an integer: a header
+    that declares another dtype over the bytes would load as garbage."""
+    for key, value in tensors.items():
+        if key == "optimizer.iterations":
+            if value.dtype.kind not in "iu":
+                raise ValueError(f"array {key!r} is {value.dtype.name}, expected an integer count")
+        elif value.dtype != dtype:
+            raise ValueError(f"array {key!r} is {value.dtype.name}, but the model is {dtype.name}")
 
 
 def read_model(path: str | os.PathLike, cls: type[_N], device: str | None = None, compile: bool = True) -> _N:
@@ -168,6 +183,7 @@ def _model_from(
 
     try:
         model = cls.from_config(config, device=device)
+        _check_dtypes(tensors, np.dtype(model.dtype))
         model.build()
         weights = [tensors[key] for key in sorted(k for k in tensors if k.startswith("weights."))]
         model.set_weights(weights)  # checks the count and every shape against the architecture
@@ -178,6 +194,8 @@ def _model_from(
             state = {key[len("optimizer.") :]: value for key, value in tensors.items() if key.startswith("optimizer.")}
             if state:
                 model.compiled_optimizer.set_state(state)
+            elif metadata.get("optimizer_state") == "included":
+                raise ValueError("its header says the optimizer state is included, but the file holds none")
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{source!r} is a damaged or inconsistent dtrain model file: {exc}") from exc
     return model

@@ -24,6 +24,10 @@ import secrets
 from typing import Any
 
 
+class NotARegularFile(OSError):
+    """A name that holds something other than a file's bytes: dtrain never opens those."""
+
+
 class Location:
     """A local directory, or a directory URL on an fsspec filesystem.
 
@@ -160,12 +164,19 @@ class Location:
         """Whether file ``name`` is there."""
         return os.path.isfile(self.path(name)) if not self.is_url else self.fs.isfile(self.path(name))
 
-    def read(self, name: str) -> bytes:
-        """The bytes of ``name``; FileNotFoundError if it is not there."""
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        """The bytes of ``name`` (its first ``limit`` bytes, when given); FileNotFoundError if it
+        is not there, NotARegularFile if it is a folder, a FIFO (whose read would block for
+        ever), a device or a socket."""
         if not self.is_url:
-            with open(self.path(name), "rb") as f:
-                return f.read()
-        return self.fs.cat_file(self.path(name))
+            path = self.path(name)
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise NotARegularFile(f"{path} is not a regular file (a folder, a FIFO, a device or a socket)")
+            with open(path, "rb") as f:
+                return f.read() if limit is None else f.read(limit)
+        if limit is None:
+            return self.fs.cat_file(self.path(name))
+        return self.fs.cat_file(self.path(name), start=0, end=limit)
 
     def remove(self, name: str) -> None:
         """Delete ``name`` if it is there (any other error is raised)."""

@@ -725,9 +725,9 @@ def test_incompatible_checkpoints_are_refused_before_their_arrays_are_read(three
     read_files = []
     real_read = Location.read
 
-    def spy(self, file):
+    def spy(self, file, **kwargs):
         read_files.append(file)
-        return real_read(self, file)
+        return real_read(self, file, **kwargs)
 
     monkeypatch.setattr(Location, "read", spy)
     with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError):
@@ -812,10 +812,10 @@ def test_an_error_reading_the_storage_is_raised_not_skipped(three, monkeypatch):
     would throw its progress away (and pruning could then delete it)."""
     real_read = Location.read
 
-    def read_(self, file):
+    def read_(self, file, **kwargs):
         if file == f"{name(30)}.safetensors":
             raise PermissionError(13, "Permission denied", file)
-        return real_read(self, file)
+        return real_read(self, file, **kwargs)
 
     monkeypatch.setattr(Location, "read", read_)
     with pytest.raises(PermissionError):

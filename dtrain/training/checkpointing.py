@@ -169,6 +169,8 @@ def restore(model: Network, point: ResumePoint) -> None:
         model.params[...] = model.backend.asarray(point.params)
     if point.optimizer:
         model.compiled_optimizer.set_state(point.optimizer)
+    elif point.source is not None:  # every checkpoint holds it: training on from a reset one would differ silently
+        raise ValueError(f"The checkpoint {point.source} holds no optimizer state: it is damaged.")
 
 
 def resolve_seed_and_shards(config: FitConfig) -> FitConfig:
@@ -196,6 +198,13 @@ def start_of_run(network: Network, plan: ShardPlan, config: FitConfig, input_dim
     if config.resume_from is not None:
         start = resume_point(config.resume_from, meta)
         restore(network, start)
+        if start.epoch > config.epochs:
+            warnings.warn(
+                f"The checkpoint {start.source} is at epoch {start.epoch + 1}, past epochs={config.epochs}: there is "
+                "nothing left to train. Pass a larger epochs= to train on.",
+                CheckpointWarning,
+                stacklevel=4,
+            )
     else:
         start = ResumePoint(epoch=config.initial_epoch)
     meta["run"] = start.run or new_run_id()  # a resumed run continues its lineage
