@@ -532,7 +532,8 @@ def _surviving_ranks(
 
 
 def _timing(results: list[dict], plan: ShardPlan) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Per-step time split into compute, communication and waiting, from every rank's record.
+    """Per-step time split into compute, communication and waiting, from every rank's record (of
+    the last attempt's most recent steps: training.loop.STEP_RECORDS).
 
     Steps start together on every rank (each leaves the same allreduce), so a rank waits for
     the slowest one: waiting = slowest compute - own compute; the rest of its allreduce time
@@ -556,6 +557,8 @@ def _timing(results: list[dict], plan: ShardPlan) -> tuple[dict[str, float], dic
     median_step = float(np.median(step.max(axis=0)))
     summary = {f"{name}_ms": float(np.median(values.mean(axis=0))) * 1e3 for name, values in per_step.items()}
     summary["samples_per_s"] = plan.batch_size / median_step if median_step > 0 else float("nan")
+    # Which steps these are (epoch x steps per epoch + step): the most recent ones of a long run.
+    per_step["position"] = np.asarray(results[0]["times"]["position"])
     return summary, per_step
 
 

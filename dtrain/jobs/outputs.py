@@ -202,8 +202,9 @@ def _metric_at(values: list, i: int) -> float | None:
 
 
 def _steps_csv(history) -> str | None:
-    """One row per step from ``history.step_times`` (name -> (ranks, steps) seconds, every epoch's
-    steps in order), or None when the fit recorded none (single-process fits)."""
+    """One row per recorded step from ``history.step_times`` (name -> (ranks, steps) seconds, and
+    each step's ``position``: the most recent steps of the run), or None when the fit recorded
+    none (single-process fits)."""
     import numpy as np
 
     times = getattr(history, "step_times", None) or {}
@@ -213,12 +214,14 @@ def _steps_csv(history) -> str | None:
     total = step.shape[1]
     per_epoch = int((getattr(history, "params", None) or {}).get("steps") or total)
     first = min(getattr(history, "epoch", None) or [0])  # 0-based epoch of the first recorded step
+    # Where each recorded step is (a long run keeps its most recent steps only), else in order.
+    positions = np.asarray(times.get("position", first * per_epoch + np.arange(total)), dtype=np.int64)
     parts = [p for p in _STEP_PARTS if p in times]
     medians = {p: np.median(np.atleast_2d(np.asarray(times[p], dtype=float)), axis=0) for p in parts}
     slowest = step.max(axis=0)  # a synchronous step lasts as long as its slowest rank
     rows = []
     for i in range(total):
-        epoch, index = first + i // per_epoch + 1, i % per_epoch + 1
+        epoch, index = int(positions[i]) // per_epoch + 1, int(positions[i]) % per_epoch + 1
         rows.append([epoch, index, f"{slowest[i] * 1e3:.4f}", *(f"{medians[p][i] * 1e3:.4f}" for p in parts)])
     return _csv_text(["epoch", "step", "step_ms", *(f"{p}_ms" for p in parts)], rows)
 

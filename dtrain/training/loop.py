@@ -70,23 +70,35 @@ class Batches:
         return self.backend.asarray(xb), self.backend.asarray(yb)
 
 
+STEP_RECORDS = 8192  # per-step timings kept (the most recent steps): bounded, however long the run
+
+
 class StepTimes:
     """Seconds per step: local work (batch, forward, backward, update), collectives (the
     allreduce, or a sharded step's reduce-scatter, verdict and allgather; recorded as
-    "allreduce"), whole step.
-    Preallocated for every step the run can take, so recording them allocates nothing per step."""
+    "allreduce"), whole step; and each step's position (epoch x steps per epoch + step).
+    The most recent STEP_RECORDS steps are kept, in a table allocated once: recording allocates
+    nothing per step, and a run of a million steps holds no more than a short one."""
 
     def __init__(self, steps: int) -> None:
-        self._table = np.zeros((3, max(steps, 0)), dtype=np.float64)
-        self.count = 0
+        self._table = np.zeros((4, min(max(steps, 0), STEP_RECORDS)), dtype=np.float64)
+        self.count = 0  # steps recorded, kept or not
 
-    def record(self, compute: float, allreduce: float, step: float) -> None:
-        self._table[:, self.count] = (compute, allreduce, step)
+    def record(self, position: int, compute: float, allreduce: float, step: float) -> None:
+        self._table[:, self.count % self._table.shape[1]] = (compute, allreduce, step, position)
         self.count += 1
 
     def as_arrays(self) -> dict[str, np.ndarray]:
-        used = self._table[:, : self.count]
-        return {"compute": used[0].copy(), "allreduce": used[1].copy(), "step": used[2].copy()}
+        """The kept steps, oldest first."""
+        kept = min(self.count, self._table.shape[1])
+        used = np.roll(self._table, -(self.count % self._table.shape[1]), axis=1) if self.count > kept else self._table
+        used = used[:, :kept]
+        return {
+            "compute": used[0].copy(),
+            "allreduce": used[1].copy(),
+            "step": used[2].copy(),
+            "position": used[3].astype(np.int64),
+        }
 
 
 @dataclass
@@ -211,7 +223,7 @@ def train(
                     hook.after_step(ctx, network)
                 progress.batch_end(epoch, step, step + 1 == plan.steps, totals)
                 # The step's time beyond compute and collectives is the loop's own (reports, hooks).
-                times.record(compute - talking, talking, time.perf_counter() - t0)
+                times.record(epoch * plan.steps + step, compute - talking, talking, time.perf_counter() - t0)
                 if config.checkpoint is not None and config.checkpoint.due_within_epoch(step + 1, plan.steps):
                     checkpoint(epoch, step + 1, totals)
                 if progress.stop_within_epoch():
