@@ -285,6 +285,9 @@ def _list(args: SimpleNamespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    queued = sorted((r for r in records if r["state"] == "queued"), key=lambda r: r.get("queue_position") or 0)
+    for r in queued:  # where each waiting job stands, and why
+        print(f"#{r.get('queue_position') or '?'} in the queue: {r['job_id']}: {r.get('waiting_for') or 'starting'}")
     return EXIT_OK
 
 

@@ -284,6 +284,47 @@ def test_jobs_queue_for_workers_and_cancelling_frees_them(scheduler, tmp_path):
     assert json.loads((tmp_path / "a" / "result.json").read_text())["state"] == "cancelled"
 
 
+@pytest.mark.slow
+def test_a_wide_job_is_not_starved_by_later_small_ones(tmp_path, monkeypatch):
+    """Backfill lets a later 1-worker job start on a free worker while a 2-worker job waits, but
+    only until the waiting job has been queued DTRAIN_BACKFILL_WAIT_S (2 s here): then the free
+    worker is kept for it, and it starts as soon as the second frees up."""
+    monkeypatch.setenv("DTRAIN_BACKFILL_WAIT_S", "2")  # the scheduler process inherits it
+    cluster = Cluster(2)
+    address, ids = cluster.address, {}
+    try:
+        for name, workers in (("first", 1), ("wide", 2)):
+            proc = dtrain_cli(
+                "submit",
+                str(SEED_JOB),
+                "--scheduler",
+                address,
+                "--detach",
+                "--json",
+                *long_job_args(tmp_path / name, workers=workers),
+            )
+            ids[name] = json_of(proc)["job_id"]
+        assert wait_for_state(address, ids["first"], ("running",))["state"] == "running"
+        time.sleep(3)  # the wide job has waited longer than the backfill allows
+        proc = dtrain_cli(
+            "submit", str(SEED_JOB), "--scheduler", address, "--detach", "--json", *long_job_args(tmp_path / "small")
+        )
+        ids["small"] = json_of(proc)["job_id"]
+        time.sleep(2)
+        small = json_of(dtrain_cli("status", ids["small"], "--scheduler", address, "--json"))
+        assert small["state"] == "queued" and f"behind job {ids['wide']}" in small["waiting_for"], small
+        assert small["queue_position"] == 2
+        listed = dtrain_cli("list", "--scheduler", address).stdout
+        assert f"#1 in the queue: {ids['wide']}" in listed and f"#2 in the queue: {ids['small']}" in listed, listed
+        dtrain_cli("cancel", ids["first"], "--scheduler", address)
+        assert wait_for_state(address, ids["wide"], ("running",), timeout=60)["state"] == "running"
+        assert json_of(dtrain_cli("status", ids["small"], "--scheduler", address, "--json"))["state"] == "queued"
+    finally:
+        for job_id in ids.values():
+            dtrain_cli("cancel", job_id, "--scheduler", address)
+        cluster.kill()
+
+
 def test_a_failing_job_reports_its_error(scheduler, tmp_path):
     proc = dtrain_cli(
         "submit",

@@ -160,7 +160,10 @@ def _duplicate_problems(duplicates: list[tuple[str, int, int]]) -> list[Problem]
 
 
 def _parse_yaml(text: str) -> Parsed:
-    loader = _LineLoader(text)
+    try:
+        loader = _LineLoader(text)  # (its reader refuses control characters at once)
+    except yaml.YAMLError as exc:
+        return Parsed(None, {}, [_yaml_problem(exc, "YAML")])
     try:
         data = loader.get_single_data()
     except _TooBig as exc:

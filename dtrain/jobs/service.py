@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import secrets
 import threading
 import time
@@ -45,6 +46,9 @@ HANDLER = "dtrain_jobs"
 TERMINAL = ("succeeded", "failed", "cancelled")
 MAX_LOG_LINES = 10_000  # per job; older lines are dropped (the count of dropped ones is kept)
 KEEP_FINISHED = 1_000  # finished jobs remembered per scheduler; the oldest are forgotten
+# Once the oldest queued job has waited this long, no later job starts before it (no more
+# backfill): a stream of small jobs never starves a wide one. $DTRAIN_BACKFILL_WAIT_S sets it.
+BACKFILL_WAIT_S = float(os.environ.get("DTRAIN_BACKFILL_WAIT_S", "30"))
 
 
 @dataclass
@@ -78,6 +82,7 @@ class JobRecord:
     error: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     waiting_for: str | None = None  # why a queued job has not started
+    queue_position: int | None = None  # 1 for the oldest queued job
     lines: list[tuple[float, str]] = field(default_factory=list)
     logged: int = 0  # lines ever logged; lines[0] is line number logged - len(lines)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -116,6 +121,7 @@ class JobRecord:
             "workers": list(self.workers),
             "requested_workers": self.requested,
             "waiting_for": self.waiting_for,
+            "queue_position": self.queue_position,
             "submitted_at": self.submitted_at,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
@@ -265,21 +271,39 @@ class JobService(SchedulerPlugin):
     # -- scheduling: any thread -----------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Start every queued job whose workers are free, in submission order; a job that cannot
-        start does not hold back later ones that can (they ask for other or fewer workers)."""
+        """Start every queued job whose workers are free, in submission order. A job that cannot
+        start holds back later ones only once it has waited BACKFILL_WAIT_S: until then a later job
+        that asks for other or fewer workers starts first (backfill); after, the workers that free
+        up are kept for it, so that a stream of small jobs never starves a wide one."""
         started: list[JobRecord] = []
+        now = time.time()
         with self.table.lock:
             present = [address for address, ws in self.scheduler.workers.items() if ws.status.name == "running"]
+            head: JobRecord | None = None  # the oldest queued job that cannot start now
+            position = 0
             for record in self.table.jobs.values():
                 if record.state != "queued":
+                    continue
+                position += 1
+                record.queue_position = position
+                if head is not None and now - head.submitted_at > BACKFILL_WAIT_S:
+                    reason = (
+                        f"behind job {head.job_id}, queued {now - head.submitted_at:.0f} s ago: no job starts before "
+                        f"one that has waited {BACKFILL_WAIT_S:g} s"
+                    )
+                    if reason.split(" queued")[0] != (record.waiting_for or "").split(" queued")[0]:
+                        record.log(f"queued: {reason}")
+                    record.waiting_for = reason
                     continue
                 free = [address for address in present if address not in self.table.busy]
                 workers, reason = _claim(record.requested, free, present, record.max_workers, record.min_workers)
                 if workers is None:
+                    head = head or record
                     if reason != record.waiting_for:
                         record.waiting_for = reason
                         record.log(f"queued: {reason}")
                     continue
+                record.queue_position = None
                 for address in workers:
                     self.table.busy[address] = record.job_id
                 record.state, record.workers, record.waiting_for = "running", workers, None
