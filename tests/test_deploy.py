@@ -602,8 +602,11 @@ def test_compose_tls_commands_train_a_job_over_tls(certs, tmp_path, scheduler_cl
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         assert json.loads(submitted.stdout)["state"] == "succeeded"
         # Without TLS, nobody gets in.
+        start = time.monotonic()
         plain = dtrain_cli("list", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "5", "--json")
         assert plain.returncode == 3, plain.stdout
+        assert "within 5 s" in plain.stdout and "use its tls:// address" in plain.stdout, plain.stdout
+        assert time.monotonic() - start < 5 + 10  # the connect timeout, and the interpreter's start
 
 
 # -- kubernetes/ ----------------------------------------------------------------------------------

@@ -293,6 +293,18 @@ def test_a_wide_job_is_not_starved_by_later_small_ones(tmp_path, monkeypatch):
     cluster = Cluster(2)
     address, ids = cluster.address, {}
     try:
+        # A job asking for more workers than the cluster has never holds the queue back.
+        proc = dtrain_cli(
+            "submit",
+            str(SEED_JOB),
+            "--scheduler",
+            address,
+            "--detach",
+            "--json",
+            *long_job_args(tmp_path / "huge", workers=5),
+        )
+        ids["huge"] = json_of(proc)["job_id"]
+        time.sleep(3)
         for name, workers in (("first", 1), ("wide", 2)):
             proc = dtrain_cli(
                 "submit",
@@ -313,9 +325,10 @@ def test_a_wide_job_is_not_starved_by_later_small_ones(tmp_path, monkeypatch):
         time.sleep(2)
         small = json_of(dtrain_cli("status", ids["small"], "--scheduler", address, "--json"))
         assert small["state"] == "queued" and f"behind job {ids['wide']}" in small["waiting_for"], small
-        assert small["queue_position"] == 2
+        assert small["queue_position"] == 3
         listed = dtrain_cli("list", "--scheduler", address).stdout
-        assert f"#1 in the queue: {ids['wide']}" in listed and f"#2 in the queue: {ids['small']}" in listed, listed
+        assert f"#2 in the queue: {ids['wide']}" in listed and f"#3 in the queue: {ids['small']}" in listed, listed
+        assert f"#1 in the queue: {ids['huge']}: waiting for 5 free workers" in listed, listed
         dtrain_cli("cancel", ids["first"], "--scheduler", address)
         assert wait_for_state(address, ids["wide"], ("running",), timeout=60)["state"] == "running"
         assert json_of(dtrain_cli("status", ids["small"], "--scheduler", address, "--json"))["state"] == "queued"

@@ -62,8 +62,15 @@ class JobsClient:
             try:
                 client = Client(address, timeout=f"{timeout}s", set_as_default=False)
             except (OSError, TimeoutError) as exc:
+                # A TLS scheduler called at tcp:// resets the connection, or takes it and never answers.
+                tls_like = isinstance(exc, TimeoutError) or "reset" in str(exc).lower()
+                hint = (
+                    "; if it is a TLS scheduler, use its tls:// address and Dask's TLS client settings"
+                    if tls_like and str(address).startswith("tcp://")
+                    else ""
+                )
                 raise SchedulerUnreachable(
-                    f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc})"
+                    f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc or type(exc).__name__}){hint}"
                 ) from exc
             except TypeError as exc:  # Dask's way of saying that a tls:// address has no TLS settings
                 if not address.startswith("tls://"):

@@ -298,7 +298,11 @@ class JobService(SchedulerPlugin):
                 free = [address for address in present if address not in self.table.busy]
                 workers, reason = _claim(record.requested, free, present, record.max_workers, record.min_workers)
                 if workers is None:
-                    head = head or record
+                    # Only a job the cluster could run if every worker were free holds the others
+                    # back: one asking for more workers than there are must not block the queue.
+                    fits = _claim(record.requested, present, present, record.max_workers, record.min_workers)[0]
+                    if head is None and fits is not None:
+                        head = record
                     if reason != record.waiting_for:
                         record.waiting_for = reason
                         record.log(f"queued: {reason}")
