@@ -338,6 +338,21 @@ def test_a_wide_job_is_not_starved_by_later_small_ones(tmp_path, monkeypatch):
         cluster.kill()
 
 
+@pytest.mark.slow
+def test_a_scheduler_running_a_job_stops_promptly_on_sigterm(tmp_path):
+    """Whatever a job is doing (here: training), SIGTERM ends the scheduler within seconds; its
+    job threads never hold the process."""
+    cluster = Cluster(1)
+    try:
+        submit_and_reach(cluster.address, long_job_args(tmp_path / "out"), epoch=1)
+        start = time.monotonic()
+        cluster.scheduler.send_signal(signal.SIGTERM)
+        cluster.scheduler.wait(timeout=30)
+        assert time.monotonic() - start < 10
+    finally:
+        cluster.kill()
+
+
 def test_a_failing_job_reports_its_error(scheduler, tmp_path):
     proc = dtrain_cli(
         "submit",
