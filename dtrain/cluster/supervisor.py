@@ -207,14 +207,27 @@ class Supervisor:
         if answer == EPOCH_GO_ON and epoch + 1 < self.epochs and self.should_regroup is not None:
             if self.should_regroup():
                 answer, self.regrouping = EPOCH_REGROUP, True
-        self.client.run(
-            comm_module.deliver_on_worker,
-            self.job_id,
-            "driver",
-            f"epoch-{epoch}",
-            answer,
-            workers=[self.ranks[0].address],
-        )
+        # Delivered from a thread, waited for up to the run's timeout: client.run has no deadline,
+        # and a rank 0 that froze meanwhile would never answer (it fails its own wait instead).
+        delivered = threading.Event()
+
+        def deliver() -> None:
+            try:
+                self.client.run(
+                    comm_module.deliver_on_worker,
+                    self.job_id,
+                    "driver",
+                    f"epoch-{epoch}",
+                    answer,
+                    workers=[self.ranks[0].address],
+                )
+            except Exception:  # rank 0 or the scheduler is gone: the supervisor hears of it
+                pass
+            finally:
+                delivered.set()
+
+        threading.Thread(target=deliver, name=f"dtrain-answer-{self.job_id}", daemon=True).start()
+        delivered.wait(self.timeout)
 
     def _begin(self, epoch: int) -> None:
         if self.epoch_open != epoch and epoch not in self.epochs_done:
