@@ -37,11 +37,11 @@ POLL_S = 0.5
 
 
 class LeaseHeldError(RuntimeError):
-    """Another run is writing checkpoints to the folder (its lease was renewed meanwhile)."""
+    """Another run is writing to the folder (its lease was renewed meanwhile)."""
 
 
 class LeaseLostError(RuntimeError):
-    """The run's lease on its checkpoint folder was taken over: it must not write there again."""
+    """The run's lease on its folder was taken over: it must not write there again."""
 
 
 def holder_name() -> str:
@@ -49,12 +49,14 @@ def holder_name() -> str:
 
 
 class Lease:
-    """A run's lease on checkpoint folder ``directory`` (a path or URL)."""
+    """A run's lease on folder ``directory`` (a path or URL). Taking it is not atomic: of two runs
+    that take a free lease at the same moment, the one whose write lands first finds the other's
+    at its first renewal, and every writer renews before it writes."""
 
     def __init__(self, directory: str, run: str, holder: str | None = None) -> None:
         self.directory, self.run = directory, run
         self.holder = holder or holder_name()
-        self._store = Location(directory, what="a checkpoint directory (a path or an fsspec URL)")
+        self._store = Location(directory, what="a directory (a path or an fsspec URL)")
         self._count = 0
         self._renewed = 0.0
 
@@ -133,7 +135,7 @@ class Lease:
         held = self._read()
         if held is not None and held.get("run") != self.run:
             raise LeaseLostError(
-                f"Run {held.get('run')} (on {held.get('holder')}) took over the checkpoint folder {self.directory}: "
+                f"Run {held.get('run')} (on {held.get('holder')}) took over the folder {self.directory}: "
                 f"this run was silent for more than {EXPIRES_S:g} s (frozen, or cut off), and stops without "
                 "writing there again."
             )

@@ -71,7 +71,7 @@ def test_a_gone_holders_lease_is_taken_over_after_it_expires(tmp_path):
     start = time.monotonic()
     taken = Lease(str(tmp_path), "second").take()
     assert taken["run"] == "crashed" and 1.5 <= time.monotonic() - start < 3
-    with pytest.raises(LeaseLostError, match="took over the checkpoint folder"):
+    with pytest.raises(LeaseLostError, match="took over the folder"):
         Lease(str(tmp_path), "crashed").renew()  # had it been frozen, it wakes and writes nothing
 
 
