@@ -13,21 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_jobspec import MINIMAL
 
 import dtrain
 from dtrain.jobs.spec import JobError, load_job
 from dtrain.layers import Dense
-
-MINIMAL = """\
-model:
-  layers:
-    - {units: 8, activation: relu}
-    - {units: 3, activation: softmax}
-compile:
-  loss: categorical_crossentropy
-data:
-  train: {format: synthetic, samples: 60, features: 4, classes: 3}
-"""
 
 ALIAS_BOMB = "".join(
     f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefgh", "bcdefghi")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from conftest import blobs
-from test_recovery import FIT, data, make_model
+from test_recovery import FIT, _fresh_cluster, data, make_model
 
 import dtrain
 from dtrain.callbacks import Callback
@@ -23,15 +23,6 @@ from dtrain.layers import Dense
 from dtrain.testing import Fault, inject
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def _fresh_cluster(n):
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
-    )
-    return cluster, Client(cluster, set_as_default=False)
 
 
 def _assert_same_run(model, history, alone, alone_history, rtol=1e-10):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..training.recovery import MemoryPoint
+from .probe import run_with_deadline
 
 KEEP_FOR_S = 30 * 60.0  # a state no driver asked for within this long is dropped
 QUERY_TIMEOUT_S = 5.0  # how long the driver waits for the workers' answers
@@ -70,7 +71,7 @@ def forget(run_id: str) -> None:
 def best_memory(client: Any, run_id: str, workers: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
     """The worker among ``workers`` holding the most advanced state of ``run_id``, and that state's
     summary; None when none holds one (or none answered within QUERY_TIMEOUT_S)."""
-    answers = _run_with_deadline(client, describe, run_id, workers=list(workers))
+    answers = run_with_deadline(client, describe, run_id, workers=list(workers), wait_s=QUERY_TIMEOUT_S) or {}
     held = [(address, summary) for address, summary in answers.items() if summary is not None]
     if not held:
         return None
@@ -79,26 +80,4 @@ def best_memory(client: Any, run_id: str, workers: Sequence[str]) -> tuple[str, 
 
 def forget_everywhere(client: Any, run_id: str) -> None:
     """Tell every worker to drop ``run_id``'s state, without waiting for the answers."""
-    threading.Thread(
-        target=_run_with_deadline, args=(client, forget, run_id), kwargs={"workers": None}, daemon=True
-    ).start()
-
-
-def _run_with_deadline(client: Any, function: Any, *args: Any, workers: list[str] | None) -> dict[str, Any]:
-    """``client.run`` that gives up after QUERY_TIMEOUT_S (it has no timeout of its own, and a
-    worker that froze a moment ago would never answer): every worker's answer, or none."""
-    answers: dict[str, Any] = {}
-    done = threading.Event()
-
-    def call() -> None:
-        try:
-            answers.update(client.run(function, *args, workers=workers, on_error="return"))
-        except Exception:  # the scheduler went away meanwhile: nothing to recover from
-            pass
-        finally:
-            done.set()
-
-    threading.Thread(target=call, name="dtrain-memory", daemon=True).start()
-    if not done.wait(QUERY_TIMEOUT_S):
-        return {}
-    return {address: value for address, value in answers.items() if not isinstance(value, BaseException)}
+    run_with_deadline(client, forget, run_id, workers=None, wait_s=0.0, name="dtrain-forget")

@@ -3,6 +3,7 @@ communicator every rank uses."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,3 +117,29 @@ def choose_communicator(device: str, ranks: Sequence[WorkerInfo]) -> str:
     gpus = [(w.host, w.gpu_uid) for w in ranks]
     # NCCL refuses two ranks on one GPU; without NCCL, or when GPUs are shared, stage through host memory.
     return "nccl" if all(w.nccl for w in ranks) and len(set(gpus)) == len(gpus) else "host-staged"
+
+
+def run_with_deadline(
+    client: Any, function: Any, *args: Any, workers: list[str] | None, wait_s: float, name: str = "dtrain-run"
+) -> dict[str, Any] | None:
+    """``client.run(function, *args, workers=workers)`` from a thread of its own, waited for
+    ``wait_s`` seconds at most: client.run has no deadline, and a worker that froze a moment ago
+    never answers (the call goes on in the background). Every worker's answer (those that failed
+    left out), or None when they did not all come in time or the scheduler is gone."""
+    answers: dict[str, Any] = {}
+    answered = threading.Event()
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            answers.update(client.run(function, *args, workers=workers, on_error="return"))
+            answered.set()
+        except Exception:  # the scheduler went away meanwhile
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name=name, daemon=True).start()
+    if not done.wait(wait_s) or not answered.is_set():
+        return None
+    return {address: value for address, value in answers.items() if not isinstance(value, BaseException)}

@@ -16,7 +16,7 @@ from ..callbacks import CallbackList
 from ..comm import Aborted
 from ..network import Network
 from .errors import JobCancelled, SchedulerLostError, WorkerLostError
-from .probe import WorkerInfo, scheduler_workers
+from .probe import WorkerInfo, run_with_deadline, scheduler_workers
 from .rank import EPOCH_GO_ON, EPOCH_REGROUP, EPOCH_STOP, event_topic
 
 LIVENESS_INTERVAL_S = 0.5  # how often the driver checks that every rank's worker is alive
@@ -117,20 +117,16 @@ class Supervisor:
         """Tell the ranks on ``targets`` to stop, waiting ``wait_s`` at most: the call returns only
         once every worker has answered, and a worker that froze a moment ago would never answer.
         The call goes on in the background meanwhile."""
-        if not targets:
-            return
-        sent = threading.Event()
-
-        def send() -> None:
-            try:
-                self.client.run(comm_module.abort_on_worker, self.job_id, reason, workers=targets, on_error="ignore")
-            except Exception:  # the scheduler went away meanwhile: the ranks' own deadlines stop them
-                pass
-            finally:
-                sent.set()
-
-        threading.Thread(target=send, name=f"dtrain-abort-{self.job_id}", daemon=True).start()
-        sent.wait(wait_s)
+        if targets:  # (the scheduler gone: the ranks' own deadlines stop them)
+            run_with_deadline(
+                self.client,
+                comm_module.abort_on_worker,
+                self.job_id,
+                reason,
+                workers=targets,
+                wait_s=wait_s,
+                name=f"dtrain-abort-{self.job_id}",
+            )
 
     def _follow(self) -> None:
         next_liveness = time.monotonic()
@@ -207,27 +203,19 @@ class Supervisor:
         if answer == EPOCH_GO_ON and epoch + 1 < self.epochs and self.should_regroup is not None:
             if self.should_regroup():
                 answer, self.regrouping = EPOCH_REGROUP, True
-        # Delivered from a thread, waited for up to the run's timeout: client.run has no deadline,
-        # and a rank 0 that froze meanwhile would never answer (it fails its own wait instead).
-        delivered = threading.Event()
-
-        def deliver() -> None:
-            try:
-                self.client.run(
-                    comm_module.deliver_on_worker,
-                    self.job_id,
-                    "driver",
-                    f"epoch-{epoch}",
-                    answer,
-                    workers=[self.ranks[0].address],
-                )
-            except Exception:  # rank 0 or the scheduler is gone: the supervisor hears of it
-                pass
-            finally:
-                delivered.set()
-
-        threading.Thread(target=deliver, name=f"dtrain-answer-{self.job_id}", daemon=True).start()
-        delivered.wait(self.timeout)
+        # Waited for up to the run's timeout: a rank 0 that froze meanwhile would never answer (it
+        # fails its own wait instead), and a gone one is the supervisor's to notice.
+        run_with_deadline(
+            self.client,
+            comm_module.deliver_on_worker,
+            self.job_id,
+            "driver",
+            f"epoch-{epoch}",
+            answer,
+            workers=[self.ranks[0].address],
+            wait_s=self.timeout,
+            name=f"dtrain-answer-{self.job_id}",
+        )
 
     def _begin(self, epoch: int) -> None:
         if self.epoch_open != epoch and epoch not in self.epochs_done:

@@ -150,7 +150,7 @@ class GradientSync:
     def _put_sums(self, buffer: Any, sums: StepSums) -> None:
         count, loss, metrics = sums
         self._sums[0], self._sums[1], self._sums[2:] = count, loss, metrics
-        buffer[-self.sums_size :] = self.network.backend.asarray(self._sums.astype(buffer.dtype))
+        buffer[-self.sums_size :] = self.network.backend.asarray(self._sums)  # (cast on assignment: no new array)
 
     def _summed_sums(self, buffer: Any) -> StepSums:
         return _as_sums(to_numpy(buffer[-self.sums_size :]))
