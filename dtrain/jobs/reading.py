@@ -59,6 +59,28 @@ def _check_bounds(root: yaml.Node) -> None:
         stack.extend((child, False) for child in children if id(child) not in size)
 
 
+def plain_bounds_problem(value: Any) -> Problem | None:
+    """The same limits for a spec that arrives as Python values (``job_from_dict``, the service's
+    submissions): values counted as often as they are reached, nesting, a value inside itself.
+    Iterative, and stops at the first limit crossed, so it costs at most MAX_VALUES steps."""
+    count = 0
+    stack: list[tuple[Any, int, tuple[int, ...]]] = [(value, 0, ())]
+    while stack:
+        item, depth, inside = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return Problem("", f"too large to read: the job has more than {MAX_VALUES:,} values", None)
+        if not isinstance(item, (dict, list, tuple)):
+            continue
+        if id(item) in inside:
+            return Problem("", "a value contains itself; a job is plain data", None)
+        if depth >= MAX_DEPTH:
+            return _too_deep()
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1, (*inside, id(item))) for child in children)
+    return None
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)

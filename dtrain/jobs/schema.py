@@ -762,6 +762,8 @@ def _check_plain(ck: Checker, value: Any, path: str, active: frozenset = frozens
             _check_plain(ck, item, join_item(path, i), active)
     elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         # (the job record travels between processes as msgpack, whose integers are 64-bit)
+        if any(problem.path == path for problem in ck.problems):
+            return  # its key's own range check said so already
         ck.report(path, f"integer out of range: at most 2**63 - 1 in size, got {value:,}")
     elif value is not None and not isinstance(value, (str, bool, int, float)):
         ck.report(path, f"expected plain data (a string, number, boolean, list or mapping), got {_got(value)}")

@@ -37,7 +37,7 @@ from ..config import FitConfig
 from ..layers import Dense
 from ..model import Sequential
 from .problems import JobError, Problem, error_text
-from .reading import MAX_FILE_BYTES, apply_overrides, parse
+from .reading import MAX_FILE_BYTES, apply_overrides, parse, plain_bounds_problem
 from .schema import Checker, metric_identifier, validate
 
 __all__ = ["Job", "JobError", "Problem", "load_job", "job_from_dict"]
@@ -95,6 +95,9 @@ def job_from_dict(
         base_dir=os.path.abspath(os.fspath(base_dir) if base_dir is not None else os.getcwd()),
         check_files=check_files,
     )
+    too_big = plain_bounds_problem(spec)  # (a submission is bounded like a job file)
+    if too_big is not None:
+        raise JobError([too_big], source)
     return _finish(_copy_with_lists(spec), ck, source)
 
 
