@@ -69,11 +69,36 @@ def _check_finite(array: np.ndarray, name: str) -> None:
         )
 
 
-def check_features(x: Any, input_dim: int | None, dtype: str, name: str = "x") -> np.ndarray:
-    """Validate model inputs and return them as a C-contiguous 2-D host array of ``dtype``."""
+def check_features(
+    x: Any,
+    input_dim: int | None,
+    dtype: str,
+    name: str = "x",
+    flatten: str | None = None,
+    sample_shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Validate model inputs and return them as a C-contiguous 2-D host array of ``dtype``.
+
+    ``flatten`` ("channels_last" or "channels_first", Keras' Flatten data formats): samples of
+    several axes are flattened in C order (channels_first: the channel axis, axis 1, moved last
+    first); ``sample_shape``: the declared shape of one sample, checked before flattening."""
     x = _as_host_array(x, name)
+    if flatten is not None and x.ndim >= 2:
+        if sample_shape is not None and x.shape[1:] != tuple(sample_shape):
+            raise ValueError(
+                f"{name} has samples of shape {x.shape[1:]} (shape {x.shape}), but the model expects "
+                f"{tuple(sample_shape)}."
+            )
+        if x.ndim > 2:
+            if flatten == "channels_first":
+                x = np.moveaxis(x, 1, -1)
+            x = x.reshape(x.shape[0], -1)
     if x.ndim != 2:
-        hint = " Reshape it with x.reshape(-1, 1) for a single feature." if x.ndim == 1 else ""
+        hint = (
+            " Reshape it with x.reshape(-1, 1) for a single feature."
+            if x.ndim == 1
+            else " Start the model with Flatten() to flatten each sample."
+        )
         raise ValueError(f"{name} must be 2-D (samples, features), received shape {x.shape}.{hint}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {x.shape}): there are no samples to train on.")

@@ -19,7 +19,7 @@ from . import callbacks as callbacks_module
 from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
-from .data import check_batch_size, check_features
+from .data import check_batch_size
 from .network import Network, Totals
 from .saving import save_model
 from .training.hooks import check_callbacks
@@ -191,7 +191,7 @@ class Sequential(Network):
         batch_size = check_batch_size(batch_size)
         if client is not None:
             return predict_on_cluster(self, x, client=client, workers=workers, batch_size=batch_size)
-        return self.predict_rows(check_features(x, self.input_dim, self.dtype), batch_size)
+        return self.predict_rows(self.check_x(x), batch_size)
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str, include_optimizer: bool = True) -> None:

@@ -30,7 +30,8 @@ from . import metrics as metrics_module
 from .backend import Array, Backend, check_dtype, get_backend, get_default_device, host_copy, to_numpy
 from .buffers import BufferCache
 from .data import batches, check_features, check_seed, check_targets, init_rng, new_seed
-from .layers import Layer, assign_weights
+from .layers import Flatten, InputSpec, Layer, assign_weights
+from .randomness import StepNoise
 
 # Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
 # operands); the few padding elements stay zero and are never read.
@@ -99,6 +100,9 @@ class Network:
         self._layers: list[Layer] = []
         self._layer_ids: set[int] = set()
         self._layer_names: set[str] = set()
+        self._input: InputSpec | None = None  # Input(shape=...), or the first layer's declared input
+        self._input_given = False  # whether through Input(shape=...)
+        self._width: int | None = None  # the stack's output width, where known before building
         # The flat buffers (NumPy or CuPy arrays): None until build().
         self.params: Array = None
         self.grads: Array = None
@@ -109,7 +113,7 @@ class Network:
         self._fused_loss = False
         self._top_grads: BufferCache[Any] = BufferCache()  # batch size -> dL/dlogits
         self.stop_training = False  # set by callbacks (Keras' Model.stop_training); read by the loop's audience
-        if isinstance(layers, (Layer, str)):
+        if isinstance(layers, (Layer, InputSpec, str)):
             raise TypeError(
                 f"Sequential(layers=...) expects a list of layers, received {type(layers).__name__} {layers!r}."
             )
@@ -135,7 +139,22 @@ class Network:
 
     @property
     def input_dim(self) -> int | None:
-        return self._layers[0].input_dim if self._layers else None
+        """The width of a sample as the layers see it (flattened): built for, else declared."""
+        if self._binding:
+            return self._binding[0][1]
+        return None if self._input is None else self._input.width
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One sample's shape as declared (``Input(shape=)``, ``Flatten(input_shape=)``, ``input_dim``)."""
+        if self._input is None:
+            return None if self.input_dim is None else (self.input_dim,)
+        return self._input.shape
+
+    @property
+    def flattens_input(self) -> bool:
+        """Whether samples of more than one axis are flattened (the model starts with Flatten)."""
+        return bool(self._layers) and isinstance(self._layers[0], Flatten)
 
     @property
     def metrics_names(self) -> list[str]:
@@ -144,10 +163,23 @@ class Network:
 
     @property
     def output_units(self) -> int:
-        return self._layers[-1].units
+        """The width of the model's output."""
+        width = self._width
+        if width is None and self.input_dim is not None and self._layers:
+            width = self._layers[-1].output_width(self._layer_inputs(self.input_dim)[-1])
+        if width is None:
+            raise RuntimeError(
+                f"Model {self.name!r} has no Dense layer and no declared input width, so its output width is "
+                "unknown: start it with Input(shape=(features,)) or give a layer input_dim."
+            )
+        return width
 
-    def add(self, layer: Layer) -> None:
-        """Append a layer. Its input width is the previous layer's ``units``."""
+    def add(self, layer: Layer | InputSpec) -> None:
+        """Append a layer (or, first, the model's ``Input(shape=...)``). Its input width is the
+        previous layer's output width."""
+        if isinstance(layer, InputSpec):
+            self._set_input(layer)
+            return
         if not isinstance(layer, Layer):
             raise TypeError(
                 f"Sequential.add expected a layer such as dtrain.layers.Dense, received "
@@ -171,19 +203,55 @@ class Network:
             raise ValueError(
                 f"Model {self.name!r} already has a layer named {layer.name!r}; layer names must be unique."
             )
-        if self._layers and layer.input_dim is not None and layer.input_dim != self._layers[-1].units:
+        declared = layer.input_dim
+        if (
+            self._input is not None
+            and len(self._input.shape) > 1
+            and not self._layers
+            and not isinstance(layer, Flatten)
+        ):
             raise ValueError(
-                f"Layer {layer.name!r} declares input_dim={layer.input_dim}, but the previous layer "
-                f"{self._layers[-1].name!r} outputs {self._layers[-1].units} units."
+                f"The model's input has shape {self._input.shape}: a dense network takes one axis of features, so "
+                f"start it with Flatten() to flatten each sample to {self._input.width} features."
             )
+        if declared is not None and self._width is not None and declared != self._width:
+            where = f"the previous layer {self._layers[-1].name!r} outputs" if self._layers else "the model's input has"
+            raise ValueError(f"Layer {layer.name!r} declares input_dim={declared}, but {where} {self._width} units.")
+        if declared is not None and self._input is None:
+            shape = layer.input_shape if isinstance(layer, Flatten) and layer.input_shape else (declared,)
+            self._input = InputSpec(shape)  # (only shape-keeping layers, if any, come before it)
         self._layers.append(layer)
         self._layer_ids.add(id(layer))
         self._layer_names.add(layer.name)
+        self._width = layer.output_width(self._width if self._width is not None else declared)
         if self.compiled:
             self._fused_loss = self.compiled_loss.fuses_with(self._layers[-1].activation.name)
 
+    def _set_input(self, spec: InputSpec) -> None:
+        if self._layers or self._input is not None:
+            raise ValueError(
+                f"Input(shape={spec.shape}) must be the first element of model {self.name!r}, before its layers."
+            )
+        if self.built:
+            raise RuntimeError(f"Model {self.name!r} is already built.")
+        self._input, self._input_given = spec, True
+        self._width = spec.width
+
+    def output_widths(self) -> list[int]:
+        """Every layer's output width (0 where not known yet)."""
+        widths, width = [], self.input_dim
+        for layer in self._layers:
+            width = layer.output_width(width)
+            widths.append(width or 0)
+        return widths
+
     def _layer_inputs(self, input_dim: int) -> list[int]:
-        return [input_dim] + [layer.units for layer in self._layers[:-1]]
+        """The input width of every layer for model inputs of ``input_dim``."""
+        widths, width = [], input_dim
+        for layer in self._layers:
+            widths.append(width)
+            width = layer.output_width(width)
+        return widths
 
     def build(self, input_dim: int | None = None, seed: int | None = None) -> None:
         """Create the weights: one flat parameter buffer initialised from ``seed``.
@@ -201,8 +269,13 @@ class Network:
             input_dim = self.input_dim
         if input_dim is None:
             raise ValueError(
-                "The model's input width is unknown: pass input_dim= to the first Dense layer, "
-                "call build(input_dim), or let fit() take it from the data."
+                "The model's input width is unknown: start the model with Input(shape=(features,)), pass "
+                "input_dim= to the first Dense layer, call build(input_dim), or let fit() take it from the data."
+            )
+        if self._input is not None and input_dim != self._input.width:
+            raise ValueError(
+                f"Model {self.name!r} declares inputs of shape {self._input.shape} ({self._input.width} features), "
+                f"received input_dim={input_dim}."
             )
         seed = check_seed(seed)
         seed = new_seed() if seed is None else seed
@@ -297,15 +370,22 @@ class Network:
             per_sample = self.compiled_loss.per_sample(xp, y, out)
         return float(per_sample.sum()), [float(m.per_sample(xp, y, out).sum()) for m in self.metrics]
 
-    def compute_gradients(self, x, y, scale: float | None = None) -> tuple[int, float, list[float]]:
+    def compute_gradients(
+        self, x, y, scale: float | None = None, noise: StepNoise | None = None
+    ) -> tuple[int, float, list[float]]:
         """Forward, loss and backward on one batch (device arrays, already checked).
 
         Fills ``model.grads`` with the gradient of ``scale * sum(per-sample loss)``; ``scale``
         defaults to 1 / len(x), the mean over this batch (data-parallel training passes
-        1 / global batch size). Returns (samples, loss sum, metric sums), all before the update.
+        1 / global batch size). ``noise``: the seed, epoch and global rows that random layers
+        (Dropout, ...) draw from. Returns (samples, loss sum, metric sums), all before the update.
         """
         xp, n = self.backend.xp, x.shape[0]
         scale = 1.0 / n if scale is None else scale
+        if noise is not None:
+            for stream, layer in enumerate(self._layers):
+                if layer.random:
+                    layer.set_noise(noise, stream)
         out = self.forward(x, training=True)
         sums = self._loss_and_metric_sums(y, out)
         top = self._layers[-1]
@@ -354,10 +434,48 @@ class Network:
         for layer, fan_in, spans in self._binding:
             layer.bind(self.backend.xp, fan_in, views(self.params, spans), views(self.grads, spans))
 
+    @property
+    def uses_noise(self) -> bool:
+        """Whether training draws randomness (Dropout, ...): the loop then passes the global rows."""
+        return any(layer.random for layer in self._layers)
+
+    def check_x(self, x: Any, name: str = "x", input_dim: int | None = None) -> np.ndarray:
+        """``x`` as the 2-D host array the layers take, checked; samples of several axes are
+        flattened where the model starts with Flatten (and must match a declared shape)."""
+        input_dim = self.input_dim if input_dim is None else input_dim
+        first = self._layers[0] if self._layers else None
+        flatten = isinstance(first, Flatten)
+        shape = self._input.shape if self._input is not None and flatten else None
+        return check_features(
+            x, input_dim, self.dtype, name=name, flatten=first.data_format if flatten else None, sample_shape=shape
+        )
+
+    def check_row_shape(
+        self, row_shape: tuple[int, ...], what: str, name: str = "x", input_dim: int | None = None
+    ) -> int:
+        """The width of samples of ``row_shape`` (from a file or a Dask array: ``what``
+        describes it) as the layers see them; an error where the model cannot take them."""
+        first = self._layers[0] if self._layers else None
+        if len(row_shape) != 1 and not isinstance(first, Flatten):
+            raise ValueError(
+                f"{name} must be 2-D (samples, features); {what} has rows of shape {row_shape}. Start the model "
+                "with Flatten() to flatten each sample."
+            )
+        if self._input is not None and isinstance(first, Flatten) and tuple(row_shape) != self._input.shape:
+            raise ValueError(
+                f"{name} has samples of shape {tuple(row_shape)} ({what}), but the model expects {self._input.shape}."
+            )
+        width = math.prod(row_shape)
+        expected = self.input_dim if input_dim is None else input_dim
+        if expected is not None and width != expected:
+            raise ValueError(
+                f"{name} has {width} features per sample ({what}), but the model expects input_dim={expected}."
+            )
+        return width
+
     def check_xy(self, x: Any, y: Any, name: str = "", input_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``x`` and ``y`` as host arrays this network trains on, checked (``name`` prefixes the messages)."""
-        input_dim = self.input_dim if input_dim is None else input_dim
-        x = check_features(x, input_dim, self.dtype, name=f"{name}x")
+        x = self.check_x(x, f"{name}x", input_dim)
         y = check_targets(y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y", x_name=f"{name}x")
         return x, y
 
@@ -410,11 +528,10 @@ class Network:
     # -- config and saving ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         """Plain JSON-able data from which ``from_config`` rebuilds the architecture."""
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self._layers],
-        }
+        entries = [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self._layers]
+        if self._input_given and self._input is not None:  # Input(shape=...): Keras' InputLayer entry
+            entries.insert(0, {"class_name": "InputLayer", "config": self._input.get_config()})
+        return {"name": self.name, "dtype": self.dtype, "layers": entries}
 
     @classmethod
     def from_config(cls: type[_N], config: dict[str, Any], device: str | None = None) -> _N:
@@ -446,14 +563,14 @@ class Network:
             if fan_in is not None:
                 count = sum(math.prod(shape) for _, shape in layer.param_shapes(fan_in))
                 total += count
+            fan_in = layer.output_width(fan_in)
             rows.append(
                 (
                     f"{layer.name} ({type(layer).__name__})",
-                    f"(None, {layer.units})",
+                    f"(None, {'?' if fan_in is None else fan_in})",
                     "?" if count is None else f"{count:,}",
                 )
             )
-            fan_in = layer.units
         widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
         line = "─" * sum(widths)
         print_fn(f'Model: "{self.name}"')

@@ -171,6 +171,16 @@ class EpochSampler:
         self._per_step = np.diff(taken, axis=1)  # (owned, steps)
         # One shard, in order: every batch is a contiguous range of the local rows.
         self.contiguous = not shuffle and len(self.owned) == 1
+        # local row i of held shard k is global row i + _to_global[k]
+        self._to_global = np.array([plan.bounds[s][0] for s in self.owned], dtype=np.int64) - self._local_start
+
+    def global_rows(self, local: np.ndarray | slice) -> np.ndarray:
+        """The global indices (rows of the whole training data) of local rows, in their order:
+        what makes randomness a function of the sample, not of the rank that holds it."""
+        if isinstance(local, slice):
+            local = np.arange(local.start, local.stop)
+        held = np.searchsorted(self._local_start, local, side="right") - 1
+        return local + self._to_global[held]
 
     def epoch(self, epoch: int, first_step: int = 0) -> Iterator[tuple[np.ndarray | slice, int]]:
         """Yields, for every step from ``first_step`` on (a run resumed mid-epoch): (local rows of

@@ -255,8 +255,8 @@ def _assert_lists(message, names):
 
 
 def test_unknown_activation_lists_known_names():
-    with pytest.raises(ValueError, match="Unknown activation 'relu6'") as info:
-        Dense(3, activation="relu6")
+    with pytest.raises(ValueError, match="Unknown activation 'relu7'") as info:
+        Dense(3, activation="relu7")
     _assert_lists(str(info.value), activations.ACTIVATIONS)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import host_copy
-from ..data import check_features, check_targets
+from ..data import check_targets
 from ..network import Network, Totals
 from ..sources import ArraySource, Source, as_source
 from .placement import Rows, check_access, numpy_like, split_rows, training_sources
@@ -33,16 +33,14 @@ def _evaluate_part(config, compile_config, params, input_dim, device, batch_size
     model = _replica_for_inference(config, compile_config, params, input_dim, device)
     (x_reader, y_reader), (x_deps, y_deps) = readers, dependencies
     where = f"rows {x_reader.start}..{x_reader.stop - 1}"
-    x = check_features(x_reader.load(x_deps), input_dim, model.dtype, name=f"x ({where})")
+    x = model.check_x(x_reader.load(x_deps), f"x ({where})", input_dim)
     y = check_targets(y_reader.load(y_deps), len(x), model.loss, model.output_units, model.dtype, name=f"y ({where})")
     return model.evaluation_totals(x, y, batch_size).to_array()
 
 
 def _predict_part(config, params, input_dim, device, batch_size, reader, dependencies) -> np.ndarray:
     model = _replica_for_inference(config, None, params, input_dim, device)
-    x = check_features(
-        reader.load(dependencies), input_dim, model.dtype, name=f"x (rows {reader.start}..{reader.stop - 1})"
-    )
+    x = model.check_x(reader.load(dependencies), f"x (rows {reader.start}..{reader.stop - 1})", input_dim)
     return model.predict_rows(x, batch_size)
 
 
@@ -92,14 +90,10 @@ def predict_on_cluster(
     the outputs come back to the client as one NumPy array, in row order."""
     source: Source
     if numpy_like(x):
-        source = ArraySource(check_features(x, model.input_dim, model.dtype))
+        source = ArraySource(model.check_x(x))
     else:
         source = as_source(x, "x").prepare(client)
-        if source.row_shape != (model.input_dim,):
-            raise ValueError(
-                f"x has rows of shape {source.row_shape} ({source.describe()}), but the model expects "
-                f"input_dim={model.input_dim}."
-            )
+        model.check_row_shape(source.row_shape, source.describe())
         if source.n_rows == 0:
             raise ValueError(f"x is empty ({source.describe()}): there is nothing to predict.")
     rows = Rows(source, None, 0, source.n_rows)

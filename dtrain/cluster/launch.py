@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -125,7 +126,7 @@ def _train_to_the_end(
 ) -> History:
     """The run from its start: every attempt (restarts, an elastic run's regroupings), then the
     trained model back in the client's hands."""
-    input_dim = train.x.row_shape[0]
+    input_dim = math.prod(train.x.row_shape)  # (flattened, where the model starts with Flatten)
     # The model's starting point is built here, exactly as single-process fit builds it.
     history = History()
     cbs = callback_list(model, callbacks, history, config, plan)

@@ -5,6 +5,7 @@ writes are where the driver reads them."""
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,16 +57,7 @@ def training_sources(
         # Metadata only: a file's header or footers; table lengths and Dask chunks are counted
         # (persisted) on the cluster. Nothing of the data comes to the client.
         xs, ys = as_source(xv, f"{prefix}x").prepare(client), as_source(yv, f"{prefix}y").prepare(client)
-        if len(xs.row_shape) != 1:
-            raise ValueError(
-                f"{prefix}x must be 2-D (samples, features); {xs.describe()} has rows of shape {xs.row_shape}."
-            )
-        expected = input_dim if input_dim is not None else model.input_dim
-        if expected is not None and xs.row_shape[0] != expected:
-            raise ValueError(
-                f"{prefix}x has {xs.row_shape[0]} features per sample ({xs.describe()}), but the model expects "
-                f"input_dim={expected}."
-            )
+        model.check_row_shape(xs.row_shape, xs.describe(), f"{prefix}x", input_dim)
         check_same_rows(xs, ys)
         if xs.n_rows == 0:
             raise ValueError(f"{prefix}x is empty ({xs.describe()}): it has no samples.")
@@ -77,7 +69,7 @@ def training_sources(
     train = Rows(xs, ys, 0, xs.n_rows)
     validation = None
     if validation_data is not None:
-        vx, vy = pair(validation_data[0], validation_data[1], "validation ", xs.row_shape[0])
+        vx, vy = pair(validation_data[0], validation_data[1], "validation ", math.prod(xs.row_shape))
         validation = Rows(vx, vy, 0, vx.n_rows)
     elif validation_split:
         split_at = validation_split_at(train.count, validation_split)  # the last rows, as Keras
@@ -192,7 +184,7 @@ def model_bytes(model: Network, local_batch: int) -> int:
     itemsize = np.dtype(model.dtype).itemsize
     params = int(model.params.size) if model.built else 0
     slots = len(model.compiled_optimizer.slot_names)
-    widths = sum(layer.units for layer in model.layers)
+    widths = sum(model.output_widths())
     return itemsize * (params * (4 + slots) + 4 * local_batch * widths)
 
 

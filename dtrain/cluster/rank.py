@@ -25,7 +25,7 @@ from .. import comm as comm_module
 from ..backend import host_copy
 from ..comm import Aborted, Communicator, make_communicator
 from ..config import FitConfig
-from ..data import check_features, check_targets
+from ..data import check_targets
 from ..leases import Lease
 from ..network import Network, Totals
 from ..sampling import ShardPlan
@@ -282,7 +282,7 @@ def _load_checked(
         return None, None
     x = np.concatenate(xs) if len(xs) > 1 else xs[0]
     y = np.concatenate(ys) if len(ys) > 1 else ys[0]
-    x = check_features(x, spec.input_dim, network.dtype, name=f"x ({where})")
+    x = network.check_x(x, f"x ({where})", spec.input_dim)
     y = check_targets(
         y,
         len(x),

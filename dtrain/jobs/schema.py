@@ -23,7 +23,7 @@ from .. import losses, optimizers
 from .. import metrics as metrics_module
 from ..backend import DEVICES, FLOAT_DTYPES
 from ..config import MAX_TIMEOUT_S, NONFINITE_POLICIES, CheckpointPolicy, option_defaults
-from ..layers import Dense
+from ..layers import Activation, Dense, Dropout, Flatten, GaussianNoise, Input, LeakyReLU, ReLU, Softmax
 from ..model import Sequential
 from ..network import DEFAULT_OPTIMIZER
 from ..sampling import ShardPlan
@@ -36,7 +36,18 @@ SECTIONS = ("name", "model", "compile", "data", "fit", "cluster", "output")
 REQUIRED_SECTIONS = ("model", "compile", "data")
 MODEL_KEYS = ("dtype", "layers")
 DTYPES = FLOAT_DTYPES
-LAYER_TYPES = ("dense",)
+# model.layers[i].type: Keras' layer classes by their snake_case names (dense is the default).
+LAYER_TYPES: dict[str, Callable[..., Any]] = {
+    "input": Input,
+    "dense": Dense,
+    "dropout": Dropout,
+    "gaussian_noise": GaussianNoise,
+    "flatten": Flatten,
+    "activation": Activation,
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "softmax": Softmax,
+}
 COMPILE_KEYS = ("loss", "optimizer", "metrics")
 DATA_KEYS = ("train", "validation")
 # Each data format, its keys in the order the resolved job lists them, and their defaults
@@ -297,22 +308,41 @@ class _Model:
     model: Any = None  # an uncompiled Sequential of those layers
 
 
-def _check_layer(ck: Checker, item: Any, path: str) -> tuple[Any, Any]:
-    """(normalized spec, Dense or None) of one ``model.layers`` item."""
+def _required(make: Callable[..., Any]) -> tuple[str, ...]:
+    return tuple(name for name, p in inspect.signature(make).parameters.items() if p.default is inspect.Parameter.empty)
 
-    known = ("type", *_parameters(Dense))
-    layer = _mapping(ck, item, path, known, required=("units",))
+
+_PLACEHOLDERS = {"units": 1, "rate": 0.5, "stddev": 1.0, "activation": "linear", "shape": [1]}
+
+
+def _check_layer(ck: Checker, item: Any, path: str) -> tuple[Any, Any]:
+    """(normalized spec, the layer (or Input) or None) of one ``model.layers`` item."""
+    kind = item.get("type", "dense") if isinstance(item, dict) else "dense"
+    if not isinstance(kind, str) or kind.lower() not in LAYER_TYPES:
+        ck.report(
+            join_key(path, "type"), f"unknown layer type {kind!r}; {_suggest(str(kind), list(LAYER_TYPES), 'types')}"
+        )
+        return item, None
+    kind = kind.lower()
+    make = LAYER_TYPES[kind]
+    known, required = ("type", *_parameters(make)), _required(make)
+    layer = _mapping(ck, item, path, known, required=required)
     if layer is None:
         return item, None
-    kind = layer.get("type", "dense")
-    type_ok = isinstance(kind, str) and kind.lower() in LAYER_TYPES
-    if not type_ok:
-        ck.report(join_key(path, "type"), f"unknown layer type {kind!r}: the only type is 'dense'")
     kwargs = {key: value for key, value in layer.items() if key in known and key != "type"}
-    # Without units Dense cannot be built, but its other arguments can still be checked.
-    built = _construct(ck, path, Dense, {"units": 1, **kwargs}, {"units": 1})
-    complete = type_ok and "units" in layer and all(key in known for key in layer)
-    return {"type": "dense", **kwargs}, built if complete else None
+    # Without its required arguments a layer cannot be built, but its others can still be checked.
+    base = {name: _PLACEHOLDERS[name] for name in required}
+    built = _construct(ck, path, make, {**base, **kwargs}, base)
+    complete = all(name in layer for name in required) and all(key in known for key in layer)
+    return {"type": kind, **kwargs}, built if complete else None
+
+
+def _output_units(model: Any) -> int | None:
+    """The model's output width, or None where no layer or input says it (compile reports that)."""
+    try:
+        return model.output_units
+    except RuntimeError:
+        return None
 
 
 def _check_model(ck: Checker, raw: Any) -> _Model:
@@ -376,7 +406,7 @@ def _check_compile(ck: Checker, raw: Any, model: _Model) -> _Compile:
         return _Compile(spec, loss)
     resolved: list[Any] = []
     # The output width only picks which accuracy "accuracy" means; any width checks the rest.
-    units = model.model.output_units if model.model is not None else 1
+    units = (_output_units(model.model) if model.model is not None else None) or 1
     for i, metric in enumerate(metrics):
         if not isinstance(metric, (str, dict)):
             ck.report(join_item("compile.metrics", i), f"expected a metric name or mapping, got {_got(metric)}")
@@ -679,12 +709,14 @@ def _check_model_fits_data(ck: Checker, model: _Model, compile_: _Compile, data:
     train = _synthetic(data.get("train")) if isinstance(data, dict) else None
     if train is None or model.layers is None or any(p.path.startswith("data.train") for p in ck.problems):
         return
-    first, last = model.layers[0], model.layers[-1]
-    if first.input_dim is not None and first.input_dim != train["features"]:
-        key = "input_dim" if "input_dim" in model.spec["layers"][0] else "input_shape"
+    last = model.layers[-1]
+    declared = model.model.input_dim if model.model is not None else None
+    if declared is not None and declared != train["features"]:
+        spec = model.spec["layers"][0]
+        key = next((k for k in ("input_dim", "input_shape", "shape") if k in spec), "input_dim")
         ck.report(
             join_key("model.layers[0]", key),
-            f"the first layer takes {first.input_dim} inputs but data.train.features is {train['features']}: make them "
+            f"the model takes {declared} inputs but data.train.features is {train['features']}: make them "
             "agree (or leave input_dim out and the data decides)",
         )
     loss = compile_.loss
@@ -697,15 +729,17 @@ def _check_model_fits_data(ck: Checker, model: _Model, compile_: _Compile, data:
             f"{loss.name!r} takes integer class labels, but the synthetic targets are one-hot rows of {classes} "
             "columns: use categorical_crossentropy",
         )
-    elif last.units != classes:
+    elif model.model is None or (units := _output_units(model.model)) is None:
+        return
+    elif units != classes:
         ck.report(
-            join_key(last_path, "units"),
-            f"the last layer has {last.units} units but the synthetic targets are one-hot rows of "
+            join_key(last_path, "units") if isinstance(last, Dense) else last_path,
+            f"the model outputs {units} units but the synthetic targets are one-hot rows of "
             f"data.train.classes={classes} columns: make them agree",
         )
     else:
         try:  # the loss's own check of one-hot targets; two rows are enough to check their form
-            loss.prepare_targets(np.eye(2, classes, dtype=np.float32), last.units)
+            loss.prepare_targets(np.eye(2, classes, dtype=np.float32), units)
         except ValueError as exc:
             ck.report("compile.loss", f"{error_text(exc)} (the synthetic targets are one-hot)")
 

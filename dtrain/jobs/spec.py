@@ -34,11 +34,10 @@ import yaml
 from .. import sources
 from ..checkpoints import spec_hash
 from ..config import FitConfig
-from ..layers import Dense
 from ..model import Sequential
 from .problems import JobError, Problem, error_text
 from .reading import MAX_FILE_BYTES, apply_overrides, parse, plain_bounds_problem
-from .schema import Checker, metric_identifier, validate
+from .schema import LAYER_TYPES, Checker, metric_identifier, validate
 
 __all__ = ["Job", "JobError", "Problem", "load_job", "job_from_dict"]
 
@@ -156,7 +155,10 @@ class Job:
 
         spec = self.to_dict()
         model_spec, compile_spec = spec["model"], spec["compile"]
-        layers = [Dense(**{k: v for k, v in layer.items() if k != "type"}) for layer in model_spec["layers"]]
+        layers = [
+            LAYER_TYPES[layer.get("type", "dense")](**{k: v for k, v in layer.items() if k != "type"})
+            for layer in model_spec["layers"]
+        ]
         model = Sequential(layers, name=self.name, device=self.device, dtype=model_spec["dtype"])
         model.compile(
             optimizer=compile_spec["optimizer"],

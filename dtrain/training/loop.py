@@ -34,6 +34,7 @@ from ..config import FitConfig
 from ..data import BatchGatherer
 from ..leases import Lease
 from ..network import Network, Totals
+from ..randomness import StepNoise
 from ..sampling import EpochSampler, ShardPlan
 from . import checkpointing
 from .hooks import Progress, StepContext, StepHook
@@ -152,6 +153,7 @@ def train(
     skipped = 0
     logs: dict[str, float] = {}
     no_rows = (0, 0.0, [0.0] * len(names))  # the sums of a rank with no rows in a step
+    uses_noise = network.uses_noise
 
     def checkpoint(epoch: int, step: int, totals: Totals | None) -> None:
         """Every rank calls it at the same points (mid-epoch ones with the epoch's sums so far);
@@ -202,8 +204,10 @@ def train(
                 local_count = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
                 sums = no_rows
                 if local_count:
+                    # Random layers draw from (seed, epoch, global row): any rank gives a row the same mask.
+                    noise = StepNoise(config.seed, epoch, sampler.global_rows(rows)) if uses_noise else None
                     # scale 1/global batch: the summed gradient is the gradient of the global mean loss.
-                    sums = network.compute_gradients(*batches.take(rows), scale=1.0 / global_count)
+                    sums = network.compute_gradients(*batches.take(rows), scale=1.0 / global_count, noise=noise)
                 else:  # this rank's shards give nothing to this step; it still joins the sum
                     network.grads.fill(0)
                 for hook in hooks:
