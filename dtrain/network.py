@@ -86,7 +86,7 @@ class Network:
 
     def __init__(
         self,
-        layers: Iterable[Layer] | None = None,
+        layers: Iterable[Layer | InputSpec] | None = None,
         name: str | None = None,
         *,
         device: str | None = None,
@@ -247,8 +247,10 @@ class Network:
 
     def _layer_inputs(self, input_dim: int) -> list[int]:
         """The input width of every layer for model inputs of ``input_dim``."""
-        widths, width = [], input_dim
+        widths: list[int] = []
+        width: int | None = input_dim
         for layer in self._layers:
+            assert width is not None  # (a known input: every width is known)
             widths.append(width)
             width = layer.output_width(width)
         return widths
@@ -444,11 +446,10 @@ class Network:
         flattened where the model starts with Flatten (and must match a declared shape)."""
         input_dim = self.input_dim if input_dim is None else input_dim
         first = self._layers[0] if self._layers else None
-        flatten = isinstance(first, Flatten)
-        shape = self._input.shape if self._input is not None and flatten else None
-        return check_features(
-            x, input_dim, self.dtype, name=name, flatten=first.data_format if flatten else None, sample_shape=shape
-        )
+        if not isinstance(first, Flatten):
+            return check_features(x, input_dim, self.dtype, name=name)
+        shape = self._input.shape if self._input is not None else None
+        return check_features(x, input_dim, self.dtype, name=name, flatten=first.data_format, sample_shape=shape)
 
     def check_row_shape(
         self, row_shape: tuple[int, ...], what: str, name: str = "x", input_dim: int | None = None

@@ -373,7 +373,10 @@ def test_model_and_compile_are_checked_by_building_them(tmp_path):
         )
     )
     assert "disagree" in find(problems, "model.layers[0]").message  # an error no single argument causes
-    assert "unknown layer type 'conv'; known types: input, dense, dropout" in find(problems, "model.layers[1].type").message
+    assert (
+        "unknown layer type 'conv'; known types: input, dense, dropout"
+        in find(problems, "model.layers[1].type").message
+    )
     assert "Unknown initializer 'glorot_unifrom'" in find(problems, "model.layers[2].kernel_initializer").message
     assert (
         find(problems, "compile.loss.from_logit").message

@@ -232,7 +232,7 @@ def _construct(ck: Checker, path: str, make: Callable[..., Any], kwargs: dict, p
     return None
 
 
-def _parameters(cls: type) -> list[str]:
+def _parameters(cls: Callable[..., Any]) -> list[str]:
     """The keyword arguments ``cls(...)`` takes."""
     return [
         name

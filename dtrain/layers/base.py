@@ -108,7 +108,8 @@ class Layer:
             self.input_dim = None
         if not hasattr(self, "activation"):
             self.activation = activations.Linear()
-        self._buffers: BufferCache[Any] = BufferCache()  # batch size -> this layer's arrays
+        # batch size -> this layer's arrays by name: allocated once per batch size in use
+        self._slots: BufferCache[dict[str, Array]] = BufferCache()
         self._out: Array = None  # the last forward pass's output
 
     # -- shape ----------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class Layer:
         (``param_shapes`` order)."""
         self._xp = xp
         self.input_dim = input_dim
-        self._buffers.clear()
+        self._slots.clear()
 
     @property
     def built(self) -> bool:
@@ -160,9 +161,13 @@ class Layer:
     def set_noise(self, noise: StepNoise, stream: int) -> None:
         """The randomness of the next training forward pass (layers with ``random = True``)."""
 
-    def _buffer(self, key: Any, n: int, width: int, dtype: Any) -> Array:
-        """A (n, width) array of ``dtype`` kept for batches of n rows, allocated once."""
-        return self._buffers.get((key, n), lambda: self._xp.empty((n, width), dtype))
+    def _buffer(self, name: str, n: int, width: int, dtype: Any) -> Array:
+        """The (n, width) array of ``dtype`` called ``name`` for batches of n rows, allocated once."""
+        slots = self._slots.get(n, dict)
+        array = slots.get(name)
+        if array is None:
+            array = slots[name] = self._xp.empty((n, width), dtype)
+        return array
 
     # -- weights ------------------------------------------------------------------------------
     def weight_views(self) -> list[tuple[str, Array]]:

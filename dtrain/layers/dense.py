@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import activations, initializers
 from ..backend import Array
+from ..buffers import BufferCache
 from .base import Layer, positive_int
 
 
@@ -56,6 +57,7 @@ class Dense(Layer):
         self.input_dim = self._resolve_input_dim(input_dim, input_shape)
         super().__init__(name)
         self.kernel = self.bias = self.kernel_grad = self.bias_grad = None
+        self._buffers: BufferCache[tuple[Any, Any, Any]] = BufferCache()  # batch size -> (z, a, dx)
         self._x = self._z = self._a = None  # kept by forward(training=True) for backward
 
     @staticmethod
@@ -104,6 +106,7 @@ class Dense(Layer):
         if self.use_bias:
             self.bias, self.bias_grad = params[1], grads[1]
         self._buffers.clear()
+        self._slots.clear()
 
     @property
     def built(self) -> bool:

@@ -43,8 +43,8 @@ class _Random(Layer):
         return randomness.stream_key(seed, self._stream, noise.epoch, draw), noise.rows
 
     def _bits(self, n: int, width: int, key: np.uint64, rows: np.ndarray, slot: str) -> Array:
-        out = self._buffers.get((slot, n), lambda: self._xp.empty((n, width), np.uint32))
-        scratch = self._buffers.get(("scratch", n), lambda: self._xp.empty((n, width), np.uint32))
+        out = self._buffer(slot, n, width, np.uint32)
+        scratch = self._buffer("bits scratch", n, width, np.uint32)
         return randomness.bits(self._xp, key, rows, width, out, scratch)
 
     def get_config(self) -> dict[str, Any]:
@@ -74,7 +74,7 @@ class Dropout(_Random):
             return x
         xp, (n, width) = self._xp, x.shape
         out = self._buffer("out", n, width, x.dtype)
-        mask = self._buffers.get(("mask", n), lambda: xp.empty((n, width), bool))
+        mask = self._buffer("mask", n, width, bool)
         key, rows = self._key(n)
         bits = self._bits(n, width, key, rows, "bits")
         xp.greater_equal(bits, randomness.keep_threshold(self.rate), out=mask)
