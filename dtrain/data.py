@@ -7,21 +7,21 @@ expected, so that bad input fails fast and loses nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from .backend import to_numpy
 from .buffers import BufferCache
+from .randomness import fresh_seed
 
 INIT_STREAM, SHUFFLE_STREAM = 0, 1  # independent random streams derived from one seed
 
 
 def new_seed() -> int:
-    """A fresh random seed (recorded so that an unseeded run can be repeated)."""
-    # Without an argument SeedSequence draws its entropy from the OS: always an int (the stubs
-    # allow the sequence or None that a caller may pass).
-    return int(cast(int, np.random.SeedSequence().entropy) % (2**63))
+    """A fresh random seed (recorded so that an unseeded run can be repeated); repeatable after
+    ``dtrain.utils.set_random_seed``."""
+    return fresh_seed()
 
 
 def check_seed(seed: Any) -> int | None:

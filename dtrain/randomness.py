@@ -56,6 +56,31 @@ def _keys32(key: np.uint64, indices: np.ndarray) -> np.ndarray:
     return (mixed >> np.uint64(32)).astype(np.uint32)
 
 
+_seeds: np.random.Generator | None = None  # set_random_seed's: where unseeded runs take their seeds
+
+
+def set_random_seed(seed: int) -> None:
+    """Make unseeded work repeatable, as ``keras.utils.set_random_seed``: every run or model
+    given no seed then takes one from a sequence that starts at ``seed`` (also seeds Python's
+    ``random`` and NumPy's global generator, as Keras does)."""
+    import random
+
+    global _seeds
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"set_random_seed expected an integer in [0, 2**32), received {seed!r}.")
+    _seeds = np.random.default_rng([0x5EED, int(seed)])
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+
+
+def fresh_seed() -> int:
+    """A new seed for work given none: from set_random_seed's sequence, else from the OS."""
+    if _seeds is not None:
+        return int(_seeds.integers(0, 2**63))
+    # Without an argument SeedSequence draws its entropy from the OS.
+    return int(np.random.SeedSequence().entropy % (2**63))  # type: ignore[operator]
+
+
 @dataclass(frozen=True)
 class StepNoise:
     """Where a training step's randomness comes from: the run's seed, the epoch, and the global

@@ -6,6 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from .randomness import set_random_seed
+
+__all__ = ["set_random_seed", "to_categorical"]
+
 
 def to_categorical(y: Any, num_classes: int | None = None, dtype: str = "float32") -> np.ndarray:
     """One-hot encode integer class labels: shape (n,) -> (n, num_classes)."""

@@ -83,3 +83,19 @@ def test_digits_with_one_hot_targets_and_validation_split():
     )
     assert history.history["val_accuracy"][-1] >= 0.93
     assert model.evaluate(x_test, to_categorical(y_test, 10))[1] >= 0.95
+
+
+def test_keras_mnist_mlp_runs_with_only_its_imports_and_data_changed():
+    """examples/mnist_mlp.py (Keras 2's program: Dense 512, Dropout 0.2, RMSprop) as a user runs
+    it; it asserts its own >= 95% test accuracy. Also on 2 workers: the same program with
+    ``client=`` gives the same weights (Dropout's masks follow the rows, not the ranks)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parent.parent / "examples" / "mnist_mlp.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    accuracy = float(proc.stdout.split("Test accuracy:")[1].split()[0])
+    assert accuracy >= 0.95 and "dropout (Dropout)" in proc.stdout
