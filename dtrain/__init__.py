@@ -6,7 +6,19 @@ from dtrain.layers import Dense
 
 from __future__ import annotations
 
-from . import activations, callbacks, datasets, initializers, layers, losses, metrics, optimizers, utils
+from . import (
+    activations,
+    callbacks,
+    constraints,
+    datasets,
+    initializers,
+    layers,
+    losses,
+    metrics,
+    optimizers,
+    regularizers,
+    utils,
+)
 from ._version import __version__ as __version__
 from .backend import floatx, get_backend, gpu_available, set_default_device, set_floatx
 from .cluster.errors import JobCancelled, SchedulerLostError, WorkerLostError
@@ -35,6 +47,8 @@ __all__ = [
     "TRAINING_DASK_CONFIG",
     "activations",
     "callbacks",
+    "constraints",
+    "regularizers",
     "datasets",
     "initializers",
     "layers",

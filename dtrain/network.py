@@ -225,7 +225,7 @@ class Network:
         self._layer_names.add(layer.name)
         self._width = layer.output_width(self._width if self._width is not None else declared)
         if self.compiled:
-            self._fused_loss = self.compiled_loss.fuses_with(self._layers[-1].activation.name)
+            self._fused_loss = self._fuses(self.compiled_loss)
 
     def _set_input(self, spec: InputSpec) -> None:
         if self._layers or self._input is not None:
@@ -335,9 +335,15 @@ class Network:
                 stacklevel=2,
             )
         self.optimizer, self.loss, self.metrics = optimizer, loss, resolved
-        self._fused_loss = loss.fuses_with(last)
+        self._fused_loss = self._fuses(loss)
         if self.built:
             self.optimizer.build(self.backend.xp, self.params)
+
+    def _fuses(self, loss: losses.Loss) -> bool:
+        """Whether the loss's gradient is taken with respect to the last layer's logits (softmax
+        + cross-entropy: one simple formula); not where the output itself has a penalty."""
+        top = self._layers[-1]
+        return loss.fuses_with(top.activation.name) and top.activity_regularizer is None
 
     @property
     def compiled_optimizer(self) -> optimizers.Optimizer:
@@ -365,12 +371,39 @@ class Network:
         return x
 
     def _loss_and_metric_sums(self, y, out) -> tuple[float, list[float]]:
+        """The sums over the batch of the loss (with the penalties, as Keras reports it) and of
+        every metric."""
         xp = self.backend.xp
         if self._fused_loss:
             per_sample = self.compiled_loss.per_sample_from_logits(xp, y, self._layers[-1].logits)
         else:
             per_sample = self.compiled_loss.per_sample(xp, y, out)
-        return float(per_sample.sum()), [float(m.per_sample(xp, y, out).sum()) for m in self.metrics]
+        loss = float(per_sample.sum())
+        if self._penalized:
+            loss += self._penalties(len(y))
+        return loss, [float(m.per_sample(xp, y, out).sum()) for m in self.metrics]
+
+    @property
+    def _penalized(self) -> bool:
+        return any(layer.activity_regularizer is not None or layer.penalized_weights() for layer in self._layers)
+
+    def _penalties(self, n: int) -> float:
+        """The batch's share of the penalties: n x the weights' (they count once per step, and
+        the step's loss is a mean over its samples), plus each sample's activity penalty."""
+        xp, total = self.backend.xp, 0.0
+        for layer in self._layers:
+            for regularizer, weight, _ in layer.penalized_weights():
+                total += n * regularizer.penalty(xp, weight)
+            if layer.activity_regularizer is not None and layer.output is not None:
+                total += float(layer.activity_regularizer.per_sample(xp, layer.output).sum())
+        return total
+
+    def apply_constraints(self) -> None:
+        """Project the constrained weights (after a whole update: every rank, the same weights)."""
+        xp = self.backend.xp
+        for layer in self._layers:
+            for constraint, weight in layer.constrained_weights():
+                constraint.apply(xp, weight)
 
     def compute_gradients(
         self, x, y, scale: float | None = None, noise: StepNoise | None = None
@@ -398,13 +431,23 @@ class Network:
             grad = self.compiled_loss.gradient(xp, y, out, scale)
         last = len(self._layers) - 1
         for i in range(last, -1, -1):
-            grad = self._layers[i].backward(grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > 0)
+            layer = self._layers[i]
+            if layer.activity_regularizer is not None:  # (never the fused top layer: see _fuses)
+                layer.activity_regularizer.add_gradient(xp, layer.output, grad, scale)
+            grad = layer.backward(grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > 0)
+        # A weight's penalty counts once per step: this batch adds its share (n of the global
+        # batch), so the sum over the ranks adds it exactly once.
+        for layer in self._layers:
+            for regularizer, weight, weight_grad in layer.penalized_weights():
+                regularizer.add_gradient(xp, weight, weight_grad, n * scale)
         return (n, *sums)
 
     def apply_gradients(self, grads: Any = None, part: slice = slice(None)) -> None:
         """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same
         shape); with ``part``, of that part of the flat buffer only (a rank's share of a sharded step)."""
         self.compiled_optimizer.apply(self.params, self.grads if grads is None else grads, part)
+        if part == slice(None):  # (a sharded step projects after its allgather)
+            self.apply_constraints()
 
     def use_gradient_buffer(self, buffer: Any) -> None:
         """Keep the gradients in ``buffer`` (flat, ``model.grads``' size and dtype) from now on:

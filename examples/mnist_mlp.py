@@ -9,17 +9,15 @@ features instead of 784, 1,797 samples instead of 70,000), split as MNIST is spl
 asserts a test accuracy of at least 95%. Add ``client=`` to ``fit`` to train on a Dask cluster.
 """
 
-from __future__ import print_function
-
 # -- the imports: keras -> dtrain --------------------------------------------------------------
+# -- the data: the digits in MNIST's shapes (load_data() would download MNIST) --------------------
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
 import dtrain as keras
 from dtrain.layers import Dense, Dropout
 from dtrain.models import Sequential
 from dtrain.optimizers import RMSprop
-
-# -- the data: the digits in MNIST's shapes (load_data() would download MNIST) --------------------
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 digits = load_digits()
 x_train, x_test, y_train, y_test = train_test_split(
@@ -59,9 +57,7 @@ model.summary()
 
 model.compile(loss="categorical_crossentropy", optimizer=RMSprop(), metrics=["accuracy"])
 
-history = model.fit(
-    x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=1, validation_data=(x_test, y_test)
-)
+history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=1, validation_data=(x_test, y_test))
 score = model.evaluate(x_test, y_test, verbose=0)
 print("Test loss:", score[0])
 print("Test accuracy:", score[1])

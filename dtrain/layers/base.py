@@ -90,6 +90,7 @@ class Layer:
 
     default_name = "layer"
     random = False  # True: draws randomness in training (set_noise before forward)
+    activity_regularizer: Any = None  # a penalty on the layer's output (Dense's argument)
 
     name: str
     input_dim: int | None
@@ -168,6 +169,19 @@ class Layer:
         if array is None:
             array = slots[name] = self._xp.empty((n, width), dtype)
         return array
+
+    @property
+    def output(self) -> Array | None:
+        """The output of the last forward pass (None before one)."""
+        return self._out
+
+    def penalized_weights(self) -> list[tuple[Any, Array, Array]]:
+        """[(regularizer, weight, its gradient)] of the weights with a penalty."""
+        return []
+
+    def constrained_weights(self) -> list[tuple[Any, Array]]:
+        """[(constraint, weight)] of the weights projected after every update."""
+        return []
 
     # -- weights ------------------------------------------------------------------------------
     def weight_views(self) -> list[tuple[str, Array]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import activations, initializers
+from .. import activations, constraints, initializers, regularizers
 from ..backend import Array
 from ..buffers import BufferCache
 from .base import Layer, positive_int
@@ -46,6 +46,11 @@ class Dense(Layer):
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
         name: str | None = None,
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
     ):
         self.units = positive_int("units", units, "Dense")
         self.activation = activations.get(activation)
@@ -54,6 +59,11 @@ class Dense(Layer):
         self.use_bias = use_bias
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.activity_regularizer = regularizers.get(activity_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
         self.input_dim = self._resolve_input_dim(input_dim, input_shape)
         super().__init__(name)
         self.kernel = self.bias = self.kernel_grad = self.bias_grad = None
@@ -140,7 +150,7 @@ class Dense(Layer):
         if self.use_bias:
             z += self.bias
         self.activation.forward(xp, z, a)
-        self._z, self._a = z, a  # the loss may read the logits, in training and evaluation
+        self._z, self._a, self._out = z, a, a  # the loss may read the logits, in training and evaluation
         if training:
             self._x = x
         return a
@@ -198,7 +208,29 @@ class Dense(Layer):
         }
         if self.input_dim is not None:
             config["input_dim"] = self.input_dim
+        for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
+            if getattr(self, key) is not None:  # (only where set: configs of plain layers stay as they were)
+                config[key] = regularizers.serialize(getattr(self, key))
+        for key in ("kernel_constraint", "bias_constraint"):
+            if getattr(self, key) is not None:
+                config[key] = constraints.serialize(getattr(self, key))
         return config
+
+    def penalized_weights(self) -> list[tuple[Any, Array, Array]]:
+        if not self.built:
+            return []
+        pairs = [(self.kernel_regularizer, self.kernel, self.kernel_grad)]
+        if self.use_bias:
+            pairs.append((self.bias_regularizer, self.bias, self.bias_grad))
+        return [(reg, w, g) for reg, w, g in pairs if reg is not None]
+
+    def constrained_weights(self) -> list[tuple[Any, Array]]:
+        if not self.built:
+            return []
+        pairs = [(self.kernel_constraint, self.kernel)]
+        if self.use_bias:
+            pairs.append((self.bias_constraint, self.bias))
+        return [(c, w) for c, w in pairs if c is not None]
 
     def __repr__(self) -> str:
         return f"Dense(units={self.units}, activation={self.activation.name!r}, name={self.name!r})"

@@ -245,6 +245,7 @@ class ShardedStep(GradientSync):
             return None
         with self.talking:
             self.comm.allgather(self.network.params)  # the other ranks' updated parts
+        self.network.apply_constraints()  # on the whole weights, the same on every rank
         return summed
 
     def _verdict_and_sums(self, mine: Any, sums: StepSums) -> tuple[bool, StepSums]:
