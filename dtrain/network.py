@@ -446,8 +446,32 @@ class Network:
         """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same
         shape); with ``part``, of that part of the flat buffer only (a rank's share of a sharded step)."""
         self.compiled_optimizer.apply(self.params, self.grads if grads is None else grads, part)
+        for layer in self._layers:
+            layer.commit()  # (moving statistics: the whole of them, on every rank alike)
         if part == slice(None):  # (a sharded step projects after its allgather)
             self.apply_constraints()
+
+    def set_batch_reducer(self, reduce: Any = None) -> None:
+        """How layers that need the global batch (BatchNormalization) sum a float64 host array
+        over the ranks, in place (a communicator's ``allreduce``); None: one process."""
+        from .layers.normalization import _no_ranks
+
+        for layer in self._layers:
+            if layer.sync_batch:
+                layer.reduce = reduce or _no_ranks  # type: ignore[attr-defined]
+
+    def join_step_without_rows(self) -> None:
+        """A rank with no rows in this step: zero gradient, and it joins the sums over the
+        global batch in the order the others make them (forward, then backward reversed)."""
+        self.grads.fill(0)
+        assert self.input_dim is not None  # (built)
+        synced = [
+            (layer, width) for layer, width in zip(self._layers, self._layer_inputs(self.input_dim)) if layer.sync_batch
+        ]
+        for layer, width in synced:
+            layer.join_without_rows(width)  # type: ignore[attr-defined]
+        for layer, width in reversed(synced):
+            layer.join_backward_without_rows(width)  # type: ignore[attr-defined]
 
     def use_gradient_buffer(self, buffer: Any) -> None:
         """Keep the gradients in ``buffer`` (flat, ``model.grads``' size and dtype) from now on:

@@ -23,7 +23,19 @@ from .. import losses, optimizers
 from .. import metrics as metrics_module
 from ..backend import DEVICES, FLOAT_DTYPES
 from ..config import MAX_TIMEOUT_S, NONFINITE_POLICIES, CheckpointPolicy, option_defaults
-from ..layers import Activation, Dense, Dropout, Flatten, GaussianNoise, Input, LeakyReLU, ReLU, Softmax
+from ..layers import (
+    Activation,
+    BatchNormalization,
+    Dense,
+    Dropout,
+    Flatten,
+    GaussianNoise,
+    Input,
+    LayerNormalization,
+    LeakyReLU,
+    ReLU,
+    Softmax,
+)
 from ..model import Sequential
 from ..network import DEFAULT_OPTIMIZER
 from ..sampling import ShardPlan
@@ -47,6 +59,8 @@ LAYER_TYPES: dict[str, Callable[..., Any]] = {
     "relu": ReLU,
     "leaky_relu": LeakyReLU,
     "softmax": Softmax,
+    "batch_normalization": BatchNormalization,
+    "layer_normalization": LayerNormalization,
 }
 COMPILE_KEYS = ("loss", "optimizer", "metrics")
 DATA_KEYS = ("train", "validation")

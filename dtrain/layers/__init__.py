@@ -6,7 +6,7 @@
 :mod:`~dtrain.layers.base` says what a model relies on in a layer; each kind lives in its own
 module: ``Dense`` (:mod:`~dtrain.layers.dense`), the layers without weights that shape or
 transform a batch (:mod:`~dtrain.layers.core`), and those that are random in training
-(:mod:`~dtrain.layers.noise`).
+(:mod:`~dtrain.layers.noise`), and the normalisations (:mod:`~dtrain.layers.normalization`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from .base import Layer, assign_weights
 from .core import Activation, Flatten, Input, InputLayer, InputSpec, LeakyReLU, ReLU, Softmax
 from .dense import Dense
 from .noise import Dropout, GaussianNoise
+from .normalization import BatchNormalization, LayerNormalization
 
 __all__ = [
     "Activation",
+    "BatchNormalization",
     "Dense",
     "Dropout",
     "Flatten",
@@ -28,6 +30,7 @@ __all__ = [
     "InputLayer",
     "InputSpec",
     "Layer",
+    "LayerNormalization",
     "LeakyReLU",
     "LAYERS",
     "ReLU",
@@ -37,7 +40,19 @@ __all__ = [
 ]
 
 LAYERS: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Dense, Dropout, GaussianNoise, Flatten, Activation, ReLU, LeakyReLU, Softmax)
+    cls.__name__: cls
+    for cls in (
+        Dense,
+        Dropout,
+        GaussianNoise,
+        Flatten,
+        Activation,
+        ReLU,
+        LeakyReLU,
+        Softmax,
+        BatchNormalization,
+        LayerNormalization,
+    )
 }
 
 

@@ -91,6 +91,7 @@ class Layer:
     default_name = "layer"
     random = False  # True: draws randomness in training (set_noise before forward)
     activity_regularizer: Any = None  # a penalty on the layer's output (Dense's argument)
+    sync_batch = False  # True: sums over the global batch in training (BatchNormalization)
 
     name: str
     input_dim: int | None
@@ -174,6 +175,14 @@ class Layer:
     def output(self) -> Array | None:
         """The output of the last forward pass (None before one)."""
         return self._out
+
+    def trainable_params(self) -> list[bool]:
+        """Per ``param_shapes`` entry: whether the optimizer trains it (BatchNormalization's
+        moving statistics: no; their gradient is always zero)."""
+        return [True] * len(self.param_shapes(1))
+
+    def commit(self) -> None:
+        """After the step's update: write what the step computed besides the gradient (moving statistics)."""
 
     def penalized_weights(self) -> list[tuple[Any, Array, Array]]:
         """[(regularizer, weight, its gradient)] of the weights with a penalty."""

@@ -183,6 +183,7 @@ def train(
         comm.barrier()
         comm.set_timeout(config.timeout)
 
+    network.set_batch_reducer(comm.allreduce)  # BatchNormalization: the global batch's statistics
     try:
         for epoch in range(start.epoch, config.epochs):
             epoch_start = time.perf_counter()
@@ -208,8 +209,8 @@ def train(
                     noise = StepNoise(config.seed, epoch, sampler.global_rows(rows)) if uses_noise else None
                     # scale 1/global batch: the summed gradient is the gradient of the global mean loss.
                     sums = network.compute_gradients(*batches.take(rows), scale=1.0 / global_count, noise=noise)
-                else:  # this rank's shards give nothing to this step; it still joins the sum
-                    network.grads.fill(0)
+                else:  # this rank's shards give nothing to this step; it still joins the sums
+                    network.join_step_without_rows()
                 for hook in hooks:
                     hook.after_backward(ctx, network)
                 network.backend.synchronize()  # GPU: the backward kernels belong to compute, not to the sum
@@ -251,6 +252,8 @@ def train(
         if keep_on_failure is not None:
             _keep(survivor, keep_on_failure)
         raise
+    finally:
+        network.set_batch_reducer(None)  # (the model outlives the communicator)
 
     sync.gather_optimizer_state()
     return TrainResult(
