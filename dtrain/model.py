@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import callbacks as callbacks_module
+from .backend import to_numpy
 from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
@@ -99,6 +100,7 @@ class Sequential(Network):
         logical shards never change, so the result is that of a fixed cluster.
         """
         self.require_compiled("fit")
+        self.check_trainable_compiled()
         config = FitConfig.make(
             batch_size=batch_size,
             epochs=epochs,
@@ -142,6 +144,7 @@ class Sequential(Network):
     def train_on_batch(self, x: Any, y: Any) -> float | list[float]:
         """One optimizer step on one batch; returns its loss (and metrics), as Keras does."""
         self.require_compiled("train_on_batch")
+        self.check_trainable_compiled()
         x, y = self.check_xy(x, y)
         self.build(x.shape[1])
         totals = Totals([m.name for m in self.metrics])
@@ -174,6 +177,15 @@ class Sequential(Network):
         if verbose:
             print(callbacks_module.format_logs(logs))
         return logs if return_dict else _as_result(logs, self.metrics)
+
+    def __call__(self, x: Any, training: bool = False) -> np.ndarray:
+        """The model's output for ``x`` in one pass (Keras' ``model(x)``), as a NumPy array;
+        ``training=True`` runs the layers as in training (dropout on, this batch's statistics)."""
+        if not isinstance(training, bool):
+            raise ValueError(f"training must be True or False, received {training!r}.")
+        self.require_built("__call__")
+        out = self.forward(self.backend.asarray(self.check_x(x)), training=training)
+        return to_numpy(out).copy()
 
     def predict(
         self,

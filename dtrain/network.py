@@ -111,6 +111,8 @@ class Network:
         self.loss: losses.Loss | None = None
         self.metrics: list[metrics_module.Metric] = []
         self._fused_loss = False
+        self._compiled_trainable: list[bool] | None = None  # each layer's trainable at compile()
+        self._frozen: list[tuple[int, int]] = []  # (start, stop) in the flat buffers: frozen layers' weights
         self._top_grads: BufferCache[Any] = BufferCache()  # batch size -> dL/dlogits
         self.stop_training = False  # set by callbacks (Keras' Model.stop_training); read by the loop's audience
         if isinstance(layers, (Layer, InputSpec, str)):
@@ -305,6 +307,7 @@ class Network:
         self._bind_layers()
         if self.optimizer is not None:
             self.optimizer.build(xp, self.params)
+            self._freeze()
 
     # -- compile ------------------------------------------------------------------------------
     def compile(self, optimizer: Any = DEFAULT_OPTIMIZER, loss: Any = None, metrics: Any = None) -> None:
@@ -336,8 +339,46 @@ class Network:
             )
         self.optimizer, self.loss, self.metrics = optimizer, loss, resolved
         self._fused_loss = self._fuses(loss)
+        self._compiled_trainable = [layer.trainable for layer in self._layers]  # (Keras: trainable counts at compile)
         if self.built:
             self.optimizer.build(self.backend.xp, self.params)
+            self._freeze()
+
+    # -- trainable ---------------------------------------------------------------------------------
+    @property
+    def trainable(self) -> bool:
+        """Whether any layer trains; setting it sets every layer's (Keras' ``model.trainable``)."""
+        return any(layer.trainable for layer in self._layers)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        for layer in self._layers:
+            layer.trainable = value
+
+    def _freeze(self) -> None:
+        """The flat-buffer spans of the layers frozen at compile(); their gradients are zeroed
+        once (a frozen layer never writes them again)."""
+        flags = self._compiled_trainable or [True] * len(self._layers)
+        self._frozen = []
+        for (_layer, _fan_in, spans), trainable in zip(self._binding, flags):
+            if not trainable:
+                for start, shape in spans:
+                    self._frozen.append((start, start + math.prod(shape)))
+        for start, stop in self._frozen:
+            self.grads[start:stop] = 0
+
+    def check_trainable_compiled(self) -> None:
+        """Refuse to train with ``trainable`` changed since compile(): Keras would keep training
+        as compiled, silently; here it is an error that says what to do."""
+        if self._compiled_trainable is None:
+            return
+        now = [layer.trainable for layer in self._layers]
+        changed = [layer.name for layer, a, b in zip(self._layers, now, self._compiled_trainable) if a != b]
+        if changed:
+            raise RuntimeError(
+                f"trainable changed since compile() for layer(s) {', '.join(map(repr, changed))}: call "
+                "model.compile(...) again for the change to take effect (as in Keras)."
+            )
 
     def _fuses(self, loss: losses.Loss) -> bool:
         """Whether the loss's gradient is taken with respect to the last layer's logits (softmax
@@ -392,8 +433,8 @@ class Network:
         the step's loss is a mean over its samples), plus each sample's activity penalty."""
         xp, total = self.backend.xp, 0.0
         for layer in self._layers:
-            for regularizer, weight, _ in layer.penalized_weights():
-                total += n * regularizer.penalty(xp, weight)
+            for regularizer, weight, _ in layer.penalized_weights() if layer.trainable else ():
+                total += n * regularizer.penalty(xp, weight)  # (Keras: the trainable weights' penalties)
             if layer.activity_regularizer is not None and layer.output is not None:
                 total += float(layer.activity_regularizer.per_sample(xp, layer.output).sum())
         return total
@@ -402,7 +443,7 @@ class Network:
         """Project the constrained weights (after a whole update: every rank, the same weights)."""
         xp = self.backend.xp
         for layer in self._layers:
-            for constraint, weight in layer.constrained_weights():
+            for constraint, weight in layer.constrained_weights() if layer.trainable else ():
                 constraint.apply(xp, weight)
 
     def compute_gradients(
@@ -430,26 +471,42 @@ class Network:
         else:
             grad = self.compiled_loss.gradient(xp, y, out, scale)
         last = len(self._layers) - 1
-        for i in range(last, -1, -1):
+        # Below the lowest layer that trains (or sums over the batch), nobody needs a gradient.
+        lowest = next((i for i, layer in enumerate(self._layers) if layer.trainable and layer.has_weights), last)
+        for i in range(last, lowest - 1, -1):
             layer = self._layers[i]
             if layer.activity_regularizer is not None:  # (never the fused top layer: see _fuses)
                 layer.activity_regularizer.add_gradient(xp, layer.output, grad, scale)
-            grad = layer.backward(grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > 0)
+            grad = layer.backward(grad, grad_is_logits=self._fused_loss and i == last, need_input_grad=i > lowest)
         # A weight's penalty counts once per step: this batch adds its share (n of the global
         # batch), so the sum over the ranks adds it exactly once.
         for layer in self._layers:
-            for regularizer, weight, weight_grad in layer.penalized_weights():
+            for regularizer, weight, weight_grad in layer.penalized_weights() if layer.trainable else ():
                 regularizer.add_gradient(xp, weight, weight_grad, n * scale)
         return (n, *sums)
 
     def apply_gradients(self, grads: Any = None, part: slice = slice(None)) -> None:
         """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same
         shape); with ``part``, of that part of the flat buffer only (a rank's share of a sharded step)."""
+        # Frozen layers' weights are put back after the update: the optimizer's momentum or
+        # decay must not move them (a zero gradient alone would not stop Adam's momentum).
+        kept = self._keep_frozen(part)
         self.compiled_optimizer.apply(self.params, self.grads if grads is None else grads, part)
+        for (start, stop), values in kept:
+            self.params[start:stop] = values
         for layer in self._layers:
             layer.commit()  # (moving statistics: the whole of them, on every rank alike)
         if part == slice(None):  # (a sharded step projects after its allgather)
             self.apply_constraints()
+
+    def _keep_frozen(self, part: slice) -> list[tuple[tuple[int, int], Any]]:
+        lo, hi = (part.start or 0), (self.params.size if part.stop is None else part.stop)
+        kept = []
+        for start, stop in self._frozen:
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                kept.append(((a, b), self.params[a:b].copy()))
+        return kept
 
     def set_batch_reducer(self, reduce: Any = None) -> None:
         """How layers that need the global batch (BatchNormalization) sum a float64 host array
@@ -457,8 +514,8 @@ class Network:
         from .layers.normalization import _no_ranks
 
         for layer in self._layers:
-            if layer.sync_batch:
-                layer.reduce = reduce or _no_ranks  # type: ignore[attr-defined]
+            if layer.reduce is not None:  # (BatchNormalization's, frozen or not)
+                layer.reduce = reduce or _no_ranks
 
     def join_step_without_rows(self) -> None:
         """A rank with no rows in this step: zero gradient, and it joins the sums over the
@@ -593,6 +650,73 @@ class Network:
         self.require_built("count_params")
         return sum(int(view.size) for _, view in self._weight_views())
 
+    def _weights_by_training(self, trainable: bool) -> list[np.ndarray]:
+        self.require_built("trainable_weights" if trainable else "non_trainable_weights")
+        out = []
+        for layer in self._layers:
+            flags = layer.trainable_params()
+            for (_, view), flag in zip(layer.weight_views(), flags):
+                if (layer.trainable and flag) == trainable:
+                    out.append(host_copy(view))
+        return out
+
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        """Copies of the weights training updates (Keras order)."""
+        return self._weights_by_training(True)
+
+    @property
+    def non_trainable_weights(self) -> list[np.ndarray]:
+        """Copies of the others: frozen layers' weights, BatchNormalization's moving statistics."""
+        return self._weights_by_training(False)
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """A layer by ``name`` or by ``index`` (Keras' ``get_layer``), else a ValueError listing them."""
+        if (name is None) == (index is None):
+            raise ValueError("get_layer expected either name= or index=, not both and not neither.")
+        if index is not None:
+            if (
+                isinstance(index, bool)
+                or not isinstance(index, int)
+                or not -len(self._layers) <= index < len(self._layers)
+            ):
+                raise ValueError(f"get_layer(index={index!r}): model {self.name!r} has {len(self._layers)} layers.")
+            return self._layers[index]
+        for layer in self._layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(
+            f"No layer named {name!r} in model {self.name!r}. Its layers: {', '.join(layer.name for layer in self._layers)}."
+        )
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer (Keras' ``pop``). A built model keeps the other
+        layers' weights (and is rebuilt without the popped one's)."""
+        if not self._layers:
+            raise ValueError(f"Model {self.name!r} has no layers to pop.")
+        weights = None
+        if self.built:
+            keep = len(self._layers) - 1
+            weights = [w for layer in self._layers[:keep] for w in layer.get_weights()]
+            input_dim = self.input_dim
+        layer = self._layers.pop()
+        self._layer_ids.discard(id(layer))
+        self._layer_names.discard(layer.name)
+        self._width = None if self._input is None else self._input.width
+        for remaining in self._layers:
+            self._width = remaining.output_width(self._width)
+        if weights is not None:
+            self.params = self.grads = None
+            self._binding = []
+            if self._layers:  # (build binds the remaining layers to the new buffers)
+                self.build(input_dim, seed=0)
+                self.set_weights(weights)
+        layer._xp = None
+        if self.compiled and self._layers:
+            self._fused_loss = self._fuses(self.compiled_loss)
+            self._compiled_trainable = [lay.trainable for lay in self._layers]
+        return layer
+
     # -- config and saving ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         """Plain JSON-able data from which ``from_config`` rebuilds the architecture."""
@@ -624,13 +748,16 @@ class Network:
     def summary(self, print_fn=print) -> None:
         """Print the layers, their output shapes and parameter counts."""
         rows = [("Layer (type)", "Output Shape", "Param #")]
-        total = 0
+        total = trainable = 0
         fan_in = self.input_dim
         for layer in self._layers:
             count = None
             if fan_in is not None:
-                count = sum(math.prod(shape) for _, shape in layer.param_shapes(fan_in))
+                shapes = layer.param_shapes(fan_in)
+                count = sum(math.prod(shape) for _, shape in shapes)
                 total += count
+                if layer.trainable:
+                    trainable += sum(math.prod(shape) for (_, shape), t in zip(shapes, layer.trainable_params()) if t)
             fan_in = layer.output_width(fan_in)
             rows.append(
                 (
@@ -648,11 +775,12 @@ class Network:
             if i == 0:
                 print_fn(line)
         print_fn(line)
-        print_fn(
-            f"Total params: {total:,}"
-            if self.input_dim is not None
-            else "Total params: unknown until the input width is known"
-        )
+        if self.input_dim is not None:
+            print_fn(f"Total params: {total:,}")
+            print_fn(f"Trainable params: {trainable:,}")
+            print_fn(f"Non-trainable params: {total - trainable:,}")
+        else:
+            print_fn("Total params: unknown until the input width is known")
         print_fn(f"Device: {self.device} ({self.backend.name}), dtype: {self.dtype}")
 
     def __repr__(self) -> str:

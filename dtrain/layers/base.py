@@ -92,6 +92,7 @@ class Layer:
     random = False  # True: draws randomness in training (set_noise before forward)
     activity_regularizer: Any = None  # a penalty on the layer's output (Dense's argument)
     sync_batch = False  # True: sums over the global batch in training (BatchNormalization)
+    reduce: Any = None  # how a sync_batch layer sums over the ranks (Network.set_batch_reducer)
 
     name: str
     input_dim: int | None
@@ -105,6 +106,7 @@ class Layer:
         elif not isinstance(name, str) or not name:
             raise ValueError(f"Expected a non-empty string for name, received name={name!r}.")
         self.name = name
+        self._trainable = True
         self._xp: Any = None  # the array module (numpy or cupy) of the model: None until bind()
         if not hasattr(self, "input_dim"):
             self.input_dim = None
@@ -113,6 +115,24 @@ class Layer:
         # batch size -> this layer's arrays by name: allocated once per batch size in use
         self._slots: BufferCache[dict[str, Array]] = BufferCache()
         self._out: Array = None  # the last forward pass's output
+
+    @property
+    def trainable(self) -> bool:
+        """Whether training updates this layer's weights (Keras' ``layer.trainable``). Set it
+        before ``compile()``: a change takes effect at the next compile, as in Keras."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"Layer {self.name!r}: trainable must be True or False, received {value!r}.")
+        self._trainable = value
+
+    def _base_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"name": self.name}
+        if not self._trainable:  # (only when frozen: the configs of trainable layers stay as they were)
+            config["trainable"] = False
+        return config
 
     # -- shape ----------------------------------------------------------------------------------
     def output_width(self, input_width: int | None) -> int | None:
@@ -210,15 +230,19 @@ class Layer:
     # -- config -------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         """Plain JSON-able arguments from which ``from_config`` rebuilds the layer."""
-        return {"name": self.name}
+        return self._base_config()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Layer:
         """A new layer from ``get_config()``'s result."""
+        config = dict(config)
+        trainable = config.pop("trainable", True)
         try:
-            return cls(**config)
+            layer = cls(**config)
         except TypeError as exc:
             raise ValueError(f"Bad {cls.__name__} config {config!r}: {exc}") from None
+        layer.trainable = trainable
+        return layer
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -171,7 +171,7 @@ class ReLU(Activation):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "name": self.name,
+            **self._base_config(),
             "max_value": self.max_value,
             "negative_slope": self.negative_slope,
             "threshold": self.threshold,
@@ -188,7 +188,7 @@ class LeakyReLU(Activation):
         super().__init__(activations.LeakyReLU(negative_slope=self.negative_slope), name)
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "negative_slope": self.negative_slope}
+        return {**self._base_config(), "negative_slope": self.negative_slope}
 
 
 class Softmax(Activation):
@@ -203,4 +203,4 @@ class Softmax(Activation):
         super().__init__(activations.Softmax(), name)
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "axis": self.axis}
+        return {**self._base_config(), "axis": self.axis}

@@ -177,9 +177,10 @@ class Dense(Layer):
             # z is no longer needed once a is known: reuse its buffer as scratch.
             self.activation.backward(xp, grad, self._a, out=grad, scratch=self._z)
             dz = grad
-        xp.matmul(self._x.T, dz, out=self.kernel_grad)
-        if self.use_bias:
-            dz.sum(axis=0, out=self.bias_grad)
+        if self.trainable:  # (a frozen layer's gradients stay zero: no work spent on them)
+            xp.matmul(self._x.T, dz, out=self.kernel_grad)
+            if self.use_bias:
+                dz.sum(axis=0, out=self.bias_grad)
         if not need_input_grad:
             return None
         _, _, dx = self._buffers_for(dz.shape[0], need_dx=True)
@@ -199,7 +200,7 @@ class Dense(Layer):
     # -- config -------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         config = {
-            "name": self.name,
+            **self._base_config(),
             "units": self.units,
             "activation": activations.serialize(self.activation),
             "use_bias": self.use_bias,

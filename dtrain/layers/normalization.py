@@ -137,13 +137,13 @@ class _Affine(Layer):
         return pairs
 
     def _affine_backward(self, grad: Array, xhat: Array, scratch: Array) -> Array:
-        """Fill gamma's and beta's gradients (sums over this rank's rows); return dL/dxhat
-        (in ``grad``, which is overwritten)."""
+        """Fill gamma's and beta's gradients (sums over this rank's rows; none when frozen);
+        return dL/dxhat (in ``grad``, which is overwritten)."""
         xp = self._xp
-        if self.scale:
+        if self.scale and self.trainable:
             xp.multiply(grad, xhat, out=scratch)
             scratch.sum(axis=0, out=self.gamma_grad)
-        if self.center:
+        if self.center and self.trainable:
             grad.sum(axis=0, out=self.beta_grad)
         if self.scale:
             grad *= self.gamma
@@ -235,7 +235,7 @@ class LayerNormalization(_Affine):
         return g
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "axis": self.axis, **self._affine_config()}
+        return {**self._base_config(), "axis": self.axis, **self._affine_config()}
 
 
 class BatchNormalization(_Affine):
@@ -248,7 +248,12 @@ class BatchNormalization(_Affine):
     default_name = "batch_normalization"
     moving_mean: Array
     moving_variance: Array
-    sync_batch = True  # needs the ranks' sums in forward and backward (Network.set_batch_reducer)
+
+    @property
+    def sync_batch(self) -> bool:  # type: ignore[override]
+        """Needs the ranks' sums in forward and backward (Network.set_batch_reducer): in training,
+        unless frozen (a frozen BatchNormalization runs in inference mode, as in Keras)."""
+        return self.trainable
 
     def __init__(
         self,
@@ -342,7 +347,7 @@ class BatchNormalization(_Affine):
     def forward(self, x: Array, training: bool = False) -> Array:
         xp, (n, width) = self._xp, x.shape
         out = self._buffer("out", n, width, x.dtype)
-        if not training:
+        if not training or not self.trainable:  # (frozen: inference mode in training too, as Keras)
             # Keras' formula: x * inv + (beta - mean * inv), inv = gamma / sqrt(var + epsilon)
             inv = 1.0 / xp.sqrt(self.moving_variance + self.epsilon)
             if self.scale:
@@ -352,7 +357,7 @@ class BatchNormalization(_Affine):
                 offset += self.beta
             xp.multiply(x, inv, out=out)
             out += offset
-            self._out = out
+            self._out, self._inv, self._xhat = out, inv, None
             return out
         mean, var = self._statistics(x, width)
         inv = 1.0 / xp.sqrt(var + self.epsilon)
@@ -367,6 +372,11 @@ class BatchNormalization(_Affine):
 
     def backward(self, grad: Array, *, grad_is_logits: bool = False, need_input_grad: bool = True) -> Array | None:
         xp, (n, width) = self._xp, grad.shape
+        if self._xhat is None:  # frozen: the inference transform, linear in x
+            if not need_input_grad:
+                return None
+            grad *= self._inv
+            return grad
         scratch = self._buffer("scratch", n, width, grad.dtype)
         g = self._affine_backward(grad, self._xhat, scratch)
         # dx = inv * (g - sum(g) / N - xhat * sum(g * xhat) / N), sums over the global batch
@@ -399,7 +409,7 @@ class BatchNormalization(_Affine):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "name": self.name,
+            **self._base_config(),
             "axis": self.axis,
             "momentum": self.momentum,
             **self._affine_config(),
