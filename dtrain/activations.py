@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Array
+from .backend import Array, array_module_of, erf_of
 from .registry import resolve
 
 
@@ -336,14 +336,6 @@ class SiLU(_Elementwise):
         out += out2
 
 
-def _erf(xp: Any) -> Any:
-    if xp is np:
-        from scipy.special import erf
-    else:  # CuPy
-        from cupyx.scipy.special import erf
-    return erf
-
-
 class GELU(_Elementwise):
     """f(z) = z Phi(z) = z (1 + erf(z / sqrt 2)) / 2 (Keras' default); with ``approximate``,
     z (1 + tanh(sqrt(2 / pi) (z + 0.044715 z^3))) / 2."""
@@ -368,7 +360,7 @@ class GELU(_Elementwise):
             xp.tanh(out, out=out)
         else:
             xp.multiply(z, 1.0 / math.sqrt(2.0), out=out)
-            _erf(xp)(out, out=out)
+            erf_of(xp)(out, out=out)
         out += 1.0
         out *= z
         out *= 0.5
@@ -385,7 +377,7 @@ class GELU(_Elementwise):
             # Phi(z) + z phi(z)
             zc = xp.clip(z, -40.0, 40.0)
             xp.multiply(zc, 1.0 / math.sqrt(2.0), out=out)
-            _erf(xp)(out, out=out)
+            erf_of(xp)(out, out=out)
             out += 1.0
             out *= 0.5
             out += zc * xp.exp(-0.5 * zc * zc) * (1.0 / math.sqrt(2.0 * math.pi))
@@ -672,17 +664,9 @@ def serialize(activation: Activation) -> Any:
 # -- the functions, as keras.activations.X: on NumPy (or CuPy) arrays, usable as activation= ---------
 
 
-def _array_module(x: Any) -> Any:
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
 def _function(cls: type[Activation]) -> Any:
     def apply(x: Any, **kwargs: Any) -> Any:
-        xp = _array_module(x)
+        xp = array_module_of(x)
         z = xp.asarray(x)
         z = z.astype(np.float64) if z.dtype.kind != "f" else z
         out = xp.empty_like(z)

@@ -77,6 +77,24 @@ def host_copy_aside(array: Any) -> np.ndarray:
     return copy
 
 
+def array_module_of(array: Any) -> ModuleType:
+    """NumPy, or CuPy for a CuPy array."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def erf_of(xp: ModuleType) -> Any:
+    """The error function for arrays of module ``xp`` (SciPy's, or CuPy's for CuPy)."""
+    if xp is np:
+        from scipy.special import erf
+    else:
+        from cupyx.scipy.special import erf
+    return erf
+
+
 def _probe_cupy() -> tuple[ModuleType | None, str | None]:
     """Import CuPy and count CUDA devices once; return (cupy or None, reason it is unusable)."""
     global _cupy_probe

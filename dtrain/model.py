@@ -10,7 +10,9 @@ cluster (:func:`dtrain.cluster.launch.fit_on_cluster`); both run the same traini
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +23,9 @@ from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
 from .data import check_batch_size
+from .keras_files import load_keras, load_weights_h5, save_keras, save_weights_h5
 from .network import Network, Totals
-from .saving import save_model
+from .saving import read_model, save_model
 from .training.hooks import check_callbacks
 from .training.local import fit_in_process
 
@@ -206,10 +209,64 @@ class Sequential(Network):
         return self.predict_rows(self.check_x(x), batch_size)
 
     # -- saving ---------------------------------------------------------------------------------
-    def save(self, path: str, include_optimizer: bool = True) -> None:
-        """Save architecture, weights, compile settings and optimizer state to one file
-        (safetensors: no pickle, nothing in it is ever executed). Load with dtrain.load_model."""
-        save_model(self, path, include_optimizer=include_optimizer)
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True) -> None:
+        """Save the model to one file; ``dtrain.load_model`` reads it back.
+
+        - ``*.keras``: a real Keras 3 archive (``keras.models.load_model`` opens it and goes on
+          training): the architecture, the weights, the compile settings, the optimizer's state;
+        - anything else (a ``.safetensors`` file, or a folder: ``model.safetensors`` inside):
+          dtrain's format, with the optimizer's state, for resuming training.
+
+        Neither format is pickle: loading never executes anything. ``.h5`` (Keras' legacy
+        HDF5 model format) is refused rather than written in another format under that name."""
+        suffix = _suffix(path)
+        if suffix == ".weights.h5":
+            raise ValueError(f"{str(path)!r} is a weights file name: use model.save_weights({str(path)!r}).")
+        if suffix in (".h5", ".hdf5"):
+            raise ValueError(_LEGACY_H5.format(path=str(path), stem=Path(path).with_suffix("").name))
+        if suffix == ".keras":
+            self.require_built("save")
+            save_keras(self, path, include_optimizer=include_optimizer)
+        else:
+            save_model(self, path, include_optimizer=include_optimizer)
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """The weights alone, as Keras 3 writes them: ``path`` must end in ``.weights.h5``
+        (Keras' rule); Keras' ``load_weights`` reads the file too."""
+        if _suffix(path) != ".weights.h5":
+            raise ValueError(
+                f"save_weights expected a file name ending in .weights.h5 (Keras 3's weights format), received "
+                f"{str(path)!r}; model.save(...) writes the whole model."
+            )
+        save_weights_h5(self, path)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Weights from a ``.weights.h5`` file (Keras' or dtrain's), a ``.keras`` archive or a
+        dtrain model file, by layer name, every array checked against this model before any
+        is written."""
+        self.require_built("load_weights")
+        suffix = _suffix(path)
+        if suffix == ".weights.h5":
+            load_weights_h5(self, path)
+        elif suffix == ".keras":
+            other = load_keras(path, Sequential, device="cpu", compile=False)
+            self.set_weights(other.get_weights())
+        else:
+            other = read_model(path, Sequential, device="cpu", compile=False)
+            self.set_weights(other.get_weights())
+
+
+_LEGACY_H5 = (
+    "{path!r}: Keras' legacy HDF5 model format (.h5) is not supported; save as '{stem}.keras' (Keras 3's "
+    "format, which keras.models.load_model reads) or '{stem}.safetensors' (dtrain's, with the optimizer state)."
+)
+
+
+def _suffix(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    if name.endswith(".weights.h5"):
+        return ".weights.h5"
+    return Path(name).suffix
 
 
 def _as_result(logs: dict[str, float], metrics: list) -> float | list[float]:

@@ -31,6 +31,7 @@ from .backend import Array, Backend, check_dtype, get_backend, get_default_devic
 from .buffers import BufferCache
 from .data import batches, check_features, check_seed, check_targets, init_rng, new_seed
 from .layers import Flatten, InputSpec, Layer, assign_weights
+from .layers.normalization import one_process
 from .randomness import StepNoise
 
 # Each layer's arrays start on a 128-byte boundary of the flat buffers (aligned BLAS/cuBLAS
@@ -511,11 +512,9 @@ class Network:
     def set_batch_reducer(self, reduce: Any = None) -> None:
         """How layers that need the global batch (BatchNormalization) sum a float64 host array
         over the ranks, in place (a communicator's ``allreduce``); None: one process."""
-        from .layers.normalization import _no_ranks
-
         for layer in self._layers:
             if layer.reduce is not None:  # (BatchNormalization's, frozen or not)
-                layer.reduce = reduce or _no_ranks
+                layer.reduce = reduce or one_process
 
     def join_step_without_rows(self) -> None:
         """A rank with no rows in this step: zero gradient, and it joins the sums over the
@@ -649,6 +648,14 @@ class Network:
     def count_params(self) -> int:
         self.require_built("count_params")
         return sum(int(view.size) for _, view in self._weight_views())
+
+    def trainable_spans(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(offset in the flat buffers, shape) of every weight training updates, Keras order."""
+        spans = []
+        for layer, _fan_in, layer_spans in self._binding:
+            flags = layer.trainable_params() if layer.trainable else [False] * len(layer_spans)
+            spans += [span for span, flag in zip(layer_spans, flags) if flag]
+        return spans
 
     def _weights_by_training(self, trainable: bool) -> list[np.ndarray]:
         self.require_built("trainable_weights" if trainable else "non_trainable_weights")
