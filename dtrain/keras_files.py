@@ -135,37 +135,33 @@ def _keras_layer_config(layer: Layer, dtype: dict) -> dict:
     return out
 
 
-def keras_config(model: Network) -> dict:
-    """``config.json`` of a ``.keras`` file for ``model`` (built)."""
-    model.require_built("save")
-    assert model.input_dim is not None
+def keras_config(model: Network, with_compile: bool = True) -> dict:
+    """The model as Keras serialises it (``config.json`` of a ``.keras`` file; ``to_json``)."""
     dtype = _keras_object("keras", "DTypePolicy", {"name": model.dtype})
-    shape = list(model.input_shape or (model.input_dim,))
-    entries = [
-        _keras_object(
-            "keras.layers",
-            "InputLayer",
-            {"batch_shape": [None, *shape], "dtype": model.dtype, "sparse": False, "ragged": False,
-             "name": "input_layer", "optional": False},
-        )
-    ]  # fmt: skip
+    shape = list(model.input_shape) if model.input_shape is not None else None
+    entries = []
+    if shape is not None:
+        entries.append(
+            _keras_object(
+                "keras.layers",
+                "InputLayer",
+                {"batch_shape": [None, *shape], "dtype": model.dtype, "sparse": False, "ragged": False,
+                 "name": "input_layer", "optional": False},
+            )
+        )  # fmt: skip
     width: int | None = model.input_dim
     for layer in model.layers:
         entry = _keras_object("keras.layers", type(layer).__name__, _keras_layer_config(layer, dtype))
-        if layer.has_weights:
+        if layer.has_weights and width is not None:
             entry["build_config"] = {"input_shape": [None, width]}
         entries.append(entry)
         width = layer.output_width(width)
-    config = {
-        "module": "keras",
-        "class_name": "Sequential",
-        "config": {"name": model.name, "trainable": model.trainable, "dtype": dtype, "layers": entries,
-                   "build_input_shape": [None, *shape]},
-        "registered_name": None,
-        "build_config": {"input_shape": [None, *shape]},
-    }  # fmt: skip
-    compile_config = model.compile_config()
-    if compile_config is not None:
+    body: dict[str, Any] = {"name": model.name, "trainable": model.trainable, "dtype": dtype, "layers": entries}
+    config: dict[str, Any] = {"module": "keras", "class_name": "Sequential", "config": body, "registered_name": None}
+    if shape is not None:
+        body["build_input_shape"] = [None, *shape]
+        config["build_config"] = {"input_shape": [None, *shape]}
+    if with_compile and model.compiled:
         config["compile_config"] = _keras_compile_config(model)
     return config
 
@@ -297,6 +293,7 @@ def _read_optimizer_h5(source: Any) -> list[np.ndarray] | None:
 def save_keras(model: Network, path: str | os.PathLike, include_optimizer: bool = True) -> Path:
     """Write ``model`` as a Keras 3 ``.keras`` archive, atomically (with the optimizer's state
     where it has one: Keras goes on training from it)."""
+    model.require_built("save")
     target = Path(path)
     config = keras_config(model)
     weights = io.BytesIO()

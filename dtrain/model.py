@@ -10,6 +10,7 @@ cluster (:func:`dtrain.cluster.launch.fit_on_cluster`); both run the same traini
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
 from .data import check_batch_size
-from .keras_files import load_keras, load_weights_h5, save_keras, save_weights_h5
+from .keras_files import keras_config, load_keras, load_weights_h5, save_keras, save_weights_h5
 from .network import Network, Totals
 from .saving import read_model, save_model
 from .training.hooks import check_callbacks
@@ -229,6 +230,11 @@ class Sequential(Network):
             save_keras(self, path, include_optimizer=include_optimizer)
         else:
             save_model(self, path, include_optimizer=include_optimizer)
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The architecture as Keras serialises it (``json.dumps`` arguments pass through):
+        ``dtrain.models.model_from_json`` and ``keras.models.model_from_json`` both read it."""
+        return json.dumps(keras_config(self, with_compile=False), **kwargs)
 
     def save_weights(self, path: str | os.PathLike) -> None:
         """The weights alone, as Keras 3 writes them: ``path`` must end in ``.weights.h5``

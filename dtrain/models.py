@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from .keras_files import load_keras
+from .keras_files import load_keras, model_from_keras_config
 from .model import Sequential
 from .saving import read_model
 
@@ -28,4 +29,16 @@ def load_model(path: str | os.PathLike, device: str | None = None, compile: bool
     return read_model(path, Sequential, device=device, compile=compile)
 
 
-__all__ = ["Sequential", "load_model"]
+def model_from_json(json_string: str, device: str | None = None) -> Sequential:
+    """The (unbuilt, uncompiled) model of ``model.to_json()``, dtrain's or Keras' (Keras'
+    ``to_json`` of a Sequential model of the layers dtrain has)."""
+    try:
+        config = json.loads(json_string)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"model_from_json expected a JSON string of a model, received {json_string!r:.80} ({exc})."
+        ) from None
+    return model_from_keras_config(config, Sequential, device=device)
+
+
+__all__ = ["Sequential", "load_model", "model_from_json"]

@@ -194,3 +194,17 @@ def test_training_goes_on_across_the_two_libraries_with_the_optimizer_state(tmp_
     theirs.fit(x, y, epochs=1, batch_size=10, shuffle=False, verbose=0)
     back.fit(x, y, epochs=1, batch_size=10, shuffle=False, verbose=0)
     assert max_relative_difference(back.get_weights(), theirs.get_weights()) < 1e-9
+
+
+def test_to_json_round_trips_and_keras_reads_it():
+    keras = keras_or_skip()
+    model = _dtrain_model()
+    text = model.to_json()
+    again = dtrain.models.model_from_json(text)
+    assert again.get_config() == model.get_config() and not again.compiled
+    theirs = keras.models.model_from_json(text)
+    assert [type(layer).__name__ for layer in theirs.layers] == [type(layer).__name__ for layer in model.layers]
+    unbuilt = dtrain.Sequential([Dense(3), Dropout(0.1)])
+    assert dtrain.models.model_from_json(unbuilt.to_json()).get_config() == unbuilt.get_config()
+    with pytest.raises(ValueError, match="model_from_json expected a JSON string"):
+        dtrain.models.model_from_json("{nope")
