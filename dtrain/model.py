@@ -151,7 +151,7 @@ class Sequential(Network):
         self.check_trainable_compiled()
         x, y = self.check_xy(x, y)
         self.build(x.shape[1])
-        totals = Totals([m.name for m in self.metrics])
+        totals = Totals(self.metrics)
         totals.add(*self.compute_gradients(self.backend.asarray(x), self.backend.asarray(y)))
         self.apply_gradients()
         return _as_result(totals.logs(), self.metrics)

@@ -43,13 +43,16 @@ DEFAULT_OPTIMIZER = "rmsprop"  # Keras' compile() default
 
 
 class Totals:
-    """Running sums over an epoch (or an evaluation): sample count, loss sum, metric sums."""
+    """Running sums over an epoch (or an evaluation): sample count, loss sum, and each metric's
+    state (its sums: one for a mean, confusion counts for precision or AUC), all of which add
+    up exactly across batches and ranks."""
 
-    def __init__(self, metric_names: Sequence[str]):
-        self.names = list(metric_names)
+    def __init__(self, metrics: Sequence[metrics_module.Metric]):
+        self.metric_list = list(metrics)
+        self.names = [m.name for m in self.metric_list]
         self.count = 0
         self.loss = 0.0
-        self.metrics = [0.0] * len(self.names)
+        self.metrics = [0.0] * sum(m.state_size for m in self.metric_list)
 
     def add(self, count: int, loss_sum: float, metric_sums: Sequence[float]) -> None:
         self.count += count
@@ -62,8 +65,8 @@ class Totals:
         return np.array([self.count, self.loss, *self.metrics], dtype=np.float64)
 
     @classmethod
-    def from_array(cls, metric_names: Sequence[str], values: np.ndarray) -> Totals:
-        totals = cls(metric_names)
+    def from_array(cls, metrics: Sequence[metrics_module.Metric], values: np.ndarray) -> Totals:
+        totals = cls(metrics)
         totals.count, totals.loss, totals.metrics = (
             int(round(values[0])),
             float(values[1]),
@@ -74,7 +77,11 @@ class Totals:
     def logs(self) -> dict[str, float]:
         n = max(self.count, 1)
         out = {"loss": self.loss / n}
-        out.update({name: total / n for name, total in zip(self.names, self.metrics)})
+        start = 0
+        for metric in self.metric_list:
+            state = np.asarray(self.metrics[start : start + metric.state_size], dtype=np.float64)
+            out[metric.name] = float(metric.result(state, self.count))
+            start += metric.state_size
         return out
 
 
@@ -158,6 +165,11 @@ class Network:
     def flattens_input(self) -> bool:
         """Whether samples of more than one axis are flattened (the model starts with Flatten)."""
         return bool(self._layers) and isinstance(self._layers[0], Flatten)
+
+    @property
+    def metric_state_size(self) -> int:
+        """How many numbers the metrics' states are (what a step's sums carry besides count and loss)."""
+        return sum(m.state_size for m in self.metrics)
 
     @property
     def metrics_names(self) -> list[str]:
@@ -423,7 +435,7 @@ class Network:
         loss = float(per_sample.sum())
         if self._penalized:
             loss += self._penalties(len(y))
-        return loss, [float(m.per_sample(xp, y, out).sum()) for m in self.metrics]
+        return loss, [float(v) for m in self.metrics for v in m.update(xp, y, out)]
 
     @property
     def _penalized(self) -> bool:
@@ -605,7 +617,7 @@ class Network:
 
     def evaluation_totals(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Totals:
         """Sums of loss and metrics over (x, y) (host arrays, already checked)."""
-        totals = Totals([m.name for m in self.metrics])
+        totals = Totals(self.metrics)
         for rows in batches(len(x), batch_size):
             xb, yb = self.backend.asarray(x[rows]), self.backend.asarray(y[rows])
             out = self.forward(xb, training=False)

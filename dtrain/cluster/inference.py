@@ -80,7 +80,7 @@ def evaluate_on_cluster(
             )
         )
     total = np.sum(client.gather(futures), axis=0)
-    return Totals.from_array([m.name for m in model.metrics], total).logs()
+    return Totals.from_array(model.metrics, total).logs()
 
 
 def predict_on_cluster(

@@ -145,14 +145,14 @@ def train(
             f"Rank {comm.rank} received {batches.rows} training rows for shards {list(owned)}, "
             f"expected {sampler.rows}: the data changed between planning and loading."
         )
-    names = [m.name for m in network.metrics]
+    metrics = network.metrics
     times = StepTimes((config.epochs - start.epoch) * plan.steps - start.step)
     trained: list[dict[str, float]] = []  # the epochs this run completed
     before = list(start.history or [])  # epochs done before it (a resumed run)
     survivor = Survivor(network, sync, start.epoch, start.step, before, trained)
     skipped = 0
     logs: dict[str, float] = {}
-    no_rows = (0, 0.0, [0.0] * len(names))  # the sums of a rank with no rows in a step
+    no_rows = (0, 0.0, [0.0] * network.metric_state_size)  # the sums of a rank with no rows in a step
     uses_noise = network.uses_noise
 
     def checkpoint(epoch: int, step: int, totals: Totals | None) -> None:
@@ -189,9 +189,9 @@ def train(
             epoch_start = time.perf_counter()
             progress.epoch_begin(epoch)
             first_step = start.step if epoch == start.epoch else 0
-            totals = Totals(names)
+            totals = Totals(metrics)
             if first_step and start.totals is not None:
-                totals = Totals.from_array(names, np.asarray(start.totals))  # the global sums of the steps before
+                totals = Totals.from_array(metrics, np.asarray(start.totals))  # the global sums of the steps before
             survivor.step_done(epoch, first_step, totals)
             completed = True
             for step, (rows, global_count) in enumerate(sampler.epoch(epoch, first_step), start=first_step):
@@ -237,10 +237,12 @@ def train(
 
             logs = totals.logs()  # over the whole global batch: the steps' sums are global
             if has_validation:
-                local = Totals(names) if validation is None else network.evaluation_totals(*validation, plan.batch_size)
+                local = (
+                    Totals(metrics) if validation is None else network.evaluation_totals(*validation, plan.batch_size)
+                )
                 val_sums = local.to_array()
                 comm.allreduce(val_sums)
-                logs.update({f"val_{k}": v for k, v in Totals.from_array(names, val_sums).logs().items()})
+                logs.update({f"val_{k}": v for k, v in Totals.from_array(metrics, val_sums).logs().items()})
             if completed:
                 trained.append(logs)
                 if config.checkpoint is not None:

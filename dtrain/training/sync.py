@@ -123,7 +123,7 @@ class GradientSync:
         self.network, self.comm, self.on_nonfinite = network, comm, on_nonfinite
         self.finite = FiniteCheck(network.backend.xp)
         self.talking = Stopwatch()
-        self.sums_size = 2 + len(network.metrics)  # samples, loss sum, metric sums
+        self.sums_size = 2 + network.metric_state_size  # samples, loss sum, the metrics' sums
         self._sums = np.zeros(self.sums_size, dtype=np.float64)
 
     def step(self, epoch: int, step: int, sums: StepSums) -> StepSums | None:
@@ -276,7 +276,7 @@ def choose_sync(network: Network, comm: Communicator, on_nonfinite: str) -> Grad
     sharded = getattr(comm, "has_reduce_scatter", False) and grads.nbytes >= SHARDED_STEP_MIN_BYTES
     if sharded:
         return ShardedStep(network, comm, on_nonfinite, comm.shared_array(grads.size, grads.dtype))
-    shared = comm.shared_array(grads.size + 2 + len(network.metrics), grads.dtype)  # room for the step's sums
+    shared = comm.shared_array(grads.size + 2 + network.metric_state_size, grads.dtype)  # room for the step's sums
     if shared is not None:
         return SharedAllreduce(network, comm, on_nonfinite, shared)
     return InPlaceAllreduce(network, comm, on_nonfinite)
