@@ -6,6 +6,7 @@ expected, so that bad input fails fast and loses nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,7 +84,8 @@ def check_features(
     several axes are flattened in C order (channels_first: the channel axis, axis 1, moved last
     first); ``sample_shape``: the declared shape of one sample, checked before flattening."""
     x = _as_host_array(x, name)
-    if flatten is not None and x.ndim >= 2:
+    already_flat = sample_shape is not None and x.ndim == 2 and x.shape[1] == math.prod(sample_shape)
+    if flatten is not None and x.ndim >= 2 and not already_flat:  # (rows the client flattened: as they are)
         if sample_shape is not None and x.shape[1:] != tuple(sample_shape):
             raise ValueError(
                 f"{name} has samples of shape {x.shape[1:]} (shape {x.shape}), but the model expects "

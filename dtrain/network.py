@@ -110,6 +110,7 @@ class Network:
         self._layer_names: set[str] = set()
         self._input: InputSpec | None = None  # Input(shape=...), or the first layer's declared input
         self._input_given = False  # whether through Input(shape=...)
+        self._data_shape: tuple[int, ...] | None = None  # a sample's shape in the data Flatten first saw
         self._width: int | None = None  # the stack's output width, where known before building
         # The flat buffers (NumPy or CuPy arrays): None until build().
         self.params: Array = None
@@ -289,6 +290,8 @@ class Network:
                 "The model's input width is unknown: start the model with Input(shape=(features,)), pass "
                 "input_dim= to the first Dense layer, call build(input_dim), or let fit() take it from the data."
             )
+        if self._input is None and self._data_shape is not None and math.prod(self._data_shape) == input_dim:
+            self._input = InputSpec(self._data_shape)  # the shape Flatten takes, as saved models record it
         if self._input is not None and input_dim != self._input.width:
             raise ValueError(
                 f"Model {self.name!r} declares inputs of shape {self._input.shape} ({self._input.width} features), "
@@ -583,6 +586,8 @@ class Network:
         first = self._layers[0] if self._layers else None
         if not isinstance(first, Flatten):
             return check_features(x, input_dim, self.dtype, name=name)
+        if self._input is None and len(np.shape(x)) > 1:
+            self._data_shape = tuple(int(d) for d in np.shape(x)[1:])  # (build makes it the model's input)
         shape = self._input.shape if self._input is not None else None
         return check_features(x, input_dim, self.dtype, name=name, flatten=first.data_format, sample_shape=shape)
 
@@ -597,6 +602,8 @@ class Network:
                 f"{name} must be 2-D (samples, features); {what} has rows of shape {row_shape}. Start the model "
                 "with Flatten() to flatten each sample."
             )
+        if self._input is None and isinstance(first, Flatten):
+            self._data_shape = tuple(row_shape)
         if self._input is not None and isinstance(first, Flatten) and tuple(row_shape) != self._input.shape:
             raise ValueError(
                 f"{name} has samples of shape {tuple(row_shape)} ({what}), but the model expects {self._input.shape}."
@@ -740,7 +747,9 @@ class Network:
     def get_config(self) -> dict[str, Any]:
         """Plain JSON-able data from which ``from_config`` rebuilds the architecture."""
         entries = [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self._layers]
-        if self._input_given and self._input is not None:  # Input(shape=...): Keras' InputLayer entry
+        first = self._layers[0] if self._layers else None
+        from_data = isinstance(first, Flatten) and first.input_shape is None  # (its shape came from the data)
+        if self._input is not None and (self._input_given or from_data):  # Keras' InputLayer entry
             entries.insert(0, {"class_name": "InputLayer", "config": self._input.get_config()})
         return {"name": self.name, "dtype": self.dtype, "layers": entries}
 

@@ -261,8 +261,8 @@ def test_unknown_activation_lists_known_names():
 
 
 def test_unknown_loss_lists_known_names():
-    with pytest.raises(ValueError, match="Unknown loss 'hinge'") as info:
-        small_model().compile(optimizer="sgd", loss="hinge")
+    with pytest.raises(ValueError, match="Unknown loss 'hingey'") as info:
+        small_model().compile(optimizer="sgd", loss="hingey")
     _assert_lists(
         str(info.value),
         ["categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy", "mse", "mae"],

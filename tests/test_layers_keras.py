@@ -14,6 +14,7 @@ import dtrain
 from dtrain import randomness
 from dtrain.layers import (
     Activation,
+    BatchNormalization,
     Dense,
     Dropout,
     Flatten,
@@ -273,3 +274,47 @@ def test_dropout_and_noise_on_two_workers_equal_one_process(shuffle):
     plain.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
     plain.fit(x, labels, **kwargs)
     assert not np.allclose(plain.get_weights()[0], local.get_weights()[0])
+
+
+def test_a_flatten_model_built_from_data_saves_and_loads_its_sample_shape(tmp_path):
+    model = dtrain.Sequential([Flatten(), Dense(4), Dense(2)], dtype="float64")
+    model.compile(loss="mse")
+    x = np.random.default_rng(0).standard_normal((10, 3, 2))
+    model.fit(x, np.zeros((10, 2)), epochs=1, verbose=0, seed=0)
+    assert model.input_shape == (3, 2)
+    for name in ("m.safetensors", "m.keras"):
+        model.save(tmp_path / name)
+        again = dtrain.load_model(tmp_path / name)
+        np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@pytest.mark.cluster
+def test_image_shaped_data_on_two_workers_equals_one_process():
+    """Flatten without a declared shape: the client takes the shape from the data, flattens the
+    rows it sends, and the ranks take them as they come."""
+    client = shared_client(2)
+    x = np.random.default_rng(0).standard_normal((60, 4, 3))
+    labels = np.random.default_rng(1).integers(0, 3, 60)
+
+    def model():
+        m = dtrain.Sequential(
+            [
+                Flatten(),
+                Dense(8, activation="relu"),
+                BatchNormalization(),
+                Dropout(0.3),
+                Dense(3, activation="softmax"),
+            ],
+            dtype="float64",
+        )
+        m.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return m
+
+    local, distributed = model(), model()
+    h_local = local.fit(x, labels, epochs=2, batch_size=16, seed=3, shards=2, verbose=0)
+    h_dist = distributed.fit(x, labels, epochs=2, batch_size=16, seed=3, client=client, verbose=0)
+    for a, b in zip(distributed.get_weights(), local.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert h_dist.history == pytest.approx(h_local.history, rel=1e-9)
+    assert distributed.input_shape == (4, 3)
+    np.testing.assert_allclose(distributed.predict(x, client=client), local.predict(x, verbose=0), rtol=1e-9)
