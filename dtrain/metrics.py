@@ -166,30 +166,48 @@ class MeanAbsolutePercentageError(Metric):
 
 
 class _Thresholded(Metric):
-    """Binary decisions out > threshold against labels y != 0, over every output."""
+    """Binary decisions out > threshold against labels y != 0, over every output; with
+    ``top_k``, only each row's k largest outputs can be positive (then the threshold defaults
+    to none at all, as Keras' does); with ``class_id``, one output column only."""
 
     def __init__(self, thresholds: Any = None, top_k: Any = None, class_id: Any = None, name: str | None = None):
         super().__init__(name)
         where = type(self).__name__
-        if top_k is not None or class_id is not None:
-            raise ValueError(f"{where}(top_k=, class_id=) is not supported yet: leave them None (all outputs).")
-        if thresholds is None:
-            thresholds = 0.5
+        for arg, value in (("top_k", top_k), ("class_id", class_id)):
+            low = 1 if arg == "top_k" else 0
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"{where} expected {arg} to be None or an integer >= {low}, received {arg}={value!r}.")
+        self.top_k, self.class_id = top_k, class_id
         if isinstance(thresholds, (list, tuple)):
             if len(thresholds) != 1:
                 raise ValueError(f"{where} takes one threshold here (one value per metric), received {thresholds!r}.")
             thresholds = thresholds[0]
-        if isinstance(thresholds, bool) or not isinstance(thresholds, (int, float)) or not 0 <= thresholds <= 1:
+        if thresholds is not None and (
+            isinstance(thresholds, bool) or not isinstance(thresholds, (int, float)) or not 0 <= thresholds <= 1
+        ):
             raise ValueError(f"{where} expected a threshold in [0, 1], received thresholds={thresholds!r}.")
-        self.threshold = float(thresholds)
+        self.thresholds = thresholds
+        self.threshold = float(thresholds) if thresholds is not None else (0.5 if top_k is None else -np.inf)
+
+    def prepare(self, units: int) -> None:
+        if self.class_id is not None and self.class_id >= units:
+            raise ValueError(
+                f"{type(self).__name__}(class_id={self.class_id}) is out of range for a model with {units} outputs."
+            )
 
     def _counts(self, xp, y, out) -> tuple[float, float, float]:
         predicted, actual = out > self.threshold, y != 0
+        if self.top_k is not None:  # each row's k largest (ties at the k-th: all of them; Keras: the first)
+            k = min(self.top_k, out.shape[-1])
+            kth = xp.sort(out, axis=-1)[:, -k]
+            predicted &= out >= kth[:, None]
+        if self.class_id is not None:
+            predicted, actual = predicted[:, self.class_id], actual[:, self.class_id]
         tp = float((predicted & actual).sum())
         return tp, float((predicted & ~actual).sum()), float((~predicted & actual).sum())
 
     def get_config(self):
-        return {"name": self.name, "thresholds": self.threshold}
+        return {"name": self.name, "thresholds": self.thresholds, "top_k": self.top_k, "class_id": self.class_id}
 
 
 class Precision(_Thresholded):
@@ -279,7 +297,8 @@ class AUC(Metric):
     """Keras' AUC: confusion counts at ``num_thresholds`` thresholds evenly in [0, 1] (and just
     outside it), summed over the epoch, then the ROC or PR curve's area (``summation_method``
     "interpolation": trapezoids for ROC, Davis & Goadrich's interpolation for PR; or
-    "minoring"/"majoring"). Every output is one binary decision (``multi_label=False``)."""
+    "minoring"/"majoring"). Every output is one binary decision, or with ``multi_label`` each
+    output column has its own curve and the areas are averaged."""
 
     default_name = "auc"
 
@@ -294,26 +313,42 @@ class AUC(Metric):
             raise ValueError(
                 f"AUC expected summation_method 'interpolation', 'minoring' or 'majoring', received {summation_method!r}."
             )
-        if multi_label:
-            raise ValueError("AUC(multi_label=True) is not supported yet: every output is one binary decision.")
+        if not isinstance(multi_label, bool):
+            raise ValueError(f"AUC expected a bool for multi_label, received multi_label={multi_label!r}.")
+        self.multi_label, self.labels = multi_label, 1
         self.num_thresholds, self.curve, self.summation_method = num_thresholds, str(curve).upper(), summation_method
         inner = [(i + 1) / (num_thresholds - 1) for i in range(num_thresholds - 2)]
         self.thresholds = np.array([0.0 - losses.EPSILON, *inner, 1.0 + losses.EPSILON])
-        self.state_size = 4 * num_thresholds  # TP, FP, TN, FN at each threshold
+        self.state_size = 4 * num_thresholds  # TP, FP, TN, FN at each threshold (per label: multi_label)
+
+    def prepare(self, units: int) -> None:
+        if self.multi_label:
+            self.labels = units
+            self.state_size = 4 * self.num_thresholds * units
 
     def update(self, xp, y, out):
-        scores, actual = out.reshape(-1), (y != 0).reshape(-1)
         thresholds = xp.asarray(self.thresholds, dtype=out.dtype)
-        # Count per threshold from the sorted scores: O(n log n), not O(n x thresholds).
-        pos_scores, neg_scores = xp.sort(scores[actual]), xp.sort(scores[~actual])
-        tp = pos_scores.size - xp.searchsorted(pos_scores, thresholds, side="right")
-        fp = neg_scores.size - xp.searchsorted(neg_scores, thresholds, side="right")
-        tn, fn = neg_scores.size - fp, pos_scores.size - tp
-        stacked = xp.concatenate([tp, fp, tn, fn]).astype(np.float64)
-        return (stacked.get() if hasattr(stacked, "get") else stacked).tolist()
+        actual = y != 0
+        columns = (
+            [(out[:, j], actual[:, j]) for j in range(out.shape[1])]
+            if self.multi_label
+            else [(out.reshape(-1), actual.reshape(-1))]
+        )
+        counts = []
+        for scores, positive in columns:
+            # Count per threshold from the sorted scores: O(n log n), not O(n x thresholds).
+            pos_scores, neg_scores = xp.sort(scores[positive]), xp.sort(scores[~positive])
+            tp = pos_scores.size - xp.searchsorted(pos_scores, thresholds, side="right")
+            fp = neg_scores.size - xp.searchsorted(neg_scores, thresholds, side="right")
+            counts.append(xp.stack([tp, fp, neg_scores.size - fp, pos_scores.size - tp]))  # (4, thresholds)
+        stacked = xp.stack(counts, axis=-1).astype(np.float64)  # (4, thresholds, labels)
+        return (stacked.get() if hasattr(stacked, "get") else stacked).reshape(-1).tolist()
 
     def result(self, state, count):
-        tp, fp, tn, fn = state.reshape(4, self.num_thresholds)
+        per_label = state.reshape(4, self.num_thresholds, self.labels if self.multi_label else 1)
+        return float(np.mean([self._area(*per_label[:, :, j]) for j in range(per_label.shape[2])]))
+
+    def _area(self, tp, fp, tn, fn) -> float:
         n = self.num_thresholds
         if self.curve == "PR" and self.summation_method == "interpolation":
             dtp = tp[: n - 1] - tp[1:]
@@ -340,7 +375,7 @@ class AUC(Metric):
 
     def get_config(self):
         return {"name": self.name, "num_thresholds": self.num_thresholds, "curve": self.curve,
-                "summation_method": self.summation_method}  # fmt: skip
+                "summation_method": self.summation_method, "multi_label": self.multi_label}  # fmt: skip
 
 
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:

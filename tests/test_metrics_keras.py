@@ -20,7 +20,16 @@ CASES = [
     ({"class_name": "precision", "config": {"thresholds": 0.3}}, "Precision", {"thresholds": 0.3},
      "binary_crossentropy", "binary"),
     ("recall", "Recall", {}, "binary_crossentropy", "binary"),
+    ({"class_name": "precision", "config": {"top_k": 2}}, "Precision", {"top_k": 2}, "categorical_crossentropy",
+     "onehot"),
+    ({"class_name": "recall", "config": {"class_id": 3}}, "Recall", {"class_id": 3}, "binary_crossentropy", "binary"),
+    ({"class_name": "precision", "config": {"top_k": 3, "class_id": 1, "thresholds": 0.2}}, "Precision",
+     {"top_k": 3, "class_id": 1, "thresholds": 0.2}, "categorical_crossentropy", "onehot"),
     ("auc", "AUC", {}, "binary_crossentropy", "binary"),
+    ({"class_name": "auc", "config": {"multi_label": True}}, "AUC", {"multi_label": True}, "binary_crossentropy",
+     "binary"),
+    ({"class_name": "auc", "config": {"multi_label": True, "curve": "PR"}}, "AUC", {"multi_label": True, "curve": "PR"},
+     "binary_crossentropy", "binary"),
     ({"class_name": "auc", "config": {"curve": "PR"}}, "AUC", {"curve": "PR"}, "binary_crossentropy", "binary"),
     ({"class_name": "auc", "config": {"num_thresholds": 50, "summation_method": "minoring"}}, "AUC",
      {"num_thresholds": 50, "summation_method": "minoring"}, "binary_crossentropy", "binary"),
@@ -98,8 +107,8 @@ def test_bad_metric_arguments_say_what_to_do():
     loss = losses.get("categorical_crossentropy")
     with pytest.raises(ValueError, match="F1Score\\(average=None\\).*'macro'"):
         metrics.get("f1_score", loss, 3)
-    with pytest.raises(ValueError, match="top_k=, class_id=\\) is not supported yet"):
-        metrics.get({"class_name": "precision", "config": {"class_id": 1}}, loss, 3)
+    with pytest.raises(ValueError, match="class_id=5\\) is out of range for a model with 3 outputs"):
+        metrics.get({"class_name": "precision", "config": {"class_id": 5}}, loss, 3)
     with pytest.raises(ValueError, match="AUC expected num_thresholds > 1"):
         metrics.get({"class_name": "auc", "config": {"num_thresholds": 1}}, loss, 3)
 
