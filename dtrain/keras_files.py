@@ -79,16 +79,9 @@ def _keras_initializer(initializer: Any) -> dict:
     return _keras_object("keras.initializers", class_name, config)
 
 
-def _keras_regularizer(regularizer: Any) -> dict | None:
-    if regularizer is None:
-        return None
-    return _keras_object("keras.regularizers", type(regularizer).__name__, regularizer.get_config())
-
-
-def _keras_constraint(constraint: Any) -> dict | None:
-    if constraint is None:
-        return None
-    return _keras_object("keras.constraints", type(constraint).__name__, constraint.get_config())
+def _keras_by_class(module: str, obj: Any) -> dict | None:
+    """A regularizer or constraint in Keras' form (same class names, same arguments)."""
+    return None if obj is None else _keras_object(module, type(obj).__name__, obj.get_config())
 
 
 def _keras_activation(activation: Any, where: str) -> str:
@@ -113,9 +106,9 @@ def _keras_layer_config(layer: Layer, dtype: dict) -> dict:
         elif key.endswith("_initializer"):
             out[key] = _keras_initializer(getattr(layer, key))
         elif key.endswith("_regularizer"):
-            out[key] = _keras_regularizer(getattr(layer, key))
+            out[key] = _keras_by_class("keras.regularizers", getattr(layer, key))
         elif key.endswith("_constraint"):
-            out[key] = _keras_constraint(getattr(layer, key))
+            out[key] = _keras_by_class("keras.constraints", getattr(layer, key))
         else:
             out[key] = value
     # Keras writes every argument; those dtrain leaves out of a plain layer's config:
@@ -221,6 +214,18 @@ _SLOT_GROUPS: dict[str, list[tuple[str, ...]]] = {
 }
 
 
+def _slot_layout(model: Network) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(slot, offset in the flat buffers, shape) of each of Keras' optimizer variables after
+    (iteration, learning_rate), in Keras' order."""
+    optimizer = model.compiled_optimizer
+    layout: list[tuple[str, int, tuple[int, ...]]] = []
+    for group in _SLOT_GROUPS[optimizer.name]:
+        names = [name for name in group if name in optimizer.slot_names]
+        for start, shape in model.trainable_spans() if names else []:
+            layout += [(name, start, shape) for name in names]
+    return layout
+
+
 def _optimizer_arrays(model: Network) -> list[np.ndarray]:
     """The optimizer's state as Keras' list of variables (empty before it was built)."""
     optimizer = model.compiled_optimizer
@@ -228,34 +233,24 @@ def _optimizer_arrays(model: Network) -> list[np.ndarray]:
         return []
     state = optimizer.get_state()
     arrays = [np.array(optimizer.iterations, dtype=np.int64), np.array(optimizer.learning_rate, dtype=model.dtype)]
-    spans = model.trainable_spans()
-    for group in _SLOT_GROUPS[optimizer.name]:
-        names = [name for name in group if name in optimizer.slot_names]
-        for start, shape in spans if names else []:
-            size = int(np.prod(shape))
-            arrays += [state[name][start : start + size].reshape(shape) for name in names]
+    for name, start, shape in _slot_layout(model):
+        arrays.append(state[name][start : start + int(np.prod(shape))].reshape(shape))
     return arrays
 
 
 def _set_optimizer_state(model: Network, arrays: list[np.ndarray], where: str) -> None:
     optimizer = model.compiled_optimizer
-    expected = len(_optimizer_arrays(model))
-    if len(arrays) != expected:
+    layout = _slot_layout(model)
+    if len(arrays) != 2 + len(layout):
         raise KerasFileError(
-            f"{where}: the optimizer's state has {len(arrays)} variables, {optimizer.name} on this model has {expected}."
+            f"{where}: the optimizer's state has {len(arrays)} variables, {optimizer.name} on this model has "
+            f"{2 + len(layout)}."
         )
     state = optimizer.get_state()
-    spans, i = model.trainable_spans(), 2
-    for group in _SLOT_GROUPS[optimizer.name]:
-        names = [name for name in group if name in optimizer.slot_names]
-        for start, shape in spans if names else []:
-            for name in names:
-                if arrays[i].shape != tuple(shape):
-                    raise KerasFileError(
-                        f"{where}: optimizer variable {i} has shape {arrays[i].shape}, expected {shape}."
-                    )
-                state[name][start : start + arrays[i].size] = arrays[i].reshape(-1)
-                i += 1
+    for i, (name, start, shape) in enumerate(layout, start=2):
+        if arrays[i].shape != tuple(shape):
+            raise KerasFileError(f"{where}: optimizer variable {i} has shape {arrays[i].shape}, expected {shape}.")
+        state[name][start : start + arrays[i].size] = arrays[i].reshape(-1)
     state["iterations"] = np.asarray(arrays[0], dtype=np.int64)
     optimizer.set_state(state)
 
@@ -355,13 +350,18 @@ def _dtrain_initializer(value: Any, where: str) -> Any:
     return value
 
 
-_IGNORED = {"dtype", "quantization_config", "sparse", "ragged", "optional", "renorm_momentum"}
+_IGNORED = {"optional", "renorm_momentum"}  # (renorm_momentum means nothing without renorm)
 _MUST_BE = {  # Keras arguments dtrain has no use for, and the only value it can honour
     "renorm": False, "renorm_clipping": None, "rms_scaling": False, "noise_shape": None,
+    "quantization_config": None, "sparse": False, "ragged": False,
 }  # fmt: skip
 
 
-def _dtrain_layer(entry: dict, index: int) -> Layer | InputSpec:
+def _policy_name(policy: Any) -> Any:
+    return policy.get("config", {}).get("name") if isinstance(policy, dict) else policy
+
+
+def _dtrain_layer(entry: dict, index: int, dtype: str) -> Layer | InputSpec:
     class_name = entry.get("class_name")
     where = f"layers[{index}] ({class_name})"
     _plain_object(entry, "layer", where)  # refuses custom layers
@@ -375,8 +375,13 @@ def _dtrain_layer(entry: dict, index: int) -> Layer | InputSpec:
         if key in config and config.pop(key) != required:
             raise KerasFileError(f"{where}: {key}={entry['config'][key]!r} is not supported (only {required!r}).")
     for key in _IGNORED & set(config):
-        if class_name != "InputLayer" or key != "dtype":
-            config.pop(key)
+        config.pop(key)
+    layer_dtype = _policy_name(config.pop("dtype", None))
+    if class_name != "InputLayer" and layer_dtype not in (None, dtype):  # (inputs are cast to the model's)
+        raise KerasFileError(
+            f"{where}: the layer computes in {layer_dtype!r} and the model in {dtype!r}; dtrain models compute in "
+            "one dtype."
+        )
     if isinstance(config.get("axis"), list) and len(config["axis"]) == 1:  # (LayerNormalization writes [-1])
         config["axis"] = config["axis"][0]
     for key in list(config):
@@ -389,15 +394,13 @@ def _dtrain_layer(entry: dict, index: int) -> Layer | InputSpec:
         elif key == "activation":
             config[key] = _plain_object(config[key], "activation", where)
     if class_name == "InputLayer":
-        config.pop("dtype", None)
         if config.get("name") == "input_layer":  # (Keras' default name: nothing to keep)
             config.pop("name")
     return layer_from_config({"class_name": class_name, "config": config})
 
 
 def _dtype_of(config: dict) -> str:
-    policy = config.get("dtype")
-    name = policy.get("config", {}).get("name") if isinstance(policy, dict) else policy
+    name = _policy_name(config.get("dtype"))
     if name not in (None, "float32", "float64"):
         raise KerasFileError(f"the model computes in {name!r}; dtrain models are float32 or float64.")
     return name or "float32"
@@ -413,9 +416,10 @@ def model_from_keras_config(config: Any, cls: type[_N], device: str | None = Non
         raise KerasFileError("its Sequential config has no 'layers' list.")
     problems: list[str] = []
     layers: list[Layer | InputSpec] = []
+    dtype = _dtype_of(body)
     for i, entry in enumerate(entries):
         try:
-            layers.append(_dtrain_layer(entry, i))
+            layers.append(_dtrain_layer(entry, i, dtype))
         except (KerasFileError, ValueError, TypeError) as exc:
             problems.append(str(exc))
     if problems:
@@ -424,7 +428,7 @@ def model_from_keras_config(config: Any, cls: type[_N], device: str | None = Non
         shape = (config.get("build_config") or {}).get("input_shape") or body.get("build_input_shape")
         if isinstance(shape, list) and len(shape) >= 2:
             layers.insert(0, InputSpec(tuple(int(d) for d in shape[1:])))
-    return cls(layers, name=body.get("name"), device=device, dtype=_dtype_of(body))
+    return cls(layers, name=body.get("name"), device=device, dtype=dtype)
 
 
 def _compile_from_keras(model: Network, compile_config: dict) -> None:
@@ -446,6 +450,9 @@ def _compile_from_keras(model: Network, compile_config: dict) -> None:
             raise KerasFileError("the learning rate is a schedule, which dtrain does not have yet.")
     loss = _plain_object(compile_config.get("loss"), "loss", "compile_config")
     if isinstance(loss, dict):
+        reduction = loss["config"].get("reduction", "sum_over_batch_size")
+        if reduction not in (None, "sum_over_batch_size"):
+            raise KerasFileError(f"the loss's reduction={reduction!r} is not supported (only the batch mean).")
         loss["config"] = {k: v for k, v in loss["config"].items() if k not in ("name", "reduction", "dtype")}
     for key in ("loss_weights", "weighted_metrics"):
         if compile_config.get(key):

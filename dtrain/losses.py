@@ -116,26 +116,30 @@ def _smoothing(value: Any, loss: str) -> float:
     return float(value)
 
 
-class CategoricalCrossentropy(Loss):
-    """-sum_i y_i log p_i, with y one-hot (or soft labels that sum to 1) of shape (n, classes).
-    ``label_smoothing`` s: the targets become y (1 - s) + s / classes, as Keras does."""
-
-    name = "categorical_crossentropy"
-    fused_activation: str | None = "softmax"
+class _Smoothed(Loss):
+    """The cross-entropies' ``label_smoothing`` argument (each smooths its own way: ``_smooth``)."""
 
     def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0):
         super().__init__(from_logits)
         self.label_smoothing = _smoothing(label_smoothing, self.name)
-
-    def _smooth(self, y):
-        s = self.label_smoothing
-        return y if not s else y * (1.0 - s) + s / y.shape[-1]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         if self.label_smoothing:
             config["label_smoothing"] = self.label_smoothing
         return config
+
+
+class CategoricalCrossentropy(_Smoothed):
+    """-sum_i y_i log p_i, with y one-hot (or soft labels that sum to 1) of shape (n, classes).
+    ``label_smoothing`` s: the targets become y (1 - s) + s / classes, as Keras does."""
+
+    name = "categorical_crossentropy"
+    fused_activation: str | None = "softmax"
+
+    def _smooth(self, y):
+        s = self.label_smoothing
+        return y if not s else y * (1.0 - s) + s / y.shape[-1]
 
     def prepare_targets(self, y, units):
         if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and units > 1):
@@ -254,25 +258,15 @@ class SparseCategoricalCrossentropy(Loss):
         return out
 
 
-class BinaryCrossentropy(Loss):
+class BinaryCrossentropy(_Smoothed):
     """mean_i -[y_i log p_i + (1 - y_i) log(1 - p_i)] over the last axis; y in [0, 1]."""
 
     name = "binary_crossentropy"
     fused_activation: str | None = "sigmoid"
 
-    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0):
-        super().__init__(from_logits)
-        self.label_smoothing = _smoothing(label_smoothing, self.name)
-
     def _smooth(self, y):
         s = self.label_smoothing
         return y if not s else y * (1.0 - s) + 0.5 * s
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        if self.label_smoothing:
-            config["label_smoothing"] = self.label_smoothing
-        return config
 
     def prepare_targets(self, y, units):
         y = _dense_targets(y, units, self.name)

@@ -206,6 +206,17 @@ class _Thresholded(Metric):
         tp = float((predicted & actual).sum())
         return tp, float((predicted & ~actual).sum()), float((~predicted & actual).sum())
 
+    # Precision and Recall: TP / (TP + the count at _against), from those two counts summed.
+    state_size = 2
+    _against = 1
+
+    def update(self, xp, y, out):
+        counts = self._counts(xp, y, out)
+        return [counts[0], counts[self._against]]
+
+    def result(self, state, count):
+        return _ratio(state[0], state[0] + state[1])
+
     def get_config(self):
         return {"name": self.name, "thresholds": self.thresholds, "top_k": self.top_k, "class_id": self.class_id}
 
@@ -214,28 +225,14 @@ class Precision(_Thresholded):
     """TP / (TP + FP) over the epoch (Keras' Precision, threshold 0.5)."""
 
     default_name = "precision"
-    state_size = 2
-
-    def update(self, xp, y, out):
-        tp, fp, _ = self._counts(xp, y, out)
-        return [tp, fp]
-
-    def result(self, state, count):
-        return _ratio(state[0], state[0] + state[1])
+    _against = 1  # the false positives
 
 
 class Recall(_Thresholded):
     """TP / (TP + FN) over the epoch (Keras' Recall, threshold 0.5)."""
 
     default_name = "recall"
-    state_size = 2
-
-    def update(self, xp, y, out):
-        tp, _, fn = self._counts(xp, y, out)
-        return [tp, fn]
-
-    def result(self, state, count):
-        return _ratio(state[0], state[0] + state[1])
+    _against = 2  # the false negatives
 
 
 class F1Score(Metric):

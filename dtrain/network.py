@@ -583,9 +583,10 @@ class Network:
         """``x`` as the 2-D host array the layers take, checked; samples of several axes are
         flattened where the model starts with Flatten (and must match a declared shape)."""
         input_dim = self.input_dim if input_dim is None else input_dim
-        first = self._layers[0] if self._layers else None
-        if not isinstance(first, Flatten):
+        if not self.flattens_input:
             return check_features(x, input_dim, self.dtype, name=name)
+        first = self._layers[0]
+        assert isinstance(first, Flatten)
         if self._input is None and len(np.shape(x)) > 1:
             self._data_shape = tuple(int(d) for d in np.shape(x)[1:])  # (build makes it the model's input)
         shape = self._input.shape if self._input is not None else None
@@ -596,15 +597,15 @@ class Network:
     ) -> int:
         """The width of samples of ``row_shape`` (from a file or a Dask array: ``what``
         describes it) as the layers see them; an error where the model cannot take them."""
-        first = self._layers[0] if self._layers else None
-        if len(row_shape) != 1 and not isinstance(first, Flatten):
+        flattens = self.flattens_input
+        if len(row_shape) != 1 and not flattens:
             raise ValueError(
                 f"{name} must be 2-D (samples, features); {what} has rows of shape {row_shape}. Start the model "
                 "with Flatten() to flatten each sample."
             )
-        if self._input is None and isinstance(first, Flatten):
+        if self._input is None and flattens:
             self._data_shape = tuple(row_shape)
-        if self._input is not None and isinstance(first, Flatten) and tuple(row_shape) != self._input.shape:
+        if self._input is not None and flattens and tuple(row_shape) != self._input.shape:
             raise ValueError(
                 f"{name} has samples of shape {tuple(row_shape)} ({what}), but the model expects {self._input.shape}."
             )

@@ -207,12 +207,12 @@ class LayerNormalization(_Affine):
     def forward(self, x: Array, training: bool = False) -> Array:
         xp, (n, width) = self._xp, x.shape
         xhat = self._buffer("xhat", n, width, x.dtype)
+        out = self._buffer("out", n, width, x.dtype)
         mean = x.mean(axis=1, keepdims=True)
         xp.subtract(x, mean, out=xhat)
-        var = xp.square(xhat).mean(axis=1, keepdims=True)
-        inv = 1.0 / xp.sqrt(var + self.epsilon)
+        xp.multiply(xhat, xhat, out=out)  # (the output's buffer as scratch: nothing new per step)
+        inv = 1.0 / xp.sqrt(out.mean(axis=1, keepdims=True) + self.epsilon)
         xhat *= inv
-        out = self._buffer("out", n, width, x.dtype)
         xp.multiply(xhat, self.gamma, out=out) if self.scale else xp.copyto(out, xhat)
         if self.center:
             out += self.beta
@@ -327,10 +327,13 @@ class BatchNormalization(_Affine):
         shift = self.moving_mean.astype(np.float64)
         sums = np.zeros(1 + 2 * width)
         if x is not None:
-            d = x.astype(np.float64) - shift
+            # (in a float64 array kept for this batch size: no new array of the batch's size per step)
+            d = self._buffer("shifted", x.shape[0], width, np.float64)
+            xp.subtract(x, shift, out=d)
             sums[0] = x.shape[0]
             sums[1 : 1 + width] = _host(d.sum(axis=0))
-            sums[1 + width :] = _host(xp.square(d).sum(axis=0))
+            xp.multiply(d, d, out=d)
+            sums[1 + width :] = _host(d.sum(axis=0))
         self.reduce(sums)
         self._count = int(round(sums[0]))
         mean_d = sums[1 : 1 + width] / sums[0]
