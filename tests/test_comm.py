@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("distributed")  # a base dependency; without it there is nothing to test
 
 from dtrain.comm import Aborted, CommError, LocalCommunicator, Mailbox, algorithms, make_communicator
+from dtrain.comm import board as board_mod
 from dtrain.comm.dask import (
     PLUGIN_NAME,
     DaskCommunicator,
@@ -1007,3 +1008,150 @@ def _wait_done(futures, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"futures not done within {timeout} s: {[f.status for f in futures]}")
         time.sleep(0.02)
+
+
+# -- the board: small sums between the ranks of one machine, without messages ---------------------
+
+
+class _Watch:
+    """The transport's side of a board wait, for ranks that are threads of this process."""
+
+    def __init__(self, gone=()):
+        self.gone_peers, self.stuck_peers = set(gone), set()
+
+    def gone(self, peer):
+        return peer in self.gone_peers
+
+    def stuck(self, peer):
+        self.stuck_peers.add(peer)
+
+    def describe(self, peer):
+        return f"rank {peer} (thread)"
+
+
+def _boards(size, capacity=4096):
+    made = [board_mod.Board(rank, size, capacity) for rank in range(size)]
+    for board in made:
+        for peer in made:
+            if peer is not board:
+                board.attach(peer.rank, peer.segment.data)
+    return made
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 6])
+def test_board_sums_give_the_bits_of_recursive_doubling(size, dtype):
+    boards = _boards(size)
+    calls = 7  # more than the two slots: each is written again after every peer read it
+
+    def body(comm):  # the same sums through messages (recursive doubling) and on the board
+        board = boards[comm.rank]
+        results = []
+        for call in range(calls):
+            data = (rank_data(comm.rank + 10 * call, 1 + 37 * call) * 1000).astype(dtype)
+            by_messages, on_board = data.copy(), np.empty_like(data)
+            comm.allreduce(by_messages)
+            board.allreduce(data, on_board, timeout=5, watch=_Watch())
+            in_place = data.copy()
+            board.allreduce(in_place, in_place, timeout=5, watch=_Watch())
+            results.append((by_messages, on_board, in_place))
+        return results
+
+    try:
+        per_rank = run_ranks(size, body)
+    finally:
+        for board in boards:
+            board.close()
+    for call in range(calls):
+        by_messages = per_rank[0][call][0]
+        for rank in range(size):
+            for got in per_rank[rank][call]:
+                assert got.tobytes() == by_messages.tobytes(), (rank, call)
+
+
+def test_board_sums_of_different_sizes_are_an_error_that_says_why():
+    boards = _boards(2)
+    errors = []
+
+    def rank(r, n):
+        try:
+            boards[r].allreduce(np.ones(n), np.empty(n), timeout=2, watch=_Watch())
+        except CommError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=rank, args=(0, 10)), threading.Thread(target=rank, args=(1, 11))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(errors) == 2 and all("same size and dtype" in e for e in errors), errors
+
+
+def test_a_board_wait_ends_at_once_when_the_peer_is_gone_and_at_the_deadline_when_it_is_silent():
+    boards = _boards(3)
+    start = time.monotonic()
+    with pytest.raises(CommError, match=r"rank 1 \(thread\) exited without joining sum number 1"):
+        boards[0].allreduce(np.ones(4), np.empty(4), timeout=30, watch=_Watch(gone={1}))
+    assert time.monotonic() - start < 1
+    watch = _Watch()
+    start = time.monotonic()
+    with pytest.raises(CommError, match=r"Timed out after 0.3 s waiting for rank 2 \(thread\) to join sum number 1"):
+        boards[1].allreduce(np.ones(4), np.empty(4), timeout=0.3, watch=watch)  # rank 0 posted, rank 2 never
+    assert 0.3 <= time.monotonic() - start < 1.5 and watch.stuck_peers == {2}
+    for board in boards:
+        board.close()
+
+
+def _rank_sums_small_and_large(job_id, rank, peers, die_rank):
+    out = {}
+    with DaskCommunicator(job_id, rank, peers, timeout=30) as comm:
+        values = [rank_data(rank + 5 * k, n, np.float64) for k, n in enumerate((1, 2049, 16384))]
+        for value in values:  # small (board), small (board), over the board's 128 KiB
+            comm.allreduce(value)
+        out["board"] = comm._transport.board is not None
+        out["values"] = values
+        if rank == die_rank:
+            os._exit(1)  # as a kill would: no goodbye, no close
+        if die_rank is not None:
+            start = time.monotonic()
+            try:
+                comm.barrier()  # waits on the board for the dead rank
+            except CommError as exc:
+                return str(exc), time.monotonic() - start
+            return "returned", time.monotonic() - start
+    with DaskCommunicator(f"{job_id}-tcp", rank, peers, timeout=30, shared_memory=False) as comm:
+        values = [rank_data(rank + 5 * k, n, np.float64) for k, n in enumerate((1, 2049, 16384))]
+        for value in values:
+            comm.allreduce(value)
+        out["board_without_shared_memory"] = comm._transport.board is not None
+        out["tcp_values"] = values
+    return out
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("workers", [2, 3])
+def test_small_sums_on_the_board_equal_the_message_path_bitwise(workers, request):
+    client = plugged(request.getfixturevalue(f"client{workers}"))
+    _, _, futures = launch(client, _rank_sums_small_and_large, None)
+    _wait_done(futures, 60)
+    results = client.gather(futures)
+    for result in results:
+        assert result["board"] and not result["board_without_shared_memory"]
+        for on_board, by_messages in zip(result["values"], result["tcp_values"]):
+            assert on_board.tobytes() == by_messages.tobytes()
+    for k in range(3):
+        assert len({r["values"][k].tobytes() for r in results}) == 1
+
+
+@pytest.mark.cluster
+def test_a_peer_that_dies_while_another_waits_on_the_board_is_an_error_at_once():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        _, peers, futures = launch(plugged(client), _rank_sums_small_and_large, 1)
+        message, elapsed = futures[0].result(timeout=30)
+    assert f"rank 1 ({peers[1]}) exited without joining sum number" in message, message
+    assert elapsed < 3  # the deadline is 30 s

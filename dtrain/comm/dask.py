@@ -8,7 +8,8 @@ worker, running in a task thread) builds a :class:`DaskCommunicator`, which send
 arrays it expects in its mailbox. NumPy arrays travel zero-copy (``to_serialize``). Ranks on
 the same machine agree at their first collective to bypass all this: large arrays then go through
 shared memory (:mod:`dtrain.comm.shm`) and every message through a pipe (:mod:`dtrain.comm.pipes`),
-written and read without the event loop.
+written and read without the event loop; when all ranks are on one machine, small sums skip
+messages altogether (:mod:`dtrain.comm.board`).
 
 Where code runs is labelled: *event loop* (handlers, ``client.run`` functions, the coroutines that
 send) or *task thread* (the rank's training loop). They share the job table under one lock, held
@@ -33,6 +34,7 @@ from distributed.comm import get_address_host
 from distributed.core import Status
 from distributed.protocol import to_serialize
 
+from . import board as boards
 from . import pipes
 from . import shm as shared
 from .base import WAIT_SLICE, Aborted, CommError, Mailbox, failure_message
@@ -297,6 +299,7 @@ class _DaskTransport:
         self._outbound: dict[int, pipes.Outbound] = {}  # peers this rank writes to through their pipe
         self._lendable: list[_Slot] = []  # segments the caller writes into itself (shared_array): sent uncopied
         self._inbound: pipes.Inbound | None = None  # this rank's pipes, read into the mailbox
+        self.board: boards.Board | None = None  # small sums, when every rank is on this machine
 
     # -- sending --------------------------------------------------------------------------------------
 
@@ -439,22 +442,27 @@ class _DaskTransport:
         local = [p for p in range(self.size) if p != self.rank and get_address_host(self.peers[p]) == host]
         if not local:
             return
-        probe = inbound = None
+        probe = inbound = board = None
         opened: dict[int, pipes.Outbound] = {}
         try:
             if enabled and shared.available():
                 try:
                     probe = shared.Segment(0)
                     inbound = pipes.Inbound(self.box, local, name=f"dtrain-pipes-{self.job_id}-rank{self.rank}")
+                    if len(local) == self.size - 1 and boards.available():
+                        board = boards.Board(self.rank, self.size)
                 except OSError:  # out of file descriptors or of pipes this user may have: decline, use TCP
-                    if probe is not None:
-                        probe.close()
+                    for made in (probe, inbound):
+                        if made is not None:
+                            made.close()
                     probe = inbound = None
             sent = []
             for p in local:
                 offer: dict[str, Any] | None = None
                 if probe is not None and inbound is not None:  # made together: both or neither
                     offer = {"segment": probe.ref(np.dtype(np.uint8), 0, -1, 0).to_msg(), "pipe": inbound.write_end(p)}
+                    if board is not None:
+                        offer["board"] = board.ref().to_msg()
                 sent.append(self._post(p, "shm.hello", data=offer))
             for p in local:
                 offer = self._take(p, "shm.hello")
@@ -462,6 +470,8 @@ class _DaskTransport:
                     try:
                         ref = shared.SharedRef.from_msg(offer["segment"])
                         self._peer_segments.array(ref)
+                        if board is not None and "board" in offer:
+                            board.attach(p, self._peer_segments.array(shared.SharedRef.from_msg(offer["board"])))
                         opened[p] = pipes.Outbound(ref.pid, offer["pipe"], f"rank {p} ({self.peers[p]})")
                     except (OSError, KeyError, TypeError):
                         pass
@@ -476,6 +486,10 @@ class _DaskTransport:
                 inbound.keep_only(self.shared_peers)
                 self._inbound, inbound = inbound, None
             self._outbound = {p: opened.pop(p) for p in self.shared_peers}
+            if len(local) == self.size - 1:  # every rank is here, so every rank takes part
+                usable = board is not None and board.complete and len(self.shared_peers) == self.size - 1
+                if self._all_agree(usable, "board.ok"):
+                    self.board, board = board, None
         finally:
             for pipe in opened.values():
                 pipe.close()
@@ -483,6 +497,47 @@ class _DaskTransport:
                 inbound.close()
             if probe is not None:
                 probe.close()
+            if board is not None:
+                board.close()
+
+    def _all_agree(self, yes: bool, tag: str) -> bool:
+        """True on every rank when every rank says yes (each tells each: for the few ranks of one machine)."""
+        verdict = np.array([yes], dtype=np.uint8)
+        handles = [self.send(p, tag, verdict) for p in range(self.size) if p != self.rank]
+        answers = []
+        for p in range(self.size):
+            if p != self.rank:
+                answers.append(bool(_checked_verdict(self.recv(p, tag))))
+                self.release(p, tag)
+        for handle in handles:
+            self.wait(handle)
+        return yes and all(answers)
+
+    # -- small sums on the board ----------------------------------------------------------------------
+
+    def sum_small(self, source: np.ndarray, out: np.ndarray) -> bool:
+        """``out`` = the ranks' sum of ``source`` on the board, if there is one and it fits; False
+        (nothing done) otherwise. Every rank decides alike: the board is on all ranks or none."""
+        if self.board is None or source.nbytes > self.board.capacity:
+            return False
+        self.board.allreduce(source, out, timeout=self.timeout, watch=self)
+        return True
+
+    def gone(self, peer: int) -> bool:  # board.Watch
+        self._check_sends()
+        self.box.drain()  # notes pipes that ended
+        if self.box.reason is not None:
+            raise Aborted(self.box.reason)
+        gone = self._inbound is not None and peer in self._inbound.ended
+        if gone:
+            self.unanswered.add(peer)
+        return gone
+
+    def stuck(self, peer: int) -> None:  # board.Watch
+        self.unanswered.add(peer)
+
+    def describe(self, peer: int) -> str:  # board.Watch
+        return f"rank {peer} ({self.peers[peer]})"
 
     def _post(self, peer: int, tag: str, **fields: Any) -> concurrent.futures.Future:
         return self._launch(peer, tag, self._send_message(self.peers[peer], tag, **fields))
@@ -539,6 +594,9 @@ class _DaskTransport:
                 slot.segment.close()  # a lent array still referenced keeps its memory mapped until it goes
             self._slots.clear()
             self._lendable.clear()
+            if self.board is not None:
+                self.board.close()
+                self.board = None
             self._peer_segments.close()
             self._held.clear()
             for pipe in self._outbound.values():
@@ -611,6 +669,12 @@ class _Lent:
     free_tag: str
 
 
+def _checked_verdict(got: Any) -> int:
+    if not (isinstance(got, np.ndarray) and got.shape == (1,)):
+        raise CommError(f"Expected a one-number verdict while connecting the ranks, received {type(got).__name__}.")
+    return int(got[0])
+
+
 def _free_tag(slot: int, use: int) -> str:
     """The tag of a peer's notice that it has read use ``use`` of this rank's shared slot ``slot``."""
     return f"shm.free.{slot}.{use}"
@@ -666,6 +730,9 @@ class DaskCommunicator(TransportCommunicator):
 
     def _connect(self) -> None:
         self._transport.connect_shared_memory(self.shared_memory)
+
+    def _sum_small(self, source: np.ndarray, out: np.ndarray) -> bool:
+        return self._transport.sum_small(source, out)
 
     def shared_array(self, size: int, dtype: Any) -> np.ndarray | None:
         """Memory the peers on this machine read uncopied (after the first collective; None before,
