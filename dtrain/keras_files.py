@@ -28,11 +28,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import initializers
+from . import initializers, optimizers
 from ._version import __version__
 from .layers import LAYERS, InputSpec, Layer
 from .layers import from_config as layer_from_config
 from .network import Network
+from .optimizers import schedules
+from .optimizers.base import COMMON_DEFAULTS
 
 _N = TypeVar("_N", bound=Network)
 
@@ -159,21 +161,25 @@ def keras_config(model: Network, with_compile: bool = True) -> dict:
     return config
 
 
-_OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop"}
+def _keras_optimizer_config(optimizer: Any) -> dict:
+    """Keras' serialised optimizer: its class, every common argument, a schedule as Keras' object."""
+    settings = {"name": optimizer.name, **COMMON_DEFAULTS, **optimizer.get_config()}
+    if optimizer.schedule is not None:
+        schedule = schedules.serialize(optimizer.schedule)
+        settings["learning_rate"] = _keras_object(
+            "keras.optimizers.schedules", schedule["class_name"], schedule["config"]
+        )
+    if isinstance(optimizer, optimizers.Adam):
+        settings.setdefault("amsgrad", False)
+    return _keras_object("keras.optimizers", type(optimizer).__name__, settings)
 
 
 def _keras_compile_config(model: Network) -> dict:
     optimizer = model.compiled_optimizer
-    settings = {"name": optimizer.name, **optimizer.get_config()}
-    common = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False,
-              "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None,
-              "gradient_accumulation_steps": None}  # fmt: skip
-    if optimizer.name == "adam":
-        settings.setdefault("amsgrad", False)
     loss = model.compiled_loss
     loss_config = loss.get_config() if hasattr(loss, "get_config") else {}
     return {
-        "optimizer": _keras_object("keras.optimizers", _OPTIMIZER_CLASSES[optimizer.name], {**settings, **common}),
+        "optimizer": _keras_optimizer_config(optimizer),
         "loss": loss.name if not loss_config else _keras_object("keras.losses", type(loss).__name__, loss_config),
         "loss_weights": None,
         "metrics": [metric.name for metric in model.metrics] or None,
@@ -204,13 +210,23 @@ def _h5_keys(model: Network) -> list[str]:
     return keys
 
 
-# Keras' optimizer variables after (iteration, learning_rate): per group, one loop over the
-# trainable variables creating each of the group's slots (add_optimizer_variables): Adam's
-# momentum and velocity interleave per variable, RMSprop's slots come in blocks.
+# Keras' optimizer variables after the iteration count and the learning rate (a variable unless
+# it is a schedule): the base optimizer's moving averages (use_ema) and gradient accumulators,
+# then the rule's groups, each one loop over the trainable variables creating each of the
+# group's slots (add_optimizer_variables): Adam's momentum and velocity interleave per variable,
+# RMSprop's slots come in blocks. Nadam ends with a scalar, the product of its momentum schedule.
+_COMMON_SLOT_GROUPS: list[tuple[str, ...]] = [("average",), ("gradient_accumulator",)]
 _SLOT_GROUPS: dict[str, list[tuple[str, ...]]] = {
-    "adam": [("m", "v")],
+    "adam": [("m", "v"), ("velocity_hat",)],
+    "adamw": [("m", "v"), ("velocity_hat",)],
     "sgd": [("momentum",)],
     "rmsprop": [("velocity",), ("momentum",), ("average_gradient",)],
+    "adagrad": [("accumulator",)],
+    "adadelta": [("accumulated_grad", "accumulated_delta_var")],
+    "adamax": [("momentum", "norm")],
+    "nadam": [("momentum", "velocity")],
+    "lion": [("momentum",)],
+    "ftrl": [("accumulator", "linear")],
 }
 
 
@@ -219,11 +235,18 @@ def _slot_layout(model: Network) -> list[tuple[str, int, tuple[int, ...]]]:
     (iteration, learning_rate), in Keras' order."""
     optimizer = model.compiled_optimizer
     layout: list[tuple[str, int, tuple[int, ...]]] = []
-    for group in _SLOT_GROUPS[optimizer.name]:
-        names = [name for name in group if name in optimizer.slot_names]
+    for group in [*_COMMON_SLOT_GROUPS, *_SLOT_GROUPS[optimizer.name]]:
+        names = [name for name in group if name in optimizer.state_slot_names]
         for start, shape in model.trainable_spans() if names else []:
             layout += [(name, start, shape) for name in names]
     return layout
+
+
+def _scalars(model: Network) -> tuple[int, int]:
+    """How many of Keras' optimizer variables come before the slots (the iteration count, and
+    the learning rate unless it is a schedule) and after them (Nadam's product)."""
+    optimizer = model.compiled_optimizer
+    return 1 + (optimizer.schedule is None), int(isinstance(optimizer, optimizers.Nadam))
 
 
 def _optimizer_arrays(model: Network) -> list[np.ndarray]:
@@ -232,27 +255,32 @@ def _optimizer_arrays(model: Network) -> list[np.ndarray]:
     if not optimizer.built:
         return []
     state = optimizer.get_state()
-    arrays = [np.array(optimizer.iterations, dtype=np.int64), np.array(optimizer.learning_rate, dtype=model.dtype)]
+    arrays = [np.array(optimizer.iterations, dtype=np.int64)]
+    if optimizer.schedule is None:
+        arrays.append(np.array(optimizer.learning_rate, dtype=model.dtype))
     for name, start, shape in _slot_layout(model):
         arrays.append(state[name][start : start + int(np.prod(shape))].reshape(shape))
+    if isinstance(optimizer, optimizers.Nadam):
+        arrays.append(np.array(optimizer.momentum_product(), dtype=model.dtype))
     return arrays
 
 
 def _set_optimizer_state(model: Network, arrays: list[np.ndarray], where: str) -> None:
     optimizer = model.compiled_optimizer
     layout = _slot_layout(model)
-    if len(arrays) != 2 + len(layout):
+    before, after = _scalars(model)
+    if len(arrays) != before + len(layout) + after:
         raise KerasFileError(
             f"{where}: the optimizer's state has {len(arrays)} variables, {optimizer.name} on this model has "
-            f"{2 + len(layout)}."
+            f"{before + len(layout) + after}."
         )
     state = optimizer.get_state()
-    for i, (name, start, shape) in enumerate(layout, start=2):
+    for i, (name, start, shape) in enumerate(layout, start=before):
         if arrays[i].shape != tuple(shape):
             raise KerasFileError(f"{where}: optimizer variable {i} has shape {arrays[i].shape}, expected {shape}.")
         state[name][start : start + arrays[i].size] = arrays[i].reshape(-1)
     state["iterations"] = np.asarray(arrays[0], dtype=np.int64)
-    optimizer.set_state(state)
+    optimizer.set_state(state)  # (Nadam's product follows from the step count: recomputed)
 
 
 def _write_weights_h5(model: Network, target: Any, include_optimizer: bool = False) -> None:
@@ -434,20 +462,15 @@ def model_from_keras_config(config: Any, cls: type[_N], device: str | None = Non
 def _compile_from_keras(model: Network, compile_config: dict) -> None:
     optimizer = _plain_object(compile_config.get("optimizer"), "optimizer", "compile_config")
     if isinstance(optimizer, dict):
-        settings = optimizer["config"]
-        neutral = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None, "clipvalue": None,
-                   "use_ema": False, "loss_scale_factor": None, "gradient_accumulation_steps": None,
-                   "amsgrad": False}  # fmt: skip
-        for key, value in neutral.items():
-            if key in settings and settings.pop(key) != value:
-                raise KerasFileError(
-                    f"the optimizer's {key}={optimizer['config'].get(key, value)!r} is not supported yet; dtrain would "
-                    "train differently, so it refuses (load with compile=False and compile it yourself)."
-                )
-        for key in ("name", "ema_momentum", "ema_overwrite_frequency"):
-            settings.pop(key, None)
-        if isinstance(settings.get("learning_rate"), dict):
-            raise KerasFileError("the learning rate is a schedule, which dtrain does not have yet.")
+        optimizer["config"].pop("name", None)  # (Keras' default is the class's name)
+        if isinstance(optimizer["config"].get("learning_rate"), dict):
+            optimizer["config"]["learning_rate"] = _plain_object(
+                optimizer["config"]["learning_rate"], "learning-rate schedule", "compile_config"
+            )
+        try:
+            optimizer = optimizers.get(optimizer)
+        except (ValueError, TypeError) as exc:
+            raise KerasFileError(f"its optimizer cannot be made here: {exc}") from None
     loss = _plain_object(compile_config.get("loss"), "loss", "compile_config")
     if isinstance(loss, dict):
         reduction = loss["config"].get("reduction", "sum_over_batch_size")

@@ -17,9 +17,10 @@ memory with ``use_parameter_buffer``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -121,7 +122,9 @@ class Network:
         self.metrics: list[metrics_module.Metric] = []
         self._fused_loss = False
         self._compiled_trainable: list[bool] | None = None  # each layer's trainable at compile()
-        self._frozen: list[tuple[int, int]] = []  # (start, stop) in the flat buffers: frozen layers' weights
+        self._frozen: list[tuple[int, int]] = []  # (start, stop) in the flat buffers: weights training keeps
+        self._trained: list[tuple[int, int]] = []  # (start, stop): the weights training updates (Keras order)
+        self._kept: Any = None  # where _weights_kept keeps them during an update (allocated once)
         self._top_grads: BufferCache[Any] = BufferCache()  # batch size -> dL/dlogits
         self.stop_training = False  # set by callbacks (Keras' Model.stop_training); read by the loop's audience
         if isinstance(layers, (Layer, InputSpec, str)):
@@ -322,8 +325,8 @@ class Network:
         self._binding = plan
         self._bind_layers()
         if self.optimizer is not None:
-            self.optimizer.build(xp, self.params)
             self._freeze()
+            self.optimizer.build(xp, self.params, self._trained)
 
     # -- compile ------------------------------------------------------------------------------
     def compile(self, optimizer: Any = DEFAULT_OPTIMIZER, loss: Any = None, metrics: Any = None) -> None:
@@ -357,8 +360,8 @@ class Network:
         self._fused_loss = self._fuses(loss)
         self._compiled_trainable = [layer.trainable for layer in self._layers]  # (Keras: trainable counts at compile)
         if self.built:
-            self.optimizer.build(self.backend.xp, self.params)
             self._freeze()
+            self.optimizer.build(self.backend.xp, self.params, self._trained)
 
     # -- trainable ---------------------------------------------------------------------------------
     @property
@@ -372,16 +375,18 @@ class Network:
             layer.trainable = value
 
     def _freeze(self) -> None:
-        """The flat-buffer spans of the layers frozen at compile(); their gradients are zeroed
-        once (a frozen layer never writes them again)."""
+        """The flat-buffer spans training updates (each weight of a layer trainable at compile(),
+        but not the layers' own statistics) and the others: those are put back after every
+        update, so that no optimizer rule (weight decay, FTRL, a moving average) moves them, and
+        the gradients of frozen layers are zeroed once (a frozen layer never writes them again)."""
         flags = self._compiled_trainable or [True] * len(self._layers)
-        self._frozen = []
-        for (_layer, _fan_in, spans), trainable in zip(self._binding, flags):
+        self._frozen, self._trained = [], []
+        for (layer, _fan_in, spans), trainable in zip(self._binding, flags):
+            for (start, shape), trained in zip(spans, layer.trainable_params() if trainable else [False] * len(spans)):
+                (self._trained if trained else self._frozen).append((start, start + math.prod(shape)))
             if not trainable:
                 for start, shape in spans:
-                    self._frozen.append((start, start + math.prod(shape)))
-        for start, stop in self._frozen:
-            self.grads[start:stop] = 0
+                    self.grads[start : start + math.prod(shape)] = 0
 
     def check_trainable_compiled(self) -> None:
         """Refuse to train with ``trainable`` changed since compile(): Keras would keep training
@@ -501,28 +506,48 @@ class Network:
                 regularizer.add_gradient(xp, weight, weight_grad, n * scale)
         return (n, *sums)
 
-    def apply_gradients(self, grads: Any = None, part: slice = slice(None)) -> None:
+    def apply_gradients(
+        self, grads: Any = None, part: slice = slice(None), squared_norms: np.ndarray | None = None
+    ) -> None:
         """One optimizer update of all parameters from ``model.grads`` (or ``grads``, the same
-        shape); with ``part``, of that part of the flat buffer only (a rank's share of a sharded step)."""
-        # Frozen layers' weights are put back after the update: the optimizer's momentum or
-        # decay must not move them (a zero gradient alone would not stop Adam's momentum).
-        kept = self._keep_frozen(part)
-        self.compiled_optimizer.apply(self.params, self.grads if grads is None else grads, part)
-        for (start, stop), values in kept:
-            self.params[start:stop] = values
+        shape); with ``part``, of that part of the flat buffer only (a rank's share of a sharded
+        step), and then ``squared_norms``: the optimizer's squared norms summed over the ranks,
+        when it clips by norm."""
+        with self._weights_kept(part):
+            self.compiled_optimizer.apply(self.params, self.grads if grads is None else grads, part, squared_norms)
         for layer in self._layers:
             layer.commit()  # (moving statistics: the whole of them, on every rank alike)
         if part == slice(None):  # (a sharded step projects after its allgather)
             self.apply_constraints()
 
-    def _keep_frozen(self, part: slice) -> list[tuple[tuple[int, int], Any]]:
+    def finalize_weights(self) -> None:
+        """At the end of training: the optimizer's last word on the trained weights (with
+        ``use_ema``, their moving average, as Keras' ``fit`` ends)."""
+        with self._weights_kept(slice(None)):
+            self.compiled_optimizer.finalize(self.params)
+
+    @contextlib.contextmanager
+    def _weights_kept(self, part: slice) -> Iterator[None]:
+        """Puts back, after the block, the weights training keeps (frozen layers', statistics):
+        an optimizer's momentum, weight decay or moving average must not move them."""
         lo, hi = (part.start or 0), (self.params.size if part.stop is None else part.stop)
-        kept = []
-        for start, stop in self._frozen:
-            a, b = max(start, lo), min(stop, hi)
-            if a < b:
-                kept.append(((a, b), self.params[a:b].copy()))
-        return kept
+        spans = [(max(start, lo), min(stop, hi)) for start, stop in self._frozen]
+        spans = [(a, b) for a, b in spans if a < b]
+        kept = self._kept_buffer(sum(b - a for a, b in spans))
+        at = 0
+        for a, b in spans:
+            kept[at : at + b - a] = self.params[a:b]
+            at += b - a
+        yield
+        at = 0
+        for a, b in spans:
+            self.params[a:b] = kept[at : at + b - a]
+            at += b - a
+
+    def _kept_buffer(self, size: int) -> Any:
+        if self._kept is None or self._kept.size < size:
+            self._kept = self.backend.xp.empty(size, dtype=self.params.dtype)
+        return self._kept
 
     def set_batch_reducer(self, reduce: Any = None) -> None:
         """How layers that need the global batch (BatchNormalization) sum a float64 host array

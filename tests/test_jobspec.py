@@ -382,7 +382,9 @@ def test_model_and_compile_are_checked_by_building_them(tmp_path):
         find(problems, "compile.loss.from_logit").message
         == "unknown parameter of 'categorical_crossentropy'; did you mean 'from_logits'?"
     )
-    assert find(problems, "compile.optimizer").message.startswith("Unknown optimizer 'sgdd'. Known optimizers: adam")
+    assert find(problems, "compile.optimizer").message.startswith(
+        "Unknown optimizer 'sgdd'. Known optimizers: adadelta, adagrad, adam"
+    )
     assert find(problems, "compile.optimizer").line == 8
 
 

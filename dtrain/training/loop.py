@@ -258,6 +258,7 @@ def train(
         network.set_batch_reducer(None)  # (the model outlives the communicator)
 
     sync.gather_optimizer_state()
+    network.finalize_weights()  # (use_ema: the moving average, on every rank alike)
     return TrainResult(
         history=trained,
         logs=logs,

@@ -135,9 +135,11 @@ class GradientSync:
     def gather_optimizer_state(self) -> None:
         """Make the whole optimizer state current on every rank (before a checkpoint or the end)."""
 
-    def _apply(self, grads: Any, finite: bool, epoch: int, step: int, part: slice = slice(None)) -> bool:
+    def _apply(
+        self, grads: Any, finite: bool, epoch: int, step: int, part: slice = slice(None), norms: Any = None
+    ) -> bool:
         if finite or self.on_nonfinite == "ignore":
-            self.network.apply_gradients(grads, part)
+            self.network.apply_gradients(grads, part, norms)
             return True
         if self.on_nonfinite == "stop":
             raise NonFiniteError(epoch, step)
@@ -235,28 +237,37 @@ class ShardedStep(GradientSync):
             if shared_params is not None:
                 network.use_parameter_buffer(shared_params)
         self.summed = network.backend.xp.empty_like(network.grads)
-        self._verdict = np.zeros(1 + self.sums_size)  # [non-finite parts, samples, loss, metrics...]
+        optimizer = network.compiled_optimizer
+        # [non-finite parts, samples, loss, metrics..., the optimizer's squared norms...]
+        self._norms = optimizer.norm_count if optimizer.clips_by_norm else 0
+        self._verdict = np.zeros(1 + self.sums_size + self._norms)
 
     def step(self, epoch: int, step: int, sums: StepSums) -> StepSums | None:
         with self.talking:
             part = self.comm.reduce_scatter_into(self.network.grads, self.summed)
-        finite, summed = self._verdict_and_sums(self.summed[part], sums)
-        if not self._apply(self.summed, finite, epoch, step, part):
+        norms = self.network.compiled_optimizer.squared_norms(self.summed, part)
+        finite, summed, norms = self._verdict_and_sums(self.summed[part], sums, norms)
+        if not self._apply(self.summed, finite, epoch, step, part, norms):
             return None
         with self.talking:
             self.comm.allgather(self.network.params)  # the other ranks' updated parts
         self.network.apply_constraints()  # on the whole weights, the same on every rank
         return summed
 
-    def _verdict_and_sums(self, mine: Any, sums: StepSums) -> tuple[bool, StepSums]:
+    def _verdict_and_sums(self, mine: Any, sums: StepSums, norms: Any) -> tuple[bool, StepSums, Any]:
         """Every rank checked its own part; all must be finite. One small allreduce carries the
-        count of non-finite parts and the step's sums of loss and metrics."""
+        count of non-finite parts, the step's sums of loss and metrics, and, for an optimizer
+        that clips by norm, each weight's sum of squares over this rank's part: summed, they
+        are the norms of the whole gradient, the same on every rank."""
         count, loss, metrics = sums
-        self._verdict[0] = 0.0 if self.on_nonfinite == "ignore" or self.finite(mine) else 1.0
-        self._verdict[1], self._verdict[2], self._verdict[3:] = count, loss, metrics
+        verdict, end = self._verdict, 1 + self.sums_size
+        verdict[0] = 0.0 if self.on_nonfinite == "ignore" or self.finite(mine) else 1.0
+        verdict[1], verdict[2], verdict[3:end] = count, loss, metrics
+        verdict[end:] = 0.0 if norms is None else norms
         with self.talking:
-            self.comm.allreduce(self._verdict)
-        return bool(self._verdict[0] == 0.0), _as_sums(self._verdict[1:])
+            self.comm.allreduce(verdict)
+        summed_norms = verdict[end:].copy() if norms is not None else None
+        return bool(verdict[0] == 0.0), _as_sums(verdict[1:end]), summed_norms
 
     def gather_optimizer_state(self) -> None:
         """After sharded steps each rank's optimizer state is current in its own part only."""
