@@ -1,9 +1,11 @@
 """Callbacks: hooks called by ``fit`` (Keras' protocol), plus History, EarlyStopping,
-TerminateOnNaN and a progress bar that works in terminals and notebooks (tqdm)."""
+TerminateOnNaN, LearningRateScheduler, ReduceLROnPlateau, CSVLogger and a progress bar that
+works in terminals and notebooks (tqdm)."""
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import warnings
@@ -239,6 +241,152 @@ class EarlyStopping(Callback):
             if self.verbose:
                 print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.model.set_weights(self.best_weights)
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at each epoch's begin to ``schedule(epoch, lr)`` (or
+    ``schedule(epoch)``), as Keras does; ``logs["learning_rate"]`` at each epoch's end. With
+    ``client=``, the rate reaches every worker before the epoch starts."""
+
+    def __init__(self, schedule, verbose: int = 0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler expected a function of the epoch, received {schedule!r}.")
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        try:  # Keras' newer form, then its older one
+            rate = self.schedule(epoch, float(optimizer.learning_rate))
+        except TypeError:
+            rate = self.schedule(epoch)
+        if not isinstance(rate, (float, np.floating)):
+            raise ValueError(f"The output of the `schedule` function should be a float. Got: {rate!r}")
+        optimizer.learning_rate = float(rate)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has not improved (by more than
+    ``min_delta``) for ``patience`` epochs, then waits ``cooldown`` epochs; never below
+    ``min_lr``. Keras' rules and arguments; ``logs["learning_rate"]`` at each epoch's end."""
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"ReduceLROnPlateau got unexpected arguments {sorted(kwargs)}.")
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0 (or <= 0). Received factor={factor}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"ReduceLROnPlateau expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
+        self.monitor, self.factor, self.patience, self.verbose = monitor, float(factor), patience, verbose
+        self.min_delta, self.cooldown, self.min_lr = abs(float(min_delta)), cooldown, float(min_lr)
+        if mode == "auto":
+            name = monitor.removeprefix("val_").lower()
+            mode = "min" if name == "loss" or not ("acc" in name or "auc" in name) else "max"
+        self.mode = mode
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: float | None = None
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value + self.min_delta < self.best
+        return value - self.min_delta > self.best
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = float(optimizer.learning_rate)
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"Learning rate reduction is conditioned on metric `{self.monitor}` which is not available. "
+                f"Available metrics are: {','.join(logs)}.",
+                stacklevel=2,
+            )
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improves(current):
+            self.best, self.wait = current, 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(optimizer.learning_rate)
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    optimizer.learning_rate = new
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                    self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class CSVLogger(Callback):
+    """Writes each epoch's logs as a row of a CSV file (Keras' columns: epoch, then the keys in
+    sorted order); ``append=True`` adds to an existing file. Each row is flushed as written."""
+
+    observes_only = True
+
+    def __init__(self, filename, separator: str = ",", append: bool = False):
+        super().__init__()
+        self.filename, self.sep, self.append = os.fspath(filename), separator, append
+        self._file: Any = None
+        self._writer: Any = None
+        self._keys: list[str] | None = None
+
+    def on_train_begin(self, logs=None):
+        import csv
+
+        has_rows = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self._file = open(self.filename, "a" if self.append else "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._csv, self._keys, self._writer = csv, None, None
+        self._header_written = has_rows
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self._keys is None:
+            self._keys = sorted(logs)
+        if self._writer is None:
+            self._writer = self._csv.DictWriter(self._file, fieldnames=["epoch", *self._keys], delimiter=self.sep)
+            if not self._header_written:
+                self._writer.writeheader()
+        row = {"epoch": epoch, **{key: logs.get(key, "NA") for key in self._keys}}
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
 
 
 def format_logs(logs: dict[str, float]) -> str:

@@ -6,7 +6,9 @@ expected, so that bad input fails fast and loses nothing.
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,9 +45,37 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def refuse_streams(value: Any, name: str) -> None:
+    """A batch stream (a generator or iterator, a Keras ``PyDataset``/``Sequence``, a
+    ``tf.data.Dataset``) is refused before anything reads it: dtrain indexes its rows (to shard,
+    shuffle and plan them), and ``np.asarray`` over an object whose ``__getitem__`` never raises
+    IndexError would read it until memory runs out."""
+    if value is None or isinstance(value, (np.ndarray, list, tuple, str, bytes, numbers.Number)):
+        return
+    if any(hasattr(value, attr) for attr in ("__array__", "__array_interface__", "__cuda_array_interface__", "shape")):
+        return  # arrays, Dask arrays, data frames, tensors, dtrain's file sources
+    kind = None
+    if inspect.isgenerator(value):
+        kind = "a Python generator"
+    elif hasattr(value, "__next__"):
+        kind = f"an iterator ({type(value).__name__})"
+    elif hasattr(value, "__getitem__") and hasattr(value, "__len__"):
+        kind = f"a batch sequence ({type(value).__name__}, such as keras.utils.PyDataset)"
+    elif hasattr(value, "__iter__"):
+        kind = f"an iterable of batches ({type(value).__name__}, such as tf.data.Dataset)"
+    if kind is not None:
+        raise TypeError(
+            f"{name} is {kind}. dtrain trains from rows it can index, to shard, shuffle and plan them: NumPy "
+            "arrays (or anything np.asarray reads), Dask arrays, or files (dtrain.from_npy, from_parquet, from_csv). "
+            "It does not read batch streams yet: gather a bounded stream's batches into arrays "
+            "(np.concatenate), or write them to .npy files and pass dtrain.from_npy(...)."
+        )
+
+
 def _as_host_array(value: Any, name: str) -> np.ndarray:
     if value is None:
         raise ValueError(f"{name} is None: pass a NumPy array (or anything np.asarray accepts).")
+    refuse_streams(value, name)
     try:
         array = to_numpy(value)
     except (ValueError, TypeError) as exc:

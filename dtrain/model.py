@@ -23,7 +23,8 @@ from .backend import to_numpy
 from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
-from .data import check_batch_size
+from .data import check_batch_size, refuse_streams
+from .keras_arguments import refuse_keras_arguments
 from .keras_files import keras_config, load_keras, load_weights_h5, save_keras, save_weights_h5
 from .network import Network, Totals
 from .saving import read_model, save_model
@@ -67,6 +68,7 @@ class Sequential(Network):
         elastic: bool = False,
         min_workers: int | None = None,
         max_workers: int | None = None,
+        **keras_arguments: Any,
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs of global batches of ``batch_size`` (default 32) samples.
 
@@ -103,6 +105,9 @@ class Sequential(Network):
         counts against ``max_restarts``), which waits up to ``timeout`` for ``min_workers``. The
         logical shards never change, so the result is that of a fixed cluster.
         """
+        refuse_keras_arguments("fit", keras_arguments)
+        for name, value in (("x", x), ("y", y)):
+            refuse_streams(value, name)
         self.require_compiled("fit")
         self.check_trainable_compiled()
         config = FitConfig.make(
@@ -134,6 +139,8 @@ class Sequential(Network):
                 f"validation_data must be a tuple (x_val, y_val), received {type(validation_data).__name__}"
                 + (f" of length {len(validation_data)}." if isinstance(validation_data, (tuple, list)) else ".")
             )
+        for i, value in enumerate(validation_data or ()):
+            refuse_streams(value, f"validation_data[{i}]")
         if client is not None:
             history = fit_on_cluster(self, x, y, validation_data, callbacks, config, client=client)
         elif config.workers is not None:
@@ -167,9 +174,13 @@ class Sequential(Network):
         *,
         client: Any = None,
         workers: Sequence[str] | None = None,
+        **keras_arguments: Any,
     ) -> float | list[float] | dict[str, float]:
         """The mean loss over (x, y), or [loss, *metrics] when metrics were compiled. With
         ``client=``, the workers evaluate their parts of the rows where the data is."""
+        refuse_keras_arguments("evaluate", keras_arguments)
+        for name, value in (("x", x), ("y", y)):
+            refuse_streams(value, name)
         self.require_compiled("evaluate")
         self.require_built("evaluate")
         check_verbose(verbose)
@@ -199,9 +210,12 @@ class Sequential(Network):
         *,
         client: Any = None,
         workers: Sequence[str] | None = None,
+        **keras_arguments: Any,
     ) -> np.ndarray:
         """Model outputs for ``x`` as a NumPy array of shape (n, units). With ``client=``, the
         workers predict their parts of the rows and the client receives the outputs."""
+        refuse_keras_arguments("predict", keras_arguments)
+        refuse_streams(x, "x")
         self.require_built("predict")
         check_verbose(verbose)
         batch_size = check_batch_size(batch_size)

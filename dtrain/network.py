@@ -31,6 +31,7 @@ from . import metrics as metrics_module
 from .backend import Array, Backend, check_dtype, get_backend, get_default_device, host_copy, to_numpy
 from .buffers import BufferCache
 from .data import batches, check_features, check_seed, check_targets, init_rng, new_seed
+from .keras_arguments import refuse_keras_arguments
 from .layers import Flatten, InputSpec, Layer, assign_weights
 from .layers.normalization import one_process
 from .randomness import StepNoise
@@ -329,8 +330,11 @@ class Network:
             self.optimizer.build(xp, self.params, self._trained)
 
     # -- compile ------------------------------------------------------------------------------
-    def compile(self, optimizer: Any = DEFAULT_OPTIMIZER, loss: Any = None, metrics: Any = None) -> None:
+    def compile(
+        self, optimizer: Any = DEFAULT_OPTIMIZER, loss: Any = None, metrics: Any = None, **keras_arguments: Any
+    ) -> None:
         """Choose the optimizer, the loss and the metrics (names, config dicts or instances)."""
+        refuse_keras_arguments("compile", keras_arguments)
         if not self._layers:
             raise RuntimeError(f"Model {self.name!r} has no layers: add layers before compile().")
         if loss is None:

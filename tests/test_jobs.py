@@ -535,7 +535,8 @@ def test_an_elastic_job_grows_and_shrinks_and_ends_as_a_fixed_one(tmp_path):
     worker killed later is dropped (the job goes on from the survivors' memory); the weights are
     those of one process with the job's 3 shards."""
     out = tmp_path / "out"
-    overrides = [*recovery_job(out), "--set", "cluster.elastic=true", "--set", "fit.shards=3"]
+    # 30 epochs: room for a worker's start and a kill while the job runs (its epochs take well under a second)
+    overrides = [*recovery_job(out), "--set", "cluster.elastic=true", "--set", "fit.shards=3", "--set", "fit.epochs=30"]
     cluster = Cluster(2)
     try:
         job_id = submit_and_reach(cluster.address, overrides, epoch=2)

@@ -243,6 +243,7 @@ class _Run:
     stuck: list[str] = field(default_factory=list)  # workers whose rank did not stop when aborted
     silent: list[str] = field(default_factory=list)  # workers that stopped answering (frozen, cut off)
     epochs_done: set[int] = field(default_factory=set)
+    optimizer_configs: dict[int, dict] = field(default_factory=dict)  # epoch -> the optimizer's hyperparameters
     epoch_open: int | None = None  # the epoch whose begin the callbacks saw and whose end they did not
     # where the last attempt was when last heard of, and when; a restart's timer of its first report
     position: tuple[int, int] | None = None
@@ -293,11 +294,18 @@ class _Run:
         # (rank 0 died between writing and reporting) are reported now.
         supervisor.epochs_done = self.epochs_done
         supervisor.epoch_open = self.epoch_open  # a restart within an epoch does not begin it again
+        supervisor.optimizer_configs = self.optimizer_configs
         supervisor.on_first_report = self.on_first_report
         if self.config.elastic:
             supervisor.should_regroup = self._workers_waiting
         for epoch, logs in enumerate(point.history or []):
             supervisor.report_epoch_end(epoch, logs)
+        if point.epoch < self.config.epochs:  # before the launch: what its callbacks set, the ranks start with
+            supervisor.begin_epoch(point.epoch)
+        compile_config = model.compile_config() or {}
+        numbers = supervisor.optimizer_numbers(point.epoch)
+        if numbers and compile_config:  # (a restart trains the epoch with the numbers it had)
+            compile_config["optimizer"]["config"].update(numbers)
         try:
             with supervisor.running():  # from here on, any error or Ctrl-C aborts every rank
                 initial_future = None
@@ -321,7 +329,7 @@ class _Run:
                         peers=self.ranks,
                         worker_id=worker.worker_id,
                         model_config=model.get_config(),
-                        compile_config=model.compile_config() or {},
+                        compile_config=compile_config,
                         input_dim=self.input_dim,
                         device=self.device,
                         comm=self.comm_kind,

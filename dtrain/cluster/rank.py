@@ -176,7 +176,7 @@ def _run(
     )
 
     # -- the loop -------------------------------------------------------------------------------
-    reporter = RankReporter(spec, worker, comm)
+    reporter = RankReporter(spec, worker, comm, network.compiled_optimizer)
     result = train(
         network,
         comm,
@@ -216,15 +216,15 @@ def _run(
 
 class RankReporter(Progress):
     """The loop's audience on a rank: rank 0's live progress as Dask events (Worker.log_event)
-    the client subscribes to, and, after each epoch, the client's verdict shared with every
+    the client subscribes to, and, after each epoch, the client's answer shared with every
     rank: go on, stop (its callbacks: EarlyStopping...), or end this attempt to regroup (an
-    elastic run taking in workers that joined): ``EPOCH_*``."""
+    elastic run taking in workers that joined): ``EPOCH_*``; with the optimizer's numbers for
+    the next epoch (a callback may have changed the learning rate: every rank takes them)."""
 
-    def __init__(self, spec: RankSpec, worker: Any, comm: Communicator) -> None:
-        self.spec, self.worker, self.comm = spec, worker, comm
+    def __init__(self, spec: RankSpec, worker: Any, comm: Communicator, optimizer: Any) -> None:
+        self.spec, self.worker, self.comm, self.optimizer = spec, worker, comm, optimizer
         self.reporting = spec.rank == 0
         self._last = 0.0
-        self._stop = np.zeros(1, dtype=np.float64)
         self.regroup = False
 
     def batch_end(self, epoch: int, step: int, last: bool, totals: Totals) -> None:
@@ -241,26 +241,33 @@ class RankReporter(Progress):
             self.worker.log_event(spec.topic, {"kind": "epoch", "epoch": epoch, "logs": logs, "seconds": seconds})
         if not spec.wait_for_client:
             return False
-        # Client callbacks (EarlyStopping...) decide after each epoch; every rank must agree.
+        # Client callbacks (EarlyStopping, LearningRateScheduler...) decide after each epoch;
+        # every rank must agree: [verdict, the optimizer's numbers in its own order].
         timeout = spec.config.timeout
+        names = [k for k, v in self.optimizer.hyperparameters().items() if isinstance(v, float)]
+        answer = np.zeros(1 + len(names), dtype=np.float64)
         if spec.rank == 0:
-            self._stop[0] = float(
-                comm_module.get_plugin(self.worker).wait_for(
-                    spec.job_id,
-                    "driver",
-                    f"epoch-{epoch}",
-                    timeout,
-                    waiting_for=f"the client's callbacks after epoch {epoch + 1} (a callback slower than "
-                    f"timeout={timeout:g} s, or the client is gone)",
-                )
+            got = comm_module.get_plugin(self.worker).wait_for(
+                spec.job_id,
+                "driver",
+                f"epoch-{epoch}",
+                timeout,
+                waiting_for=f"the client's callbacks after epoch {epoch + 1} (a callback slower than "
+                f"timeout={timeout:g} s, or the client is gone)",
             )
+            numbers = got.get("optimizer") or {}
+            current = self.optimizer.hyperparameters()
+            answer[0] = got["verdict"]
+            answer[1:] = [numbers.get(name, current[name]) for name in names]
         # The others wait while rank 0 waits for the client: give them longer, so that a slow
         # callback is reported by rank 0 as such, not as a dead rank 0.
         self.comm.set_timeout(2 * timeout)
-        self.comm.broadcast(self._stop, root=0)
+        self.comm.broadcast(answer, root=0)
         self.comm.set_timeout(timeout)
-        self.regroup = self._stop[0] == EPOCH_REGROUP
-        return self._stop[0] != EPOCH_GO_ON
+        self.regroup = answer[0] == EPOCH_REGROUP
+        if answer[0] == EPOCH_GO_ON:
+            self.optimizer.set_hyperparameters({name: float(v) for name, v in zip(names, answer[1:])})
+        return answer[0] != EPOCH_GO_ON
 
 
 def _load(readers: Sequence, dependencies: Sequence) -> list[np.ndarray]:

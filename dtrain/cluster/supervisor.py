@@ -50,6 +50,9 @@ class Supervisor:
         self.events: queue.Queue[tuple[Any, dict]] = queue.Queue()
         self.epoch_open: int | None = None
         self.epochs_done: set[int] = set()
+        # The optimizer's hyperparameters each epoch trains with, as the callbacks left them at
+        # its begin (shared by the attempts of a run: a restart trains an epoch again with its own).
+        self.optimizer_configs: dict[int, dict[str, Any]] = {}
         self.epochs = 0
         self.logs: dict[str, float] = {}
         # The ranks' reports (rank 0's progress, every PROGRESS_INTERVAL_S, and epoch ends): where
@@ -174,6 +177,7 @@ class Supervisor:
         self._begin(epoch)
         if message["kind"] == "progress":
             self.cbs.on_train_batch_end(message["step"], message["logs"])
+            self._check_unchanged_within(epoch)
         else:
             self._epoch_end(epoch, message["logs"], notify=True)
 
@@ -189,20 +193,60 @@ class Supervisor:
         self.epochs_done.add(epoch)
         self.epoch_open = None
         self.logs = logs
+        if notify and not self.model.stop_training and epoch + 1 < self.epochs:
+            # The next epoch's begin before the answer, as one process runs them: what its
+            # callbacks change (LearningRateScheduler) goes to the ranks with the answer.
+            self.begin_epoch(epoch + 1)
         if notify:
             self._answer(epoch)
-        if notify and not self.model.stop_training and epoch + 1 < self.epochs:
-            self._begin(epoch + 1)  # the workers go straight on: the progress bar times from here
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The callbacks' begin of ``epoch`` (once), and the optimizer's hyperparameters it trains
+        with: checked against the epoch before's (a callback may change numbers, nothing else)."""
+        self._begin(epoch)
+        if epoch in self.optimizer_configs:
+            return
+        optimizer = self.model.compiled_optimizer
+        before = self.optimizer_configs.get(epoch - 1)
+        if before is not None:
+            optimizer.changes_since(before)  # (ValueError for what the ranks cannot take)
+        self.optimizer_configs[epoch] = optimizer.hyperparameters()
+
+    def _check_unchanged_within(self, epoch: int) -> None:
+        """The ranks are already further on than a batch callback sees: what it changes in the
+        optimizer cannot reach the step it meant. An error that says where to change it."""
+        now = self.optimizer_configs.get(epoch)
+        if now is None:
+            return
+        try:
+            changed = sorted(self.model.compiled_optimizer.changes_since(now))
+        except ValueError as exc:
+            changed = [str(exc)]
+        if changed:
+            raise ValueError(
+                f"A callback changed the optimizer ({', '.join(changed)}) in on_train_batch_end during epoch "
+                f"{epoch + 1}; with client= the workers run ahead of the client's batch callbacks, so such a change "
+                "cannot reach the batch it was meant for. Change it in on_epoch_begin or on_epoch_end (it then "
+                "reaches every worker before the next epoch), use a learning-rate schedule "
+                "(dtrain.optimizers.schedules) for changes within epochs, or train in one process."
+            )
+
+    def optimizer_numbers(self, epoch: int) -> dict[str, float] | None:
+        """The optimizer's numbers ``epoch`` trains with (None: not recorded)."""
+        config = self.optimizer_configs.get(epoch)
+        return None if config is None else {k: v for k, v in config.items() if isinstance(v, float)}
 
     def _answer(self, epoch: int) -> None:
         """Rank 0 waits for this answer before it starts the next epoch: go on, stop (a callback
-        set model.stop_training: EarlyStopping...) or end this attempt here to regroup."""
+        set model.stop_training: EarlyStopping...) or end this attempt here to regroup; and the
+        optimizer's numbers for the next epoch (a callback may have changed the learning rate)."""
         if not self.wait_for_client:
             return
-        answer = EPOCH_STOP if self.model.stop_training else EPOCH_GO_ON
-        if answer == EPOCH_GO_ON and epoch + 1 < self.epochs and self.should_regroup is not None:
+        verdict = EPOCH_STOP if self.model.stop_training else EPOCH_GO_ON
+        if verdict == EPOCH_GO_ON and epoch + 1 < self.epochs and self.should_regroup is not None:
             if self.should_regroup():
-                answer, self.regrouping = EPOCH_REGROUP, True
+                verdict, self.regrouping = EPOCH_REGROUP, True
+        answer = {"verdict": verdict, "optimizer": self.optimizer_numbers(epoch + 1)}
         # Waited for up to the run's timeout: a rank 0 that froze meanwhile would never answer (it
         # fails its own wait instead), and a gone one is the supervisor's to notice.
         run_with_deadline(

@@ -360,6 +360,50 @@ class Optimizer:
             config["name"] = self.display_name
         return config
 
+    # -- what may change between epochs (callbacks) ------------------------------------------
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every argument's current value, defaults included: what a callback may have changed."""
+        lr = self._learning_rate
+        return {
+            "learning_rate": lr if isinstance(lr, float) else schedules.serialize(lr),
+            **self._rule_config(),
+            **{key: getattr(self, key) for key in COMMON_DEFAULTS},
+            "class": type(self).__name__,
+        }
+
+    def changes_since(self, before: dict[str, Any]) -> dict[str, float]:
+        """The numbers changed since ``before`` (a :meth:`hyperparameters`), checked as the
+        constructor checks them. A change of anything else (a flag, an optional argument set
+        or unset, a schedule, another optimizer) changes the optimizer's state or rule: a
+        ValueError that names it, for runs that can only send the ranks numbers."""
+        now = self.hyperparameters()
+        changed, refused = {}, []
+        for key in sorted(set(now) | set(before)):
+            old, new = before.get(key), now.get(key)
+            if old == new and type(old) is type(new):
+                continue
+            if isinstance(old, float) and _is_number(new):
+                changed[key] = float(new)  # type: ignore[arg-type]  # (a number: checked just above)
+            else:
+                refused.append(f"{key} from {old!r} to {new!r}")
+        if refused:
+            raise ValueError(
+                f"The optimizer's {', '.join(refused)} changed during training; on a cluster only its numbers (such "
+                "as learning_rate, momentum, beta_1, weight_decay) can change between epochs. Train in one process, "
+                "or compile the model with the optimizer you want and fit again."
+            )
+        if changed:  # checked as the constructor checks them (a callback assigned them unchecked)
+            try:
+                type(self)(**self.get_config())
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"A callback set the optimizer's {', '.join(changed)} to a bad value: {exc}") from None
+        return changed
+
+    def set_hyperparameters(self, values: dict[str, float]) -> None:
+        """Take the numbers :meth:`changes_since` returned (on every rank, between epochs)."""
+        for key, value in values.items():
+            setattr(self, key, value)
+
     def get_state(self) -> dict[str, np.ndarray]:
         """Slots and the step count as host arrays (for saving and checkpoints)."""
         state = {name: host_copy(arr) for name, arr in self.slots.items()}
@@ -381,6 +425,10 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _learning_rate(value: Any) -> float | schedules.LearningRateSchedule:
