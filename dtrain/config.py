@@ -155,6 +155,9 @@ class FitConfig:
     elastic: bool = False  # workers that join are taken in at the next epoch's start
     min_workers: int = 1  # an elastic run waits (up to timeout) for this many, or fails
     max_workers: int | None = None  # an elastic run trains on at most this many
+    # Keras' class_weight, checked against the model's outputs: (class, weight) pairs; each
+    # rank weighs its own rows' losses by their class (data.class_weights_of)
+    class_weight: tuple[tuple[int, float], ...] | None = None
     # Recorded in (and required to match when resuming from) every checkpoint: a job's identity.
     checkpoint_extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -182,6 +185,7 @@ class FitConfig:
         min_workers: Any = None,
         max_workers: Any = None,
         checkpoint_extra: dict[str, Any] | None = None,
+        class_weight: dict[int, float] | None = None,
     ) -> FitConfig:
         """Every option checked, with an error that names it and what was received; nothing is
         read or built here, so a bad call changes nothing."""
@@ -229,7 +233,12 @@ class FitConfig:
             min_workers=min_workers,
             max_workers=max_workers,
             checkpoint_extra=dict(checkpoint_extra or {}),
+            class_weight=None if not class_weight else tuple(sorted(class_weight.items())),
         )
+
+    @property
+    def class_weights(self) -> dict[int, float] | None:
+        return None if self.class_weight is None else dict(self.class_weight)
 
     @property
     def most_workers(self) -> int | None:

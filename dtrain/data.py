@@ -160,6 +160,60 @@ def _cast_finite(array: np.ndarray, dtype: str, name: str) -> np.ndarray:
     return out
 
 
+def check_sample_weight(weights: Any, n: int, name: str = "sample_weight") -> np.ndarray:
+    """Per-sample loss weights as a float64 host array of length ``n``: finite, not negative
+    (a negative weight would reward the errors it weighs)."""
+    refuse_streams(weights, name)
+    w = _as_host_array(weights, name)
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w.reshape(-1)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(
+            f"{name} must hold one weight per sample: {n} of them, shape ({n},); received shape {w.shape}."
+        )
+    _check_finite(w, name)
+    if w.size and w.min() < 0:
+        bad = int(np.argmin(w))
+        raise ValueError(f"{name} must not be negative; {name}[{bad}] = {_plain(w[bad])!r}.")
+    return np.ascontiguousarray(w, dtype=np.float64)
+
+
+def check_class_weight(class_weight: Any, units: int) -> dict[int, float]:
+    """Keras' ``class_weight``: {class index: weight}, for classes the model's outputs have
+    (0 and 1 for a one-unit binary output); classes left out weigh 1."""
+    if not isinstance(class_weight, dict) or not class_weight:
+        raise ValueError(
+            f"class_weight must be a dict {{class index: weight}}, such as {{0: 1.0, 1: 5.0}}; received {class_weight!r}."
+        )
+    classes = max(units, 2)
+    out: dict[int, float] = {}
+    for key, value in class_weight.items():
+        index = int(key) if isinstance(key, (numbers.Integral, str)) and str(key).lstrip("-").isdigit() else None
+        if index is None or not 0 <= index < classes:
+            raise ValueError(
+                f"class_weight has class {key!r}, which the model's {units} output(s) do not have: classes are "
+                f"0 .. {classes - 1}."
+            )
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"class_weight[{key!r}] must be a number >= 0, received {value!r}.")
+        out[index] = float(value)
+    return out
+
+
+def class_weights_of(y: np.ndarray, class_weight: dict[int, float]) -> np.ndarray:
+    """Each row's weight from its class, as Keras finds it (``class_weight_to_sample_weights``):
+    the arg max of one-hot rows, the rounded value of a single column; 1 for other classes."""
+    labels = np.asarray(y)
+    if labels.ndim > 1:
+        labels = labels.reshape(len(labels), -1)
+        labels = np.argmax(labels, axis=-1) if labels.shape[1] != 1 else labels[:, 0]
+    labels = np.round(labels).astype(np.int64)
+    table = np.ones(max(class_weight) + 2, dtype=np.float64)
+    for index, weight in class_weight.items():
+        table[index] = weight
+    return table[np.clip(labels, -1, len(table) - 1)]  # (-1 and past the table: the last entry, 1.0)
+
+
 def check_targets(y: Any, n: int, loss, units: int, dtype: str, name: str = "y", x_name: str = "x") -> np.ndarray:
     """Validate targets for ``loss`` and return them in the form it computes with."""
     y = _as_host_array(y, name)

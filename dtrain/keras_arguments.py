@@ -8,8 +8,6 @@ from typing import Any
 # Per method: the Keras 3 arguments dtrain lacks, and what to do instead.
 _WHAT_TO_DO: dict[str, dict[str, str]] = {
     "fit": {
-        "sample_weight": "weight the rows by repeating them, or train with Keras for per-sample weights",
-        "class_weight": "balance the classes by resampling the rows, or train with Keras for class weights",
         "validation_freq": "validation runs after every epoch",
         "steps_per_epoch": "an epoch is one pass over the rows; pass fewer rows (x[:n]) for shorter epochs",
         "validation_steps": "validation uses every validation row; pass fewer of them",
@@ -26,7 +24,7 @@ _WHAT_TO_DO: dict[str, dict[str, str]] = {
     },
     "compile": {
         "loss_weights": "dtrain models have one output and one loss",
-        "weighted_metrics": "dtrain has no sample weights yet: use metrics=",
+        "weighted_metrics": "dtrain's metrics are not weighted by sample_weight: use metrics=",
         "run_eagerly": "dtrain always runs eagerly (NumPy or CuPy calls): leave it out",
         "steps_per_execution": "dtrain runs one step per call: leave it out",
         "jit_compile": "dtrain compiles nothing: leave it out",

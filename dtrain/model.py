@@ -23,7 +23,7 @@ from .backend import to_numpy
 from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
-from .data import check_batch_size, refuse_streams
+from .data import check_batch_size, check_class_weight, refuse_streams
 from .keras_arguments import refuse_keras_arguments
 from .keras_files import keras_config, load_keras, load_weights_h5, save_keras, save_weights_h5
 from .network import Network, Totals
@@ -68,6 +68,8 @@ class Sequential(Network):
         elastic: bool = False,
         min_workers: int | None = None,
         max_workers: int | None = None,
+        sample_weight: Any = None,
+        class_weight: dict[int, float] | None = None,
         **keras_arguments: Any,
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs of global batches of ``batch_size`` (default 32) samples.
@@ -106,11 +108,14 @@ class Sequential(Network):
         logical shards never change, so the result is that of a fixed cluster.
         """
         refuse_keras_arguments("fit", keras_arguments)
-        for name, value in (("x", x), ("y", y)):
+        for name, value in (("x", x), ("y", y), ("sample_weight", sample_weight)):
             refuse_streams(value, name)
         self.require_compiled("fit")
         self.check_trainable_compiled()
+        if sample_weight is not None and class_weight is not None:
+            raise ValueError("You cannot `class_weight` and `sample_weight` at the same time (as in Keras): pass one.")
         config = FitConfig.make(
+            class_weight=None if class_weight is None else check_class_weight(class_weight, self.output_units),
             batch_size=batch_size,
             epochs=epochs,
             verbose=verbose,
@@ -132,6 +137,11 @@ class Sequential(Network):
             max_workers=max_workers,
         )
         callbacks = check_callbacks(callbacks)
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
+            raise ValueError(
+                "validation_data=(x_val, y_val, sample_weight_val): validation sample weights are not supported yet; "
+                "pass (x_val, y_val), or validation_split with sample_weight (its last rows are weighted as given)."
+            )
         if validation_data is not None and (
             not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
         ):
@@ -142,13 +152,15 @@ class Sequential(Network):
         for i, value in enumerate(validation_data or ()):
             refuse_streams(value, f"validation_data[{i}]")
         if client is not None:
-            history = fit_on_cluster(self, x, y, validation_data, callbacks, config, client=client)
+            history = fit_on_cluster(
+                self, x, y, validation_data, callbacks, config, client=client, sample_weight=sample_weight
+            )
         elif config.workers is not None:
             raise ValueError("workers= selects Dask workers and needs client= as well.")
         elif config.elastic:
             raise ValueError("elastic=True lets the workers of a Dask cluster come and go: it needs client= as well.")
         else:
-            history = fit_in_process(self, x, y, validation_data, callbacks, config)
+            history = fit_in_process(self, x, y, validation_data, callbacks, config, sample_weight)
         self.history = history
         return history
 

@@ -436,15 +436,15 @@ class Network:
             x = layer.forward(x, training=training)
         return x
 
-    def _loss_and_metric_sums(self, y, out) -> tuple[float, list[float]]:
-        """The sums over the batch of the loss (with the penalties, as Keras reports it) and of
-        every metric."""
+    def _loss_and_metric_sums(self, y, out, sample_weight=None) -> tuple[float, list[float]]:
+        """The sums over the batch of the loss (weighted by ``sample_weight``, with the
+        penalties, as Keras reports it) and of every metric."""
         xp = self.backend.xp
         if self._fused_loss:
             per_sample = self.compiled_loss.per_sample_from_logits(xp, y, self._layers[-1].logits)
         else:
             per_sample = self.compiled_loss.per_sample(xp, y, out)
-        loss = float(per_sample.sum())
+        loss = float(per_sample.sum() if sample_weight is None else xp.dot(per_sample, sample_weight))
         if self._penalized:
             loss += self._penalties(len(y))
         return loss, [float(v) for m in self.metrics for v in m.update(xp, y, out)]
@@ -472,15 +472,22 @@ class Network:
                 constraint.apply(xp, weight)
 
     def compute_gradients(
-        self, x, y, scale: float | None = None, noise: StepNoise | None = None
+        self,
+        x,
+        y,
+        sample_weight=None,
+        scale: float | None = None,
+        noise: StepNoise | None = None,
     ) -> tuple[int, float, list[float]]:
         """Forward, loss and backward on one batch (device arrays, already checked).
 
-        Fills ``model.grads`` with the gradient of ``scale * sum(per-sample loss)``; ``scale``
+        Fills ``model.grads`` with the gradient of ``scale * sum(w_i * per-sample loss_i)``
+        (``sample_weight`` w, one per row, the model's dtype; all 1 without); ``scale``
         defaults to 1 / len(x), the mean over this batch (data-parallel training passes
-        1 / global batch size). ``noise``: the seed, epoch and global rows that random layers
-        (Dropout, ...) draw from. Returns (samples, loss sum, metric sums), all before the update.
-        """
+        1 / global batch size: Keras divides the weighted sum by the batch size, not by the
+        weights' sum). ``noise``: the seed, epoch and global rows that random layers (Dropout,
+        ...) draw from. Returns (samples, loss sum, metric sums), all before the update; the
+        metrics are not weighted, as Keras' compiled ``metrics`` are not."""
         xp, n = self.backend.xp, x.shape[0]
         scale = 1.0 / n if scale is None else scale
         if noise is not None:
@@ -488,13 +495,15 @@ class Network:
                 if layer.random:
                     layer.set_noise(noise, stream)
         out = self.forward(x, training=True)
-        sums = self._loss_and_metric_sums(y, out)
+        sums = self._loss_and_metric_sums(y, out, sample_weight)
         top = self._layers[-1]
         if self._fused_loss:
             buffer = self._top_grads.get(n, lambda: xp.empty_like(out))
             grad = self.compiled_loss.gradient_from_logits(xp, y, top.logits, out, scale, buffer)
         else:
             grad = self.compiled_loss.gradient(xp, y, out, scale)
+        if sample_weight is not None:  # each row's loss gradient, times its weight
+            grad *= sample_weight.reshape(-1, 1)
         last = len(self._layers) - 1
         # Below the lowest layer that trains (or sums over the batch), nobody needs a gradient.
         lowest = next((i for i, layer in enumerate(self._layers) if layer.trainable and layer.has_weights), last)
@@ -652,13 +661,18 @@ class Network:
         y = check_targets(y, x.shape[0], self.loss, self.output_units, self.dtype, name=f"{name}y", x_name=f"{name}x")
         return x, y
 
-    def evaluation_totals(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Totals:
-        """Sums of loss and metrics over (x, y) (host arrays, already checked)."""
+    def evaluation_totals(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int, sample_weight: np.ndarray | None = None
+    ) -> Totals:
+        """Sums of loss and metrics over (x, y) (host arrays, already checked); the loss
+        weighted by ``sample_weight`` where given."""
         totals = Totals(self.metrics)
+        weights = None if sample_weight is None else np.asarray(sample_weight, dtype=self.dtype)
         for rows in batches(len(x), batch_size):
             xb, yb = self.backend.asarray(x[rows]), self.backend.asarray(y[rows])
+            wb = None if weights is None else self.backend.asarray(weights[rows])
             out = self.forward(xb, training=False)
-            totals.add(len(xb), *self._loss_and_metric_sums(yb, out))
+            totals.add(len(xb), *self._loss_and_metric_sums(yb, out, wb))
         return totals
 
     def predict_rows(self, x: np.ndarray, batch_size: int) -> np.ndarray:

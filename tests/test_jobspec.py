@@ -88,6 +88,7 @@ def test_defaults_are_filled_in(tmp_path):
             "timeout": 60,
             "max_restarts": 2,
             "on_nonfinite": "stop",
+            "class_weight": None,
         },
         "cluster": {"workers": None, "device": "auto", "elastic": False, "min_workers": None, "max_workers": None},
         "output": {"dir": str(tmp_path / "runs" / "tiny-job"), "checkpoint": {"every": "epoch", "keep": 3}},
@@ -612,6 +613,7 @@ def test_fit_options_are_what_fit_takes(tmp_path):
         "timeout": 5,
         "max_restarts": 2,
         "on_nonfinite": "stop",
+        "class_weight": None,
     }
     x, y = make_classification(60, 4, 3, seed=0)
     model = job.build_model()
@@ -705,3 +707,30 @@ def test_a_job_name_is_a_plain_name(tmp_path, name):
 
 def test_a_default_name_from_a_hidden_file_is_plain(tmp_path):
     assert load_job(write(tmp_path, ".hidden job.yaml", MINIMAL)).name == "hidden-job"
+
+
+def test_class_weight_and_optimizer_options_in_job_files(tmp_path):
+    """fit.class_weight and an optimizer's Keras common arguments and schedule reach fit; bad
+    ones are problems at their paths."""
+    text = MINIMAL.replace(
+        "  loss: categorical_crossentropy\n",
+        "  loss: categorical_crossentropy\n  optimizer: {name: adamw, clipnorm: 1.0,"
+        " learning_rate: {schedule: cosine_decay, initial_learning_rate: 0.01, decay_steps: 20}}\n",
+    )
+    job = load_job(write(tmp_path, "ok.yaml", text + "fit: {class_weight: {0: 1.0, 2: 4.0}}\n"))
+    assert job.fit_options()["class_weight"] == {0: 1.0, 2: 4.0}
+    config = job.fit_config()
+    assert config.class_weights == {0: 1.0, 2: 4.0}
+    optimizer = dtrain.optimizers.get(job.spec["compile"]["optimizer"])
+    assert optimizer.clipnorm == 1.0 and isinstance(optimizer.schedule, dtrain.optimizers.schedules.CosineDecay)
+    bad = write(
+        tmp_path,
+        "bad.yaml",
+        text.replace("clipnorm: 1.0", "clipnorm: 1.0, clipvalue: 2.0")
+        + "fit: {class_weight: {0: -1.0, 5: 2.0, x: 1.0}}\n",
+    )
+    problems = problems_of(bad)
+    assert "Only one of clipnorm, clipvalue and global_clipnorm" in find(problems, "compile.optimizer").message
+    assert "expected a weight >= 0" in find(problems, "fit.class_weight.0").message
+    assert "class 5 is not one of the model's classes 0 .. 2" in find(problems, "fit.class_weight.5").message
+    assert "expected a class index" in find(problems, "fit.class_weight.x").message

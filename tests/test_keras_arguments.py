@@ -26,12 +26,12 @@ def _model():
     "call, match",
     [
         (
-            lambda m, x, y: m.fit(x, y, sample_weight=np.ones(4)),
-            r"fit\(\) got unexpected arguments: sample_weight \(a Keras",
+            lambda m, x, y: m.fit(x, y, validation_freq=2),
+            r"fit\(\) got unexpected arguments: validation_freq \(a Keras",
         ),
         (
-            lambda m, x, y: m.fit(x, y, class_weight={0: 1.0}),
-            r"class_weight \(a Keras argument dtrain does not support",
+            lambda m, x, y: m.fit(x, y, validation_steps=2),
+            r"validation_steps \(a Keras argument dtrain does not support",
         ),
         (lambda m, x, y: m.fit(x, y, steps_per_epoch=2), r"steps_per_epoch \(a Keras argument"),
         (lambda m, x, y: m.fit(x, y, epoch=2), r"epoch \(not an argument of fit, in Keras or in dtrain\)"),

@@ -78,6 +78,7 @@ def fit_on_cluster(
     *,
     client: Any,
     control: RunControl | None = None,
+    sample_weight: Any = None,
 ) -> History:
     """Train ``model`` on the workers of ``client``'s cluster (see the module docstring).
 
@@ -99,7 +100,9 @@ def fit_on_cluster(
     ranks = cluster_ranks(client, config.workers)
     if len(ranks) < config.min_workers:
         ranks = _surviving_ranks(client, config, [], [], "waiting for min_workers", None)
-    train, validation = training_sources(model, x, y, config.validation_split, validation_data, client)
+    train, validation = training_sources(
+        model, x, y, config.validation_split, validation_data, client, sample_weight=sample_weight
+    )
     if control.stop is not None and control.stop.is_set():  # preparing the sources can take a while
         raise JobCancelled("training was cancelled before it started")
     # The plan (shard count included) is fixed for the whole run, restarts too: that is what
@@ -312,15 +315,19 @@ class _Run:
                 if initial is not None:  # only the source rank receives them; it broadcasts them
                     [initial_future] = client.scatter([initial], workers=[ranks[source].address], hash=False)
                 for r, worker in enumerate(ranks):
-                    readers: dict[str, list] = {"x": [], "y": [], "val_x": [], "val_y": []}
+                    readers: dict[str, list] = {"x": [], "y": [], "w": [], "val_x": [], "val_y": [], "val_w": []}
                     for shard in owned[r]:
                         xr, yr = self.train.readers(*plan.bounds[shard], client, worker.address)
                         readers["x"].append(xr)
                         readers["y"].append(yr)
+                        if self.train.w is not None:
+                            readers["w"].append(self.train.weight_reader(*plan.bounds[shard], client, worker.address))
                     if validation is not None and val_split is not None and val_split[r][1] > val_split[r][0]:
                         xr, yr = validation.readers(*val_split[r], client, worker.address)
                         readers["val_x"].append(xr)
                         readers["val_y"].append(yr)
+                        if validation.w is not None:
+                            readers["val_w"].append(validation.weight_reader(*val_split[r], client, worker.address))
                     dependencies = {key: [reader.dependencies for reader in value] for key, value in readers.items()}
                     spec = RankSpec(
                         job_id=job_id,

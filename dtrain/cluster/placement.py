@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import check_sample_weight
 from ..network import Network
 from ..sampling import ShardPlan
 from ..sources import ArraySource, Source, as_source, check_same_rows
@@ -29,12 +30,16 @@ class Rows:
     y: Any
     start: int
     count: int
+    w: Any = None  # the rows' sample weights (a source), if any
 
     def readers(self, lo: int, hi: int, client: Any, worker: str) -> tuple[Any, Any]:
         return (
             self.x.shard(self.start + lo, self.start + hi, client, worker),
             self.y.shard(self.start + lo, self.start + hi, client, worker),
         )
+
+    def weight_reader(self, lo: int, hi: int, client: Any, worker: str) -> Any:
+        return None if self.w is None else self.w.shard(self.start + lo, self.start + hi, client, worker)
 
 
 def numpy_like(value: Any) -> bool:
@@ -45,7 +50,13 @@ def numpy_like(value: Any) -> bool:
 
 
 def training_sources(
-    model: Network, x: Any, y: Any, validation_split: float, validation_data: Any, client: Any
+    model: Network,
+    x: Any,
+    y: Any,
+    validation_split: float,
+    validation_data: Any,
+    client: Any,
+    sample_weight: Any = None,
 ) -> tuple[Rows, Rows | None]:
     """Training and validation rows as sources, checked as far as the client can without
     reading files or computing Dask arrays."""
@@ -66,15 +77,22 @@ def training_sources(
     if x is None or y is None:
         raise ValueError("fit(..., client=) needs both x and y (arrays, Dask arrays or dtrain.from_* sources).")
     xs, ys = pair(x, y, "", None)
-    train = Rows(xs, ys, 0, xs.n_rows)
+    ws: Source | None = None
+    if sample_weight is not None:
+        if numpy_like(sample_weight):
+            ws = ArraySource(check_sample_weight(sample_weight, xs.n_rows))
+        else:  # (its values are checked where they are read, on the workers)
+            ws = as_source(sample_weight, "sample_weight").prepare(client)
+            check_same_rows(xs, ws)
+    train = Rows(xs, ys, 0, xs.n_rows, ws)
     validation = None
     if validation_data is not None:
         vx, vy = pair(validation_data[0], validation_data[1], "validation ", math.prod(xs.row_shape))
         validation = Rows(vx, vy, 0, vx.n_rows)
     elif validation_split:
-        split_at = validation_split_at(train.count, validation_split)  # the last rows, as Keras
-        validation = Rows(xs, ys, split_at, train.count - split_at)
-        train = Rows(xs, ys, 0, split_at)
+        split_at = validation_split_at(train.count, validation_split)  # the last rows, as Keras (weights too)
+        validation = Rows(xs, ys, split_at, train.count - split_at, ws)
+        train = Rows(xs, ys, 0, split_at, ws)
     return train, validation
 
 

@@ -25,7 +25,7 @@ from .. import comm as comm_module
 from ..backend import host_copy
 from ..comm import Aborted, Communicator, make_communicator
 from ..config import FitConfig
-from ..data import check_targets
+from ..data import check_sample_weight, check_targets, class_weights_of
 from ..leases import Lease
 from ..network import Network, Totals
 from ..sampling import ShardPlan
@@ -155,10 +155,13 @@ def _run(
     network = Network.from_config(spec.model_config, device=spec.device)
     network.compile(**spec.compile_config)  # the loss decides the form of the targets
     x, y = _load_checked(network, spec, readers, dependencies, "x", "y", "training")
-    validation = None
+    weights = _weights(readers, dependencies, "w", x, y, spec.config.class_weights)
+    validation: tuple[np.ndarray, ...] | None = None
     if spec.has_validation:
         val_x, val_y = _load_checked(network, spec, readers, dependencies, "val_x", "val_y", "validation")
-        validation = None if val_x is None or val_y is None else (val_x, val_y)
+        if val_x is not None and val_y is not None:
+            val_w = _weights(readers, dependencies, "val_w", val_x, val_y, None)  # (class weights: training only)
+            validation = (val_x, val_y) + (() if val_w is None else (val_w,))
     _build_replica(network, spec, comm, initial)  # waits for every rank to have loaded
     comm.set_timeout(spec.config.timeout)
     assert spec.config.shards is not None
@@ -180,7 +183,7 @@ def _run(
     result = train(
         network,
         comm,
-        Batches(network, x, y, stage_on_device=True),  # on a GPU the shard lives there
+        Batches(network, x, y, stage_on_device=True, sample_weight=weights),  # on a GPU the shard lives there
         validation,
         config=spec.config,
         plan=plan,
@@ -277,6 +280,20 @@ def _load(readers: Sequence, dependencies: Sequence) -> list[np.ndarray]:
 def _rows_label(readers: Sequence) -> str:
     spans = [f"{r.start}..{r.stop - 1}" for r in readers]
     return "rows " + ", ".join(spans) if spans else "no rows"
+
+
+def _weights(
+    readers: dict, dependencies: dict, key: str, x: np.ndarray | None, y: np.ndarray | None, class_weight: Any
+) -> np.ndarray | None:
+    """This rank's sample weights of the rows ``x``, checked: read (``key``'s readers), or from
+    the rows' classes (``class_weight``), or None."""
+    if x is None or y is None:
+        return None
+    if readers.get(key):
+        parts = _load(readers[key], dependencies[key])
+        w = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return check_sample_weight(w, len(x), name=f"sample_weight ({_rows_label(readers[key])})")
+    return None if class_weight is None else class_weights_of(y, class_weight)
 
 
 def _load_checked(

@@ -87,6 +87,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     **option_defaults("epochs", "batch_size", "seed", "shuffle", "shards", "timeout", "max_restarts", "on_nonfinite"),
     "seed": 0,
     "max_restarts": 2,
+    "class_weight": None,  # {class index: weight}, as fit(class_weight=)
 }
 NONFINITE = NONFINITE_POLICIES
 CHECKPOINT_DEFAULTS: dict[str, Any] = {"every": CheckpointPolicy.every, "keep": CheckpointPolicy.keep}
@@ -247,12 +248,13 @@ def _construct(ck: Checker, path: str, make: Callable[..., Any], kwargs: dict, p
 
 
 def _parameters(cls: Callable[..., Any]) -> list[str]:
-    """The keyword arguments ``cls(...)`` takes."""
+    """The keyword arguments ``cls(...)`` takes (and those it takes through ``**kwargs``:
+    an optimizer's Keras common arguments, its ``keyword_parameters``)."""
     return [
         name
         for name, p in inspect.signature(cls).parameters.items()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
+    ] + list(getattr(cls, "keyword_parameters", ()))
 
 
 def _attempt(ck: Checker, path: str, make: Callable[[], Any]) -> Any:
@@ -638,7 +640,39 @@ def _check_fit(ck: Checker, raw: dict) -> dict:
         ck.report("fit.timeout", f"expected at most {MAX_TIMEOUT_S:,.0f} seconds, got {fit['timeout']:g}")
     _integer(ck, fit["max_restarts"], "fit.max_restarts", least=0)
     _choice(ck, fit["on_nonfinite"], "fit.on_nonfinite", NONFINITE)
+    if fit["class_weight"] is not None:
+        weights = fit["class_weight"]
+        if not isinstance(weights, dict) or not weights:
+            ck.report(
+                "fit.class_weight",
+                f"expected a mapping of class index to weight (e.g. {{0: 1, 1: 5}}), got {_got(weights)}",
+            )
+        else:
+            normal = {}
+            for key, value in weights.items():
+                path = join_key("fit.class_weight", str(key))
+                index = int(key) if isinstance(key, str) and key.isdigit() else key  # ("0": JSON's keys)
+                if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                    ck.report(path, f"expected a class index (an integer >= 0) as the key, got {_got(key)}")
+                elif not _real(value) or value < 0:
+                    ck.report(path, f"expected a weight >= 0, got {_got(value)}")
+                else:
+                    normal[str(index)] = value  # (a job spec's keys are strings: fit_options makes them ints)
+            fit["class_weight"] = normal
     return fit
+
+
+def _check_class_weight_fits_model(ck: Checker, model: _Model, fit: dict) -> None:
+    """fit.class_weight names classes the model's outputs have (as fit(class_weight=) checks)."""
+    weights = fit.get("class_weight")
+    if not isinstance(weights, dict) or model.model is None or (units := _output_units(model.model)) is None:
+        return
+    for key in weights:
+        if str(key).isdigit() and int(key) >= max(units, 2):
+            ck.report(
+                join_key("fit.class_weight", str(key)),
+                f"class {key} is not one of the model's classes 0 .. {max(units, 2) - 1} ({units} output units)",
+            )
 
 
 def _check_cluster(ck: Checker, raw: dict) -> dict:
@@ -839,6 +873,7 @@ def validate(raw: Any, ck: Checker, source: str | None) -> dict:
     cluster = _check_cluster(ck, raw)
     output = _check_output(ck, raw, name)
     _check_model_fits_data(ck, model, compile_, data)
+    _check_class_weight_fits_model(ck, model, fit)
     _check_sizes(ck, data, fit)
     _check_elastic(ck, fit, cluster)
     spec = {

@@ -203,9 +203,12 @@ class Job:
         return read(source["path"], label=source["label"], features=source["features"], storage_options=options)
 
     def fit_options(self) -> dict:
-        """``epochs, batch_size, seed, shuffle, shards, timeout, max_restarts, on_nonfinite`` as
-        ``Sequential.fit`` takes them."""
-        return dict(self.spec["fit"])
+        """``epochs, batch_size, seed, shuffle, shards, timeout, max_restarts, on_nonfinite,
+        class_weight`` as ``Sequential.fit`` takes them."""
+        options = dict(self.spec["fit"])
+        if options.get("class_weight") is not None:
+            options["class_weight"] = {int(k): v for k, v in options["class_weight"].items()}
+        return options
 
     @property
     def checkpoint_dir(self) -> str | None:

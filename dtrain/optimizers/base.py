@@ -111,6 +111,7 @@ class Optimizer:
     slot_names: tuple[str, ...] = ()
     slot_initial: dict[str, float] = {}  # slots that do not start at zero
     scratch_count = 1  # rules that need a second scratch buffer say 2
+    keyword_parameters = (*COMMON_DEFAULTS, "name")  # what every optimizer takes beside its own arguments
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ import numpy as np
 from ..callbacks import Callback, History
 from ..comm import LocalCommunicator
 from ..config import FitConfig
+from ..data import check_sample_weight, class_weights_of
 from ..leases import Lease
 from ..network import Network
 from ..sampling import ShardPlan
@@ -43,29 +44,37 @@ def fit_in_process(
     validation_data: tuple[Any, Any] | None,
     callbacks: Sequence[Callback],
     config: FitConfig,
+    sample_weight: Any = None,
 ) -> History:
     """Check the data, build the model (or restore it from ``config.resume_from``), train."""
     # Every check runs before the model is built or touched: a bad call changes nothing.
     x, y = model.check_xy(x, y)
-    validation = None
+    weights = None if sample_weight is None else check_sample_weight(sample_weight, len(x))
+    validation: tuple[np.ndarray, ...] | None = None
     if validation_data is not None:
         validation = model.check_xy(*validation_data, name="validation ", input_dim=x.shape[1])
     elif config.validation_split:
         split_at = validation_split_at(len(x), config.validation_split)
-        x, y, validation = x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
+        # Keras splits the weights with the rows: the validation rows' weights weigh val_loss
+        validation = (x[split_at:], y[split_at:]) + (() if weights is None else (weights[split_at:],))
+        x, y = x[:split_at], y[:split_at]
+        weights = None if weights is None else weights[:split_at]
+    if config.class_weights is not None:  # (the training rows only, as Keras)
+        weights = class_weights_of(y, config.class_weights)
     config = resolve_seed_and_shards(config)
     shards = config.shards or 1
     config = replace(config, shards=shards)
     plan = ShardPlan(len(x), shards, config.batch_size)
     with folder_lease(config.checkpoint, new_run_id()) as lease:  # one writer per folder, before any work
-        return _train(model, x, y, validation, callbacks, config, plan, lease)
+        return _train(model, x, y, weights, validation, callbacks, config, plan, lease)
 
 
 def _train(
     model: Network,
     x: np.ndarray,
     y: np.ndarray,
-    validation: tuple[np.ndarray, np.ndarray] | None,
+    weights: np.ndarray | None,
+    validation: tuple[np.ndarray, ...] | None,
     callbacks: Sequence[Callback],
     config: FitConfig,
     plan: ShardPlan,
@@ -82,7 +91,7 @@ def _train(
     result = train(
         model,
         LocalCommunicator(),
-        Batches(model, x, y),
+        Batches(model, x, y, sample_weight=weights),
         validation,
         config=config,
         plan=plan,

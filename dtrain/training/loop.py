@@ -51,24 +51,37 @@ class Batches:
     there (the ranks of a cluster); otherwise each batch is gathered on the host into a reused
     buffer (or is a view, for a contiguous batch) and moved (one process, as Keras does)."""
 
-    def __init__(self, network: Network, x: np.ndarray, y: np.ndarray, stage_on_device: bool = False) -> None:
+    def __init__(
+        self,
+        network: Network,
+        x: np.ndarray,
+        y: np.ndarray,
+        stage_on_device: bool = False,
+        sample_weight: np.ndarray | None = None,
+    ) -> None:
         self.backend, self.rows = network.backend, len(x)
-        self._x, self._y = x, y
+        # The weights in the model's dtype, once: a step multiplies its loss gradient by them.
+        w = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=network.dtype)
+        self._x, self._y, self._w = x, y, w
         self._on_device = stage_on_device and network.backend.device != "cpu"
         if self._on_device:
             self._x, self._y = self.backend.asarray(x), self.backend.asarray(y)
+            self._w = None if w is None else self.backend.asarray(w)
         else:
             self._x_rows, self._y_rows = BatchGatherer(x), BatchGatherer(y)
+            self._w_rows = None if w is None else BatchGatherer(w)
 
-    def take(self, rows: np.ndarray | slice) -> tuple[Any, Any]:
+    def take(self, rows: np.ndarray | slice) -> tuple[Any, Any, Any]:
+        """(x, y, sample weights or None) of ``rows``, on the device."""
         if isinstance(rows, slice):  # in order: a view, nothing to copy
-            xb, yb = self._x[rows], self._y[rows]
+            xb, yb, wb = self._x[rows], self._y[rows], None if self._w is None else self._w[rows]
         elif self._on_device:
             index = self.backend.xp.asarray(rows)
-            return self._x[index], self._y[index]
+            return self._x[index], self._y[index], None if self._w is None else self._w[index]
         else:
             xb, yb = self._x_rows.take(rows), self._y_rows.take(rows)
-        return self.backend.asarray(xb), self.backend.asarray(yb)
+            wb = None if self._w_rows is None else self._w_rows.take(rows)
+        return self.backend.asarray(xb), self.backend.asarray(yb), None if wb is None else self.backend.asarray(wb)
 
 
 STEP_RECORDS = 8192  # per-step timings kept (the most recent steps): bounded, however long the run
@@ -118,7 +131,7 @@ def train(
     network: Network,
     comm: Communicator,
     batches: Batches,
-    validation: tuple[np.ndarray, np.ndarray] | None,
+    validation: tuple[np.ndarray, ...] | None,
     *,
     config: FitConfig,
     plan: ShardPlan,
@@ -238,7 +251,9 @@ def train(
             logs = totals.logs()  # over the whole global batch: the steps' sums are global
             if has_validation:
                 local = (
-                    Totals(metrics) if validation is None else network.evaluation_totals(*validation, plan.batch_size)
+                    Totals(metrics)
+                    if validation is None
+                    else network.evaluation_totals(validation[0], validation[1], plan.batch_size, *validation[2:])
                 )
                 val_sums = local.to_array()
                 comm.allreduce(val_sums)
