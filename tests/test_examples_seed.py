@@ -99,3 +99,19 @@ def test_keras_mnist_mlp_runs_with_only_its_imports_and_data_changed():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     accuracy = float(proc.stdout.split("Test accuracy:")[1].split()[0])
     assert accuracy >= 0.95 and "dropout (Dropout)" in proc.stdout
+
+
+def test_the_keras_training_guide_runs_with_only_its_imports_and_data_changed():
+    """examples/keras_training_guide.py: the keras.io guide's Sequential parts (fit and evaluate,
+    validation_split, class and sample weights, EarlyStopping, a schedule, the learning-rate
+    callbacks, CSVLogger), each asserting what it shows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parent.parent / "examples" / "keras_training_guide.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert float(proc.stdout.split("Test accuracy:")[1].split()[0]) > 0.9
+    assert "early stopping" in proc.stdout
