@@ -1,5 +1,5 @@
 """Callbacks: hooks called by ``fit`` (Keras' protocol), plus History, EarlyStopping,
-TerminateOnNaN, LearningRateScheduler, ReduceLROnPlateau, CSVLogger and a progress bar that
+TerminateOnNaN, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau, CSVLogger and a progress bar that
 works in terminals and notebooks (tqdm)."""
 
 from __future__ import annotations
@@ -193,6 +193,11 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.on_train_begin()  # usable even when driven by hand, without fit()
 
+    @property
+    def needs_model(self) -> bool:
+        """With client=, the client's model is brought up to date at each epoch's end: it keeps the best weights."""
+        return self.restore_best_weights
+
     def _improves(self, value: float, reference: float) -> bool:
         if self.mode == "min":
             return value + self.min_delta < reference
@@ -241,6 +246,105 @@ class EarlyStopping(Callback):
             if self.verbose:
                 print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model (``.keras``) or its weights (``save_weights_only=True``: ``.weights.h5``)
+    at each epoch's end, or every ``save_freq`` batches, to ``filepath`` formatted with the
+    epoch (from 1), the batch and the logs (``"model-{epoch:02d}-{val_loss:.3f}.keras"``);
+    ``save_best_only``: only when ``monitor`` improves on the best so far (``mode``: "min",
+    "max", or "auto": "max" for accuracies, else "min"; ``initial_value_threshold`` the best to
+    beat at first). Keras' arguments and rules; every file is written whole or not at all (a
+    temporary file renamed). With ``client=`` the model comes from the workers at each epoch's
+    end, with the optimizer's state: ``save_freq`` must then be "epoch"."""
+
+    needs_model = True  # with client=, the client's model is brought up to date before it runs
+
+    def __init__(
+        self,
+        filepath,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: Any = "epoch",
+        initial_value_threshold: float | None = None,
+    ):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(f"Unrecognized save_freq: {save_freq!r}. Expected save_freq are 'epoch' or integer values")
+        if save_weights_only and not self.filepath.endswith(".weights.h5"):
+            raise ValueError(
+                "When using `save_weights_only=True` in `ModelCheckpoint`, the filepath provided must end in "
+                f"`.weights.h5` (Keras weights format). Received: filepath={self.filepath}"
+            )
+        if not save_weights_only and not self.filepath.endswith(".keras"):
+            raise ValueError(
+                f"The filepath provided must end in `.keras` (Keras model format). Received: filepath={self.filepath}"
+            )
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"ModelCheckpoint expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
+        self.monitor, self.verbose, self.save_best_only = monitor, verbose, save_best_only
+        self.save_weights_only, self.save_freq = save_weights_only, save_freq
+        if mode == "auto":
+            name = monitor.lower()
+            mode = "max" if ("acc" in name or "auc" in name or name.startswith("fmeasure")) else "min"
+        self.mode = mode
+        self.best: float | None = initial_value_threshold
+        self._epoch = 0
+        self._batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        if self._batches >= self.save_freq:
+            self._batches = 0
+            self._save(self._epoch, batch, logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs or {})
+
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def _save(self, epoch: int, batch: int | None, logs: dict) -> None:
+        fields = {"epoch": epoch + 1, **logs} if batch is None else {"epoch": epoch + 1, "batch": batch + 1, **logs}
+        try:
+            path = self.filepath.format(**fields)
+        except KeyError as exc:
+            raise KeyError(f'Failed to format this callback filepath: "{self.filepath}". Reason: {exc}') from None
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=2)
+            elif not self._improves(current):
+                if self.verbose > 0:
+                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            else:
+                self.best = current
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        if os.path.isdir(path):
+            raise OSError(
+                f"Please specify a non-directory filepath for ModelCheckpoint. Filepath used is an existing directory: {path}"
+            )
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: saving model to {path}")
 
 
 class LearningRateScheduler(Callback):

@@ -8,9 +8,9 @@ scikit-learn's bundled digits (8x8 images: 64 features, 1,797 samples), split as
 MNIST (the last rows for validation). Each section is the guide's code with its numbers kept
 (epochs, batch sizes, the weight of class 5, the schedule's arguments), and each asserts what it
 shows: training and evaluation, class weights, sample weights, callbacks (EarlyStopping,
-ReduceLROnPlateau, LearningRateScheduler, CSVLogger) and a learning-rate schedule. Sections the
-guide writes with the functional API or custom losses are left out (dtrain has Sequential
-models and built-in losses); ModelCheckpoint is not in dtrain yet.
+ReduceLROnPlateau, LearningRateScheduler, CSVLogger, ModelCheckpoint) and a learning-rate
+schedule. Sections the guide writes with the functional API or custom losses are left out
+(dtrain has Sequential models and built-in losses).
 """
 
 import os
@@ -133,6 +133,19 @@ callbacks = [
 stopped = model.fit(x_train, y_train, epochs=60, batch_size=64, callbacks=callbacks, validation_split=0.2, verbose=0)
 assert len(stopped.history["loss"]) < 60  # it stopped early
 print("EarlyStopping stopped after", len(stopped.history["loss"]), "epochs")
+
+# -- "Checkpointing models" -------------------------------------------------------------------------
+checkpoint_dir = tempfile.mkdtemp()
+model = get_compiled_model()
+callbacks = [
+    # This callback saves the model every epoch; "{epoch}" and the logs' keys name the file.
+    keras.callbacks.ModelCheckpoint(filepath=os.path.join(checkpoint_dir, "model-loss={loss:.2f}.keras"))
+]
+model.fit(x_train, y_train, epochs=2, batch_size=64, callbacks=callbacks, validation_split=0.2, verbose=0)
+saved = sorted(os.listdir(checkpoint_dir))
+assert len(saved) == 2, saved
+restored = keras.models.load_model(os.path.join(checkpoint_dir, saved[0]))  # the lower loss: epoch 2's
+np.testing.assert_array_equal(restored.predict(x_test[:5]), model.predict(x_test[:5]))
 
 # -- "Using learning rate schedules": a schedule as the optimizer's learning_rate ------------------------
 initial_learning_rate = 0.1

@@ -62,7 +62,10 @@ def test_demo_human_output():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--optimizer", "adamw"], "Unknown optimizer 'adamw'. Known optimizers: adam, rmsprop, sgd."),
+        (
+            ["--optimizer", "adafactor"],
+            "Unknown optimizer 'adafactor'. Known optimizers: adadelta, adagrad, adam, adamax, adamw, ftrl, lion, nadam, rmsprop, sgd.",
+        ),
         (["--epochs", "0"], "expected a positive integer"),
         (["--samples", "1"], "too few"),
         (["--workers", "-1"], "expected a non-negative integer"),

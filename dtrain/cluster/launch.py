@@ -88,11 +88,11 @@ def fit_on_cluster(
     from the latest checkpoint of ``config.checkpoint``; else from the run's start."""
     control = control or RunControl()
     for cb in callbacks:
-        if getattr(cb, "restore_best_weights", False):
+        if getattr(cb, "needs_model", False) and getattr(cb, "save_freq", "epoch") != "epoch":
             raise ValueError(
-                "EarlyStopping(restore_best_weights=True) is not supported with client= yet: during "
-                "distributed training the weights live on the workers, and the client's model receives "
-                "them only when fit returns. Use it without client=, or drop restore_best_weights."
+                f"{type(cb).__name__}(save_freq={cb.save_freq!r}) saves within epochs; with client= the model "  # type: ignore[attr-defined]
+                "lives on the workers and reaches the client's callbacks at each epoch's end only. Use "
+                "save_freq='epoch', or checkpoint_dir= with checkpoint_every=N for checkpoints every N steps."
             )
     config = resolve_seed_and_shards(config)
     if config.elastic and config.shards is None:
@@ -151,6 +151,8 @@ def _train_to_the_end(
         # Rank 0 waits for the client's word after each epoch where a callback may stop the
         # run, or where an elastic run may take in workers there.
         wait_for_client=config.elastic or any(not getattr(cb, "observes_only", False) for cb in callbacks),
+        # ... and reads rank 0's model then, for callbacks that save or keep it (ModelCheckpoint)
+        share_model=any(getattr(cb, "needs_model", False) for cb in callbacks),
         meta=meta,
         hooks=installed_hooks(),
         joinable=control.joinable,
@@ -235,6 +237,7 @@ class _Run:
     input_dim: int
     stop: threading.Event | None
     wait_for_client: bool
+    share_model: bool
     meta: dict
     hooks: list[StepHook]
     joinable: Callable[[list[str]], list[str]] | None = None
@@ -292,6 +295,7 @@ class _Run:
         supervisor = Supervisor(
             client, job_id, ranks, self.cbs, model, self.config.timeout, self.wait_for_client, self.stop
         )
+        supervisor.share_model = self.share_model
         # The callbacks see each epoch once. Epochs after the checkpoint are trained again but
         # not reported again; epochs the checkpoint holds whose end never reached the client
         # (rank 0 died between writing and reporting) are reported now.
@@ -351,6 +355,7 @@ class _Run:
                         from_memory=point.memory is not None,
                         has_validation=validation is not None,
                         wait_for_client=self.wait_for_client,
+                        share_model=self.share_model,
                         checkpoint_meta=self.meta,
                         attempt=attempt,
                         hooks=self.hooks,

@@ -65,6 +65,7 @@ class RankSpec:
     from_memory: bool = False  # from_memory, those this run left in source_rank's worker
     has_validation: bool = False  # the run validates (every rank joins the sums)
     wait_for_client: bool = False  # rank 0 waits for the client's continue/stop after each epoch
+    share_model: bool = False  # ... and meanwhile lets the client read the model (live_model_state)
     checkpoint_meta: dict = field(default_factory=dict)  # what a checkpoint records of the run
     attempt: int = 0  # 0, then 1 at the first restart...
     hooks: list[StepHook] = field(default_factory=list)  # instruments the tests installed
@@ -128,9 +129,25 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         _clear_frames(exc)
         raise
     finally:
+        _LIVE_MODELS.pop(spec.job_id, None)
         if comm is not None:
             comm.close()
         plugin.close_job(spec.job_id)
+
+
+# Rank 0's network of each job whose client callbacks read the model at epoch ends (ModelCheckpoint,
+# EarlyStopping(restore_best_weights=True)), by job id, on this worker.
+_LIVE_MODELS: dict[str, Network] = {}
+
+
+def live_model_state(job_id: str) -> dict[str, Any] | None:
+    """The weights and optimizer state of rank 0's network of ``job_id`` (runs on the worker's
+    event loop, through ``client.run``, while rank 0 waits for the client's answer after an
+    epoch: the model then holds that epoch's end, the optimizer state gathered whole)."""
+    network = _LIVE_MODELS.get(job_id)
+    if network is None:
+        return None
+    return {"params": host_copy(network.params), "optimizer": network.compiled_optimizer.get_state()}
 
 
 def _clear_frames(exc: BaseException) -> None:
@@ -180,6 +197,8 @@ def _run(
 
     # -- the loop -------------------------------------------------------------------------------
     reporter = RankReporter(spec, worker, comm, network.compiled_optimizer)
+    if spec.rank == 0 and spec.share_model:  # read by the client while rank 0 waits for its answer
+        _LIVE_MODELS[spec.job_id] = network
     result = train(
         network,
         comm,
@@ -229,6 +248,10 @@ class RankReporter(Progress):
         self.reporting = spec.rank == 0
         self._last = 0.0
         self.regroup = False
+
+    @property
+    def wants_whole_state(self) -> bool:
+        return self.spec.share_model
 
     def batch_end(self, epoch: int, step: int, last: bool, totals: Totals) -> None:
         now = time.monotonic()

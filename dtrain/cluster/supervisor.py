@@ -17,7 +17,7 @@ from ..comm import Aborted
 from ..network import Network
 from .errors import JobCancelled, SchedulerLostError, WorkerLostError
 from .probe import WorkerInfo, run_with_deadline, scheduler_workers
-from .rank import EPOCH_GO_ON, EPOCH_REGROUP, EPOCH_STOP, event_topic
+from .rank import EPOCH_GO_ON, EPOCH_REGROUP, EPOCH_STOP, event_topic, live_model_state
 
 LIVENESS_INTERVAL_S = 0.5  # how often the driver checks that every rank's worker is alive
 ABORT_GRACE_S = 10.0  # how long aborted ranks get to return before their tasks are released
@@ -53,6 +53,9 @@ class Supervisor:
         # The optimizer's hyperparameters each epoch trains with, as the callbacks left them at
         # its begin (shared by the attempts of a run: a restart trains an epoch again with its own).
         self.optimizer_configs: dict[int, dict[str, Any]] = {}
+        # Callbacks read the model at epoch ends (ModelCheckpoint...): it is fetched from rank 0
+        # before they run, while rank 0 waits for the answer.
+        self.share_model = False
         self.epochs = 0
         self.logs: dict[str, float] = {}
         # The ranks' reports (rank 0's progress, every PROGRESS_INTERVAL_S, and epoch ends): where
@@ -189,6 +192,8 @@ class Supervisor:
         if epoch in self.epochs_done:
             return
         self._begin(epoch)
+        if notify and self.share_model:
+            self._fetch_model()
         self.cbs.on_epoch_end(epoch, logs)
         self.epochs_done.add(epoch)
         self.epoch_open = None
@@ -199,6 +204,18 @@ class Supervisor:
             self.begin_epoch(epoch + 1)
         if notify:
             self._answer(epoch)
+
+    def _fetch_model(self) -> None:
+        """The client's model takes rank 0's weights and optimizer state at this epoch's end."""
+        address = self.ranks[0].address
+        answers = run_with_deadline(
+            self.client, live_model_state, self.job_id, workers=[address], wait_s=self.timeout, name="dtrain-model"
+        )
+        state = (answers or {}).get(address)
+        if state is None:
+            raise RuntimeError(f"Rank 0 of job {self.job_id} no longer holds its model at an epoch's end.")
+        self.model.params[...] = self.model.backend.asarray(state["params"])
+        self.model.compiled_optimizer.set_state(state["optimizer"])
 
     def begin_epoch(self, epoch: int) -> None:
         """The callbacks' begin of ``epoch`` (once), and the optimizer's hyperparameters it trains

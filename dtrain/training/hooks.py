@@ -42,6 +42,12 @@ class Progress:
         Every rank must return the same answer."""
         return False
 
+    @property
+    def wants_whole_state(self) -> bool:
+        """Whether the whole optimizer state must be current on every rank at each epoch's end
+        (the client's callbacks read the model then: ModelCheckpoint)."""
+        return False
+
 
 @dataclass(frozen=True)
 class StepContext:

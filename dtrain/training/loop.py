@@ -263,6 +263,8 @@ def train(
                 if config.checkpoint is not None:
                     checkpoint(epoch + 1, 0, None)
                 survivor.epoch_done(epoch)
+            if progress.wants_whole_state:  # (a sharded step's ranks each hold their part of it)
+                sync.gather_optimizer_state()
             if progress.epoch_end(epoch, logs, time.perf_counter() - epoch_start) or not completed:
                 break
     except BaseException:
