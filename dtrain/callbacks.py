@@ -347,6 +347,41 @@ class ModelCheckpoint(Callback):
             print(f"\nEpoch {epoch + 1}: saving model to {path}")
 
 
+class BackupAndRestore(Callback):
+    """Keras' BackupAndRestore on dtrain's checkpoints: ``fit`` writes a checkpoint to
+    ``backup_dir`` at each epoch's end (or every ``save_freq`` steps), and a ``fit`` that finds
+    one there goes on from it, exactly as an uninterrupted run would have (weights, optimizer
+    state, position, the sample order); with ``client=``, on any cluster. When training ends,
+    ``delete_checkpoint`` removes the checkpoints (other files in ``backup_dir`` stay).
+    ``double_checkpoint`` keeps the two newest. It takes the place of ``checkpoint_dir=`` and
+    ``resume_from=``: pass one or the other."""
+
+    observes_only = True  # (fit turns it into its checkpoint options, and deletes them when it returns)
+
+    def __init__(
+        self, backup_dir, save_freq: Any = "epoch", double_checkpoint: bool = False, delete_checkpoint: bool = True
+    ):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(
+                f"Invalid value for argument `save_freq`. Received: save_freq={save_freq!r}. Expected either 'epoch' "
+                "or an integer value."
+            )
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq, self.double_checkpoint, self.delete_checkpoint = save_freq, double_checkpoint, delete_checkpoint
+
+    def fit_options(self, has_backup: bool) -> dict[str, Any]:
+        """What it means for ``fit`` (which finds out whether ``backup_dir`` holds a backup)."""
+        return {
+            "checkpoint_dir": self.backup_dir,
+            "checkpoint_every": self.save_freq,
+            "keep_checkpoints": 2 if self.double_checkpoint else 1,
+            "resume_from": self.backup_dir if has_backup else None,
+        }
+
+
 class LearningRateScheduler(Callback):
     """Sets the learning rate at each epoch's begin to ``schedule(epoch, lr)`` (or
     ``schedule(epoch)``), as Keras does; ``logs["learning_rate"]`` at each epoch's end. With

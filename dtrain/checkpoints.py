@@ -336,6 +336,19 @@ def _prune(store: Location, *, newest: str, keep: int) -> None:
             store.remove(file)
 
 
+def delete_checkpoints(directory: str | os.PathLike) -> None:
+    """Delete the checkpoints in ``directory`` (their files, interrupted writes' leftovers and
+    ``latest``); any other file there stays. Manifests first, newest first: a deletion cut short
+    leaves older checkpoints whole."""
+    store = _store(directory)
+    files = _names(store)
+    ours = [(int(m["step"]), file) for file in files if (m := _FILE.match(file) or _TEMP.match(file))]
+    if POINTER in files:
+        store.remove(POINTER)
+    for _, file in sorted(ours, key=lambda item: (-item[0], not item[1].endswith(".json"))):
+        store.remove(file)
+
+
 # -- reading ----------------------------------------------------------------------------------------
 
 

@@ -158,6 +158,9 @@ class FitConfig:
     # Keras' class_weight, checked against the model's outputs: (class, weight) pairs; each
     # rank weighs its own rows' losses by their class (data.class_weights_of)
     class_weight: tuple[tuple[int, float], ...] | None = None
+    # Keras' validation_freq: validate after every N-th epoch (an int), or after the epochs
+    # listed (counted from 1)
+    validation_freq: int | tuple[int, ...] = 1
     # Recorded in (and required to match when resuming from) every checkpoint: a job's identity.
     checkpoint_extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -186,6 +189,7 @@ class FitConfig:
         max_workers: Any = None,
         checkpoint_extra: dict[str, Any] | None = None,
         class_weight: dict[int, float] | None = None,
+        validation_freq: Any = 1,
     ) -> FitConfig:
         """Every option checked, with an error that names it and what was received; nothing is
         read or built here, so a bad call changes nothing."""
@@ -234,7 +238,14 @@ class FitConfig:
             max_workers=max_workers,
             checkpoint_extra=dict(checkpoint_extra or {}),
             class_weight=None if not class_weight else tuple(sorted(class_weight.items())),
+            validation_freq=check_validation_freq(validation_freq),
         )
+
+    def validates_after(self, epoch: int) -> bool:
+        """Whether the run validates after ``epoch`` (from 0), by ``validation_freq``."""
+        if isinstance(self.validation_freq, int):
+            return (epoch + 1) % self.validation_freq == 0
+        return epoch + 1 in self.validation_freq
 
     @property
     def class_weights(self) -> dict[int, float] | None:
@@ -245,6 +256,18 @@ class FitConfig:
         """How many workers can train at once: one per shard at most, and at most max_workers."""
         limits = [n for n in (self.shards, self.max_workers) if n is not None]
         return min(limits) if limits else None
+
+
+def check_validation_freq(value: Any) -> int | tuple[int, ...]:
+    """Keras' validation_freq: a positive int, or a list of epochs (from 1)."""
+    if _is_int(value) and value >= 1:
+        return int(value)
+    if isinstance(value, (list, tuple, set, range)) and value and all(_is_int(v) and v >= 1 for v in value):
+        return tuple(sorted(int(v) for v in value))
+    raise ValueError(
+        f"Expected validation_freq to be a positive integer (validate after every N-th epoch) or a list of epochs "
+        f"counted from 1, received validation_freq={value!r}."
+    )
 
 
 def option_defaults(*names: str) -> dict[str, Any]:

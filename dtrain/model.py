@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import callbacks as callbacks_module
 from .backend import to_numpy
+from .checkpoints import delete_checkpoints, list_checkpoints
 from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
@@ -70,6 +72,7 @@ class Sequential(Network):
         max_workers: int | None = None,
         sample_weight: Any = None,
         class_weight: dict[int, float] | None = None,
+        validation_freq: Any = 1,
         **keras_arguments: Any,
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs of global batches of ``batch_size`` (default 32) samples.
@@ -114,8 +117,19 @@ class Sequential(Network):
         self.check_trainable_compiled()
         if sample_weight is not None and class_weight is not None:
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time (as in Keras): pass one.")
+        backup = _backup_of(callbacks)
+        if backup is not None:
+            if checkpoint_dir is not None or resume_from is not None:
+                raise ValueError(
+                    "BackupAndRestore writes and resumes from its backup_dir: pass it or checkpoint_dir=/resume_from=, "
+                    "not both."
+                )
+            options = backup.fit_options(has_backup=bool(list_checkpoints(backup.backup_dir)))
+            checkpoint_dir, checkpoint_every = options["checkpoint_dir"], options["checkpoint_every"]
+            keep_checkpoints, resume_from = options["keep_checkpoints"], options["resume_from"]
         config = FitConfig.make(
             class_weight=None if class_weight is None else check_class_weight(class_weight, self.output_units),
+            validation_freq=validation_freq,
             batch_size=batch_size,
             epochs=epochs,
             verbose=verbose,
@@ -151,6 +165,8 @@ class Sequential(Network):
             )
         for i, value in enumerate(validation_data or ()):
             refuse_streams(value, f"validation_data[{i}]")
+        if client is None:
+            client = _default_client_for("fit", x, y, sample_weight, verbose=config.verbose)
         if client is not None:
             history = fit_on_cluster(
                 self, x, y, validation_data, callbacks, config, client=client, sample_weight=sample_weight
@@ -162,6 +178,8 @@ class Sequential(Network):
         else:
             history = fit_in_process(self, x, y, validation_data, callbacks, config, sample_weight)
         self.history = history
+        if backup is not None and backup.delete_checkpoint:  # (trained to the end: the backup has done its job)
+            delete_checkpoints(backup.backup_dir)
         return history
 
     def train_on_batch(self, x: Any, y: Any) -> float | list[float]:
@@ -197,6 +215,8 @@ class Sequential(Network):
         self.require_built("evaluate")
         check_verbose(verbose)
         batch_size = check_batch_size(batch_size)
+        if client is None:
+            client = _default_client_for("evaluate", x, y, verbose=verbose)
         if client is not None:
             logs = evaluate_on_cluster(self, x, y, client=client, workers=workers, batch_size=batch_size)
         else:
@@ -231,6 +251,8 @@ class Sequential(Network):
         self.require_built("predict")
         check_verbose(verbose)
         batch_size = check_batch_size(batch_size)
+        if client is None:
+            client = _default_client_for("predict", x, verbose=verbose)
         if client is not None:
             return predict_on_cluster(self, x, client=client, workers=workers, batch_size=batch_size)
         return self.predict_rows(self.check_x(x), batch_size)
@@ -304,3 +326,33 @@ def _suffix(path: str | os.PathLike) -> str:
 def _as_result(logs: dict[str, float], metrics: list) -> float | list[float]:
     values = list(logs.values())
     return values[0] if not metrics else values
+
+
+def _backup_of(callbacks: Any) -> callbacks_module.BackupAndRestore | None:
+    """The BackupAndRestore among ``callbacks`` (one at most)."""
+    found = [cb for cb in callbacks or () if isinstance(cb, callbacks_module.BackupAndRestore)]
+    if len(found) > 1:
+        raise ValueError("fit() received two BackupAndRestore callbacks: pass one.")
+    return found[0] if found else None
+
+
+def _default_client_for(method: str, *data: Any, verbose: Any = 0) -> Any:
+    """With Dask arrays and no ``client=``: the default Dask client, as dask-ml and
+    xgboost.dask use it (the data stays on its cluster, and so does the training), said when
+    ``verbose``; without one, None, and a warning that the arrays are computed into this process."""
+    if not any(hasattr(value, "__dask_graph__") for value in data if value is not None):
+        return None
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):  # no client: Dask computes the arrays here
+        warnings.warn(
+            f"{method}() received Dask arrays and there is no Dask client: they are computed into this process's "
+            "memory. Create a distributed.Client (or pass client=) to work where the data is.",
+            stacklevel=3,
+        )
+        return None
+    if verbose:
+        print(f"{method}() on the default Dask client's cluster ({client.scheduler.address}): the data are Dask arrays")
+    return client

@@ -26,8 +26,8 @@ def _model():
     "call, match",
     [
         (
-            lambda m, x, y: m.fit(x, y, validation_freq=2),
-            r"fit\(\) got unexpected arguments: validation_freq \(a Keras",
+            lambda m, x, y: m.fit(x, y, validation_batch_size=2),
+            r"fit\(\) got unexpected arguments: validation_batch_size \(a Keras",
         ),
         (
             lambda m, x, y: m.fit(x, y, validation_steps=2),

@@ -249,7 +249,7 @@ def train(
                     break
 
             logs = totals.logs()  # over the whole global batch: the steps' sums are global
-            if has_validation:
+            if has_validation and config.validates_after(epoch):
                 local = (
                     Totals(metrics)
                     if validation is None
