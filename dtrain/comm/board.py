@@ -14,10 +14,12 @@ the order recursive doubling adds them, so every rank gets the bits the message 
 Nobody sends anything. A rank writes a slot again two calls later, when every peer is done with
 it: a peer posts call ``n + 1`` only after it has finished call ``n``.
 
-Waiting is looking: the rank first yields its core between looks (``sleep(0)``, which also lets
-the worker's event loop thread run), then naps for growing times up to :data:`NAP_MAX_S`; every
-:data:`CHECK_EVERY_S` it checks for an abort, for a peer whose pipe ended (its process died) and
-for the deadline, so failures stop it as fast as on the message path.
+Waiting is looking: the rank first looks without pause (:data:`SPIN_S`), then yields its core
+between looks (``sched_yield``, which also lets the worker's event loop thread run), then naps
+for growing times up to :data:`NAP_MAX_S`; every :data:`CHECK_EVERY_S` it checks for an abort,
+for a peer whose pipe ended (its process died) and for the deadline, so failures stop it as fast
+as on the message path. With more ranks than cores, looking without pause would take the core
+the awaited rank needs: the ranks then nap from the start.
 
 x86-64 only: its stores become visible to other cores in program order (TSO), so a peer that
 sees the call number also sees the data written before it, and loads are not reordered either.
@@ -27,6 +29,7 @@ a peer on another host) small sums keep going through messages.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Protocol
@@ -58,6 +61,13 @@ class Watch(Protocol):
         """``peer`` in errors: "rank 1 (tcp://...)"."""
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def available() -> bool:
     return shared.available() and platform.machine().lower() in ("x86_64", "amd64")
 
@@ -69,6 +79,7 @@ class Board:
         self.rank, self.size, self.capacity = rank, size, capacity
         self.segment = shared.Segment(SLOTS * (HEADER + capacity))
         self.calls = 0
+        self.eager = size <= _cores()  # (a core each: a waiting rank may look without pause)
         self._slots: list[list[tuple[np.ndarray, np.ndarray]] | None] = [None] * size
         self._slots[rank] = self._split(self.segment.data)
 
@@ -157,10 +168,10 @@ class Board:
                         "is only slow."
                     )
                 next_check = now + CHECK_EVERY_S
-            if now - start < SPIN_S:
+            if self.eager and now - start < SPIN_S:
                 continue
-            if now - start < YIELD_S:
-                time.sleep(0)
+            if self.eager and now - start < YIELD_S:
+                os.sched_yield()
             else:
                 nap = min(NAP_MAX_S, max(NAP_MIN_S, 2 * nap))
                 time.sleep(nap)
