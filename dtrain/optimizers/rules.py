@@ -74,7 +74,20 @@ class SGD(Optimizer):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
 
-class Adam(Optimizer):
+class _Moments(Optimizer):
+    """The optimizers with Adam's arguments: the two moments' decay rates and epsilon."""
+
+    def __init__(self, learning_rate: Any, beta_1: float, beta_2: float, epsilon: float, **kwargs: Any):
+        super().__init__(learning_rate, **_common(kwargs, type(self).__name__))
+        self.beta_1 = fraction("beta_1", beta_1, allow_zero=True)
+        self.beta_2 = fraction("beta_2", beta_2, allow_zero=True)
+        self.epsilon = positive("epsilon", epsilon)
+
+    def _rule_config(self):
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class Adam(_Moments):
     """Adam (Kingma & Ba), in Keras' form, at step t:
 
     m <- m + (1 - beta_1) (g - m)
@@ -94,10 +107,7 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         **kwargs: Any,
     ):
-        super().__init__(learning_rate, **_common(kwargs, type(self).__name__))
-        self.beta_1 = fraction("beta_1", beta_1, allow_zero=True)
-        self.beta_2 = fraction("beta_2", beta_2, allow_zero=True)
-        self.epsilon = positive("epsilon", epsilon)
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
         self.amsgrad = _flag("amsgrad", amsgrad)
         self.slot_names = ("m", "v", "velocity_hat") if self.amsgrad else ("m", "v")
 
@@ -123,7 +133,7 @@ class Adam(Optimizer):
         w -= s
 
     def _rule_config(self):
-        config: dict[str, Any] = {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        config = super()._rule_config()
         if self.amsgrad:
             config["amsgrad"] = True
         return config
@@ -291,7 +301,7 @@ class Adadelta(Optimizer):
         return {"rho": self.rho, "epsilon": self.epsilon}
 
 
-class Adamax(Optimizer):
+class Adamax(_Moments):
     """Adamax (the infinity-norm Adam), as Keras:
 
     m <- m + (1 - beta_1) (g - m)
@@ -311,10 +321,7 @@ class Adamax(Optimizer):
         epsilon: float = 1e-7,
         **kwargs: Any,
     ):
-        super().__init__(learning_rate, **_common(kwargs, "Adamax"))
-        self.beta_1 = fraction("beta_1", beta_1, allow_zero=True)
-        self.beta_2 = fraction("beta_2", beta_2, allow_zero=True)
-        self.epsilon = positive("epsilon", epsilon)
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
 
     def _update(self, xp, w, g, s, slots, lr, s2=None):
         t = self.update_count + 1
@@ -331,11 +338,8 @@ class Adamax(Optimizer):
         s2 /= s
         w -= s2
 
-    def _rule_config(self):
-        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
-
-class Nadam(Optimizer):
+class Nadam(_Moments):
     """Adam with Nesterov momentum (Dozat), in Keras' form with its momentum schedule
     u_t = beta_1 (1 - 0.5 * 0.96^t) and their running product."""
 
@@ -351,10 +355,7 @@ class Nadam(Optimizer):
         epsilon: float = 1e-7,
         **kwargs: Any,
     ):
-        super().__init__(learning_rate, **_common(kwargs, "Nadam"))
-        self.beta_1 = fraction("beta_1", beta_1, allow_zero=True)
-        self.beta_2 = fraction("beta_2", beta_2, allow_zero=True)
-        self.epsilon = positive("epsilon", epsilon)
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
         self._product = (0, 1.0)  # (steps, the product of u_1 .. u_steps): kept, recomputed after set_state
 
     def _u(self, t: int) -> float:
@@ -399,9 +400,6 @@ class Nadam(Optimizer):
         s2 += self.epsilon
         s /= s2
         w -= s
-
-    def _rule_config(self):
-        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
 
 class Lion(Optimizer):

@@ -62,7 +62,31 @@ class LearningRateSchedule:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _TimeDecay(LearningRateSchedule):
+    """The decays of ``p = step / decay_steps`` (floored with ``staircase``) at ``decay_rate``."""
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool, name: str):
+        self.initial_learning_rate = _number("initial_learning_rate", initial_learning_rate, positive=True)
+        self.decay_steps = _steps("decay_steps", decay_steps)
+        self.decay_rate = _number("decay_rate", decay_rate, non_negative=True)
+        self.staircase = _flag("staircase", staircase)
+        self.name = name
+
+    def _p(self, step: int) -> float:
+        p = step / self.decay_steps
+        return math.floor(p) if self.staircase else p
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
+
+
+class ExponentialDecay(_TimeDecay):
     """initial_learning_rate * decay_rate ** (step / decay_steps), the exponent floored with staircase."""
 
     def __init__(
@@ -73,26 +97,10 @@ class ExponentialDecay(LearningRateSchedule):
         staircase: bool = False,
         name: str = "ExponentialDecay",
     ):
-        self.initial_learning_rate = _number("initial_learning_rate", initial_learning_rate, positive=True)
-        self.decay_steps = _steps("decay_steps", decay_steps)
-        self.decay_rate = _number("decay_rate", decay_rate, positive=True)
-        self.staircase = _flag("staircase", staircase)
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: int) -> float:
-        p = step / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate * self.decay_rate**p
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
+        return self.initial_learning_rate * self.decay_rate ** self._p(step)
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -166,7 +174,7 @@ class PolynomialDecay(LearningRateSchedule):
         }
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_TimeDecay):
     """initial_learning_rate / (1 + decay_rate * step / decay_steps), the ratio floored with staircase."""
 
     def __init__(
@@ -177,26 +185,10 @@ class InverseTimeDecay(LearningRateSchedule):
         staircase: bool = False,
         name: str = "InverseTimeDecay",
     ):
-        self.initial_learning_rate = _number("initial_learning_rate", initial_learning_rate, positive=True)
-        self.decay_steps = _steps("decay_steps", decay_steps)
-        self.decay_rate = _number("decay_rate", decay_rate, non_negative=True)
-        self.staircase = _flag("staircase", staircase)
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: int) -> float:
-        p = step / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate / (1.0 + self.decay_rate * p)
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
+        return self.initial_learning_rate / (1.0 + self.decay_rate * self._p(step))
 
 
 class CosineDecay(LearningRateSchedule):
