@@ -117,6 +117,7 @@ class Sequential(Network):
         self.check_trainable_compiled()
         if sample_weight is not None and class_weight is not None:
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time (as in Keras): pass one.")
+        callbacks = check_callbacks(callbacks)
         backup = _backup_of(callbacks)
         if backup is not None:
             if checkpoint_dir is not None or resume_from is not None:
@@ -150,7 +151,6 @@ class Sequential(Network):
             min_workers=min_workers,
             max_workers=max_workers,
         )
-        callbacks = check_callbacks(callbacks)
         if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
             raise ValueError(
                 "validation_data=(x_val, y_val, sample_weight_val): validation sample weights are not supported yet; "
