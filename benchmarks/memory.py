@@ -94,7 +94,9 @@ SHM_MIN_BYTES = 2**16  # dtrain/comm/dask.py SHARED_MIN_BYTES: smaller arrays go
 LABEL_ITEMSIZE = 8  # sparse labels: SparseCategoricalCrossentropy.prepare_targets -> int64
 INDEX_ITEMSIZE = 8  # row indices (np.intp) of the epoch order
 TRACE_FRAMES = 12  # frames kept per traced allocation: enough to reach the caller of NumPy's Python functions
-SLOTS = {"sgd": (), "adam": ("m", "v")}  # optimizer slots (dtrain/optimizers.py), SGD with momentum 0: none
+# optimizer slots (dtrain/optimizers/), SGD with momentum 0: none; "adamw-clip-cosine" is issue 18's
+# configuration: AdamW with clipnorm and a cosine schedule (the same slots as Adam, one scratch)
+SLOTS = {"sgd": (), "adam": ("m", "v"), "adamw-clip-cosine": ("m", "v")}
 
 
 class BenchmarkError(RuntimeError):
@@ -521,8 +523,17 @@ def _build_model(layers: Sequence[int], optimizer: str):
     model = Sequential(device="cpu", dtype="float32")
     for i, (units, act) in enumerate(zip(layers[1:], _activations(layers))):
         model.add(Dense(units, activation=act, input_dim=layers[0] if i == 0 else None))
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=_optimizer(optimizer), loss="sparse_categorical_crossentropy")
     return model
+
+
+def _optimizer(name: str):
+    if name != "adamw-clip-cosine":
+        return name
+    from dtrain.optimizers import AdamW
+    from dtrain.optimizers.schedules import CosineDecay
+
+    return AdamW(CosineDecay(1e-3, decay_steps=1000, warmup_target=2e-3, warmup_steps=10), clipnorm=1.0)
 
 
 def _data(rows: int, layers: Sequence[int], seed: int = 0):
@@ -1451,6 +1462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the second cluster run with Dask's statistical profiler on",
     )
+    p.add_argument(
+        "--optimizers", nargs="+", choices=sorted(SLOTS), help="single-process runs, one each (default sgd adam)"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--child", choices=("single", "cluster"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -1469,6 +1483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": args.batch,
         "threads": args.threads,
         "profiler_comparison": False if args.no_profiler_comparison else None,
+        "optimizers": tuple(args.optimizers) if args.optimizers else None,
     }
     if args.layers:
         try:
