@@ -459,3 +459,19 @@ def test_compile_accepts_every_form(identifier):
     assert isinstance(model.optimizer, optimizers.Optimizer)
     if isinstance(identifier, optimizers.Optimizer):
         assert model.optimizer is identifier
+
+
+def test_the_optimizer_benchmark_runs_and_no_update_keeps_an_array():
+    """benchmarks/optimizers.py in miniature: every configuration updates to finite weights and
+    keeps nothing array-sized alive after its steps (the figures themselves are the benchmark's)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.optimizers import measure
+
+    report = measure(steps=2)
+    assert len(report["configs"]) >= 14
+    for name, figures in report["configs"].items():
+        assert figures["finite"], name
+        assert figures["alive_bytes"] < 4096 and figures["peak_temporary_bytes"] < 65536, (name, figures)
