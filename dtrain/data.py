@@ -45,29 +45,35 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def refuse_streams(value: Any, name: str) -> None:
-    """A batch stream (a generator or iterator, a Keras ``PyDataset``/``Sequence``, a
-    ``tf.data.Dataset``) is refused before anything reads it: dtrain indexes its rows (to shard,
-    shuffle and plan them), and ``np.asarray`` over an object whose ``__getitem__`` never raises
-    IndexError would read it until memory runs out."""
+def stream_kind(value: Any) -> str | None:
+    """What kind of batch stream ``value`` is (a generator or iterator, a Keras
+    ``PyDataset``/``Sequence``, an iterable such as ``tf.data.Dataset``), in words; None for
+    arrays and everything else np.asarray or dtrain's sources read."""
     if value is None or isinstance(value, (np.ndarray, list, tuple, str, bytes, numbers.Number)):
-        return
+        return None
     if any(hasattr(value, attr) for attr in ("__array__", "__array_interface__", "__cuda_array_interface__", "shape")):
-        return  # arrays, Dask arrays, data frames, tensors, dtrain's file sources
-    kind = None
+        return None  # arrays, Dask arrays, data frames, tensors, dtrain's file sources
     if inspect.isgenerator(value):
-        kind = "a Python generator"
-    elif hasattr(value, "__next__"):
-        kind = f"an iterator ({type(value).__name__})"
-    elif hasattr(value, "__getitem__") and hasattr(value, "__len__"):
-        kind = f"a batch sequence ({type(value).__name__}, such as keras.utils.PyDataset)"
-    elif hasattr(value, "__iter__"):
-        kind = f"an iterable of batches ({type(value).__name__}, such as tf.data.Dataset)"
+        return "a Python generator"
+    if hasattr(value, "__next__"):
+        return f"an iterator ({type(value).__name__})"
+    if hasattr(value, "__getitem__") and hasattr(value, "__len__"):
+        return f"a batch sequence ({type(value).__name__}, such as keras.utils.PyDataset)"
+    if hasattr(value, "__iter__"):
+        return f"an iterable of batches ({type(value).__name__}, such as tf.data.Dataset)"
+    return None
+
+
+def refuse_streams(value: Any, name: str, where: str = "here") -> None:
+    """A batch stream where dtrain needs rows it can index (to shard, shuffle and plan them) is
+    refused before anything reads it: ``np.asarray`` over an object whose ``__getitem__`` never
+    raises IndexError would read it until memory runs out."""
+    kind = stream_kind(value)
     if kind is not None:
         raise TypeError(
-            f"{name} is {kind}. dtrain trains from rows it can index, to shard, shuffle and plan them: NumPy "
-            "arrays (or anything np.asarray reads), Dask arrays, or files (dtrain.from_npy, from_parquet, from_csv). "
-            "It does not read batch streams yet: gather a bounded stream's batches into arrays "
+            f"{name} is {kind}, which dtrain reads batch by batch only as fit's x in one process; {where} it needs "
+            "rows it can index: NumPy arrays (or anything np.asarray reads), Dask arrays, or files "
+            "(dtrain.from_npy, from_parquet, from_csv). Gather a bounded stream's batches into arrays "
             "(np.concatenate), or write them to .npy files and pass dtrain.from_npy(...)."
         )
 

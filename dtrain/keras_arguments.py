@@ -8,7 +8,6 @@ from typing import Any
 # Per method: the Keras 3 arguments dtrain lacks, and what to do instead.
 _WHAT_TO_DO: dict[str, dict[str, str]] = {
     "fit": {
-        "steps_per_epoch": "an epoch is one pass over the rows; pass fewer rows (x[:n]) for shorter epochs",
         "validation_steps": "validation uses every validation row; pass fewer of them",
         "validation_batch_size": "validation uses the training batch_size",
     },

@@ -25,13 +25,13 @@ from .checkpoints import delete_checkpoints, list_checkpoints
 from .cluster.inference import evaluate_on_cluster, predict_on_cluster
 from .cluster.launch import fit_on_cluster
 from .config import FitConfig, check_verbose
-from .data import check_batch_size, check_class_weight, refuse_streams
+from .data import check_batch_size, check_class_weight, refuse_streams, stream_kind
 from .keras_arguments import refuse_keras_arguments
 from .keras_files import keras_config, load_keras, load_weights_h5, save_keras, save_weights_h5
 from .network import Network, Totals
 from .saving import read_model, save_model
 from .training.hooks import check_callbacks
-from .training.local import fit_in_process
+from .training.local import fit_in_process, fit_stream_in_process
 
 
 class Sequential(Network):
@@ -73,6 +73,7 @@ class Sequential(Network):
         sample_weight: Any = None,
         class_weight: dict[int, float] | None = None,
         validation_freq: Any = 1,
+        steps_per_epoch: int | None = None,
         **keras_arguments: Any,
     ) -> callbacks_module.History:
         """Train for ``epochs`` epochs of global batches of ``batch_size`` (default 32) samples.
@@ -111,7 +112,15 @@ class Sequential(Network):
         logical shards never change, so the result is that of a fixed cluster.
         """
         refuse_keras_arguments("fit", keras_arguments)
-        for name, value in (("x", x), ("y", y), ("sample_weight", sample_weight)):
+        stream = stream_kind(x)
+        if stream is not None:  # batch by batch, in this process (dtrain.training.streams)
+            _check_stream_arguments(stream, y, sample_weight, client, steps_per_epoch)
+        elif steps_per_epoch is not None:
+            raise ValueError(
+                "steps_per_epoch applies to a generator or batch sequence as x; with arrays an epoch is one pass over "
+                "the rows (pass fewer rows, x[:n], for shorter epochs)."
+            )
+        for name, value in (("x", None if stream else x), ("y", y), ("sample_weight", sample_weight)):
             refuse_streams(value, name)
         self.require_compiled("fit")
         self.check_trainable_compiled()
@@ -165,9 +174,11 @@ class Sequential(Network):
             )
         for i, value in enumerate(validation_data or ()):
             refuse_streams(value, f"validation_data[{i}]")
-        if client is None:
+        if client is None and stream is None:
             client = _default_client_for("fit", x, y, sample_weight, verbose=config.verbose)
-        if client is not None:
+        if stream is not None:
+            history = fit_stream_in_process(self, x, validation_data, callbacks, config, steps_per_epoch)
+        elif client is not None:
             history = fit_on_cluster(
                 self, x, y, validation_data, callbacks, config, client=client, sample_weight=sample_weight
             )
@@ -356,3 +367,23 @@ def _default_client_for(method: str, *data: Any, verbose: Any = 0) -> Any:
     if verbose:
         print(f"{method}() on the default Dask client's cluster ({client.scheduler.address}): the data are Dask arrays")
     return client
+
+
+def _check_stream_arguments(kind: str, y: Any, sample_weight: Any, client: Any, steps_per_epoch: Any) -> None:
+    """What fit takes with a batch stream as x, as Keras takes it (y and sample weights come in
+    the batches), and what it cannot do with one (spread it over a cluster)."""
+    if client is not None:
+        raise TypeError(
+            f"x is {kind}: a stream is read batch by batch in one process and cannot be sharded over a cluster's "
+            "workers. With client= pass NumPy arrays, Dask arrays or files (dtrain.from_npy, from_parquet, from_csv)."
+        )
+    if y is not None:
+        raise ValueError(f"x is {kind}, whose batches hold the targets: leave y out (as Keras asks).")
+    if sample_weight is not None:
+        raise ValueError(
+            f"x is {kind}: give the sample weights in its batches, (x, y, sample_weight), not as sample_weight=."
+        )
+    if steps_per_epoch is not None and (
+        isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1
+    ):
+        raise ValueError(f"Expected steps_per_epoch to be a positive integer, received {steps_per_epoch!r}.")

@@ -23,6 +23,7 @@ from ..sampling import ShardPlan
 from .checkpointing import folder_lease, new_run_id, resolve_seed_and_shards, start_of_run
 from .hooks import CallbackProgress, callback_list, installed_hooks
 from .loop import Batches, train
+from .streams import BatchStream, StreamBatches
 
 
 def validation_split_at(rows: int, validation_split: float) -> int:
@@ -66,14 +67,60 @@ def fit_in_process(
     config = replace(config, shards=shards)
     plan = ShardPlan(len(x), shards, config.batch_size)
     with folder_lease(config.checkpoint, new_run_id()) as lease:  # one writer per folder, before any work
-        return _train(model, x, y, weights, validation, callbacks, config, plan, lease)
+        batches = Batches(model, x, y, sample_weight=weights)
+        return _train(model, batches, x.shape[1], validation, callbacks, config, plan, lease)
+
+
+def fit_stream_in_process(
+    model: Network,
+    data: Any,
+    validation_data: tuple[Any, Any] | None,
+    callbacks: Sequence[Callback],
+    config: FitConfig,
+    steps_per_epoch: int | None,
+) -> History:
+    """``fit`` on a batch stream (``dtrain.training.streams``): its first batch checked and the
+    model built from it before any training; then the one loop, a batch per step, in order."""
+    if config.checkpoint is not None or config.resume_from is not None:
+        raise ValueError(
+            "Checkpoints and resuming need data that can be read again from a position: not a batch stream. "
+            "Pass arrays or files (dtrain.from_npy, ...), or train without checkpoint_dir / resume_from."
+        )
+    if config.validation_split:
+        raise ValueError(
+            "validation_split needs arrays (it takes their last rows); with a batch stream pass validation_data."
+        )
+    stream = BatchStream(data, steps_per_epoch)
+    x0, y0, _ = stream.first()
+    x0, _ = model.check_xy(x0, y0, name="batch 0 of ")
+    validation = None
+    if validation_data is not None:
+        validation = model.check_xy(*validation_data, name="validation ", input_dim=x0.shape[1])
+    # A sequence's batches are shuffled (their order, by the run's seed) as Keras shuffles them;
+    # an iterator's order is its own.
+    config = replace(resolve_seed_and_shards(config), shards=1, shuffle=config.shuffle and stream.indexable)
+    plan = ShardPlan(stream.steps, 1, 1)  # one plan "row" per batch
+    batches = StreamBatches(model, stream, config.class_weights)
+    return _train(model, batches, x0.shape[1], validation, [*callbacks, _EpochEnd(stream)], config, plan, None)
+
+
+class _EpochEnd(Callback):
+    """Calls the stream's ``on_epoch_end`` after every epoch, as Keras does for a PyDataset."""
+
+    observes_only = True
+
+    def __init__(self, stream: BatchStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.stream.epoch_end()
 
 
 def _train(
     model: Network,
-    x: np.ndarray,
-    y: np.ndarray,
-    weights: np.ndarray | None,
+    batches: Any,
+    input_dim: int,
     validation: tuple[np.ndarray, ...] | None,
     callbacks: Sequence[Callback],
     config: FitConfig,
@@ -82,7 +129,7 @@ def _train(
 ) -> History:
     history = History()
     cbs = callback_list(model, callbacks, history, config, plan)
-    start, meta = start_of_run(model, plan, config, x.shape[1])
+    start, meta = start_of_run(model, plan, config, input_dim)
     history.restore(start.history or [])
 
     model.stop_training = False
@@ -91,7 +138,7 @@ def _train(
     result = train(
         model,
         LocalCommunicator(),
-        Batches(model, x, y, sample_weight=weights),
+        batches,
         validation,
         config=config,
         plan=plan,

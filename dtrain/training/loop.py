@@ -71,6 +71,15 @@ class Batches:
             self._x_rows, self._y_rows = BatchGatherer(x), BatchGatherer(y)
             self._w_rows = None if w is None else BatchGatherer(w)
 
+    def scale(self, global_count: int, batch_rows: int) -> float:
+        """The factor of a step's summed loss gradient: 1 / the global batch (so the ranks' sum
+        is the gradient of the global mean loss)."""
+        return 1.0 / global_count
+
+    def noise_rows(self, sampler: EpochSampler, rows: np.ndarray | slice, batch_rows: int) -> np.ndarray:
+        """The global rows random layers draw for (a row's mask follows the row, not the rank)."""
+        return sampler.global_rows(rows)
+
     def take(self, rows: np.ndarray | slice) -> tuple[Any, Any, Any]:
         """(x, y, sample weights or None) of ``rows``, on the device."""
         if isinstance(rows, slice):  # in order: a view, nothing to copy
@@ -218,10 +227,12 @@ def train(
                 local_count = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
                 sums = no_rows
                 if local_count:
+                    xb, yb, wb = batches.take(rows)
+                    n = len(xb)
                     # Random layers draw from (seed, epoch, global row): any rank gives a row the same mask.
-                    noise = StepNoise(config.seed, epoch, sampler.global_rows(rows)) if uses_noise else None
+                    noise = StepNoise(config.seed, epoch, batches.noise_rows(sampler, rows, n)) if uses_noise else None
                     # scale 1/global batch: the summed gradient is the gradient of the global mean loss.
-                    sums = network.compute_gradients(*batches.take(rows), scale=1.0 / global_count, noise=noise)
+                    sums = network.compute_gradients(xb, yb, wb, scale=batches.scale(global_count, n), noise=noise)
                 else:  # this rank's shards give nothing to this step; it still joins the sums
                     network.join_step_without_rows()
                 for hook in hooks:
@@ -253,7 +264,7 @@ def train(
                 local = (
                     Totals(metrics)
                     if validation is None
-                    else network.evaluation_totals(validation[0], validation[1], plan.batch_size, *validation[2:])
+                    else network.evaluation_totals(validation[0], validation[1], config.batch_size, *validation[2:])
                 )
                 val_sums = local.to_array()
                 comm.allreduce(val_sums)
