@@ -7,7 +7,7 @@ The guide trains a 784-64-64-10 network on MNIST; MNIST needs a download, so the
 scikit-learn's bundled digits (8x8 images: 64 features, 1,797 samples), split as the guide splits
 MNIST (the last rows for validation). Each section is the guide's code with its numbers kept
 (epochs, batch sizes, the weight of class 5, the schedule's arguments), and each asserts what it
-shows: training and evaluation, class weights, sample weights, callbacks (EarlyStopping,
+shows: training and evaluation, class weights, sample weights, a PyDataset, callbacks (EarlyStopping,
 ReduceLROnPlateau, LearningRateScheduler, CSVLogger, ModelCheckpoint) and a learning-rate
 schedule. Sections the guide writes with the functional API or custom losses are left out
 (dtrain has Sequential models and built-in losses).
@@ -116,6 +116,31 @@ by_sample = model.fit(x_train, y_train, sample_weight=sample_weight, batch_size=
 assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.9
 # the two say the same thing: class 5's rows weigh 2 (the same seed: the same weights)
 np.testing.assert_allclose(by_sample.history["loss"], weighted.history["loss"], rtol=1e-5)
+
+
+# -- "Using a keras.utils.PyDataset for training" -------------------------------------------------------
+class ExamplePyDataset(keras.utils.PyDataset):
+    def __init__(self, x, y, batch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.x = x
+        self.y = y
+        self.batch_size = batch_size
+
+    def __len__(self):
+        return int(np.ceil(len(self.x) / float(self.batch_size)))
+
+    def __getitem__(self, idx):
+        batch_x = self.x[idx * self.batch_size : (idx + 1) * self.batch_size]
+        batch_y = self.y[idx * self.batch_size : (idx + 1) * self.batch_size]
+        return batch_x, batch_y
+
+
+train_py_dataset = ExamplePyDataset(x_train, y_train, batch_size=32)
+val_py_dataset = (x_val, y_val)  # the guide validates on a second PyDataset; dtrain takes arrays there
+model = get_compiled_model()
+streamed = model.fit(train_py_dataset, validation_data=val_py_dataset, epochs=EPOCHS, verbose=0)
+assert model.optimizer.iterations == EPOCHS * len(train_py_dataset)
+assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.9
 
 # -- "Using callbacks": EarlyStopping ----------------------------------------------------------------
 model = get_compiled_model()

@@ -155,3 +155,22 @@ def test_a_stream_is_refused_with_client():
     model.compile(loss="sparse_categorical_crossentropy")
     with pytest.raises(TypeError, match=r"cannot be sharded over a cluster's workers"):
         model.fit(Batches(), client=shared_client(2))
+
+
+def test_dtrain_utils_pydataset_is_keras_base_class():
+    class Digits(dtrain.utils.PyDataset):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return batch(i, False)
+
+    model = dtrain.Sequential([Input(shape=(5,)), Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy")
+    model.fit(Digits(), epochs=2, verbose=0)
+    assert model.optimizer.iterations == 10
+    with pytest.raises(ValueError, match=r"reads the batches in the training thread"):
+        Digits(workers=4)
