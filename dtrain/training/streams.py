@@ -21,7 +21,6 @@ import numpy as np
 
 from ..data import check_sample_weight, class_weights_of
 from ..network import Network
-from ..sampling import EpochSampler
 
 ROW_STRIDE = 2**24  # the rows random layers draw for: step * ROW_STRIDE + row (unique within an epoch)
 
@@ -130,6 +129,6 @@ class StreamBatches:
     def scale(self, global_count: int, batch_rows: int) -> float:
         return 1.0 / batch_rows  # (each batch's mean loss, as Keras: the batches are not one global batch)
 
-    def noise_rows(self, sampler: EpochSampler, rows: np.ndarray | slice, batch_rows: int) -> np.ndarray:
+    def noise_rows(self, sampler: Any, rows: np.ndarray | slice, batch_rows: int) -> np.ndarray:
         step = rows.start if isinstance(rows, slice) else int(rows[0])
         return step * ROW_STRIDE + np.arange(batch_rows)
