@@ -15,6 +15,14 @@ from typing import Any
 import numpy as np
 
 
+def _mode(monitor: str, mode: str) -> str:
+    """A monitoring callback's direction: "auto" is "max" for accuracies and AUC, else "min"."""
+    if mode != "auto":
+        return mode
+    name = monitor.lower()
+    return "max" if ("acc" in name or "auc" in name) else "min"
+
+
 class Callback:
     """Override any of the hooks. ``self.model`` is the model being trained and ``self.params``
     holds ``epochs``, ``steps`` (per epoch), ``batch_size``, ``samples`` and ``seed``.
@@ -185,10 +193,7 @@ class EarlyStopping(Callback):
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
         self.start_from_epoch = start_from_epoch
-        if mode == "auto":
-            name = monitor.lower()
-            mode = "max" if ("acc" in name or "auc" in name) else "min"
-        self.mode = mode
+        self.mode = _mode(monitor, mode)
         self.stopped_epoch = 0
         self.best_epoch = 0
         self.on_train_begin()  # usable even when driven by hand, without fit()
@@ -288,10 +293,7 @@ class ModelCheckpoint(Callback):
             raise ValueError(f"ModelCheckpoint expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
         self.monitor, self.verbose, self.save_best_only = monitor, verbose, save_best_only
         self.save_weights_only, self.save_freq = save_weights_only, save_freq
-        if mode == "auto":
-            name = monitor.lower()
-            mode = "max" if ("acc" in name or "auc" in name or name.startswith("fmeasure")) else "min"
-        self.mode = mode
+        self.mode = _mode(monitor, mode)
         self.best: float | None = initial_value_threshold
         self._epoch = 0
         self._batches = 0
@@ -436,10 +438,7 @@ class ReduceLROnPlateau(Callback):
             raise ValueError(f"ReduceLROnPlateau expected mode in ('auto', 'min', 'max'), received mode={mode!r}.")
         self.monitor, self.factor, self.patience, self.verbose = monitor, float(factor), patience, verbose
         self.min_delta, self.cooldown, self.min_lr = abs(float(min_delta)), cooldown, float(min_lr)
-        if mode == "auto":
-            name = monitor.removeprefix("val_").lower()
-            mode = "min" if name == "loss" or not ("acc" in name or "auc" in name) else "max"
-        self.mode = mode
+        self.mode = _mode(monitor, mode)
         self._reset()
 
     def _reset(self) -> None:

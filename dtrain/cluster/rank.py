@@ -270,7 +270,7 @@ class RankReporter(Progress):
         # Client callbacks (EarlyStopping, LearningRateScheduler...) decide after each epoch;
         # every rank must agree: [verdict, the optimizer's numbers in its own order].
         timeout = spec.config.timeout
-        names = [k for k, v in self.optimizer.hyperparameters().items() if isinstance(v, float)]
+        names = list(self.optimizer.numbers(self.optimizer.hyperparameters()))
         answer = np.zeros(1 + len(names), dtype=np.float64)
         if spec.rank == 0:
             got = comm_module.get_plugin(self.worker).wait_for(

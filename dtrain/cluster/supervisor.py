@@ -251,7 +251,7 @@ class Supervisor:
     def optimizer_numbers(self, epoch: int) -> dict[str, float] | None:
         """The optimizer's numbers ``epoch`` trains with (None: not recorded)."""
         config = self.optimizer_configs.get(epoch)
-        return None if config is None else {k: v for k, v in config.items() if isinstance(v, float)}
+        return None if config is None else self.model.compiled_optimizer.numbers(config)
 
     def _answer(self, epoch: int) -> None:
         """Rank 0 waits for this answer before it starts the next epoch: go on, stop (a callback

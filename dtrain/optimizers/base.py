@@ -400,6 +400,11 @@ class Optimizer:
                 raise ValueError(f"A callback set the optimizer's {', '.join(changed)} to a bad value: {exc}") from None
         return changed
 
+    @staticmethod
+    def numbers(hyperparameters: dict[str, Any]) -> dict[str, float]:
+        """The numbers among ``hyperparameters`` (what may change between epochs on a cluster)."""
+        return {key: value for key, value in hyperparameters.items() if isinstance(value, float)}
+
     def set_hyperparameters(self, values: dict[str, float]) -> None:
         """Take the numbers :meth:`changes_since` returned (on every rank, between epochs)."""
         for key, value in values.items():

@@ -75,9 +75,17 @@ class SGD(Optimizer):
 
 
 class _Moments(Optimizer):
-    """The optimizers with Adam's arguments: the two moments' decay rates and epsilon."""
+    """The optimizers with Adam's arguments (and Keras' defaults): the two moments' decay rates
+    and epsilon."""
 
-    def __init__(self, learning_rate: Any, beta_1: float, beta_2: float, epsilon: float, **kwargs: Any):
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        **kwargs: Any,
+    ):
         super().__init__(learning_rate, **_common(kwargs, type(self).__name__))
         self.beta_1 = fraction("beta_1", beta_1, allow_zero=True)
         self.beta_2 = fraction("beta_2", beta_2, allow_zero=True)
@@ -313,16 +321,6 @@ class Adamax(_Moments):
     slot_names = ("momentum", "norm")
     scratch_count = 2
 
-    def __init__(
-        self,
-        learning_rate: Any = 0.001,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        epsilon: float = 1e-7,
-        **kwargs: Any,
-    ):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
-
     def _update(self, xp, w, g, s, slots, lr, s2=None):
         t = self.update_count + 1
         m, u = slots["momentum"], slots["norm"]
@@ -347,16 +345,8 @@ class Nadam(_Moments):
     slot_names = ("momentum", "velocity")
     scratch_count = 2
 
-    def __init__(
-        self,
-        learning_rate: Any = 0.001,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        epsilon: float = 1e-7,
-        **kwargs: Any,
-    ):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
-        self._product = (0, 1.0)  # (steps, the product of u_1 .. u_steps): kept, recomputed after set_state
+    # (steps, the product of u_1 .. u_steps): kept per optimizer once it steps, recomputed after set_state
+    _product: tuple[int, float] = (0, 1.0)
 
     def _u(self, t: int) -> float:
         return self.beta_1 * (1.0 - 0.5 * 0.96**t)

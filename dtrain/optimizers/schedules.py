@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..registry import resolve
+
 
 def _number(name: str, value: Any, *, positive: bool = False, non_negative: bool = False) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
@@ -65,7 +67,15 @@ class LearningRateSchedule:
 class _TimeDecay(LearningRateSchedule):
     """The decays of ``p = step / decay_steps`` (floored with ``staircase``) at ``decay_rate``."""
 
-    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool, name: str):
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        decay_steps: int,
+        decay_rate: float,
+        staircase: bool = False,
+        name: str | None = None,  # (Keras' default: the class's name)
+    ):
+        name = type(self).__name__ if name is None else name
         self.initial_learning_rate = _number("initial_learning_rate", initial_learning_rate, positive=True)
         self.decay_steps = _steps("decay_steps", decay_steps)
         self.decay_rate = _number("decay_rate", decay_rate, non_negative=True)
@@ -88,16 +98,6 @@ class _TimeDecay(LearningRateSchedule):
 
 class ExponentialDecay(_TimeDecay):
     """initial_learning_rate * decay_rate ** (step / decay_steps), the exponent floored with staircase."""
-
-    def __init__(
-        self,
-        initial_learning_rate: float,
-        decay_steps: int,
-        decay_rate: float,
-        staircase: bool = False,
-        name: str = "ExponentialDecay",
-    ):
-        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: int) -> float:
         return self.initial_learning_rate * self.decay_rate ** self._p(step)
@@ -176,16 +176,6 @@ class PolynomialDecay(LearningRateSchedule):
 
 class InverseTimeDecay(_TimeDecay):
     """initial_learning_rate / (1 + decay_rate * step / decay_steps), the ratio floored with staircase."""
-
-    def __init__(
-        self,
-        initial_learning_rate: float,
-        decay_steps: int,
-        decay_rate: float,
-        staircase: bool = False,
-        name: str = "InverseTimeDecay",
-    ):
-        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: int) -> float:
         return self.initial_learning_rate / (1.0 + self.decay_rate * self._p(step))
@@ -292,40 +282,16 @@ SCHEDULES: dict[str, type[LearningRateSchedule]] = {
     "cosine_decay": CosineDecay,
     "cosine_decay_restarts": CosineDecayRestarts,
 }
-_BY_CLASS = {cls.__name__: cls for cls in SCHEDULES.values()}
+_BY_NAME = {**SCHEDULES, **{cls.__name__.lower(): cls for cls in SCHEDULES.values()}}  # (the registry lowercases)
 
 
 def get(identifier: Any) -> LearningRateSchedule:
     """A schedule from an instance, Keras' serialised form ``{"class_name": "CosineDecay",
     "config": {...}}``, or a job file's ``{"schedule": "cosine_decay", **arguments}``."""
-    if isinstance(identifier, LearningRateSchedule):
-        return identifier
-    known = f"Known schedules: {', '.join(SCHEDULES)} (or their class names)."
-    if not isinstance(identifier, Mapping):
-        raise TypeError(f"Expected a learning-rate schedule or its config dict, received {identifier!r}. {known}")
-    config = dict(identifier)
-    if "class_name" in config:
-        name = config.pop("class_name")
-        kwargs = config.pop("config", None) or {}
-        for key in ("module", "registered_name"):
-            config.pop(key, None)
-        if config or not isinstance(kwargs, Mapping):
-            raise ValueError(f"Unexpected keys {sorted(config)} in the schedule config {identifier!r}.")
-    elif "schedule" in config:
-        name = config.pop("schedule")
-        kwargs = config
-    else:
-        raise ValueError(
-            f"A schedule config needs a 'schedule' (or 'class_name') key, received {identifier!r}. {known}"
-        )
-    cls = SCHEDULES.get(name) if isinstance(name, str) else None
-    cls = cls or (_BY_CLASS.get(name) if isinstance(name, str) else None)
-    if cls is None:
-        raise ValueError(f"Unknown learning-rate schedule {name!r}. {known}")
-    try:
-        return cls(**dict(kwargs))
-    except TypeError as exc:
-        raise ValueError(f"Bad arguments for the schedule {name!r}: {exc}") from None
+    if isinstance(identifier, Mapping) and "schedule" in identifier and "class_name" not in identifier:
+        arguments = {k: v for k, v in identifier.items() if k != "schedule"}  # (a schedule has a name argument)
+        identifier = {"class_name": identifier["schedule"], "config": arguments}
+    return resolve(identifier, _BY_NAME, "learning-rate schedule", LearningRateSchedule, known=SCHEDULES)
 
 
 def serialize(schedule: LearningRateSchedule) -> dict[str, Any]:
