@@ -52,7 +52,7 @@ class Sequential(Network):
         verbose: int | str = "auto",
         callbacks: Sequence[callbacks_module.Callback] | None = None,
         validation_split: float = 0.0,
-        validation_data: tuple[Any, Any] | None = None,
+        validation_data: tuple[Any, ...] | None = None,
         shuffle: bool = True,
         initial_epoch: int = 0,
         seed: int | None = None,
@@ -160,16 +160,12 @@ class Sequential(Network):
             min_workers=min_workers,
             max_workers=max_workers,
         )
-        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
-            raise ValueError(
-                "validation_data=(x_val, y_val, sample_weight_val): validation sample weights are not supported yet; "
-                "pass (x_val, y_val), or validation_split with sample_weight (its last rows are weighted as given)."
-            )
         if validation_data is not None and (
-            not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
+            not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3)
         ):
             raise ValueError(
-                f"validation_data must be a tuple (x_val, y_val), received {type(validation_data).__name__}"
+                "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight), received "
+                + type(validation_data).__name__
                 + (f" of length {len(validation_data)}." if isinstance(validation_data, (tuple, list)) else ".")
             )
         for i, value in enumerate(validation_data or ()):

@@ -21,7 +21,8 @@ def _data(n=60, classes=3):
 @pytest.mark.parametrize(
     "case",
     ["sample_weight sparse", "sample_weight one-hot + validation_split", "class_weight sparse",
-     "class_weight one-hot", "class_weight binary", "sample_weight mse"],
+     "class_weight one-hot", "class_weight binary", "sample_weight mse",
+     "class_weight + weighted validation_data"],
 )  # fmt: skip
 def test_weighted_training_matches_keras_every_epoch(case):
     keras = keras_or_skip()
@@ -35,7 +36,10 @@ def test_weighted_training_matches_keras_every_epoch(case):
     if "mse" in case:
         units, activation, loss, y = 3, None, "mse", np.eye(3)[labels]
     kwargs: dict = {"sample_weight": w} if "sample_weight" in case else {"class_weight": {0: 0.5, 1: 2.0}}
-    extra = {"validation_split": 0.25} if "validation_split" in case else {}
+    extra: dict = {"validation_split": 0.25} if "validation_split" in case else {}
+    if "validation_data" in case:  # (x_val, y_val, val_sample_weight): the weights weigh val_loss only
+        xv, lv, wv = _data(n=21)
+        extra = {"validation_data": (xv + 0.5, lv, wv)}
     K = keras.layers
     theirs = keras.Sequential([K.Input((5,)), K.Dense(8, activation="tanh"), K.Dense(units, activation=activation)])
     theirs.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, metrics=["accuracy"])
@@ -62,8 +66,10 @@ def test_weighted_training_matches_keras_every_epoch(case):
         ({"class_weight": {0: -1.0}}, r"class_weight\[0\] must be a number >= 0"),
         ({"class_weight": [1.0, 2.0]}, r"class_weight must be a dict"),
         ({"class_weight": {0: 1.0}, "sample_weight": np.ones(60)}, r"cannot `class_weight` and `sample_weight`"),
-        ({"sample_weight": np.ones(60), "validation_data": (np.zeros((4, 5)), np.zeros(4), np.ones(4))},
-         r"validation sample weights are not supported yet"),
+        ({"validation_data": (np.zeros((4, 5)), np.zeros(4), np.ones(3))},
+         r"validation sample_weight must hold one weight per sample: 4 of them"),
+        ({"validation_data": (np.zeros((4, 5)), np.zeros(4), -np.ones(4))}, r"validation sample_weight must not be neg"),
+        ({"validation_data": (np.zeros((4, 5)),)}, r"validation_data must be a tuple \(x_val, y_val\) or"),
     ],
 )  # fmt: skip
 def test_bad_weights_are_refused_before_any_work(kwargs, match):
@@ -79,7 +85,9 @@ def test_bad_weights_are_refused_before_any_work(kwargs, match):
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("how", ["sample_weight", "class_weight", "dask sample_weight + validation_split"])
+@pytest.mark.parametrize(
+    "how", ["sample_weight", "class_weight", "dask sample_weight + validation_split", "dask weighted validation_data"]
+)
 def test_weights_on_two_workers_equal_one_process(how):
     client = shared_client(2)
     x, labels = blobs(120, features=12)
@@ -102,6 +110,9 @@ def test_weights_on_two_workers_equal_one_process(how):
     else:
         if "validation_split" in how:
             kwargs["validation_split"] = 0.2
+        if "validation_data" in how:  # 30 weighted validation rows, split 15/15 between the ranks
+            x, labels, weights, xv, lv, wv = x[:90], labels[:90], weights[:90], x[90:], labels[90:], weights[90:]
+            kwargs["validation_data"] = (xv, lv, wv)
         h_local = local.fit(x, labels, sample_weight=weights, **kwargs)
         sw = weights
         if "dask" in how:
@@ -112,6 +123,8 @@ def test_weights_on_two_workers_equal_one_process(how):
                 da.from_array(labels, chunks=50),
                 da.from_array(weights, chunks=40),
             )
+            if "validation_data" in how:
+                kwargs["validation_data"] = (xv, da.from_array(lv, chunks=7), da.from_array(wv, chunks=11))
         h_dist = distributed.fit(x, labels, sample_weight=sw, client=client, **kwargs)
     for a, b in zip(distributed.get_weights(), local.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

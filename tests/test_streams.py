@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -80,7 +81,8 @@ def test_streams_train_as_keras_trains_on_them(kind):
 
         theirs_data, ours_data, kwargs = KerasBatches(), Batches(weighted), {"shuffle": False}
     else:
-        theirs_data, ours_data, kwargs = generator(weighted), generator(weighted), {"steps_per_epoch": 5}
+        theirs_data, ours_data = generator(weighted), generator(weighted)
+        kwargs = {"steps_per_epoch": 5, "shuffle": False}
     validation = (X[:20], LABELS[:20])
     for _ in range(3):
         h_theirs = theirs.fit(theirs_data, epochs=1, verbose=0, validation_data=validation, **kwargs)
@@ -147,6 +149,23 @@ def test_what_a_stream_cannot_do_is_a_clear_error(call, error, match):
     model.compile(loss="sparse_categorical_crossentropy")
     with pytest.raises(error, match=match):
         call(model)
+
+
+def test_shuffle_true_with_a_generator_warns_that_its_order_is_kept():
+    def model():
+        m = dtrain.Sequential([Input(shape=(5,)), Dense(3, activation="softmax")])
+        m.compile(loss="sparse_categorical_crossentropy")
+        return m
+
+    shuffled, kept = model(), model()
+    kept.set_weights(shuffled.get_weights())
+    with pytest.warns(UserWarning, match=r"shuffle=True is ignored: x is generator"):
+        shuffled.fit(generator(False), steps_per_epoch=5, epochs=2, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept.fit(generator(False), steps_per_epoch=5, epochs=2, verbose=0, shuffle=False)
+    for a, b in zip(shuffled.get_weights(), kept.get_weights()):  # the generator's order either way
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.cluster

@@ -72,7 +72,7 @@ def fit_on_cluster(
     model: Network,
     x: Any,
     y: Any,
-    validation_data: tuple[Any, Any] | None,
+    validation_data: Sequence[Any] | None,
     callbacks: Sequence[Callback],
     config: FitConfig,
     *,

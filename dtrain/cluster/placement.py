@@ -77,18 +77,23 @@ def training_sources(
     if x is None or y is None:
         raise ValueError("fit(..., client=) needs both x and y (arrays, Dask arrays or dtrain.from_* sources).")
     xs, ys = pair(x, y, "", None)
-    ws: Source | None = None
-    if sample_weight is not None:
-        if numpy_like(sample_weight):
-            ws = ArraySource(check_sample_weight(sample_weight, xs.n_rows))
-        else:  # (its values are checked where they are read, on the workers)
-            ws = as_source(sample_weight, "sample_weight").prepare(client)
-            check_same_rows(xs, ws)
+
+    def weights(w: Any, rows: Source, name: str) -> Source | None:
+        if w is None:
+            return None
+        if numpy_like(w):
+            return ArraySource(check_sample_weight(w, rows.n_rows, name))
+        ws = as_source(w, name).prepare(client)  # (its values are checked where they are read, on the workers)
+        check_same_rows(rows, ws)
+        return ws
+
+    ws = weights(sample_weight, xs, "sample_weight")
     train = Rows(xs, ys, 0, xs.n_rows, ws)
     validation = None
     if validation_data is not None:
         vx, vy = pair(validation_data[0], validation_data[1], "validation ", math.prod(xs.row_shape))
-        validation = Rows(vx, vy, 0, vx.n_rows)
+        vw = weights(validation_data[2] if len(validation_data) > 2 else None, vx, "validation sample_weight")
+        validation = Rows(vx, vy, 0, vx.n_rows, vw)
     elif validation_split:
         split_at = validation_split_at(train.count, validation_split)  # the last rows, as Keras (weights too)
         validation = Rows(xs, ys, split_at, train.count - split_at, ws)

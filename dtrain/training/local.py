@@ -7,6 +7,7 @@ communicator, with the Keras callbacks as its audience at every step.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -38,11 +39,20 @@ def validation_split_at(rows: int, validation_split: float) -> int:
     return split_at
 
 
+def checked_validation(model: Network, validation_data: Sequence[Any], input_dim: int) -> tuple[np.ndarray, ...]:
+    """``(x_val, y_val)`` or ``(x_val, y_val, val_sample_weight)`` checked: the weights weigh
+    val_loss as Keras weighs it (metrics stay unweighted)."""
+    x, y = model.check_xy(validation_data[0], validation_data[1], name="validation ", input_dim=input_dim)
+    if len(validation_data) < 3 or validation_data[2] is None:
+        return x, y
+    return x, y, check_sample_weight(validation_data[2], len(x), "validation sample_weight")
+
+
 def fit_in_process(
     model: Network,
     x: Any,
     y: Any,
-    validation_data: tuple[Any, Any] | None,
+    validation_data: Sequence[Any] | None,
     callbacks: Sequence[Callback],
     config: FitConfig,
     sample_weight: Any = None,
@@ -53,7 +63,7 @@ def fit_in_process(
     weights = None if sample_weight is None else check_sample_weight(sample_weight, len(x))
     validation: tuple[np.ndarray, ...] | None = None
     if validation_data is not None:
-        validation = model.check_xy(*validation_data, name="validation ", input_dim=x.shape[1])
+        validation = checked_validation(model, validation_data, x.shape[1])
     elif config.validation_split:
         split_at = validation_split_at(len(x), config.validation_split)
         # Keras splits the weights with the rows: the validation rows' weights weigh val_loss
@@ -74,7 +84,7 @@ def fit_in_process(
 def fit_stream_in_process(
     model: Network,
     data: Any,
-    validation_data: tuple[Any, Any] | None,
+    validation_data: Sequence[Any] | None,
     callbacks: Sequence[Callback],
     config: FitConfig,
     steps_per_epoch: int | None,
@@ -93,11 +103,16 @@ def fit_stream_in_process(
     stream = BatchStream(data, steps_per_epoch)
     x0, y0, _ = stream.first()
     x0, _ = model.check_xy(x0, y0, name="batch 0 of ")
-    validation = None
-    if validation_data is not None:
-        validation = model.check_xy(*validation_data, name="validation ", input_dim=x0.shape[1])
+    validation = None if validation_data is None else checked_validation(model, validation_data, x0.shape[1])
     # A sequence's batches are shuffled (their order, by the run's seed) as Keras shuffles them;
-    # an iterator's order is its own.
+    # an iterator's order is its own, and shuffle=True (fit's default) says so, as Keras does.
+    if config.shuffle and not stream.indexable:
+        warnings.warn(
+            f"shuffle=True is ignored: x is {type(data).__name__}, a stream whose batches come in its own order "
+            "(shuffle them in the generator, or pass shuffle=False to train in that order without this warning).",
+            UserWarning,
+            stacklevel=3,
+        )
     config = replace(resolve_seed_and_shards(config), shards=1, shuffle=config.shuffle and stream.indexable)
     plan = ShardPlan(stream.steps, 1, 1)  # one plan "row" per batch
     batches = StreamBatches(model, stream, config.class_weights)
