@@ -163,7 +163,7 @@ def _run(args: SimpleNamespace) -> int:
     return _run_locally(_load(args), args, resume=False)
 
 
-def _run_locally(job, args: SimpleNamespace, resume: bool) -> int:
+def _run_locally(job, args: SimpleNamespace, resume: bool | str) -> int:
     """The job on a local cluster of its own: every worker of it is the job's."""
     if isinstance(job.workers, list):
         raise _UsageError(
@@ -185,16 +185,19 @@ def _resume(args: SimpleNamespace) -> int:
 
     from .jobs.outputs import read_job_file
     from .jobs.spec import load_job
+    from .runs import is_run_folder
 
     with tempfile.TemporaryDirectory() as folder:  # the resolved job file (absolute paths) with --set applied
         path = os.path.join(folder, "job.yaml")
         with open(path, "w") as f:
             f.write(read_job_file(args.output))
         job = load_job(path, args.overrides)
+    # OUTPUT/<run> continues that run; OUTPUT its newest (dtrain.runs)
+    run = os.path.basename(os.fspath(args.output).rstrip("/").rstrip(os.sep)) if is_run_folder(args.output) else True
     if not args.scheduler:
-        return _run_locally(job, args, resume=True)
+        return _run_locally(job, args, resume=run)
     with _jobs_client(args) as jobs:
-        return _submitted(jobs, jobs.submit(job, resume=True), args)
+        return _submitted(jobs, jobs.submit(job, resume=run), args)
 
 
 def _submit(args: SimpleNamespace) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from ._version import __version__
 from .backend import check_device
 from .network import Network
+from .runs import resolve_run
 
 _N = TypeVar("_N", bound=Network)
 
@@ -29,8 +30,8 @@ MODEL_FILENAME = "model.safetensors"  # the file looked for when a directory is 
 
 def _resolve_path(path: str | os.PathLike) -> Path:
     path = Path(path)
-    if path.is_dir():
-        return path / MODEL_FILENAME
+    if path.is_dir():  # a folder holding the model, or a job's output location (its newest run's)
+        return Path(resolve_run(path, MODEL_FILENAME)) / MODEL_FILENAME
     return path
 
 
@@ -106,8 +107,9 @@ def _download(url: str) -> tuple[str, bytes]:
     from fsspec.core import url_to_fs
 
     fs, path = url_to_fs(url)
-    if fs.isdir(path):
-        path = f"{path.rstrip('/')}/{MODEL_FILENAME}"
+    if fs.isdir(path):  # a folder holding the model, or a job's output location (its newest run's)
+        folder = url_to_fs(resolve_run(url, MODEL_FILENAME))[1]
+        path = f"{folder.rstrip('/')}/{MODEL_FILENAME}"
     location = fs.unstrip_protocol(path)
     if not fs.isfile(path):
         raise FileNotFoundError(f"No model file at {location!r}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import dtrain
+from dtrain.runs import RUN_NAME, resolve_run
 
 pytest.importorskip("distributed")
 
@@ -91,6 +93,11 @@ def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: 
         time.sleep(0.5)
 
 
+def newest_run(output: Path) -> Path:
+    """The newest run folder of a job's output location (dtrain.runs)."""
+    return Path(resolve_run(output, "result.json"))
+
+
 def long_job_args(output: Path, workers: int = 1) -> list[str]:
     """The seed job made long enough to be cancelled while it runs."""
     return [
@@ -115,24 +122,54 @@ def test_run_trains_on_an_embedded_cluster_and_writes_every_output(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
-    assert result["state"] == "succeeded" and result["job_id"] and result["output"] == str(out)
+    run = out / result["run"]  # the run's own folder (dtrain.runs)
+    assert result["state"] == "succeeded" and result["job_id"] and result["output"] == str(run)
+    assert result["output_dir"] == str(out) and RUN_NAME.match(result["run"])
     assert len(result["workers"]) == 2 and result["epoch"] == 3 and len(result["history"]) == 3
     assert result["metrics"]["val_accuracy"] > 0.8
     for name in ("model.safetensors", "history.csv", "job.yaml", "training.png", "result.json"):
-        assert (out / name).is_file(), name
-    model = dtrain.load_model(out)  # from the output directory itself
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "latest").is_file()  # a run's checkpoints are its own
+    model = dtrain.load_model(out)  # from the output directory itself: its newest run
     x, y = dtrain.datasets.make_classification(100, seed=1)
     assert model.predict(x).shape == (100, 10)
     # the resolved job file is a job file again, and it says what ran
     from dtrain.jobs.spec import load_job
 
-    resolved = load_job(out / "job.yaml")
+    resolved = load_job(run / "job.yaml")
     assert resolved.epochs == 3 and resolved.output_dir == str(out)
     report = dtrain_cli("report", str(out), "--json")
     assert report.returncode == 0, report.stderr
-    assert json_of(report)["state"] == "succeeded"
+    assert json_of(report)["state"] == "succeeded" and json_of(report)["output"] == str(run)
     human = dtrain_cli("report", str(out))
     assert human.returncode == 0 and "val_accuracy" in human.stdout
+
+
+def test_running_a_job_again_keeps_the_earlier_run_and_resume_continues_the_newest(tmp_path):
+    """Every run has a folder of its own in the output location: a second run keeps the first,
+    load_model and report take the newest (or the run folder named), and `dtrain resume OUTPUT`
+    continues the newest run in its own folder, from its own checkpoints."""
+    out = tmp_path / "seed"
+    common = ["--workers", "1", "--json", "--set", f"output.dir={out}", "--set", "data.train.samples=600"]
+    first = json_of(dtrain_cli("run", str(SEED_JOB), *common, "--set", "fit.epochs=2"))
+    second = json_of(dtrain_cli("run", str(SEED_JOB), *common, "--set", "fit.epochs=3"))
+    assert first["run"] != second["run"] and first["state"] == second["state"] == "succeeded"
+    assert sorted(p.name for p in out.iterdir() if RUN_NAME.match(p.name)) == [first["run"], second["run"]]
+    for record, epochs in ((first, 2), (second, 3)):  # nothing of the first run was touched by the second
+        summary = json_of(dtrain_cli("report", record["output"], "--json"))
+        assert summary["epochs"] == epochs and summary["job_id"] == record["job_id"]
+        assert len(list((Path(record["output"]) / "checkpoints").glob("ckpt-*.json"))) == epochs
+    assert json_of(dtrain_cli("report", str(out), "--json"))["job_id"] == second["job_id"]
+    newest, oldest = dtrain.load_model(out), dtrain.load_model(first["output"])
+    for a, b in zip(newest.get_weights(), dtrain.load_model(second["output"]).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(newest.get_weights(), oldest.get_weights()))
+    resumed = json_of(dtrain_cli("resume", str(out), "--workers", "1", "--json", "--set", "fit.epochs=4"))
+    assert resumed["state"] == "succeeded" and resumed["run"] == second["run"]  # the newest, in its own folder
+    assert len([p for p in out.iterdir() if RUN_NAME.match(p.name)]) == 2
+    assert json_of(dtrain_cli("report", str(out), "--json"))["epochs"] == 4
+    again = json_of(dtrain_cli("resume", first["output"], "--workers", "1", "--json", "--set", "fit.epochs=3"))
+    assert again["run"] == first["run"] and json_of(dtrain_cli("report", first["output"], "--json"))["epochs"] == 3
 
 
 def test_run_shows_progress_and_a_summary(tmp_path):
@@ -173,7 +210,7 @@ def test_a_job_reads_npy_files_relative_to_its_own_folder(tmp_path):
     proc = dtrain_cli("run", str(tmp_path / "job.yaml"), "--workers", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
-    assert result["output"] == str(tmp_path / "runs" / "job")  # the default: runs/<name> next to the job file
+    assert result["output_dir"] == str(tmp_path / "runs" / "job")  # the default: runs/<name> next to the job file
     assert result["metrics"]["accuracy"] > 0.8
     # the same job in one process (same seed, one shard per worker) gives the same weights
     model = dtrain.load_model(tmp_path / "runs" / "job")
@@ -223,8 +260,8 @@ def test_a_detached_job_outlives_its_submitter(scheduler, tmp_path):
     record = wait_for_state(scheduler, job_id, ("succeeded", "failed", "cancelled"))
     assert record["state"] == "succeeded", record["error"]
     assert record["epoch"] == 2 and record["restarts"] == 0 and record["error"] is None
-    assert record["started_at"] <= record["ended_at"] and record["output"] == str(out)
-    assert (out / "model.safetensors").is_file()
+    assert record["started_at"] <= record["ended_at"] and record["output_dir"] == str(out)
+    assert (Path(record["output"]) / "model.safetensors").is_file()
     logs = json_of(dtrain_cli("logs", job_id, "--scheduler", scheduler, "--json"))
     texts = [line["text"] for line in logs["lines"]]
     assert any(t.startswith("epoch 2/2:") for t in texts) and any("succeeded" in t for t in texts)
@@ -249,7 +286,7 @@ def test_submit_follows_the_job_and_prints_one_json_document(scheduler, tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     result = json_of(proc)
-    assert result["state"] == "succeeded" and result["output"] == str(tmp_path) and result["job_id"]
+    assert result["state"] == "succeeded" and result["output_dir"] == str(tmp_path) and result["job_id"]
 
 
 def test_jobs_queue_for_workers_and_cancelling_frees_them(scheduler, tmp_path):
@@ -281,7 +318,36 @@ def test_jobs_queue_for_workers_and_cancelling_frees_them(scheduler, tmp_path):
             dtrain_cli("cancel", job_id, "--scheduler", scheduler)
     for job_id in ids:
         assert wait_for_state(scheduler, job_id, ("cancelled", "succeeded", "failed"))["state"] == "cancelled"
-    assert json.loads((tmp_path / "a" / "result.json").read_text())["state"] == "cancelled"
+    assert json.loads((newest_run(tmp_path / "a") / "result.json").read_text())["state"] == "cancelled"
+
+
+def test_a_cancelled_job_keeps_its_epochs_and_its_latest_checkpoint_as_its_model(scheduler, tmp_path):
+    """Cancelled after 3 of 200 epochs: its report shows those epochs, history.csv and the plot
+    hold them, and model.safetensors is its latest checkpoint's, marked as such."""
+    out = tmp_path / "cancelled"
+    proc = dtrain_cli("submit", str(SEED_JOB), "--scheduler", scheduler, "--detach", "--json", *long_job_args(out))
+    job_id = json_of(proc)["job_id"]
+    try:
+        reached = wait_until(scheduler, job_id, lambda r: len(r["history"]) >= 3 or r["state"] != "running")
+        assert reached["state"] == "running", reached["error"]
+    finally:
+        cancelled = json_of(dtrain_cli("cancel", job_id, "--scheduler", scheduler, "--json"))
+    assert cancelled["state"] == "cancelled"
+    done = len(cancelled["history"])
+    summary = json_of(dtrain_cli("report", str(out), "--json"))
+    assert summary["state"] == "cancelled" and summary["epochs"] == done >= 3 and summary["epochs_planned"] == 200
+    assert [row["epoch"] for row in summary["history"]] == list(range(1, done + 1))
+    for name in ("model.safetensors", "history.csv", "training.png", "job.yaml", "result.json"):
+        assert name in summary["files"], summary["files"]
+    source = summary["model_from"]  # the checkpoint at an epoch's end, or one within the next epoch
+    assert source["epoch"] >= done - 1 and source["checkpoint"].startswith(str(newest_run(out) / "checkpoints"))
+    from dtrain.checkpoints import load_checkpoint
+
+    model = dtrain.load_model(out)
+    np.testing.assert_array_equal(model.params, load_checkpoint(source["checkpoint"]).arrays["params"])
+    human = dtrain_cli("report", str(out)).stdout
+    assert re.search(rf"epochs +{done} of 200", human) and re.search(r"state +cancelled", human), human
+    assert "from its latest checkpoint" in human
 
 
 @pytest.mark.slow
@@ -368,7 +434,7 @@ def test_a_failing_job_reports_its_error(scheduler, tmp_path):
     )
     assert proc.returncode == 1
     assert "failed" in proc.stderr and "GPU" in proc.stderr and "Traceback" not in proc.stderr
-    assert json.loads((tmp_path / "result.json").read_text())["state"] == "failed"
+    assert json.loads((newest_run(tmp_path) / "result.json").read_text())["state"] == "failed"
 
 
 def test_ctrl_c_on_submit_cancels_the_job(scheduler, tmp_path):

@@ -122,9 +122,10 @@ class JobsClient:
                     f"{exc}); is dtrain installed in the scheduler's Python environment?"
                 ) from exc
 
-    def submit(self, job: Any, *, resume: bool = False) -> dict[str, Any]:
-        """Queue a validated :class:`~dtrain.jobs.spec.Job`; returns its record (``job_id``, ``state``...).
-        ``resume``: continue from the latest checkpoint in the job's output location."""
+    def submit(self, job: Any, *, resume: bool | str = False) -> dict[str, Any]:
+        """Queue a validated :class:`~dtrain.jobs.spec.Job`; returns its record (``job_id``, ``state``,
+        ``output``: the run's own folder...). ``resume``: continue from the latest checkpoint of
+        the newest run in the job's output location (True), or of the run of that name."""
         self.ensure_service()
         return self._call("submit", spec=job.to_dict(), source=job.source, resume=resume)
 

@@ -14,6 +14,14 @@ training.png        the training curves
 result.json         the job record, its ``final`` metrics and the ``files`` written
 ==================  ==========================================================================
 
+Each run of a job writes into a run folder of its own, ``OUTPUT/<run>/`` (:mod:`dtrain.runs`):
+a job run again keeps the earlier runs. Reading an output location (``read_summary``,
+``read_job_file``, ``dtrain.load_model``) takes its newest run, or the run folder given.
+
+A cancelled or failed job keeps what it did: its history.csv and training.png hold the epochs it
+finished, model.safetensors the weights of its latest checkpoint (``model_from`` in result.json
+says which), and result.json's ``state`` says how it ended.
+
 result.json is written last, so a result.json that lists a file means the file is complete.
 Each file is written under a temporary name and moved into place (dtrain.storage.Location), so
 a reader never sees half a file (on object stores the move is a copy, but the final name still
@@ -32,6 +40,7 @@ import tempfile
 import time
 from typing import Any
 
+from ..runs import resolve_run
 from ..saving import MODEL_FILENAME, save_model
 from ..storage import Location
 
@@ -79,23 +88,41 @@ def _made(output: str | os.PathLike) -> Location:
 
 
 def write_outputs(output: str | os.PathLike, *, model, history, job_yaml: str, record: dict) -> dict[str, str]:
-    """Write a finished job's files (see the module docstring) to ``output``, a local directory
-    (created if missing) or an fsspec URL. ``record`` is the job record (JSON-able); result.json
-    gets it with ``final`` (the last epoch's metrics) and ``files`` (kind -> file name in
-    ``output``). Returns kind -> location of every file written: "model", "history", "steps"
-    (only when the fit recorded step times), "job", "plot", "result"."""
+    """Write a job's files (see the module docstring) to ``output`` (its run folder), a local
+    directory (created if missing) or an fsspec URL. ``record`` is the job record (JSON-able);
+    result.json gets it with ``final`` (the last epoch's metrics) and ``files`` (kind -> file name
+    in ``output``). Returns kind -> location of every file written: "model" (not when ``model``
+    is None: a job that ended before any checkpoint), "history", "steps" (only when the fit
+    recorded step times), "job", "plot", "result"."""
     where = _made(output)
-    files = {"model": _write_model(where, model)}
+    files = {} if model is None else {"model": _write_model(where, model)}
     files["history"] = where.write(HISTORY_FILE, _history_csv(history, record).encode())
     steps = _steps_csv(history)
     if steps is not None:
         files["steps"] = where.write(STEPS_FILE, steps.encode())
     files["job"] = where.write(JOB_FILE, job_yaml.encode())
-    files["plot"] = where.write(PLOT_FILE, _plot_png(history, title=record.get("name")))
+    title = record.get("name") or ""
+    if record.get("state") in ("cancelled", "failed"):
+        title += f" ({record['state']} after {len(_epochs(history))} of {record.get('epochs', '?')} epochs)"
+    files["plot"] = where.write(PLOT_FILE, _plot_png(history, title=title or None))
     names = {kind: _NAMES[kind] for kind in [*files, "result"]}
     result = {**record, "final": _final_metrics(history), "files": names}
     files["result"] = where.write(RESULT_FILE, _json_bytes(result))  # last: it vouches for the rest
     return files
+
+
+def history_of(rows: list[dict]):
+    """A History of the epochs a job's record holds (its per-epoch rows: ``epoch`` from 1, the
+    logs, ``seconds``): what a job that did not finish leaves for history.csv and the plot."""
+    from ..callbacks import History
+
+    history = History()
+    history.epoch = [int(row["epoch"]) - 1 for row in rows]
+    names = [k for row in rows for k in row if k not in ("epoch", "seconds")]
+    for name in dict.fromkeys(names):  # (first seen first: loss, metrics, val_...)
+        values: list[Any] = [row.get(name) for row in rows]  # (None where an epoch did not log it)
+        history.history[name] = values
+    return history  # (the rows' seconds reach history.csv through the record: _epoch_seconds)
 
 
 def write_record(output: str | os.PathLike, record: dict, job_yaml: str | None = None) -> str:
@@ -110,7 +137,7 @@ def write_record(output: str | os.PathLike, record: dict, job_yaml: str | None =
 
 def read_job_file(output: str | os.PathLike) -> str:
     """The resolved job file a job wrote to ``output`` when it started (for ``dtrain resume``)."""
-    where = _location(output)
+    where = _location(resolve_run(output, JOB_FILE))
     try:
         return where.read(JOB_FILE).decode()
     except FileNotFoundError:
@@ -289,8 +316,9 @@ def _plot_png(history, title: str | None = None) -> bytes:
 def read_summary(output: str | os.PathLike) -> dict:
     """What ``dtrain report OUTPUT`` shows, from OUTPUT's result.json and history.csv (and
     steps.csv): name, job id, state, times, epochs, final metrics, the best value of every val_
-    metric and its epoch, the median step time, the files present. JSON-able."""
-    where = _location(output)
+    metric and its epoch, the median step time, the files present. JSON-able. ``output`` is a
+    job's output location (its newest run is read) or one run folder in it."""
+    where = _location(resolve_run(output, RESULT_FILE))
     if not where.exists(RESULT_FILE):
         raise FileNotFoundError(
             f"{where.where(RESULT_FILE)} does not exist, so {where.text} is not a job's output location. "
@@ -332,6 +360,7 @@ def read_summary(output: str | os.PathLike) -> dict:
         "median_step_ms": statistics.median(step_ms) if step_ms else None,
         "history": epochs,
         "files": [name for name in known if name == RESULT_FILE or where.exists(name)],
+        "model_from": record.get("model_from"),
     }
 
 
@@ -391,6 +420,12 @@ def format_summary(summary: dict) -> str:
         )
     if s.get("median_step_ms") is not None:
         lines.append(("step", f"{s['median_step_ms']:.2f} ms (median)"))
+    source = s.get("model_from")
+    if isinstance(source, dict):  # a job that did not finish: its model is its latest checkpoint's
+        where = f"epoch {source.get('epoch')}" + (f", step {source['step']}" if source.get("step") else "")
+        lines.append(("model", f"from its latest checkpoint ({where}: {source.get('checkpoint')})"))
+    elif s.get("state") in ("cancelled", "failed") and MODEL_FILE not in (s.get("files") or []):
+        lines.append(("model", "none: the job wrote no checkpoint before it ended"))
     lines.append(("files", ", ".join(s.get("files") or []) or "-"))
     lines.append(("output", str(s.get("output"))))
     width = max(len(label) for label, _ in lines)

@@ -30,12 +30,15 @@ from typing import TYPE_CHECKING, Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ..callbacks import Callback
+from ..checkpoints import list_checkpoints
 from ..cluster.errors import JobCancelled
 from ..cluster.launch import RunControl, describe_resume, fit_on_cluster
 from ..leases import EXPIRES_S, Lease
+from ..runs import RUN_NAME, new_run_name, run_location, run_names
 from ..storage import Location
-from .outputs import write_outputs, write_record
-from .spec import JobError, job_from_dict
+from ..training.checkpointing import restore, resume_point
+from .outputs import history_of, write_outputs, write_record
+from .spec import job_from_dict
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -58,10 +61,12 @@ class JobRecord:
     job_id: str
     name: str
     spec: dict
-    output: str
+    output: str  # this run's folder (dtrain.runs): where its files go
     requested: Any  # None (all free workers), a count, or a list of addresses
     epochs: int
-    output_identity: str = ""  # the folder itself (symlinks, file:// resolved): one job writes it at a time
+    output_dir: str = ""  # the job's output location (output.dir), which holds its runs' folders
+    run: str = ""  # the run folder's name ("": an output written before run folders, resumed in place)
+    output_identity: str = ""  # output.dir itself (symlinks, file:// resolved): one job writes it at a time
     max_workers: int | None = None  # with requested None: no more than this (the job's shard count)
     min_workers: int = 1  # with requested None: no fewer than this (cluster.min_workers of an elastic job)
     elastic: bool = False  # it takes in free workers at its epochs' ends (cluster.elastic)
@@ -117,6 +122,8 @@ class JobRecord:
             "restart_log": [dict(entry) for entry in self.restart_log],
             "error": self.error,
             "output": self.output,
+            "output_dir": self.output_dir,
+            "run": self.run,
             "files": dict(self.files),
             "workers": list(self.workers),
             "requested_workers": self.requested,
@@ -189,11 +196,13 @@ class JobService(SchedulerPlugin):
             return await asyncio.to_thread(self._submit, **kwargs)
         return operations[action](**kwargs)
 
-    def _submit(self, spec: dict, source: str | None = None, resume: bool = False) -> dict[str, Any]:
-
+    def _submit(self, spec: dict, source: str | None = None, resume: bool | str = False) -> dict[str, Any]:
+        """Queue a job. ``resume``: True continues the newest run in the job's output location,
+        a run's name continues that run; else the job is a new run in a folder of its own."""
         try:
             job = job_from_dict(spec, check_files=False, source=source)
-        except JobError as exc:
+            run, output = _run_folder(job.output_dir, resume)
+        except ValueError as exc:  # (JobError is one: an invalid job; or no such run to resume)
             return {"refused": str(exc), "kind": "invalid"}
         with self.table.lock:
             identity = Location(job.output_dir).identity  # a symlink or a file:// URL names the same folder
@@ -215,14 +224,16 @@ class JobService(SchedulerPlugin):
                 job_id=job_id,
                 name=job.name,
                 spec=job.to_dict(),
-                output=job.output_dir,
+                output=output,
+                output_dir=job.output_dir,
+                run=run,
                 output_identity=identity,
                 requested=job.workers,
                 epochs=job.epochs,
                 max_workers=config.most_workers,
                 min_workers=config.min_workers,
                 elastic=config.elastic,
-                resume=resume,
+                resume=resume is not False,  # (the run it continues is decided: run, output)
             )
             record.log(f"submitted{f' from {source}' if source else ''}; output: {record.output}")
             self.table.jobs[record.job_id] = record
@@ -395,7 +406,7 @@ class JobService(SchedulerPlugin):
             record.log(f"stopping: {message}")
             record.cancel.set()
 
-        with Lease(record.output, f"job-{record.job_id}").held(on_wait=waiting, on_lost=lost):
+        with Lease(record.output_dir, f"job-{record.job_id}").held(on_wait=waiting, on_lost=lost):
             return self._train_holding_the_folder(record)
 
     def _train_holding_the_folder(self, record: JobRecord) -> dict[str, str]:
@@ -407,7 +418,7 @@ class JobService(SchedulerPlugin):
         model = job.build_model()
         data = job.data()
         # The workers it was given; an elastic job takes in free ones as well (joinable, below).
-        config = replace(job.fit_config(resume=record.resume), workers=tuple(record.workers))
+        config = replace(job.fit_config(resume=record.resume, run_dir=record.output), workers=tuple(record.workers))
         if config.resume_from is not None:
             record.log(f"resuming from the latest checkpoint in {config.resume_from}")
         control = RunControl(
@@ -432,6 +443,10 @@ class JobService(SchedulerPlugin):
                     client=client,
                     control=control,
                 )
+        except BaseException as exc:
+            self._release(record)
+            _keep_what_was_done(record, job, model, exc)  # (still holding the folder)
+            raise
         finally:
             self._release(record)  # the workers are free as soon as training has ended
         if record.cancel.is_set():
@@ -454,7 +469,7 @@ class JobService(SchedulerPlugin):
         then the state: a client that sees the final state finds the record and the log complete."""
 
         ended = time.time()
-        if state != "succeeded":
+        if state != "succeeded" and not record.files:  # (one that kept what it did wrote result.json with them)
             final = record.public()
             final.update(state=state, ended_at=ended, error=error)
             try:
@@ -464,6 +479,45 @@ class JobService(SchedulerPlugin):
         record.log(message)
         with self.table.lock:
             record.error, record.state, record.ended_at = error, state, ended
+
+
+def _keep_what_was_done(record: JobRecord, job: Any, model: Any, exc: BaseException) -> None:
+    """A cancelled or failed job's outputs: the epochs it finished (history.csv, the plot) and
+    its latest checkpoint's weights as its model, with result.json saying how it ended. Nothing
+    here may hide the job's own error: a failure to write is logged."""
+    state = "cancelled" if isinstance(exc, JobCancelled) else "failed"
+    rows = [dict(row) for row in record.history]
+    point = None
+    directory = job.checkpoint_dir(record.output)
+    try:
+        if directory is not None and list_checkpoints(directory):
+            point = resume_point(directory, {})  # (this run's: a run's checkpoints are in its own folder)
+    except Exception as problem:  # noqa: BLE001 - reported, and the rest is still kept
+        record.log(f"its latest checkpoint could not be read ({type(problem).__name__}: {problem}): no model kept")
+    if not rows and point is None:
+        return  # nothing done: result.json alone says how it ended (_finish)
+    final = record.public()
+    final.update(
+        state=state, ended_at=time.time(), error=None if state == "cancelled" else f"{type(exc).__name__}: {exc}"
+    )
+    kept = None
+    if point is not None and model.built and point.params is not None and point.params.shape == model.params.shape:
+        restore(model, point)
+        kept = model
+        final["model_from"] = {"checkpoint": point.source, "epoch": point.epoch, "step": point.step}
+    try:
+        record.files = write_outputs(
+            record.output, model=kept, history=history_of(rows), job_yaml=job.to_yaml(), record=final
+        )
+    except Exception as problem:  # noqa: BLE001 - the job's own error matters more
+        record.log(f"could not write what the job did to {record.output}: {type(problem).__name__}: {problem}")
+        return
+    where = f"; its model is its latest checkpoint's ({_position(point)})" if kept is not None else ""
+    record.log(f"{state} after {len(rows)} of {record.epochs} epochs: history and plot written{where}")
+
+
+def _position(point: Any) -> str:
+    return f"after epoch {point.epoch}" if not point.step else f"epoch {point.epoch + 1}, step {point.step}"
 
 
 class _Recorder(Callback):
@@ -550,6 +604,24 @@ def _claim(
         [f"busy: {', '.join(busy)}"] if busy else []
     )
     return None, f"waiting for its workers ({'; '.join(parts)})"
+
+
+def _run_folder(output_dir: str, resume: bool | str) -> tuple[str, str]:
+    """(the run's name, its folder) for a job writing to ``output_dir``: a new run, or the run
+    that ``resume`` continues (True: the newest; an output written before run folders is
+    continued in place, with the name "")."""
+    if resume is False:
+        run = new_run_name()
+        return run, run_location(output_dir, run)
+    runs = run_names(output_dir)
+    if resume is True:
+        if runs:
+            return runs[-1], run_location(output_dir, runs[-1])
+        return "", output_dir
+    if not isinstance(resume, str) or not RUN_NAME.match(resume) or resume not in runs:
+        known = ", ".join(runs[-5:]) or "none"
+        raise ValueError(f"resume: {output_dir} has no run {resume!r} (its newest runs: {known})")
+    return resume, run_location(output_dir, resume)
 
 
 def _new_job_id(name: str) -> str:

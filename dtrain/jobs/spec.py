@@ -210,19 +210,21 @@ class Job:
             options["class_weight"] = {int(k): v for k, v in options["class_weight"].items()}
         return options
 
-    @property
-    def checkpoint_dir(self) -> str | None:
-        """``<output.dir>/checkpoints``, or None when ``output.checkpoint`` is false."""
+    def checkpoint_dir(self, run_dir: str | None = None) -> str | None:
+        """``<run folder>/checkpoints`` (a run's checkpoints are its own: two runs' never mix),
+        or None when ``output.checkpoint`` is false. ``run_dir``: the run's folder
+        (``dtrain.runs``; the output location itself where not given)."""
         if self.spec["output"]["checkpoint"] is False:
             return None
-        base = self.output_dir
+        base = run_dir or self.output_dir
         return f"{base.rstrip('/')}/checkpoints" if "://" in base else os.path.join(base, "checkpoints")
 
-    def fit_config(self, resume: bool = False) -> FitConfig:
+    def fit_config(self, resume: bool = False, run_dir: str | None = None) -> FitConfig:
         """The job's whole fit configuration, checked as ``Sequential.fit`` checks its arguments:
         the fit section, the validation split, the checkpoint policy, and the job's data as part of
         every checkpoint's identity (a checkpoint of another job's data is never resumed from).
-        ``resume``: continue from the latest checkpoint in the job's output."""
+        ``run_dir``: the folder the run writes (its checkpoints are there); ``resume``: continue
+        from its latest checkpoint."""
         checkpoint = self.spec["output"]["checkpoint"]
         if resume and checkpoint is False:
             raise ValueError(
@@ -237,9 +239,9 @@ class Job:
             **self.fit_options(),
             verbose=0,
             validation_split=self._validation_split(),
-            checkpoint_dir=self.checkpoint_dir,
+            checkpoint_dir=self.checkpoint_dir(run_dir),
             **policy,
-            resume_from=self.checkpoint_dir if resume else None,
+            resume_from=self.checkpoint_dir(run_dir) if resume else None,
             elastic=self.spec["cluster"]["elastic"],
             min_workers=self.spec["cluster"]["min_workers"],
             max_workers=self.spec["cluster"]["max_workers"],
