@@ -304,7 +304,7 @@ def test_local_cluster_start_submit_stop(tmp_path):
         assert submitted.returncode == 0, submitted.stderr
         record = json.loads(submitted.stdout)
         assert record["state"] == "succeeded" and len(record["workers"]) == 2
-        assert (out / "model.safetensors").is_file()
+        assert (Path(record["output"]) / "model.safetensors").is_file() and record["output_dir"] == str(out)
     finally:
         stop = subprocess.run(
             [*script, "stop", "--state-dir", str(state), "--json"], capture_output=True, text=True, timeout=120

@@ -620,7 +620,7 @@ def test_an_elastic_job_grows_and_shrinks_and_ends_as_a_fixed_one(tmp_path):
     assert len(record["workers"]) == 2 and record["restarts"] == 1, record
     assert record["restart_log"][0]["resumed_from"]["source"] == "memory"
     assert "training on 3 worker(s)" in logs, logs
-    result = json.loads((out / "result.json").read_text())
+    result = json.loads((newest_run(out) / "result.json").read_text())
     assert any(len(change["workers"]) == 3 and change["joined"] for change in result["membership"]), result
     model = dtrain.load_model(out)
     expected = uninterrupted(SEED_JOB, overrides, shards=3)

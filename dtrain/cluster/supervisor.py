@@ -108,7 +108,9 @@ class Supervisor:
             alive: set[str] | None = self._alive_addresses()
         except Exception:  # the scheduler is unreachable: the ranks' own deadlines stop them
             alive = None
-        present = [r for r, w in enumerate(self.ranks) if alive is not None and w.address in alive]
+        # (a failure while the ranks were being launched leaves the later ones without a task)
+        launched = self.ranks[: len(self.futures)]
+        present = [r for r, w in enumerate(launched) if alive is not None and w.address in alive]
         # Silent workers (frozen: SIGSTOP, a paused VM; or cut off) answer nobody: they get the
         # abort without anyone waiting for it (they take it if they wake), and their ranks are not
         # waited for.
