@@ -5,6 +5,7 @@ written is an error before any step; Keras' arguments dtrain cannot honour are r
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import uuid
 import numpy as np
 import pytest
 from conftest import blobs, shared_client, small_model
+from test_jobs import SEED_JOB, dtrain_cli, json_of
 
 import dtrain
 from dtrain import tensorboard
@@ -289,3 +291,37 @@ def test_keras_arguments_dtrain_cannot_honour_are_refused_by_name(kwargs, named)
 def test_a_bad_update_freq_is_refused(update_freq):
     with pytest.raises(ValueError, match="update_freq 'epoch', 'batch' or an integer >= 1"):
         TensorBoard(update_freq=update_freq)
+
+
+# -- every job writes OUTPUT/tensorboard -------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_a_job_writes_tensorboard_files_equal_to_its_history_csv(scheduler, tmp_path):
+    out = tmp_path / "job"
+    proc = dtrain_cli(
+        "submit",
+        str(SEED_JOB),
+        "--scheduler",
+        scheduler,
+        "--json",
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "fit.epochs=2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json_of(proc)["state"] == "succeeded"
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = {key: [float(row[key]) for row in rows] for key in rows[0] if key not in ("epoch", "seconds")}
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history)
+    with open(out / "steps.csv", newline="") as f:
+        steps = [(int(row["epoch"]), int(row["step"])) for row in csv.DictReader(f)]
+    per_epoch = max(step for _, step in steps)
+    scalars = check_epochs(out / "tensorboard", history, per_epoch)
+    train = scalars["train"]
+    assert train["epoch_learning_rate"] == list(zip([0, 1], f32([0.01, 0.01])))  # the seed job's SGD
+    assert train["batch_loss"] and [s for s, _ in train["step_time/compute_ms"]] == [
+        (epoch - 1) * per_epoch + step for epoch, step in steps
+    ]

@@ -34,7 +34,7 @@ from ..cluster.errors import JobCancelled
 from ..cluster.launch import RunControl, describe_resume, fit_on_cluster
 from ..leases import EXPIRES_S, Lease
 from ..storage import Location
-from .outputs import write_outputs, write_record
+from .outputs import tensorboard_callback, write_outputs, write_record
 from .spec import JobError, job_from_dict
 
 if TYPE_CHECKING:
@@ -427,7 +427,7 @@ class JobService(SchedulerPlugin):
                     data["x"],
                     data["y"],
                     data["validation_data"],
-                    [_Recorder(record)],
+                    [_Recorder(record), tensorboard_callback(record.output)],
                     config,
                     client=client,
                     control=control,
