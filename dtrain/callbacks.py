@@ -1,6 +1,6 @@
 """Callbacks: hooks called by ``fit`` (Keras' protocol), plus History, EarlyStopping,
-TerminateOnNaN, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau, CSVLogger and a progress bar that
-works in terminals and notebooks (tqdm)."""
+TerminateOnNaN, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau, CSVLogger, TensorBoard and a progress
+bar that works in terminals and notebooks (tqdm)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+from .storage import Location
+from .tensorboard import EventFile, keras_model_event
 
 
 def _mode(monitor: str, mode: str) -> str:
@@ -136,6 +139,8 @@ class History(Callback):
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
+        if self.model is not None:  # other callbacks find the run's History there (Keras sets it at epoch ends)
+            self.model.history = self
         self.epoch = []
         self.history = {}
         for epoch, logs in enumerate(self._before):
@@ -525,6 +530,195 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = self._writer = None
+
+
+# Keras' TensorBoard arguments that dtrain cannot honour: their default (what it can), and why.
+_TENSORBOARD_REFUSED: dict[str, tuple[Any, str]] = {
+    "histogram_freq": (0, "dtrain writes no weight histograms"),
+    "write_images": (False, "dtrain writes no weight images"),
+    "profile_batch": (0, "dtrain has no profiler; history.step_times times every step on a cluster"),
+    "embeddings_freq": (0, "dtrain has no Embedding layers"),
+    "embeddings_metadata": (None, "dtrain has no Embedding layers"),
+}
+
+
+class TensorBoard(Callback):
+    """Writes TensorBoard's event files, as Keras 3's TensorBoard (its arguments, defaults, tags
+    and layout; no TensorFlow needed): ``tensorboard --logdir LOG_DIR`` shows them.
+
+    ``log_dir/train`` receives ``epoch_<name>`` at each epoch's end (step: the epoch, from 0)
+    for the logs without ``val_``, with ``epoch_learning_rate``; ``log_dir/validation`` the
+    ``val_`` logs without the prefix, and ``evaluation_<name>_vs_iterations`` at the step count.
+    ``update_freq=N`` (``"batch"``: 1) adds ``batch_<name>`` (the epoch's running figures) every
+    N steps; ``write_steps_per_second`` adds ``epoch_steps_per_second`` (and
+    ``batch_steps_per_second``); ``write_graph`` writes the model's Keras JSON, which
+    TensorBoard's Graphs tab draws. After training on a cluster, ``train`` also receives the
+    step-time breakdown of ``history.step_times``, as steps.csv has it: ``step_time/<part>_ms``
+    for compute, communication, waiting and overhead (the median over the workers) and step (the
+    slowest worker's) at each recorded step, and ``timing/<name>`` (``history.timing``) at the
+    last one.
+
+    Steps are counted from the start of epoch 0: the steps of epoch ``e`` are ``e * steps + 1``
+    to ``(e + 1) * steps`` (Keras counts this fit's batches, and the optimizer's iterations: the
+    same numbers for a model's first fit from epoch 0). With ``client=``, batch figures arrive
+    from rank 0 every 0.25 s, not every step: a report is written when it passes a multiple of
+    N, at its own step, with rank 0's running figures.
+
+    ``log_dir`` is a folder or an fsspec URL (``memory://``, ``s3://``...: each flush, at every
+    epoch's end, then writes a file of its own there, since files cannot be appended to). A
+    folder that cannot be written is an error as training starts, before any step. Keras'
+    ``histogram_freq``, ``write_images``, ``profile_batch`` and ``embeddings_*`` are refused
+    unless left at their defaults."""
+
+    observes_only = True
+    _STEP_PARTS = ("compute", "communication", "waiting", "overhead")  # of history.step_times
+
+    def __init__(
+        self,
+        log_dir="logs",
+        histogram_freq: int = 0,
+        write_graph: bool = True,
+        write_images: bool = False,
+        write_steps_per_second: bool = False,
+        update_freq: Any = "epoch",
+        profile_batch: Any = 0,
+        embeddings_freq: int = 0,
+        embeddings_metadata: Any = None,
+    ):
+        super().__init__()
+        given = {
+            "histogram_freq": histogram_freq,
+            "write_images": write_images,
+            "profile_batch": profile_batch,
+            "embeddings_freq": embeddings_freq,
+            "embeddings_metadata": embeddings_metadata,
+        }
+        problems = [
+            f"{name}={value!r} ({_TENSORBOARD_REFUSED[name][1]}: leave it at {_TENSORBOARD_REFUSED[name][0]!r})"
+            for name, value in given.items()
+            if value != _TENSORBOARD_REFUSED[name][0]
+        ]
+        if problems:
+            raise ValueError(f"TensorBoard cannot honour {'; '.join(problems)}.")
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and (
+            isinstance(update_freq, bool) or not isinstance(update_freq, (int, np.integer)) or update_freq < 1
+        ):
+            raise ValueError(
+                f"TensorBoard expected update_freq 'epoch', 'batch' or an integer >= 1, received {update_freq!r}."
+            )
+        self.log_dir = str(log_dir)
+        if not self.log_dir:
+            raise ValueError("TensorBoard expected log_dir to be a folder or an fsspec URL, received ''.")
+        self.write_graph, self.write_steps_per_second = bool(write_graph), bool(write_steps_per_second)
+        self.update_freq = update_freq
+        self._writers: dict[str, EventFile] = {}
+
+    def _writer(self, run: str) -> EventFile:
+        """The event file of ``log_dir/<run>`` ("train" or "validation"), made when first needed."""
+        if run not in self._writers:
+            folder = Location(self.log_dir, what="a TensorBoard log_dir").where(run)
+            try:
+                self._writers[run] = EventFile(folder)
+            except OSError as exc:
+                raise OSError(
+                    f"TensorBoard cannot write its event files to {folder} ({exc}). Give log_dir a folder (or URL) "
+                    "this process can create and write to."
+                ) from exc
+        return self._writers[run]
+
+    def _close(self) -> None:
+        writers, self._writers = self._writers, {}
+        for writer in writers.values():
+            writer.close()
+
+    def on_train_begin(self, logs=None):
+        self._close()  # (a callback used by an earlier fit starts new files)
+        self._steps = int(self.params.get("steps") or 0)
+        self._iterations = self.model.optimizer.iterations
+        self._first_epoch: int | None = None
+        self._epoch, self._seen = 0, 0  # the current epoch; the step count of the latest batch report
+        self._epoch_began = self._mark = time.perf_counter()
+        self._mark_step = 0
+        train = self._writer("train")  # before any step: a log_dir that cannot be written fails here
+        if self.write_graph:
+            train.add(keras_model_event(self.model.to_json()))
+        train.flush()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+        self._epoch = epoch
+        self._epoch_began = self._mark = time.perf_counter()
+        self._mark_step = epoch * self._steps
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # (one process only: with client= the batch reports are their ends)
+        self._mark, self._mark_step = time.perf_counter(), self._epoch * self._steps + batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._epoch * self._steps + batch + 1
+        now = time.perf_counter()
+        rate = (step - self._mark_step) / (now - self._mark) if step > self._mark_step and now > self._mark else None
+        self._mark, self._mark_step = now, step
+        previous, self._seen = self._seen, max(self._seen, step)
+        # Written when it passes a multiple of update_freq; a report at or before one already
+        # seen (an epoch trained again after a restart) is not written twice.
+        if self.update_freq == "epoch" or step // self.update_freq <= previous // self.update_freq:
+            return
+        train = self._writer("train")
+        for name, value in (logs or {}).items():
+            train.scalar(f"batch_{name}", value, step)
+        if self.write_steps_per_second and rate is not None:
+            train.scalar("batch_steps_per_second", rate, step)
+        train.flush()
+
+    def _learning_rate(self, epoch: int) -> float:
+        """The learning rate at this epoch's end (Keras logs the optimizer's: the next step's)."""
+        optimizer = self.model.optimizer
+        schedule = optimizer.schedule
+        if schedule is None or optimizer.iterations != self._iterations:
+            return float(optimizer.learning_rate)
+        # A schedule, and a client's optimizer that has not moved: with client= the workers
+        # count the steps, and the client's model gets their state when training ends. Count them here.
+        first = self._first_epoch if self._first_epoch is not None else epoch
+        return float(schedule(self._iterations + (epoch + 1 - first) * self._steps))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs:
+            return
+        train_logs = {name: value for name, value in logs.items() if not name.startswith("val_")}
+        val_logs = {name[4:]: value for name, value in logs.items() if name.startswith("val_")}
+        train_logs["learning_rate"] = self._learning_rate(epoch)
+        if self.write_steps_per_second:
+            train_logs["steps_per_second"] = self._steps / max(time.perf_counter() - self._epoch_began, 1e-9)
+        train = self._writer("train")
+        for name, value in train_logs.items():
+            train.scalar(f"epoch_{name}", value, epoch)
+        train.flush()
+        if val_logs:
+            validation = self._writer("validation")
+            for name, value in val_logs.items():
+                validation.scalar(f"epoch_{name}", value, epoch)
+                validation.scalar(f"evaluation_{name}_vs_iterations", value, (epoch + 1) * self._steps)
+            validation.flush()
+
+    def on_train_end(self, logs=None):
+        history = getattr(self.model, "history", None)
+        times = getattr(history, "step_times", None) or {}
+        if len(times.get("position", ())):  # after training on a cluster: where each step's time went
+            train = self._writer("train")
+            steps = [int(p) + 1 for p in times["position"]]
+            # (as steps.csv: the median over the workers, and a step as long as its slowest worker's)
+            parts = {part: np.median(np.asarray(times[part]), axis=0) for part in self._STEP_PARTS}
+            parts["step"] = np.asarray(times["step"]).max(axis=0)
+            for part, seconds in parts.items():
+                for step, value in zip(steps, (seconds * 1e3).tolist()):
+                    train.scalar(f"step_time/{part}_ms", value, step)
+            for name, value in getattr(history, "timing", {}).items():
+                train.scalar(f"timing/{name}", value, steps[-1])
+        self._close()
 
 
 def format_logs(logs: dict[str, float]) -> str:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _free_port
 
 import dtrain
 from dtrain.runs import RUN_NAME, resolve_run
@@ -41,47 +41,6 @@ def dtrain_cli(*args: str, timeout: float = 300, env: dict | None = None) -> sub
 def json_of(proc: subprocess.CompletedProcess) -> dict:
     """The one JSON document a --json command prints on stdout."""
     return json.loads(proc.stdout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    """A real `dask scheduler` and 2 single-threaded `dask worker` processes; yields the address."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bindir = Path(sys.executable).parent
-    dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-    procs = [
-        subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet
-        )
-    ]
-    try:
-        procs += [
-            subprocess.Popen(
-                [dask, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard"], **quiet
-            )
-            for _ in range(2)
-        ]
-        from distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:

@@ -12,6 +12,9 @@ steps.csv           one row per step: the slowest rank's ``step_ms``, the median
 job.yaml            the resolved job file
 training.png        the training curves
 result.json         the job record, its ``final`` metrics and the ``files`` written
+tensorboard/        TensorBoard's event files, written as the job trains (``train/``,
+                    ``validation/``: dtrain.callbacks.TensorBoard with ``update_freq=1``):
+                    ``tensorboard --logdir OUTPUT`` shows every run of the job
 ==================  ==========================================================================
 
 Each run of a job writes into a run folder of its own, ``OUTPUT/<run>/`` (:mod:`dtrain.runs`):
@@ -40,6 +43,7 @@ import tempfile
 import time
 from typing import Any
 
+from ..callbacks import TensorBoard
 from ..runs import resolve_run
 from ..saving import MODEL_FILENAME, save_model
 from ..storage import Location
@@ -50,6 +54,7 @@ STEPS_FILE = "steps.csv"
 JOB_FILE = "job.yaml"
 PLOT_FILE = "training.png"
 RESULT_FILE = "result.json"
+TENSORBOARD_DIR = "tensorboard"  # a folder, written as the job trains (tensorboard_callback)
 _NAMES = {
     "model": MODEL_FILE,
     "history": HISTORY_FILE,
@@ -70,6 +75,12 @@ _TABLE_ROWS = 12  # epochs shown in format_summary's table; longer histories sho
 def _location(output: str | os.PathLike) -> Location:
     # os.fspath first: an argument that is not a path at all raises TypeError, as it always has.
     return Location(os.fspath(output), what="an output directory or URL")
+
+
+def tensorboard_callback(output: str | os.PathLike) -> TensorBoard:
+    """The job's TensorBoard callback, writing to <run folder>/tensorboard as it trains: each epoch, and
+    every progress report that arrives (rank 0's, about 4 a second)."""
+    return TensorBoard(_location(output).where(TENSORBOARD_DIR), update_freq=1)
 
 
 def _made(output: str | os.PathLike) -> Location:

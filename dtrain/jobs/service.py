@@ -37,7 +37,7 @@ from ..leases import EXPIRES_S, Lease
 from ..runs import RUN_NAME, new_run_name, run_location, run_names
 from ..storage import Location
 from ..training.checkpointing import restore, resume_point
-from .outputs import history_of, write_outputs, write_record
+from .outputs import history_of, tensorboard_callback, write_outputs, write_record
 from .spec import job_from_dict
 
 if TYPE_CHECKING:
@@ -438,7 +438,7 @@ class JobService(SchedulerPlugin):
                     data["x"],
                     data["y"],
                     data["validation_data"],
-                    [_Recorder(record)],
+                    [_Recorder(record), tensorboard_callback(record.output)],
                     config,
                     client=client,
                     control=control,
