@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from processes import dtrain_cli, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -49,23 +50,6 @@ def _load(path: Path, name: str):
 
 
 local = _load(LOCAL_SCRIPT, "dtrain_deploy_local")
-
-
-def dtrain_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dtrain", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- command lines, checked by the real parsers ---------------------------------------------------
