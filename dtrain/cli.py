@@ -8,6 +8,9 @@
     dtrain status JOB_ID | logs JOB_ID [--follow] | cancel JOB_ID | list     [--scheduler ADDRESS]
     dtrain report OUTPUT
 
+Wherever --scheduler ADDRESS goes, --scheduler-file PATH may go instead (the JSON file that
+``dask scheduler --scheduler-file PATH`` writes); not both.
+
 Every command but demo's progress takes --json and then prints exactly one JSON document on
 stdout. Errors print one line on stderr (an invalid job: one line per problem) and exit
 non-zero (add --verbose for the traceback); the codes are below.
@@ -194,7 +197,7 @@ def _resume(args: SimpleNamespace) -> int:
         job = load_job(path, args.overrides)
     # OUTPUT/<run> continues that run; OUTPUT its newest (dtrain.runs)
     run = os.path.basename(os.fspath(args.output).rstrip("/").rstrip(os.sep)) if is_run_folder(args.output) else True
-    if not args.scheduler:
+    if not args.scheduler and not args.scheduler_file:
         return _run_locally(job, args, resume=run)
     with _jobs_client(args) as jobs:
         return _submitted(jobs, jobs.submit(job, resume=run), args)
@@ -446,7 +449,7 @@ class _UsageError(ValueError):
 def _jobs_client(args: SimpleNamespace):
     from .jobs.client import JobsClient
 
-    with JobsClient(args.scheduler, timeout=args.connect_timeout) as jobs:
+    with JobsClient(args.scheduler, scheduler_file=args.scheduler_file, timeout=args.connect_timeout) as jobs:
         yield jobs
 
 
@@ -513,8 +516,9 @@ _CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width":
 
 
 def _expand_prefixes(command: click.Command, ctx: click.Context, args: list[str], options_first: bool) -> list[str]:
-    """A unique prefix of a long option stands for it (``--sched`` for ``--scheduler``), as
-    argparse allowed. ``options_first``: the group's options, which end at its command's name."""
+    """A unique prefix of a long option stands for it (``--conn`` for ``--connect-timeout``), as
+    argparse allowed; an ambiguous one (``--sched``) is left to click to refuse, naming the
+    options it could be. ``options_first``: the group's options, which end at its command's name."""
     names = [
         name for param in command.get_params(ctx) for name in (*param.opts, *param.secondary_opts) if name[:2] == "--"
     ]
@@ -615,25 +619,35 @@ def _overrides() -> list[click.Parameter]:
     ]
 
 
-def _scheduler() -> list[click.Parameter]:
+def _scheduler(
+    scheduler_help: str = "the Dask scheduler, e.g. tcp://host:8786 (default: $DTRAIN_SCHEDULER or the scheduler file "
+    "$DTRAIN_SCHEDULER_FILE names, then Dask's scheduler-address config)",
+) -> list[click.Parameter]:
+    """--scheduler, --scheduler-file (one or the other: :func:`_invoke` refuses both) and --connect-timeout."""
     return [
+        click.Option(["--scheduler"], metavar="ADDRESS", help=scheduler_help),
         click.Option(
-            ["--scheduler"],
-            metavar="ADDRESS",
-            help="the Dask scheduler, e.g. tcp://host:8786 (default: $DTRAIN_SCHEDULER, then Dask's scheduler-address)",
+            ["--scheduler-file"],
+            metavar="PATH",
+            help="instead of --scheduler: the JSON file that `dask scheduler --scheduler-file PATH` writes, "
+            "holding the scheduler's address (waits up to --connect-timeout for it to appear)",
         ),
         click.Option(
             ["--connect-timeout"],
             type=_Seconds(),
             default=10.0,
             metavar="SECONDS",
-            help="how long to try reaching the scheduler (default: 10)",
+            help="how long to try reaching the scheduler (and to wait for its scheduler file) (default: 10)",
         ),
     ]
 
 
 def _job() -> list[click.Parameter]:
     return [_Argument("job", "JOB", "the job file (YAML or JSON)")]
+
+
+def _job_id() -> click.Parameter:
+    return _Argument("job_id", "JOB_ID", "the job's id, as submit printed it (`dtrain list` shows them all)")
 
 
 def _add(name: str, handler: Callable[[SimpleNamespace], int], short_help: str, help: str, params: list) -> None:
@@ -656,7 +670,9 @@ _add(
     "Train the seed network (Dense 64 relu -> Dense 10 softmax, SGD) on seeded generated data, data-parallel on an "
     "embedded local Dask cluster (--workers 0: in this process), then report held-out accuracy.",
     [
-        click.Option(["--epochs"], type=_positive_int, default=5, metavar="EPOCHS"),
+        click.Option(
+            ["--epochs"], type=_positive_int, default=5, metavar="EPOCHS", help="epochs to train (default: 5)"
+        ),
         click.Option(
             ["--samples"], type=_positive_int, default=4000, metavar="SAMPLES", help="generated samples (20% held out)"
         ),
@@ -675,8 +691,20 @@ _add(
             help="worker processes of the embedded local Dask cluster (default: 2; 0: train in this process)",
         ),
         click.Option(["--optimizer"], default="sgd", metavar="OPTIMIZER", help="sgd, adam or rmsprop (default: sgd)"),
-        click.Option(["--device"], type=click.Choice(["auto", "cpu", "gpu"]), default="auto", metavar="{auto,cpu,gpu}"),
-        click.Option(["--seed"], type=int, default=0, metavar="SEED"),
+        click.Option(
+            ["--device"],
+            type=click.Choice(["auto", "cpu", "gpu"]),
+            default="auto",
+            metavar="{auto,cpu,gpu}",
+            help="where to train: gpu needs CuPy and a CUDA device; auto takes one where there is one (default: auto)",
+        ),
+        click.Option(
+            ["--seed"],
+            type=int,
+            default=0,
+            metavar="SEED",
+            help="seed of the generated data and of training (default: 0)",
+        ),
         click.Option(["--save"], metavar="PATH", help="save the trained model to PATH (safetensors)"),
         click.Option(["--json"], is_flag=True, help="print one JSON document on stdout, no progress"),
     ],
@@ -732,10 +760,7 @@ _add(
         *_common(),
         *_overrides(),
         _Argument("output", "OUTPUT", "the job's output location (output.dir)"),
-        click.Option(
-            ["--scheduler"], metavar="ADDRESS", help="run it on this Dask scheduler (default: a local cluster)"
-        ),
-        click.Option(["--connect-timeout"], type=_Seconds(), default=10.0, metavar="SECONDS"),
+        *_scheduler("run it on this Dask scheduler, e.g. tcp://host:8786 (default: an embedded local cluster)"),
         click.Option(
             ["--workers"], type=_positive_int, metavar="WORKERS", help="local worker processes (without --scheduler)"
         ),
@@ -751,7 +776,7 @@ for _name, _handler, _text in (
         _handler,
         _text,
         _text[0].upper() + _text[1:] + ".",
-        [*_common(), *_scheduler(), _Argument("job_id", "JOB_ID")],
+        [*_common(), *_scheduler(), _job_id()],
     )
 _add(
     "logs",
@@ -761,7 +786,7 @@ _add(
     [
         *_common(),
         *_scheduler(),
-        _Argument("job_id", "JOB_ID"),
+        _job_id(),
         click.Option(["--follow", "-f"], is_flag=True, help="keep printing until the job has ended"),
     ],
 )
@@ -771,7 +796,7 @@ _add(
     _report,
     "summarise a job's outputs",
     "Summarise a finished job from its output location (a directory or fsspec URL).",
-    [*_common(), _Argument("output", "OUTPUT")],
+    [*_common(), _Argument("output", "OUTPUT", "the job's output location (output.dir): a directory or fsspec URL")],
 )
 
 
@@ -780,6 +805,8 @@ class _DryRun:
 
 
 def _invoke(ctx: click.Context, name: str, handler: Callable[[SimpleNamespace], int], values: dict) -> Any:
+    if values.get("scheduler") is not None and values.get("scheduler_file") is not None:
+        raise click.UsageError("--scheduler and --scheduler-file both name the scheduler: give one of them", ctx)
     args = SimpleNamespace(command=name, **values)
     # `dtrain --verbose CMD` or `dtrain CMD --verbose` (demo: only the first)
     args.verbose = bool(values.get("verbose")) or bool(ctx.parent is not None and ctx.parent.params.get("verbose"))
@@ -838,10 +865,10 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def _classify(exc: Exception) -> tuple[int, str]:
-    from .jobs.client import JobServiceError, SchedulerUnreachable
+    from .jobs.client import JobServiceError, SchedulerFileError, SchedulerUnreachable
     from .jobs.spec import JobError
 
-    if isinstance(exc, JobError):
+    if isinstance(exc, (JobError, SchedulerFileError)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, _UsageError):
         return EXIT_USAGE, str(exc)

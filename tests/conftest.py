@@ -3,11 +3,6 @@ where CuPy cannot see a CUDA device (``dtrain.gpu_available()`` is False)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -98,42 +93,10 @@ def _close_shared_clusters():
 # -- a real `dask scheduler` with `dask worker` processes (the job service's tests) ------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def scheduler():
     """A real `dask scheduler` and 2 single-threaded `dask worker` processes; yields the address."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bindir = Path(sys.executable).parent
-    dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-    procs = [
-        subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet
-        )
-    ]
-    try:
-        procs += [
-            subprocess.Popen(
-                [dask, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard"], **quiet
-            )
-            for _ in range(2)
-        ]
-        from distributed import Client
+    from processes import DaskProcesses
 
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with DaskProcesses(2) as cluster:
+        yield cluster.address

@@ -130,7 +130,14 @@ def test_dtrain_help_lists_every_command_in_order():
         assert option in proc.stdout
     submit = script("dtrain", "submit", "-h")
     assert submit.returncode == 0 and "JOB  the job file (YAML or JSON)" in submit.stdout
-    for option in ("--json", "--verbose", "--set KEY.PATH=VALUE", "--scheduler ADDRESS", "--connect-timeout SECONDS"):
+    for option in (
+        "--json",
+        "--verbose",
+        "--set KEY.PATH=VALUE",
+        "--scheduler ADDRESS",
+        "--scheduler-file PATH",
+        "--connect-timeout SECONDS",
+    ):
         assert option in submit.stdout
 
 
@@ -208,3 +215,61 @@ def test_long_options_take_unique_prefixes_as_before():
     proc = script("dtrain", "validate", str(SEED_JOB), "--js", "--se", "fit.epochs=2")  # --json, --set
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["job"]["fit"]["epochs"] == 2
+
+
+# -- every option and argument says what it is ------------------------------------------------------
+
+
+def _commands(group, prefix=()):
+    """(path, command) of every command under ``group``, the group itself first."""
+    import click
+
+    yield prefix, group
+    if isinstance(group, click.Group):
+        ctx = click.Context(group, info_name=" ".join(prefix) or "dtrain")
+        for name in group.list_commands(ctx):
+            yield from _commands(group.get_command(ctx, name), (*prefix, name))
+
+
+def test_every_option_and_argument_of_every_command_has_help():
+    import click
+
+    from dtrain.cli import _Argument, cli
+
+    walked, missing = [], []
+    for path, command in _commands(cli):
+        walked.append(" ".join(path))
+        ctx = click.Context(command, info_name=" ".join(("dtrain", *path)))
+        shown = command.get_help(ctx)
+        for param in command.get_params(ctx):
+            name = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+            where = " ".join(("dtrain", *path, name))
+            if isinstance(param, click.Option):
+                if not (param.help or "").strip():
+                    missing.append(where)
+            elif not (isinstance(param, _Argument) and param.argument_help.strip()):
+                missing.append(where)  # click's own Argument has no help: use _Argument
+            elif param.argument_help not in " ".join(shown.split()):
+                missing.append(f"{where} (not in --help)")
+    assert set(walked) >= {"", *COMMANDS}  # the group and every command were walked
+    assert not missing, f"without help: {missing}"
+
+
+def test_every_command_that_takes_scheduler_takes_scheduler_file_and_refuses_both():
+    import click
+
+    from dtrain.cli import _parse, cli
+
+    required = {"submit": [str(SEED_JOB)], "resume": ["OUT"], "status": ["ID"], "cancel": ["ID"], "logs": ["ID"]}
+    naming = []
+    for path, command in _commands(cli):
+        options = {opt for param in command.params for opt in param.opts}
+        assert ("--scheduler" in options) == ("--scheduler-file" in options), path
+        if "--scheduler" not in options:
+            continue
+        naming.append(path[-1])
+        line = [*path, *required.get(path[-1], [])]
+        assert _parse([*line, "--scheduler-file", "s.json"])["scheduler_file"] == "s.json"
+        with pytest.raises(click.UsageError, match="--scheduler and --scheduler-file both name the scheduler"):
+            _parse([*line, "--scheduler", "tcp://h:8786", "--scheduler-file", "s.json"])
+    assert sorted(naming) == ["cancel", "list", "logs", "resume", "status", "submit"]

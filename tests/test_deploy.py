@@ -28,10 +28,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from processes import dtrain_cli, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -49,23 +51,6 @@ def _load(path: Path, name: str):
 
 
 local = _load(LOCAL_SCRIPT, "dtrain_deploy_local")
-
-
-def dtrain_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dtrain", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- command lines, checked by the real parsers ---------------------------------------------------
@@ -261,7 +246,18 @@ def test_local_cluster_start_submit_stop(tmp_path):
     try:
         assert address.startswith("tcp://127.0.0.1:") and len(pids) == 3
         assert all(local.pid_alive(pid) for pid in pids)
-        assert info["dashboard"].startswith("http://127.0.0.1:")
+        assert info["dashboard"].startswith("http://127.0.0.1:") and info["dashboard"].endswith("/status")
+        # dtrain's page is on the same port; the port is the scheduler's web server
+        dashboard = info["dashboard"].removesuffix("/status")
+        assert info["dtrain_page"] == dashboard + "/dtrain"
+        assert json.loads((state / "cluster.json").read_text())["dtrain_page"] == info["dtrain_page"]
+        assert urllib.request.urlopen(dashboard + "/health", timeout=10).read() == b"ok"
+        said = local.started_message(local.LocalDeployment.from_state(state), state)
+        assert info["dtrain_page"] in said and f"--scheduler-file {info['scheduler_file']}" in said
+        # its scheduler file names it, and dtrain finds it there
+        assert json.loads(Path(info["scheduler_file"]).read_text())["address"] == address
+        by_file = dtrain_cli("list", "--scheduler-file", info["scheduler_file"], "--json")
+        assert by_file.returncode == 0 and json.loads(by_file.stdout)["scheduler"] == address, by_file.stderr
 
         # The job service is there from the start (--preload), before anything was submitted.
         status = json.loads(
@@ -389,9 +385,12 @@ def test_compose_file(name):
         assert "runs:/runs" in service["volumes"]
     devices = workers["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    # The dashboard is published on 127.0.0.1 only; the workers publish nothing.
+    # The dashboard (dtrain's page: /dtrain) listens on 8787 and is published on 127.0.0.1 only;
+    # the workers publish nothing.
+    assert sched_cmd[sched_cmd.index("--dashboard-address") + 1] == ":8787"
     ports = published(scheduler)
     assert ports[8787] == "127.0.0.1" and "ports" not in workers
+    assert "http://127.0.0.1:8787/dtrain" in (DEPLOY / "docker" / name).read_text()  # says how to open it
     if name == "compose.yaml":
         assert ports[8786] == "127.0.0.1"  # no TLS: the scheduler too
         assert worker_cmd[3] == "tcp://scheduler:8786"
@@ -459,6 +458,8 @@ def test_dockerfile():
     cmd = json.loads(dict(instructions)["CMD"])
     assert check_command(cmd)["preload"] == ("dtrain.jobs.service",)
     assert dict(instructions)["USER"] != "root"
+    exposed = {port for op, args in instructions if op == "EXPOSE" for port in args.split()}
+    assert {"8786", "8787"} <= exposed  # the scheduler and its dashboard
     from dtrain.clusters import training_environment
 
     env = " ".join(args for op, args in instructions if op == "ENV")
@@ -500,15 +501,16 @@ def test_make_certs(certs, tmp_path):
     assert again.returncode == 1 and "exists" in again.stderr  # never overwrites
 
 
-def _localise(argv: list[str], certs: Path, port: int) -> list[str]:
+def _localise(argv: list[str], certs: Path, port: int, dashboard_port: int = 0) -> list[str]:
     """A container's command line run here: /certs -> the test's certificates, the scheduler
-    host `scheduler` -> 127.0.0.1 and a free port, everything on 127.0.0.1, no fixed dashboard
-    port. `dask cuda worker` becomes `dask worker` (no GPU here); its options are the same ones."""
+    host `scheduler` -> 127.0.0.1 and a free port, everything on 127.0.0.1, the dashboard on
+    ``dashboard_port`` (0: any). `dask cuda worker` becomes `dask worker` (no GPU here); its
+    options are the same ones."""
     argv = [a.replace("/certs/", f"{certs}/") for a in argv]
     if argv[:3] == ["dask", "cuda", "worker"]:
         argv = ["dask", "worker", *argv[3:]]
     argv = [a.replace("scheduler:8786", f"127.0.0.1:{port}") for a in argv]
-    for option, value in (("--port", str(port)), ("--dashboard-address", "127.0.0.1:0")):
+    for option, value in (("--port", str(port)), ("--dashboard-address", f"127.0.0.1:{dashboard_port}")):
         if option in argv:
             argv[argv.index(option) + 1] = value
     return [sys.executable, "-m", *argv, "--host", "127.0.0.1"]
@@ -537,7 +539,7 @@ def test_compose_tls_commands_train_a_job_over_tls(certs, tmp_path, scheduler_cl
     """Also without the scheduler's client-certificate settings: the job service's own client
     then presents the scheduler's certificate."""
     services = compose("compose.tls.yaml")["services"]
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     address = f"tls://127.0.0.1:{port}"
 
     def env_of(service: str) -> dict:
@@ -548,7 +550,9 @@ def test_compose_tls_commands_train_a_job_over_tls(certs, tmp_path, scheduler_cl
 
     with _processes() as procs:
         for service in ("scheduler", "gpu-workers"):
-            argv = _localise(shlex.split(services[service]["command"]), certs, port)
+            argv = _localise(shlex.split(services[service]["command"]), certs, port, dashboard_port)
+            if service == "scheduler":  # and the scheduler file, for `dtrain --scheduler-file`
+                argv += ["--scheduler-file", str(tmp_path / "scheduler.json")]
             log = open(tmp_path / f"{service}.log", "wb")
             procs.append(
                 subprocess.Popen(
@@ -601,6 +605,16 @@ def test_compose_tls_commands_train_a_job_over_tls(certs, tmp_path, scheduler_cl
         )
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         assert json.loads(submitted.stdout)["state"] == "succeeded"
+        # The dashboard stays plain HTTP with TLS on (deploy/README.md says so, and the health check relies on it).
+        assert urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/health", timeout=10).read() == b"ok"
+        # The scheduler's own scheduler file names it; dtrain reads it and uses the same TLS client settings.
+        scheduler_file = tmp_path / "scheduler.json"
+        listed = dtrain_cli("list", "--scheduler-file", str(scheduler_file), "--json", env=client_env)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert json.loads(listed.stdout)["scheduler"] == address
+        # without TLS settings: the same error as with --scheduler tls://...
+        refused = dtrain_cli("list", "--scheduler-file", str(scheduler_file), "--connect-timeout", "5")
+        assert refused.returncode == 3 and f"{address} needs TLS" in refused.stderr, refused.stderr
         # Without TLS, nobody gets in.
         start = time.monotonic()
         plain = dtrain_cli("list", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "5", "--json")
@@ -664,6 +678,16 @@ def test_kubernetes_manifests():
         for pod in (spec["scheduler"]["spec"], spec["worker"]["spec"]):
             assert {"name": "runs", "persistentVolumeClaim": {"claimName": "dtrain-runs"}} in pod["volumes"]
             assert pod["securityContext"]["runAsNonRoot"] is True
+        # The dashboard (dtrain's page: /dtrain) listens on 8787, declared by the container and
+        # exposed by the scheduler's Service; the comments say how to open it.
+        args = scheduler["args"]
+        assert args[args.index("--dashboard-address") + 1] == ":8787"
+        assert {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"} in scheduler["ports"]
+        service_ports = spec["scheduler"]["service"]["ports"]
+        assert {"name": "http-dashboard", "protocol": "TCP", "port": 8787, "targetPort": "http-dashboard"} in (
+            service_ports
+        )
+        assert "http://127.0.0.1:8787/dtrain" in (K8S / name).read_text()
         if tls:
             assert "--tls-cert" in scheduler["args"] and "--tls-cert" in worker["args"]
             env = {e["name"]: e["value"] for e in worker["env"]}
@@ -675,6 +699,8 @@ def test_kubernetes_manifests():
     ((_, policy),) = of_kind("NetworkPolicy")
     allowed = policy["spec"]["ingress"][0]["from"]
     assert policy["spec"]["podSelector"]["matchLabels"] == {"dask.org/cluster-name": "dtrain"}
+    for rule in policy["spec"]["ingress"]:  # a rule that names ports must let the dashboard through
+        assert "ports" not in rule or any(p.get("port") in (8787, "http-dashboard") for p in rule["ports"])
 
     jobs = of_kind("Job")
     assert len(jobs) == 2
@@ -877,7 +903,7 @@ def _worker_command(script: str) -> list[str]:
     return shlex.split(line)
 
 
-def test_slurm_job_script(slurm):
+def test_slurm_job_script(slurm, tmp_path):
     from dtrain.jobs.service import HANDLER, SERVICE_NAME
 
     cluster = slurm.make_cluster(
@@ -889,6 +915,7 @@ def test_slurm_job_script(slurm):
         host="127.0.0.1",
         scheduler_port=0,
         dashboard_address="127.0.0.1:0",
+        scheduler_file=tmp_path / "scheduler.json",
     )
     try:
         script = cluster.job_script()
@@ -910,6 +937,13 @@ def test_slurm_job_script(slurm):
         # The scheduler (in this process) has the job service from the start; nothing was submitted.
         assert HANDLER in cluster.scheduler.handlers and SERVICE_NAME in cluster.scheduler.plugins
         assert not cluster.workers
+        # The dashboard: on 127.0.0.1, dtrain's page beside Dask's, on the scheduler's web server.
+        page = slurm.dtrain_page(cluster.dashboard_link)
+        port = cluster.scheduler.http_server.port
+        assert page == f"http://127.0.0.1:{port}/dtrain"
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read() == b"ok"
+        # Its scheduler file names it (for `dtrain --scheduler-file` from the nodes).
+        assert json.loads((tmp_path / "scheduler.json").read_text())["address"] == cluster.scheduler_address
     finally:
         cluster.close()
 
@@ -934,3 +968,58 @@ def test_slurm_tls_job_script(slurm, certs):
         cluster.close()
     with pytest.raises(FileNotFoundError, match="make-certs.sh"):
         slurm.tls_security(certs.parent)
+
+
+# -- the dashboard in the docs -------------------------------------------------------------------
+
+
+def test_every_recipe_says_how_to_open_dtrains_page():
+    readme = (DEPLOY / "README.md").read_text()
+    sections = {title: text for title, text in (part.split("\n", 1) for part in readme.split("\n## ")[1:])}
+    for recipe in ("local/", "docker/", "kubernetes/", "slurm/"):
+        (text,) = [text for title, text in sections.items() if title.startswith(recipe)]
+        assert "http://127.0.0.1:8787/dtrain" in text, recipe
+    dashboard = next(text for title, text in sections.items() if title.startswith("The dashboard"))
+    assert "/dtrain/api/jobs" in dashboard and "plain HTTP" in dashboard
+    assert "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TLS__CERT" in dashboard
+    for script in (LOCAL_SCRIPT, DEPLOY / "slurm" / "cluster.py"):
+        assert "http://127.0.0.1:8787/dtrain" in script.read_text(), script
+
+
+@pytest.mark.cluster
+def test_the_dashboard_over_https_as_the_readme_says(certs, tmp_path):
+    """deploy/README.md's way to serve the dashboard over https: the scheduler's certificate in
+    Dask's dashboard settings. Then https answers (verified against ca.pem) and plain HTTP does not."""
+    import ssl
+
+    readme = (DEPLOY / "README.md").read_text()
+    settings = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in readme.splitlines()
+        if line.startswith("export DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TLS__")
+    )
+    assert set(settings) == {
+        "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TLS__CERT",
+        "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TLS__KEY",
+    }
+    env = {**os.environ, **{k: v.replace("/certs/", f"{certs}/") for k, v in settings.items()}}
+    dashboard_port = free_port()
+    argv = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--dashboard-address", f"127.0.0.1:{dashboard_port}"]
+    trusted = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with _processes() as procs:
+        log = open(tmp_path / "scheduler.log", "wb")
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = urllib.request.urlopen(
+                    f"https://127.0.0.1:{dashboard_port}/health", context=trusted, timeout=5
+                )
+                break
+            except OSError:
+                assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "scheduler.log").read_text()
+                time.sleep(0.5)
+        assert health.read() == b"ok"
+        with pytest.raises(OSError):  # (a reset connection, or an error page: not the dashboard)
+            urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/health", timeout=5).read()

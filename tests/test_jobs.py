@@ -4,7 +4,6 @@ real `dask scheduler` / `dask worker` processes (and `dtrain run`'s embedded clu
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _free_port
+from processes import DaskProcesses, dtrain_cli, json_of
+from processes import free_port as _free_port
 
 import dtrain
 from dtrain.runs import RUN_NAME, resolve_run
@@ -25,22 +25,6 @@ pytest.importorskip("distributed")
 ROOT = Path(__file__).resolve().parent.parent
 SEED_JOB = ROOT / "examples" / "jobs" / "seed_network.yaml"
 pytestmark = pytest.mark.cluster
-
-
-def dtrain_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dtrain", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def json_of(proc: subprocess.CompletedProcess) -> dict:
-    """The one JSON document a --json command prints on stdout."""
-    return json.loads(proc.stdout)
 
 
 def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
@@ -433,49 +417,11 @@ def test_unknown_jobs_and_unreachable_schedulers_are_one_line_errors(scheduler):
 # -- losing workers and schedulers ----------------------------------------------------------------------
 
 
-class Cluster:
+class Cluster(DaskProcesses):
     """A real `dask scheduler` and `dask worker --no-nanny` processes (a killed worker stays dead)."""
 
     def __init__(self, workers: int):
-        self.port = _free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        bindir = Path(sys.executable).parent
-        dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.scheduler = subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--dashboard-address", ":0"], **quiet
-        )
-        self._worker_command = [
-            dask,
-            "worker",
-            self.address,
-            "--nthreads",
-            "1",
-            "--no-nanny",
-            "--no-dashboard",
-            "--memory-limit",
-            "2GiB",
-        ]
-        self.workers = [subprocess.Popen(self._worker_command, **quiet) for _ in range(workers)]
-        self.wait_for_workers(workers)
-
-    def wait_for_workers(self, count: int) -> None:
-        from distributed import Client
-
-        with Client(self.address, timeout="30s") as client:
-            client.wait_for_workers(count, timeout=60)
-
-    def add_worker(self) -> None:
-        self.workers.append(
-            subprocess.Popen(self._worker_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
-
-    def kill(self):
-        for proc in [*self.workers, self.scheduler]:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in [*self.workers, self.scheduler]:
-            proc.wait(timeout=15)
+        super().__init__(workers, nanny=False)
 
 
 def uninterrupted(job_file: Path, overrides: list[str], shards: int):

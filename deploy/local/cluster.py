@@ -3,8 +3,14 @@
 
     python deploy/local/cluster.py start --workers 2        # prints the scheduler's address
     dtrain submit examples/jobs/seed_network.yaml --scheduler tcp://127.0.0.1:8786
+    dtrain list --scheduler-file /tmp/dtrain-local-$USER/scheduler.json   # or by its scheduler file
     python deploy/local/cluster.py status
     python deploy/local/cluster.py stop
+
+The dashboard is the scheduler's, on 127.0.0.1:8787 (``--dashboard-port``): dtrain's page is
+http://127.0.0.1:8787/dtrain (jobs, curves, per-rank step times), Dask's own at /status.
+``start`` prints both links and records them in ``STATE/cluster.json`` (``dashboard``,
+``dtrain_page``), with the scheduler file's path (``scheduler_file``).
 
 ``start`` runs ``dask scheduler --preload dtrain.jobs.service`` (the job service is there from
 the start) and N ``dask worker ADDRESS --nthreads 1`` processes, or one ``dask cuda worker``
@@ -42,12 +48,14 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 STATE_FILE = "cluster.json"
 SCHEDULER_FILE = "scheduler.json"
 STATE_ENV = "DTRAIN_LOCAL_STATE"
 DEFAULT_PORT = 8786
 DEFAULT_DASHBOARD_PORT = 8787
+DTRAIN_PAGE = "/dtrain"  # dtrain's page on the scheduler's dashboard (Dask's own: /status)
 LOG_TAIL_LINES = 30
 
 
@@ -128,6 +136,15 @@ def _log_tail(path: str | Path, lines: int = LOG_TAIL_LINES) -> str:
     tail = text[-lines:]
     errors = [line for line in text[:-lines] if _ERROR_LINE.search(line)][-5:]
     return "\n".join([*errors, *(["..."] if errors else []), *tail]) or "(empty log)"
+
+
+def dtrain_page(dashboard: str | None) -> str | None:
+    """dtrain's page on the dashboard whose link is ``dashboard`` (any page of it, e.g. Dask's
+    ``http://HOST:8787/status``): ``http://HOST:8787/dtrain``; None without a dashboard."""
+    if not dashboard:
+        return None
+    parts = urlsplit(dashboard)
+    return f"{parts.scheme}://{parts.netloc}{DTRAIN_PAGE}"
 
 
 def count_gpus() -> int:
@@ -262,6 +279,7 @@ class LocalDeployment:
         self.grace = grace
         self.address: str | None = None
         self.dashboard: str | None = None
+        self.scheduler_file: str | None = None
         self.processes: list[dict[str, Any]] = []
         self._popen: dict[int, subprocess.Popen] = {}
 
@@ -275,6 +293,8 @@ class LocalDeployment:
         return {
             "address": self.address,
             "dashboard": self.dashboard,
+            "dtrain_page": dtrain_page(self.dashboard),
+            "scheduler_file": self.scheduler_file,
             "device": self.device,
             "workers": self.workers,
             "state_dir": str(self.state_dir),
@@ -296,6 +316,7 @@ class LocalDeployment:
         self = cls(state.get("workers"), device=state.get("device", "auto"), state_dir=state_dir)
         self._own_state_dir = False
         self.address, self.dashboard = state.get("address"), state.get("dashboard")
+        self.scheduler_file = state.get("scheduler_file")
         self.processes = list(state.get("processes", []))
         return self
 
@@ -409,6 +430,7 @@ class LocalDeployment:
             )
             info = self._wait_for_scheduler(scheduler_file, deadline)
             self.address = info["address"]
+            self.scheduler_file = str(scheduler_file)
             dashboard_port = info.get("services", {}).get("dashboard")
             self.dashboard = f"http://{self.host}:{dashboard_port}/status" if dashboard_port else None
             self._write_state()
@@ -534,6 +556,8 @@ class LocalDeployment:
         report: dict[str, Any] = {
             "address": self.address,
             "dashboard": self.dashboard,
+            "dtrain_page": dtrain_page(self.dashboard),
+            "scheduler_file": self.scheduler_file,
             "device": self.device,
             "state_dir": str(self.state_dir),
             "processes": [
@@ -567,6 +591,20 @@ class LocalDeployment:
 
 
 # -- command line ---------------------------------------------------------------------------------
+
+
+def started_message(deployment: LocalDeployment, state_dir: Path | str) -> str:
+    """What ``start`` says after the address: the workers, the dashboard links, how to submit and stop."""
+    page = dtrain_page(deployment.dashboard)
+    return "\n".join(
+        [
+            f"  {deployment.workers} {deployment.device} worker(s)",
+            f"  dtrain's page: {page} (Dask's dashboard: {deployment.dashboard})" if page else "  no dashboard",
+            f"  dtrain submit JOB --scheduler {deployment.address}",
+            f"  dtrain submit JOB --scheduler-file {deployment.scheduler_file}",
+            f"  python {Path(__file__).as_posix()} stop --state-dir {state_dir}",
+        ]
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -609,7 +647,8 @@ def _parser() -> argparse.ArgumentParser:
         "--dashboard-port",
         type=int,
         default=DEFAULT_DASHBOARD_PORT,
-        help=f"default {DEFAULT_DASHBOARD_PORT}; 0: any free port",
+        help=f"the dashboard's port (dtrain's page: http://HOST:PORT{DTRAIN_PAGE}); default {DEFAULT_DASHBOARD_PORT}; "
+        "0: any free port",
     )
     start.add_argument("--no-dashboard", action="store_true", help="no dashboard")
     start.add_argument("--memory-limit", default=None, help="per worker, e.g. 4GiB (default: Dask's auto)")
@@ -643,15 +682,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             address = deployment.start()
             doc = {**deployment.state(), "pids": [p["pid"] for p in deployment.processes]}
-            text = (
-                address
-                if not sys.stdout.isatty()
-                else (
-                    f"{address}\n  {deployment.workers} {deployment.device} worker(s); dashboard: {deployment.dashboard or 'none'}\n"
-                    f"  dtrain submit JOB --scheduler {address}\n  python {sys.argv[0]} stop --state-dir {state_dir}"
-                )
-            )
-            return emit(doc, text, 0)
+            if not args.json:  # the address alone on stdout (for scripts); what to do next on stderr
+                print(started_message(deployment, state_dir), file=sys.stderr, flush=True)
+            return emit(doc, address, 0)
         if args.command == "stop":
             deployment = LocalDeployment.from_state(state_dir)
             deployment.grace = args.grace

@@ -9,16 +9,21 @@ CUDA_VISIBLE_DEVICES to that GPU, so dtrain's ``device: auto`` trains on it).
     python deploy/slurm/cluster.py --jobs 4 --partition gpu --account myproject
     # prints the scheduler's address; then, from any machine that reaches it:
     dtrain submit job.yaml --scheduler tcp://LOGIN-NODE:8786
+    # or: cluster.py ... --scheduler-file ~/dtrain-scheduler.json; dtrain submit job.yaml --scheduler-file ~/dtrain-scheduler.json
     python deploy/slurm/cluster.py --jobs 4 --print-job-script   # the sbatch script, nothing submitted
 
 The scheduler lives as long as this process (run it in tmux/screen, or as a small SLURM job of
 its own); Ctrl-C cancels the worker jobs and stops it. Job outputs (``output.dir``) must be on
 a file system that this machine and the GPU nodes share, or an object store URL.
 
+The dashboard is this process's scheduler's, on 127.0.0.1:8787 (``--dashboard-address``):
+from your machine, ``ssh -L 8787:127.0.0.1:8787 LOGIN-NODE`` and open
+http://127.0.0.1:8787/dtrain (dtrain's page: jobs, curves, per-rank step times; Dask's own is
+/status). It is plain HTTP, also with ``--tls-dir`` (see deploy/README.md).
+
 Security: whoever reaches the scheduler can run code on the GPU nodes as you. The dashboard is
-on 127.0.0.1 only (``ssh -L 8787:127.0.0.1:8787 LOGIN-NODE`` to look); use ``--tls-dir`` (the
-certificates from deploy/docker/make-certs.sh) so that only holders of a certificate from your
-CA can connect.
+on 127.0.0.1 only; use ``--tls-dir`` (the certificates from deploy/docker/make-certs.sh) so
+that only holders of a certificate from your CA can connect to the scheduler.
 
 From Python: ``make_cluster(jobs=..., ...)`` returns the ``SLURMCluster``.
 """
@@ -30,8 +35,17 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PRELOAD = "dtrain.jobs.service"
+DTRAIN_PAGE = "/dtrain"  # dtrain's page on the scheduler's dashboard (Dask's own: /status)
+
+
+def dtrain_page(dashboard_link: str) -> str:
+    """dtrain's page on the dashboard whose link is ``dashboard_link`` (``cluster.dashboard_link``,
+    Dask's ``http://HOST:8787/status``): ``http://HOST:8787/dtrain``."""
+    parts = urlsplit(dashboard_link)
+    return f"{parts.scheme}://{parts.netloc}{DTRAIN_PAGE}"
 
 
 def tls_security(tls_dir: str | Path):
@@ -79,6 +93,7 @@ def make_cluster(
     job_extra_directives: list[str] | None = None,
     job_script_prologue: list[str] | None = None,
     tls_dir: str | Path | None = None,
+    scheduler_file: str | Path | None = None,
     **kwargs: Any,
 ):
     """A ``dask_jobqueue.SLURMCluster`` for dtrain: its scheduler (in this process) has dtrain's
@@ -86,7 +101,9 @@ def make_cluster(
     with ``cpus_per_gpu`` CPU cores and ``memory``. ``jobs``: how many to submit now (0: none;
     ``cluster.scale(jobs=N)`` later). ``interface`` (e.g. ib0) or ``host``: where the scheduler
     and workers listen, as the GPU nodes reach them. ``python``: the interpreter the nodes run
-    (default: this one). Other keyword arguments go to ``SLURMCluster``."""
+    (default: this one). ``scheduler_file``: the scheduler writes its address there (Dask's
+    scheduler file: ``dtrain submit --scheduler-file PATH`` from any node that sees it). Other
+    keyword arguments go to ``SLURMCluster``."""
     from dask_jobqueue import SLURMCluster
 
     from dtrain.clusters import training_environment
@@ -97,6 +114,8 @@ def make_cluster(
         "port": scheduler_port,
         "dashboard_address": dashboard_address,
     }
+    if scheduler_file:
+        scheduler_options["scheduler_file"] = str(scheduler_file)
     if host:
         scheduler_options["host"] = host
     elif interface:
@@ -144,7 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interface", help="network interface the nodes reach this machine on (e.g. ib0)")
     parser.add_argument("--host", help="address to listen on, instead of --interface")
     parser.add_argument("--scheduler-port", type=int, default=8786)
-    parser.add_argument("--dashboard-address", default="127.0.0.1:8787", help="default 127.0.0.1:8787 (not public)")
+    parser.add_argument(
+        "--dashboard-address",
+        default="127.0.0.1:8787",
+        help="where the dashboard listens (dtrain's page: /dtrain); default 127.0.0.1:8787 (not public)",
+    )
     parser.add_argument("--python", help="the Python the nodes run (default: this one)")
     parser.add_argument("--log-directory", help="where the worker jobs' stdout/stderr go")
     parser.add_argument(
@@ -163,6 +186,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tls-dir", help="TLS: a folder with make-certs.sh's ca.pem, scheduler and worker certificates"
+    )
+    parser.add_argument(
+        "--scheduler-file",
+        metavar="PATH",
+        help="write the scheduler's address to PATH (Dask's scheduler file; on a shared file system, "
+        "`dtrain submit --scheduler-file PATH` works from any node)",
     )
     parser.add_argument(
         "--print-job-script", action="store_true", help="print the job script and exit (submits nothing)"
@@ -189,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         job_extra_directives=args.sbatch,
         job_script_prologue=args.prologue,
         tls_dir=args.tls_dir,
+        scheduler_file=args.scheduler_file,
     )
     try:
         if args.print_job_script:
@@ -197,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.scale(jobs=args.jobs)
         print(cluster.scheduler_address, flush=True)
         print(
-            f"  {args.jobs} SLURM job(s) of one GPU each; dashboard: {cluster.dashboard_link}\n"
+            f"  {args.jobs} SLURM job(s) of one GPU each; dtrain's page: {dtrain_page(cluster.dashboard_link)} "
+            f"(Dask's dashboard: {cluster.dashboard_link}; from elsewhere: ssh -L PORT:127.0.0.1:PORT THIS-HOST)\n"
             f"  dtrain submit JOB --scheduler {cluster.scheduler_address}\n  Ctrl-C: cancel the jobs and stop",
             file=sys.stderr,
             flush=True,

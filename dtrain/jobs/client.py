@@ -6,11 +6,14 @@
     final = jobs.wait(job_id, on_update=print)           # polls until the job has ended
 
 Every call returns the service's plain dicts (what ``--json`` prints). The scheduler address
-comes from the argument, else ``$DTRAIN_SCHEDULER``, else Dask's ``scheduler-address`` config.
+comes from the argument, or from a Dask scheduler file (``JobsClient(scheduler_file=PATH)``: the
+JSON that ``dask scheduler --scheduler-file PATH`` writes), else ``$DTRAIN_SCHEDULER`` or
+``$DTRAIN_SCHEDULER_FILE``, else Dask's ``scheduler-address`` config.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -19,11 +22,18 @@ from typing import Any
 from .service import HANDLER, SERVICE_NAME, TERMINAL, JobService
 
 ADDRESS_ENV = "DTRAIN_SCHEDULER"
+FILE_ENV = "DTRAIN_SCHEDULER_FILE"
 POLL_INTERVAL_S = 0.25
+SCHEDULER_FILE_MAX_BYTES = 1 << 20  # a scheduler file is a few hundred bytes; a larger file is not one
 
 
 class SchedulerUnreachable(ConnectionError):
     """No scheduler answered at the address (or none was given)."""
+
+
+class SchedulerFileError(ValueError):
+    """A scheduler file that cannot be read, or is not one (no JSON object with an address); or two
+    ways of naming the scheduler at once."""
 
 
 class JobServiceError(RuntimeError):
@@ -34,31 +44,98 @@ class JobServiceError(RuntimeError):
         self.kind = kind
 
 
-def scheduler_address(address: str | None = None) -> str:
-    """The scheduler to use: ``address``, else $DTRAIN_SCHEDULER, else Dask's config."""
+def read_scheduler_file(path: str | os.PathLike[str], timeout: float = 10.0) -> str:
+    """The scheduler's address in a Dask scheduler file (the JSON that ``dask scheduler
+    --scheduler-file PATH`` writes, and removes when the scheduler stops), read as distributed's
+    ``Client(scheduler_file=...)`` reads it, with a deadline: wait for the file to appear (a
+    scheduler still starting) for at most ``timeout`` seconds, then take its ``"address"``,
+    reading again for a moment while the file is still being written."""
+    path = os.fspath(path)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            raise SchedulerUnreachable(
+                f"no scheduler file at {path} (waited {timeout:g} s): is the scheduler running? "
+                f"`dask scheduler --scheduler-file {path}` writes it, and removes it when it stops"
+            )
+        time.sleep(0.05)
+    problem = ""
+    for attempt in range(10):  # a scheduler writes the file in place: it may be half written
+        if attempt:
+            time.sleep(0.05)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(SCHEDULER_FILE_MAX_BYTES + 1)
+        except OSError as exc:  # a folder, no permission...
+            raise SchedulerFileError(f"cannot read the scheduler file {path}: {exc.strerror or exc}") from exc
+        if len(data) > SCHEDULER_FILE_MAX_BYTES:
+            raise SchedulerFileError(
+                f"{path} is not a Dask scheduler file: it is larger than {SCHEDULER_FILE_MAX_BYTES} bytes"
+            )
+        try:
+            info = json.loads(data)
+        except ValueError as exc:
+            problem = f"not JSON ({exc})"
+            continue
+        address = info.get("address") if isinstance(info, dict) else None
+        if isinstance(address, str) and address.strip():
+            return address.strip()
+        problem = 'no "address" in it'
+    raise SchedulerFileError(
+        f"{path} is not a Dask scheduler file: {problem}; give the file that `dask scheduler --scheduler-file "
+        "PATH` writes (JSON with the scheduler's address), or the address itself with --scheduler"
+    )
+
+
+def scheduler_address(
+    address: str | None = None, scheduler_file: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
+) -> str:
+    """The scheduler to use: ``address``, or the one in ``scheduler_file`` (see
+    :func:`read_scheduler_file`; ``timeout``: how long to wait for it to appear), else
+    $DTRAIN_SCHEDULER or the file $DTRAIN_SCHEDULER_FILE names, else Dask's config."""
+    if address and scheduler_file:
+        raise SchedulerFileError("give the scheduler's address or its scheduler file, not both")
     if address:
         return address
+    if scheduler_file:
+        return read_scheduler_file(scheduler_file, timeout)
+    if os.environ.get(ADDRESS_ENV) and os.environ.get(FILE_ENV):
+        raise SchedulerFileError(
+            f"${ADDRESS_ENV} and ${FILE_ENV} are both set, and each names a scheduler: unset one "
+            "(or name the scheduler with --scheduler or --scheduler-file)"
+        )
     if os.environ.get(ADDRESS_ENV):
         return os.environ[ADDRESS_ENV]
+    if os.environ.get(FILE_ENV):
+        return read_scheduler_file(os.environ[FILE_ENV], timeout)
     import dask
 
     configured = dask.config.get("scheduler-address", None)
     if configured:
         return configured
     raise SchedulerUnreachable(
-        f"no scheduler address: pass --scheduler ADDRESS, or set ${ADDRESS_ENV} "
-        "(or Dask's scheduler-address config, e.g. $DASK_SCHEDULER_ADDRESS)"
+        f"no scheduler address: pass --scheduler ADDRESS or --scheduler-file PATH, or set ${ADDRESS_ENV} or "
+        f"${FILE_ENV} (or Dask's scheduler-address config, e.g. $DASK_SCHEDULER_ADDRESS)"
     )
 
 
 class JobsClient:
-    """The job service of one scheduler. Pass ``client`` to reuse a connected ``distributed.Client``."""
+    """The job service of one scheduler: at ``address``, or the one a Dask scheduler file names
+    (``scheduler_file``), else as :func:`scheduler_address` finds it. ``timeout``: seconds to
+    reach it. Pass ``client`` to reuse a connected ``distributed.Client``."""
 
-    def __init__(self, address: str | None = None, *, timeout: float = 10.0, client: Any = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        scheduler_file: str | os.PathLike[str] | None = None,
+        timeout: float = 10.0,
+        client: Any = None,
+    ) -> None:
         from distributed import Client
 
         if client is None:
-            address = scheduler_address(address)
+            address = scheduler_address(address, scheduler_file, timeout=timeout)
             try:
                 client = Client(address, timeout=f"{timeout}s", set_as_default=False)
             except (OSError, TimeoutError) as exc:
