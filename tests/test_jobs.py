@@ -4,9 +4,7 @@ real `dask scheduler` / `dask worker` processes (and `dtrain run`'s embedded clu
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,94 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from job_processes import ROOT, SEED_JOB, dask_cluster, dtrain_cli, json_of, long_job_args, wait_for_state
+from job_processes import free_port as _free_port
 
 import dtrain
 
 pytest.importorskip("distributed")
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED_JOB = ROOT / "examples" / "jobs" / "seed_network.yaml"
 pytestmark = pytest.mark.cluster
-
-
-def dtrain_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dtrain", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def json_of(proc: subprocess.CompletedProcess) -> dict:
-    """The one JSON document a --json command prints on stdout."""
-    return json.loads(proc.stdout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def scheduler():
     """A real `dask scheduler` and 2 single-threaded `dask worker` processes; yields the address."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bindir = Path(sys.executable).parent
-    dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-    procs = [
-        subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet
-        )
-    ]
-    try:
-        procs += [
-            subprocess.Popen(
-                [dask, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard"], **quiet
-            )
-            for _ in range(2)
-        ]
-        from distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
+    with dask_cluster(2) as address:
         yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = json_of(dtrain_cli("status", job_id, "--scheduler", address, "--json"))
-        if record["state"] in states or time.monotonic() > deadline:
-            return record
-        time.sleep(0.5)
-
-
-def long_job_args(output: Path, workers: int = 1) -> list[str]:
-    """The seed job made long enough to be cancelled while it runs."""
-    return [
-        "--set",
-        f"output.dir={output}",
-        "--set",
-        f"cluster.workers={workers}",
-        "--set",
-        "fit.epochs=200",
-        "--set",
-        "data.train.samples=20000",
-    ]
 
 
 # -- dtrain run: the embedded cluster -----------------------------------------------------------------
