@@ -36,6 +36,7 @@ from ..leases import EXPIRES_S, Lease
 from ..storage import Location
 from .outputs import write_outputs, write_record
 from .spec import JobError, job_from_dict
+from .tracking import check_tracking, tracking_callbacks
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -193,6 +194,7 @@ class JobService(SchedulerPlugin):
 
         try:
             job = job_from_dict(spec, check_files=False, source=source)
+            check_tracking(job)  # output.mlflow: the MLflow client must be here, where the job runs
         except JobError as exc:
             return {"refused": str(exc), "kind": "invalid"}
         with self.table.lock:
@@ -427,7 +429,7 @@ class JobService(SchedulerPlugin):
                     data["x"],
                     data["y"],
                     data["validation_data"],
-                    [_Recorder(record)],
+                    [_Recorder(record), *tracking_callbacks(job, record.job_id, record.log)],
                     config,
                     client=client,
                     control=control,
