@@ -1,19 +1,21 @@
 """Callbacks: hooks called by ``fit`` (Keras' protocol), plus History, EarlyStopping,
-TerminateOnNaN, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau, CSVLogger, TensorBoard and a progress
-bar that works in terminals and notebooks (tqdm)."""
+TerminateOnNaN, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau, CSVLogger, TensorBoard, MLflowLogger and a
+progress bar that works in terminals and notebooks (tqdm)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
+from . import mlflow_logging
 from .storage import Location
 from .tensorboard import EventFile, keras_model_event
 
@@ -52,6 +54,11 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None): ...
     def on_batch_begin(self, batch, logs=None): ...
     def on_batch_end(self, batch, logs=None): ...
+
+    def on_train_failed(self, error: BaseException) -> None:
+        """dtrain's own hook (Keras has none): ``fit`` is raising ``error`` (Ctrl-C included), so
+        ``on_train_end`` will not come. Called once fit's training has begun (``on_train_begin``
+        may not have run yet), on the thread that runs the other hooks."""
 
     # As in Keras, the training-batch hooks call the older on_batch_* names by default, so a
     # callback written against either name works.
@@ -98,6 +105,28 @@ class CallbackList:
 
     def on_train_batch_end(self, batch, logs=None):
         self._call("on_train_batch_end", batch, logs=logs)
+
+
+@contextlib.contextmanager
+def reporting_failure(callbacks: Iterable[Callback]) -> Iterator[None]:
+    """Training inside this block that raises: every callback's ``on_train_failed(error)`` hears
+    of it, then the error goes on (a hook that fails itself is a warning: the error is the news)."""
+    try:
+        yield
+    except BaseException as error:
+        for cb in callbacks:
+            hook = getattr(cb, "on_train_failed", None)  # (fit refuses what is not a Callback: that error goes on)
+            try:
+                if hook is not None:
+                    hook(error)
+            except Exception as exc:
+                warnings.warn(
+                    f"{type(cb).__name__}.on_train_failed failed ({type(exc).__name__}: {exc}) while fit was raising "
+                    f"{type(error).__name__}: {error}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        raise
 
 
 class History(Callback):
@@ -719,6 +748,93 @@ class TensorBoard(Callback):
             for name, value in getattr(history, "timing", {}).items():
                 train.scalar(f"timing/{name}", value, steps[-1])
         self._close()
+
+
+class MLflowLogger(Callback):
+    """Logs the run to MLflow (``pip install "dtrain[mlflow]"``): at its begin the fit's
+    parameters (epochs, batch_size, steps, samples, shards, seed, workers; the model's name,
+    dtype, device, layers and parameter count; the optimizer and its configuration, the loss,
+    the metrics) and ``params``; at each epoch's end its logs (loss, metrics, ``val_*``) and
+    ``learning_rate`` as metrics, with step = the epoch (from 0, as ``history.epoch``); at its
+    end the trained model (dtrain's model file, ``model/model.safetensors``: ``dtrain.load_model``
+    reads it). The run is started at train begin and ended FINISHED, or FAILED (KILLED for
+    Ctrl-C) when fit raises. In a thread with an active MLflow run (``with mlflow.start_run():``)
+    and no ``tracking_uri``, ``experiment`` or ``run_name`` given, it logs into that run and
+    leaves ending it to its owner.
+
+    ``tracking_uri``: None is MLflow's own (``$MLFLOW_TRACKING_URI``); ``experiment``: a name
+    (made if missing; None is ``$MLFLOW_EXPERIMENT_NAME`` or MLflow's Default); ``run_name``:
+    None lets MLflow name it; ``tags``: {name: value}; ``texts``: {artifact file: text} logged at
+    the start; ``log_model``: False to leave the model out. Works in one process and with
+    ``client=`` (it runs on the client; the workers never wait for it). Training never waits for
+    the tracking server but at its end, ``timeout`` seconds at most: a server that is down or
+    fails costs one warning (naming the URI and the error), never the training. ``run_id``: the
+    run's id, once it is made."""
+
+    observes_only = True  # it never changes the model nor stops training: the workers go straight on
+    killed_by: tuple[type[BaseException], ...] = (KeyboardInterrupt,)  # errors that end a run KILLED, not FAILED
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        run_name: str | None = None,
+        *,
+        tags: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        texts: dict[str, str] | None = None,
+        log_model: bool = True,
+        timeout: float = 30.0,
+    ):
+        super().__init__()
+        self.run = mlflow_logging.MLflowRun(
+            tracking_uri, experiment, run_name, tags=tags, timeout=timeout, warn=self.warn
+        )
+        self.extra_params = mlflow_logging.flatten(params or {})
+        self.texts = dict(texts or {})
+        self.log_model = bool(log_model)
+        self._steps = 0
+        self._iterations = 0
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.run.tracking_uri
+
+    def warn(self, message: str) -> None:
+        """How the logger reports a problem with MLflow: a UserWarning (override to send it elsewhere)."""
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+    def on_train_begin(self, logs=None):
+        self._steps, self._iterations = 0, self.model.optimizer.iterations
+        params = {**mlflow_logging.fit_params(self.model, self.params), **self.extra_params}
+        self.run.start(params, self.texts)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        self._steps += int(self.params.get("steps", 0))
+        logs.setdefault("learning_rate", self._learning_rate())
+        self.run.log_metrics(mlflow_logging.epoch_metrics(logs), step=epoch)
+
+    def _learning_rate(self) -> float:
+        """The optimizer's rate at the epoch's end. With client= the client's optimizer does not
+        count the workers' steps while they train: a schedule is read at the steps done."""
+        optimizer = self.model.optimizer
+        if optimizer.schedule is None:
+            return float(optimizer.learning_rate)
+        moved = optimizer.iterations != self._iterations  # (in one process it counts every step)
+        return float(optimizer.schedule(optimizer.iterations if moved else self._iterations + self._steps))
+
+    def on_train_end(self, logs=None):
+        if self.log_model and self.run.active:
+            self.run.log_model(self.model)
+        self.run.end("FINISHED")
+
+    def on_train_failed(self, error):
+        self.run.end("KILLED" if isinstance(error, self.killed_by) else "FAILED")
 
 
 def format_logs(logs: dict[str, float]) -> str:

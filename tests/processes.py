@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SEED_JOB = ROOT / "examples" / "jobs" / "seed_network.yaml"
 
 
 def dtrain_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -48,9 +50,19 @@ class DaskProcesses:
 
     ``nanny=False``: workers without a nanny (a killed worker stays dead). ``scheduler_file``:
     the scheduler also writes its scheduler file there (``dask scheduler --scheduler-file``), and
-    the workers find it through that file, as Dask's own CLIs do."""
+    the workers find it through that file, as Dask's own CLIs do. ``scheduler_env`` adds to the
+    scheduler's environment; ``scheduler_args`` to its command line (after the defaults, which
+    they may override: ``--dashboard-address``...)."""
 
-    def __init__(self, workers: int, *, nanny: bool = True, scheduler_file: str | Path | None = None):
+    def __init__(
+        self,
+        workers: int,
+        *,
+        nanny: bool = True,
+        scheduler_file: str | Path | None = None,
+        scheduler_env: dict | None = None,
+        scheduler_args: list[str] | tuple[str, ...] = (),
+    ):
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.scheduler_file = None if scheduler_file is None else Path(scheduler_file)
@@ -58,7 +70,9 @@ class DaskProcesses:
         quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         by_file = ["--scheduler-file", str(self.scheduler_file)] if self.scheduler_file else []
         self.scheduler = subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--dashboard-address", ":0", *by_file],
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--dashboard-address", ":0", *by_file]
+            + list(scheduler_args),
+            env={**os.environ, **(scheduler_env or {})},
             **quiet,
         )
         self._worker_command = [
@@ -116,3 +130,30 @@ class DaskProcesses:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- the job service's tests -------------------------------------------------------------------------
+
+
+def long_job_args(output: Path, workers: int = 1) -> list[str]:
+    """The seed job made long enough to be cancelled while it runs."""
+    return [
+        "--set",
+        f"output.dir={output}",
+        "--set",
+        f"cluster.workers={workers}",
+        "--set",
+        "fit.epochs=200",
+        "--set",
+        "data.train.samples=20000",
+    ]
+
+
+def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    """The job's record once it is in one of ``states`` (or when ``timeout`` has passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = json_of(dtrain_cli("status", job_id, "--scheduler", address, "--json"))
+        if record["state"] in states or time.monotonic() > deadline:
+            return record
+        time.sleep(0.5)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import DaskProcesses, dtrain_cli, json_of
+from processes import ROOT, SEED_JOB, DaskProcesses, dtrain_cli, json_of, long_job_args, wait_for_state
 from processes import free_port as _free_port
 
 import dtrain
@@ -22,37 +22,12 @@ from dtrain.runs import RUN_NAME, resolve_run
 
 pytest.importorskip("distributed")
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED_JOB = ROOT / "examples" / "jobs" / "seed_network.yaml"
 pytestmark = pytest.mark.cluster
-
-
-def wait_for_state(address: str, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = json_of(dtrain_cli("status", job_id, "--scheduler", address, "--json"))
-        if record["state"] in states or time.monotonic() > deadline:
-            return record
-        time.sleep(0.5)
 
 
 def newest_run(output: Path) -> Path:
     """The newest run folder of a job's output location (dtrain.runs)."""
     return Path(resolve_run(output, "result.json"))
-
-
-def long_job_args(output: Path, workers: int = 1) -> list[str]:
-    """The seed job made long enough to be cancelled while it runs."""
-    return [
-        "--set",
-        f"output.dir={output}",
-        "--set",
-        f"cluster.workers={workers}",
-        "--set",
-        "fit.epochs=200",
-        "--set",
-        "data.train.samples=20000",
-    ]
 
 
 # -- dtrain run: the embedded cluster -----------------------------------------------------------------

@@ -91,7 +91,11 @@ def test_defaults_are_filled_in(tmp_path):
             "class_weight": None,
         },
         "cluster": {"workers": None, "device": "auto", "elastic": False, "min_workers": None, "max_workers": None},
-        "output": {"dir": str(tmp_path / "runs" / "tiny-job"), "checkpoint": {"every": "epoch", "keep": 3}},
+        "output": {
+            "dir": str(tmp_path / "runs" / "tiny-job"),
+            "checkpoint": {"every": "epoch", "keep": 3},
+            "mlflow": None,
+        },
     }
     assert json.loads(json.dumps(job.spec)) == job.spec  # plain JSON-able
     assert (job.name, job.epochs, job.workers, job.device) == ("tiny-job", 1, None, "auto")

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import comm as comm_module
 from ..backend import host_copy
-from ..callbacks import Callback, CallbackList, History
+from ..callbacks import Callback, CallbackList, History, reporting_failure
 from ..checkpoints import CheckpointError, global_step_of, list_checkpoints
 from ..comm import CommError
 from ..config import CheckpointPolicy, FitConfig
@@ -111,7 +111,7 @@ def fit_on_cluster(
     assert config.shards is not None
     plan = ShardPlan(train.count, config.shards, config.batch_size)
     run_id = f"run-{uuid.uuid4().hex[:12]}"
-    with folder_lease(config.checkpoint, run_id):  # one writer per checkpoint folder, before any work
+    with folder_lease(config.checkpoint, run_id), reporting_failure(callbacks):  # one writer per checkpoint folder
         return _train_to_the_end(model, callbacks, config, plan, train, validation, ranks, client, control, run_id)
 
 
@@ -132,7 +132,7 @@ def _train_to_the_end(
     input_dim = math.prod(train.x.row_shape)  # (flattened, where the model starts with Flatten)
     # The model's starting point is built here, exactly as single-process fit builds it.
     history = History()
-    cbs = callback_list(model, callbacks, history, config, plan)
+    cbs = callback_list(model, callbacks, history, config, plan, workers=len(ranks[: config.most_workers]))
     start, meta = start_of_run(model, plan, config, input_dim)
     start.params = host_copy(model.params)
     start.optimizer = model.compiled_optimizer.get_state() if model.compiled_optimizer.iterations else None

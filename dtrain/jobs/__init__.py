@@ -7,4 +7,5 @@
 - :mod:`dtrain.jobs.service`: the job service, a scheduler plugin that queues and runs jobs.
 - :mod:`dtrain.jobs.client`: talking to the service from any process (the CLI, notebooks).
 - :mod:`dtrain.jobs.outputs`: what a job writes (model, metrics, plot, record) and its report.
+- :mod:`dtrain.jobs.tracking`: a job's MLflow run (``output.mlflow``): the check at submission, the callback.
 """

@@ -98,7 +98,11 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     "min_workers": None,
     "max_workers": None,
 }
-OUTPUT_KEYS = ("dir", "checkpoint")
+OUTPUT_KEYS = ("dir", "checkpoint", "mlflow")
+# output.mlflow: the MLflow run a job logs to (dtrain.callbacks.MLflowLogger); tracking_uri is required,
+# experiment defaults to the job's name, run_name (null) to the job's id.
+MLFLOW_KEYS = ("tracking_uri", "experiment", "run_name")
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # http:, file:, sqlite:, ... (else a path, or "databricks")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a plain name: never "." or "..", no hidden files
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = ("*", "?", "[")
@@ -725,7 +729,39 @@ def _check_output(ck: Checker, raw: dict, name: Any) -> dict:
         directory = _local_path(ck, os.path.join("runs", str(name)))
     else:
         directory = _check_location(ck, section["dir"], "output.dir", kind="")  # it need not exist yet
-    return {"dir": directory, "checkpoint": _check_checkpoint(ck, section.get("checkpoint", {}))}
+    return {
+        "dir": directory,
+        "checkpoint": _check_checkpoint(ck, section.get("checkpoint", {})),
+        "mlflow": _check_mlflow(ck, section.get("mlflow"), name),
+    }
+
+
+def _check_mlflow(ck: Checker, value: Any, name: Any) -> dict | None:
+    """``output.mlflow``: null (none), or {tracking_uri, experiment: <the job's name>, run_name: null}. A
+    tracking URI without a scheme (but "databricks") is a local folder (MLflow's file store), taken from the job
+    file's folder."""
+    if value is None:
+        return None
+    section = _mapping(ck, value, "output.mlflow", MLFLOW_KEYS, required=("tracking_uri",))
+    if section is None:
+        return None
+    mlflow = {key: section.get(key) for key in MLFLOW_KEYS}
+    uri = mlflow["tracking_uri"]
+    if "tracking_uri" in section:
+        _string(ck, uri, "output.mlflow.tracking_uri", "a tracking URI (e.g. http://mlflow:5000) or a folder")
+        if isinstance(uri, str) and uri and not _URI_SCHEME.match(uri) and uri != "databricks":
+            mlflow["tracking_uri"] = _local_path(ck, uri)
+    if mlflow["experiment"] is None:
+        mlflow["experiment"] = name
+    else:
+        experiment = _string(ck, mlflow["experiment"], "output.mlflow.experiment", "an experiment name")
+        if isinstance(experiment, str) and len(experiment) > 500:
+            ck.report(
+                "output.mlflow.experiment", f"expected at most 500 characters (MLflow's limit), got {len(experiment)}"
+            )
+    if mlflow["run_name"] is not None:
+        _string(ck, mlflow["run_name"], "output.mlflow.run_name", "a run name (or null: the job's id)")
+    return mlflow
 
 
 def _check_checkpoint(ck: Checker, value: Any) -> dict | bool:

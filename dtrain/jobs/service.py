@@ -39,6 +39,7 @@ from ..storage import Location
 from ..training.checkpointing import restore, resume_point
 from .outputs import history_of, tensorboard_callback, write_outputs, write_record
 from .spec import job_from_dict
+from .tracking import check_tracking, tracking_callbacks
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -202,6 +203,7 @@ class JobService(SchedulerPlugin):
         try:
             job = job_from_dict(spec, check_files=False, source=source)
             run, output = _run_folder(job.output_dir, resume)
+            check_tracking(job)  # output.mlflow: the MLflow client must be here, where the job runs
         except ValueError as exc:  # (JobError is one: an invalid job; or no such run to resume)
             return {"refused": str(exc), "kind": "invalid"}
         with self.table.lock:
@@ -438,7 +440,11 @@ class JobService(SchedulerPlugin):
                     data["x"],
                     data["y"],
                     data["validation_data"],
-                    [_Recorder(record), tensorboard_callback(record.output)],
+                    [
+                        _Recorder(record),
+                        tensorboard_callback(record.output),
+                        *tracking_callbacks(job, record.job_id, record.log),
+                    ],
                     config,
                     client=client,
                     control=control,

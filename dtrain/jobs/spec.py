@@ -131,6 +131,11 @@ class Job:
         return self.spec["output"]["dir"]
 
     @property
+    def mlflow(self) -> dict | None:
+        """``output.mlflow``: {tracking_uri, experiment, run_name}, or None (the job logs to no MLflow run)."""
+        return self.spec["output"].get("mlflow")
+
+    @property
     def epochs(self) -> int:
         return self.spec["fit"]["epochs"]
 

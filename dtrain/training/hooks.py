@@ -122,9 +122,10 @@ class CallbackProgress(Progress):
 
 
 def callback_list(
-    model: Any, callbacks: Sequence[Callback], history: History, config: FitConfig, plan: ShardPlan
+    model: Any, callbacks: Sequence[Callback], history: History, config: FitConfig, plan: ShardPlan, workers: int = 1
 ) -> CallbackList:
-    """The user's callbacks, then History, then the progress bar (checks their types)."""
+    """The user's callbacks, then History, then the progress bar (checks their types).
+    ``workers``: the run's at its start (1 in one process)."""
     hooks = [*callbacks, history]
     if config.verbose:
         hooks.append(ProgressBar(config.verbose))
@@ -135,6 +136,7 @@ def callback_list(
         "samples": plan.rows,
         "shards": plan.shards,
         "seed": config.seed,
+        "workers": workers,
         "verbose": config.verbose,
     }
     return CallbackList(hooks, model, params)

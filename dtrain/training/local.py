@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..callbacks import Callback, History
+from ..callbacks import Callback, History, reporting_failure
 from ..comm import LocalCommunicator
 from ..config import FitConfig
 from ..data import check_sample_weight, class_weights_of
@@ -76,7 +76,7 @@ def fit_in_process(
     shards = config.shards or 1
     config = replace(config, shards=shards)
     plan = ShardPlan(len(x), shards, config.batch_size)
-    with folder_lease(config.checkpoint, new_run_id()) as lease:  # one writer per folder, before any work
+    with folder_lease(config.checkpoint, new_run_id()) as lease, reporting_failure(callbacks):  # one writer per folder
         batches = Batches(model, x, y, sample_weight=weights)
         return _train(model, batches, x.shape[1], validation, callbacks, config, plan, lease)
 
@@ -116,7 +116,8 @@ def fit_stream_in_process(
     config = replace(resolve_seed_and_shards(config), shards=1, shuffle=config.shuffle and stream.indexable)
     plan = ShardPlan(stream.steps, 1, 1)  # one plan "row" per batch
     batches = StreamBatches(model, stream, config.class_weights)
-    return _train(model, batches, x0.shape[1], validation, [*callbacks, _EpochEnd(stream)], config, plan, None)
+    with reporting_failure(callbacks):
+        return _train(model, batches, x0.shape[1], validation, [*callbacks, _EpochEnd(stream)], config, plan, None)
 
 
 class _EpochEnd(Callback):
