@@ -218,6 +218,7 @@ def _submitted(jobs, record: dict, args: SimpleNamespace) -> int:
     else:
         print(record["job_id"])
         print(f"queued on {jobs.address}; follow it with: dtrain logs {record['job_id']} --follow", file=sys.stderr)
+        _say_where_to_watch(jobs)
     return EXIT_OK
 
 
@@ -311,10 +312,17 @@ def _report(args: SimpleNamespace) -> int:
 # -- following a job --------------------------------------------------------------------------------
 
 
+def _say_where_to_watch(jobs) -> None:
+    page = jobs.dashboard_page()
+    if page is not None:  # (stderr: --json keeps stdout to its one document)
+        print(f"watch it on the dashboard: {page}", file=sys.stderr)
+
+
 def _follow(jobs, record: dict, args: SimpleNamespace) -> int:
     """Until the job ends: its log lines and a progress bar (not with --json); then the summary.
     Ctrl-C cancels the job (use submit --detach to leave one running)."""
     job_id = record["job_id"]
+    _say_where_to_watch(jobs)
     view = None if args.json else _JobView(job_id)
     try:
         final = jobs.wait(job_id, on_update=(lambda r: view.update(jobs, r)) if view else None)
@@ -500,12 +508,13 @@ def _local_client(workers: int, device: str = "cpu"):
                 cluster = LocalCUDACluster(
                     CUDA_VISIBLE_DEVICES=list(range(min(workers, gpu_count()))),
                     threads_per_worker=1,
-                    dashboard_address=None,
+                    dashboard_address=":8787",
                     silence_logs=logging.ERROR,
                     config=settings,
                 )
     if cluster is None:
-        cluster = local_cluster(workers, dashboard_address=None, silence_logs=logging.ERROR)
+        # The dashboard (and dtrain's page on it) at :8787, or another free port where that is taken
+        cluster = local_cluster(workers, dashboard_address=":8787", silence_logs=logging.ERROR)
     with cluster, Client(cluster, set_as_default=False) as client:
         yield client
 

@@ -60,12 +60,15 @@ class RunControl:
     ``on_restart(count, record)`` hears of each restart (its ``history.restart_log`` entry, whose
     ``recovered_s`` is filled in when the restarted run first reports); ``restart_workers(usable)`` picks the
     workers of a restart (or of an elastic run's regrouping) among those usable, instead of all
-    of them; ``joinable(workers)``: of workers outside an elastic run, those it may take in."""
+    of them; ``joinable(workers)``: of workers outside an elastic run, those it may take in;
+    ``on_rank_times(epoch, rank, worker, times)`` hears each rank's median step times (seconds:
+    compute, allreduce, step) after each epoch, as they arrive."""
 
     stop: threading.Event | None = None
     on_restart: Callable[[int, dict], None] | None = None
     restart_workers: Callable[[list[str]], list[str]] | None = None
     joinable: Callable[[list[str]], list[str]] | None = None
+    on_rank_times: Callable[[int, int, str, dict[str, float]], None] | None = None
 
 
 def fit_on_cluster(
@@ -111,6 +114,8 @@ def fit_on_cluster(
     assert config.shards is not None
     plan = ShardPlan(train.count, config.shards, config.batch_size)
     run_id = f"run-{uuid.uuid4().hex[:12]}"
+    if config.verbose:
+        _say_where_to_watch(client)
     with folder_lease(config.checkpoint, run_id), reporting_failure(callbacks):  # one writer per checkpoint folder
         return _train_to_the_end(model, callbacks, config, plan, train, validation, ranks, client, control, run_id)
 
@@ -156,6 +161,7 @@ def _train_to_the_end(
         meta=meta,
         hooks=installed_hooks(),
         joinable=control.joinable,
+        on_rank_times=control.on_rank_times,
     )
     run.epochs_done = set(range(start.epoch))  # a resumed run's earlier epochs belong to an earlier fit
     model.stop_training = False
@@ -222,6 +228,16 @@ def _train_to_the_end(
     return history
 
 
+def _say_where_to_watch(client: Any) -> None:
+    """With a progress bar: where the cluster's dashboard is (its task stream, workers' load)."""
+    try:
+        link = client.dashboard_link
+    except Exception:  # noqa: BLE001 - a scheduler without a dashboard: nothing to point at
+        return
+    if link:
+        print(f"Dask dashboard: {link}")
+
+
 @dataclass
 class _Run:
     """What stays the same across the attempts of one fit (a first start and its restarts)."""
@@ -255,6 +271,7 @@ class _Run:
     position: tuple[int, int] | None = None
     heard_at: float | None = None
     on_first_report: Callable[[float], None] | None = None
+    on_rank_times: Callable[[int, int, str, dict[str, float]], None] | None = None
 
     @property
     def sources(self) -> list[Any]:
@@ -303,6 +320,7 @@ class _Run:
         supervisor.epoch_open = self.epoch_open  # a restart within an epoch does not begin it again
         supervisor.optimizer_configs = self.optimizer_configs
         supervisor.on_first_report = self.on_first_report
+        supervisor.on_rank_times = self.on_rank_times
         if self.config.elastic:
             supervisor.should_regroup = self._workers_waiting
         for epoch, logs in enumerate(point.history or []):

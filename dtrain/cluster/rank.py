@@ -261,6 +261,13 @@ class RankReporter(Progress):
             message = {"kind": "progress", "epoch": epoch, "step": step, "logs": totals.logs()}
             self.worker.log_event(self.spec.topic, message)
 
+    def epoch_times(self, epoch: int, medians: dict[str, float]) -> None:
+        """Every rank's own step times of the epoch, for the client's live view (the job page):
+        one small event per rank and epoch."""
+        if medians:
+            message = {"kind": "times", "epoch": epoch, "rank": self.spec.rank, "times": medians}
+            self.worker.log_event(self.spec.topic, message)
+
     def epoch_end(self, epoch: int, logs: dict[str, float], seconds: float) -> bool:
         spec = self.spec
         if self.reporting:

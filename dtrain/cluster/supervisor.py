@@ -64,6 +64,9 @@ class Supervisor:
         self.heard_at: float | None = None
         self.position: tuple[int, int] | None = None  # (epoch, step) of the last report
         self.on_first_report: Callable[[float], None] | None = None
+        # Each rank's median step times of each epoch (events of kind "times"), for a live view:
+        # on_rank_times(epoch, rank, worker address, {compute, allreduce, step} seconds).
+        self.on_rank_times: Callable[[int, int, str, dict[str, float]], None] | None = None
         # An elastic run: asked at each epoch's end whether workers wait to join; if so, the
         # ranks end this attempt there and the run goes on with them (``regrouping``).
         self.should_regroup: Callable[[], bool] | None = None
@@ -169,6 +172,11 @@ class Supervisor:
                 next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
 
     def _on_event(self, message: dict) -> None:
+        if message["kind"] == "times":  # (says nothing of where training is: not a report)
+            rank = message["rank"]
+            if self.on_rank_times is not None and 0 <= rank < len(self.ranks):
+                self.on_rank_times(message["epoch"], rank, self.ranks[rank].address, message["times"])
+            return
         epoch = message["epoch"]
         first = self.heard_at is None
         self.heard_at = time.monotonic()

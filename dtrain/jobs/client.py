@@ -206,6 +206,18 @@ class JobsClient:
         self.ensure_service()
         return self._call("submit", spec=job.to_dict(), source=job.source, resume=resume)
 
+    def dashboard_page(self) -> str | None:
+        """The address of dtrain's page on the scheduler's dashboard (``.../dtrain``), or None
+        where the scheduler serves no dashboard."""
+        try:
+            link = self.client.dashboard_link
+        except Exception:  # noqa: BLE001 - no dashboard service: nothing to point at
+            return None
+        if not link:
+            return None
+        base = link[: -len("/status")] if link.endswith("/status") else link.rstrip("/")
+        return f"{base}/dtrain"
+
     def status(self, job_id: str) -> dict[str, Any]:
         return self._call("status", job_id=job_id)
 

@@ -27,16 +27,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ..callbacks import Callback
 from ..checkpoints import list_checkpoints
 from ..cluster.errors import JobCancelled
-from ..cluster.launch import RunControl, describe_resume, fit_on_cluster
+from ..cluster.launch import RunControl, describe_resume, fit_on_cluster, stragglers
 from ..leases import EXPIRES_S, Lease
 from ..runs import RUN_NAME, new_run_name, run_location, run_names
 from ..storage import Location
 from ..training.checkpointing import restore, resume_point
+from . import dashboard
 from .outputs import history_of, tensorboard_callback, write_outputs, write_record
 from .spec import job_from_dict
 from .tracking import check_tracking, tracking_callbacks
@@ -49,6 +51,8 @@ HANDLER = "dtrain_jobs"
 # A job's states: queued -> running -> succeeded | failed | cancelled (or queued -> cancelled).
 TERMINAL = ("succeeded", "failed", "cancelled")
 MAX_LOG_LINES = 10_000  # per job; older lines are dropped (the count of dropped ones is kept)
+MAX_CURVE_POINTS = 2_000  # per job: the live loss curve is thinned to half when it reaches this
+MAX_TIMED_EPOCHS = 1_000  # per job: the per-rank step times of its most recent epochs
 KEEP_FINISHED = 1_000  # finished jobs remembered per scheduler; the oldest are forgotten
 # Once the oldest queued job has waited this long, no later job starts before it (no more
 # backfill): a stream of small jobs never starves a wide one. $DTRAIN_BACKFILL_WAIT_S sets it.
@@ -85,6 +89,11 @@ class JobRecord:
     restarts: int = 0
     restart_reasons: list[str] = field(default_factory=list)
     restart_log: list[dict] = field(default_factory=list)  # history.restart_log's records, as they happen
+    # The live view (the dashboard page): [epochs done, loss] as training reports it; each epoch's
+    # per-rank step times (ms: compute, communication, waiting, step) and its slow ranks
+    curve: list[list[float]] = field(default_factory=list)
+    step_times: list[dict] = field(default_factory=list)
+    stragglers: list[dict] = field(default_factory=list)
     error: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     waiting_for: str | None = None  # why a queued job has not started
@@ -121,6 +130,9 @@ class JobRecord:
             "restarts": self.restarts,
             "restart_reasons": list(self.restart_reasons),
             "restart_log": [dict(entry) for entry in self.restart_log],
+            "curve": [list(point) for point in self.curve],
+            "step_times": [{**row, "ranks": [dict(r) for r in row["ranks"]]} for row in self.step_times],
+            "stragglers": [dict(s) for s in self.stragglers],
             "error": self.error,
             "output": self.output,
             "output_dir": self.output_dir,
@@ -170,6 +182,7 @@ class JobService(SchedulerPlugin):
         self.scheduler = scheduler
         self.table = _table(scheduler)
         scheduler.handlers[HANDLER] = self.handle
+        dashboard.install(scheduler, self)  # the /dtrain page and its API on the scheduler's web server
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         if hasattr(self, "table"):  # (with --preload, workers may register before start() ran)
@@ -196,6 +209,15 @@ class JobService(SchedulerPlugin):
         if action == "submit":  # validation may import fsspec backends: off the event loop
             return await asyncio.to_thread(self._submit, **kwargs)
         return operations[action](**kwargs)
+
+    def handle_now(self, action: str, **kwargs: Any) -> dict[str, Any]:
+        """A read-only action (status, list, logs) answered in the caller's thread (the page's)."""
+        reads: dict[str, Callable[..., dict[str, Any]]] = {
+            "status": self._status,
+            "list": self._list,
+            "logs": self._logs,
+        }
+        return reads[action](**kwargs)
 
     def _submit(self, spec: dict, source: str | None = None, resume: bool | str = False) -> dict[str, Any]:
         """Queue a job. ``resume``: True continues the newest run in the job's output location,
@@ -428,6 +450,7 @@ class JobService(SchedulerPlugin):
             on_restart=lambda count, reason: _restarted(record, count, reason),
             restart_workers=lambda usable: self._reallocate(record, usable),
             joinable=lambda workers: self._free(workers),
+            on_rank_times=lambda epoch, rank, worker, times: _rank_timed(record, epoch, rank, worker, times),
         )
         try:
             with Client(
@@ -543,8 +566,13 @@ class _Recorder(Callback):
         self._epoch_start = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.record.step = batch + 1
-        self.record.metrics = dict(logs or {})
+        r = self.record
+        r.step, r.metrics = batch + 1, dict(logs or {})
+        if "loss" in r.metrics and r.steps:
+            with r._log_lock:  # (the page reads it from the event loop)
+                r.curve.append([r.epoch - 1 + r.step / r.steps, float(r.metrics["loss"])])
+                if len(r.curve) >= MAX_CURVE_POINTS:  # every other point: a bounded curve of the whole run
+                    r.curve[:] = r.curve[::2]
 
     def on_epoch_end(self, epoch, logs=None):
         r = self.record
@@ -568,6 +596,32 @@ def _client_security(scheduler: Scheduler) -> Any:
         tls_client_key=security.tls_scheduler_key,
         require_encryption=True,
     )
+
+
+def _rank_timed(record: JobRecord, epoch: int, rank: int, worker: str, times: dict[str, float]) -> None:
+    """One rank's step times of an epoch: into the epoch's row (made by its first rank), with
+    each rank's waiting (for the slowest rank's compute) and communication split as steps.csv
+    splits them, and the epoch's slow ranks."""
+    with record._log_lock:
+        rows = record.step_times
+        row = next((r for r in reversed(rows[-4:]) if r["epoch"] == epoch + 1), None)  # (ranks report apart)
+        if row is None:
+            row = {"epoch": epoch + 1, "ranks": []}
+            rows.append(row)
+            rows.sort(key=lambda r: r["epoch"])
+            del rows[: max(0, len(rows) - MAX_TIMED_EPOCHS)]
+        ranks = row["ranks"]
+        ranks[:] = [r for r in ranks if r["rank"] != rank]
+        ms = {f"{name}_ms": float(value) * 1e3 for name, value in times.items()}  # compute, allreduce, step
+        ranks.append({"rank": rank, "worker": worker, **ms})
+        ranks.sort(key=lambda r: r["rank"])
+        slowest = max(r["compute_ms"] for r in ranks)
+        for r in ranks:
+            r["waiting_ms"] = min(max(slowest - r["compute_ms"], 0.0), r["allreduce_ms"])
+            r["communication_ms"] = r["allreduce_ms"] - r["waiting_ms"]
+        compute = np.array([[r["compute_ms"] / 1e3] for r in ranks])
+        slow = stragglers({"compute": compute}, [r["worker"] for r in ranks])
+        record.stragglers = [{**s, "epoch": epoch + 1} for s in slow]
 
 
 def _restarted(record: JobRecord, count: int, restart: dict) -> None:
@@ -645,7 +699,7 @@ def _brief(record: JobRecord) -> dict[str, Any]:
     return {
         key: value
         for key, value in record.public().items()
-        if key not in ("history", "files", "restart_reasons", "restart_log")
+        if key not in ("history", "files", "restart_reasons", "restart_log", "curve", "step_times")
     }
 
 

@@ -37,6 +37,10 @@ class Progress:
         """After every step: stop now (a callback set ``model.stop_training``)?"""
         return False
 
+    def epoch_times(self, epoch: int, medians: dict[str, float]) -> None:
+        """After every epoch, before ``epoch_end``: this rank's median seconds per step over the
+        epoch's steps (``compute``, ``allreduce``, ``step``; {} when none was timed)."""
+
     def epoch_end(self, epoch: int, logs: dict[str, float], seconds: float) -> bool:
         """After every epoch, with its global logs (validation included): stop training now?
         Every rank must return the same answer."""

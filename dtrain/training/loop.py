@@ -111,6 +111,15 @@ class StepTimes:
         self._table[:, self.count % self._table.shape[1]] = (compute, allreduce, step, position)
         self.count += 1
 
+    def medians_since(self, position: int) -> dict[str, float]:
+        """Median seconds of the kept steps at ``position`` or later (an epoch's, say)."""
+        kept = self._table[:, : min(self.count, self._table.shape[1])]
+        recent = kept[:, kept[3] >= position]
+        if recent.shape[1] == 0:
+            return {}
+        compute, allreduce, step = np.median(recent[:3], axis=1)
+        return {"compute": float(compute), "allreduce": float(allreduce), "step": float(step)}
+
     def as_arrays(self) -> dict[str, np.ndarray]:
         """The kept steps, oldest first."""
         kept = min(self.count, self._table.shape[1])
@@ -276,6 +285,7 @@ def train(
                 survivor.epoch_done(epoch)
             if progress.wants_whole_state:  # (a sharded step's ranks each hold their part of it)
                 sync.gather_optimizer_state()
+            progress.epoch_times(epoch, times.medians_since(epoch * plan.steps))
             if progress.epoch_end(epoch, logs, time.perf_counter() - epoch_start) or not completed:
                 break
     except BaseException:
