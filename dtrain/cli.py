@@ -218,7 +218,7 @@ def _submitted(jobs, record: dict, args: SimpleNamespace) -> int:
     else:
         print(record["job_id"])
         print(f"queued on {jobs.address}; follow it with: dtrain logs {record['job_id']} --follow", file=sys.stderr)
-        _say_where_to_watch(jobs)
+    _say_where_to_watch(jobs)
     return EXIT_OK
 
 
