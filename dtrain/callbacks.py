@@ -138,8 +138,10 @@ class History(Callback):
     (non-finite steps left out), ``sharded_step``; with ``client=``, ``workers`` (in rank order),
     ``placement`` (logical shards per worker), ``device``, ``communicator``, ``timing`` (median
     milliseconds per step: compute, communication, waiting, overhead), ``step_times`` (seconds,
-    per rank and step) and ``stragglers`` (the ranks whose steps computed markedly slower than
-    the others', last attempt)."""
+    per rank and step), ``stragglers`` (the ranks whose steps computed markedly slower than
+    the others', last attempt) and ``incidents`` (each step that missed its deadline: where every
+    rank was, what it waited for, its threads' stacks, which ranks did not answer; see
+    ``dtrain.cluster.incidents``)."""
 
     observes_only = True
 
@@ -151,6 +153,7 @@ class History(Callback):
         self.restarts: list[str] = []
         self.restart_log: list[dict[str, Any]] = []
         self.membership: list[dict[str, Any]] = []
+        self.incidents: list[dict[str, Any]] = []
         self.stragglers: list[dict[str, Any]] = []
         self.skipped_steps = 0
         self.sharded_step = False

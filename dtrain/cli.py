@@ -431,6 +431,12 @@ def _describe(record: dict) -> str:
         lines.append(f"metrics   {_metrics(record['metrics'])}")
     lines.append(f"workers   {', '.join(record['workers']) or '-'}")
     lines.append(f"restarts  {record['restarts']}")
+    for incident in record.get("incidents") or []:  # steps that missed their deadline
+        lines.append(
+            f"incident  {incident['summary']}" + (f" (stacks: {incident['folder']})" if incident.get("folder") else "")
+        )
+    for s in record.get("stragglers") or []:
+        lines.append(f"straggler {s['message']} (epoch {s.get('epoch', '?')})")
     for name in ("submitted_at", "started_at", "ended_at"):
         if record.get(name):
             lines.append(f"{name.split('_')[0]:<9} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record[name]))}")

@@ -554,6 +554,40 @@ def test_cancelling_a_job_with_a_frozen_worker_takes_seconds(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_frozen_worker_leaves_an_incident_report_with_every_ranks_stacks(tmp_path):
+    """A step that misses its deadline (fit.timeout) because a worker froze (SIGSTOP): before the
+    ranks are aborted, the job collects where each rank was; the report is in the run's
+    incidents/<time>/ (a summary, each answering rank's stacks), in `status --json` and the log."""
+    out = tmp_path / "out"
+    overrides = [*recovery_job(out), "--set", "fit.timeout=5", "--set", "fit.max_restarts=0"]
+    cluster = Cluster(2)
+    try:
+        job_id = submit_and_reach(cluster.address, overrides, epoch=2)
+        cluster.workers[1].send_signal(signal.SIGSTOP)
+        record = wait_until(cluster.address, job_id, lambda r: r["state"] != "running", timeout=60)
+        logs = "\n".join(
+            line["text"]
+            for line in json_of(dtrain_cli("logs", job_id, "--scheduler", cluster.address, "--json"))["lines"]
+        )
+    finally:
+        cluster.workers[1].send_signal(signal.SIGCONT)
+        cluster.kill()
+    assert record["state"] == "failed" and "Timed out after 5 s" in record["error"], record["error"]
+    [incident] = record["incidents"]
+    frozen = record["workers"][1]
+    assert incident["summary"].startswith("step deadline (5 s) missed: rank 0 at epoch ")
+    assert f"did not answer: rank 1 on {frozen}" in incident["summary"] and "waiting for rank 1" in incident["summary"]
+    assert f"incident: {incident['summary']}" in logs
+    folder = Path(incident["folder"])
+    assert folder.parent == Path(record["output"]) / "incidents"
+    assert sorted(p.name for p in folder.iterdir()) == ["rank-0.txt", "summary.json", "summary.txt"]
+    assert "did not answer" in (folder / "summary.txt").read_text()
+    stacks = (folder / "rank-0.txt").read_text()
+    assert "DeadlineMissed" in stacks and "dtrain/training/loop.py" in stacks and "--- " in stacks
+    assert json.loads((folder / "summary.json").read_text())["not_answering"][0]["worker"] == frozen
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sizes", [(2, 2), (3, 2)], ids=["same-size", "on-fewer-workers"])
 def test_after_losing_the_whole_cluster_dtrain_resume_finishes_the_job(sizes, tmp_path):
     """The job leaves fit.shards unset: the resumed run takes the shard count from the checkpoint

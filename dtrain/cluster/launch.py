@@ -62,13 +62,16 @@ class RunControl:
     workers of a restart (or of an elastic run's regrouping) among those usable, instead of all
     of them; ``joinable(workers)``: of workers outside an elastic run, those it may take in;
     ``on_rank_times(epoch, rank, worker, times)`` hears each rank's median step times (seconds:
-    compute, allreduce, step) after each epoch, as they arrive."""
+    compute, allreduce, step) after each epoch, as they arrive; ``on_incident(incident)`` hears
+    where every rank was when a step missed its deadline (dtrain.cluster.incidents), before the
+    ranks are aborted."""
 
     stop: threading.Event | None = None
     on_restart: Callable[[int, dict], None] | None = None
     restart_workers: Callable[[list[str]], list[str]] | None = None
     joinable: Callable[[list[str]], list[str]] | None = None
     on_rank_times: Callable[[int, int, str, dict[str, float]], None] | None = None
+    on_incident: Callable[[dict], None] | None = None
 
 
 def fit_on_cluster(
@@ -162,6 +165,7 @@ def _train_to_the_end(
         hooks=installed_hooks(),
         joinable=control.joinable,
         on_rank_times=control.on_rank_times,
+        on_incident=control.on_incident,
     )
     run.epochs_done = set(range(start.epoch))  # a resumed run's earlier epochs belong to an earlier fit
     model.stop_training = False
@@ -222,6 +226,7 @@ def _train_to_the_end(
     history.restarts = restarts
     history.restart_log = restart_log
     history.membership = membership
+    history.incidents = list(run.incidents)
     history.skipped_steps = int(rank0.get("skipped_steps", 0))
     history.sharded_step = bool(rank0.get("sharded_step", False))
     cbs.on_train_end(supervisor.logs)  # after the weights are back: callbacks may save the model
@@ -272,6 +277,8 @@ class _Run:
     heard_at: float | None = None
     on_first_report: Callable[[float], None] | None = None
     on_rank_times: Callable[[int, int, str, dict[str, float]], None] | None = None
+    on_incident: Callable[[dict], None] | None = None
+    incidents: list[dict] = field(default_factory=list)  # every missed deadline of the run (its attempts)
 
     @property
     def sources(self) -> list[Any]:
@@ -280,6 +287,16 @@ class _Run:
         if self.validation is not None:
             sources += [self.validation.x, self.validation.y]
         return list({id(s): s for s in sources}.values())
+
+    def _incident(self, incident: dict) -> None:
+        """A step missed its deadline: kept for ``history.incidents``, said as a warning, and
+        handed to the caller's ``on_incident`` (the job service writes it to the job's output)."""
+        self.incidents.append(incident)
+        warnings.warn(
+            f"dtrain: {incident['summary']} (history.incidents has every rank's stacks)", UserWarning, stacklevel=2
+        )
+        if self.on_incident is not None:
+            self.on_incident(incident)
 
     def attempt(self, ranks: list[WorkerInfo], point: ResumePoint, attempt: int) -> tuple[list[dict], Supervisor]:
         """Launch every rank from ``point`` and follow them to the end; returns their results."""
@@ -321,6 +338,7 @@ class _Run:
         supervisor.optimizer_configs = self.optimizer_configs
         supervisor.on_first_report = self.on_first_report
         supervisor.on_rank_times = self.on_rank_times
+        supervisor.on_incident = self._incident
         if self.config.elastic:
             supervisor.should_regroup = self._workers_waiting
         for epoch, logs in enumerate(point.history or []):

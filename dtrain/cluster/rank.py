@@ -32,7 +32,7 @@ from ..sampling import ShardPlan
 from ..training.checkpointing import ResumePoint
 from ..training.hooks import Progress, StepHook
 from ..training.loop import Batches, train
-from . import memory
+from . import incidents, memory
 from .worker_env import blas_threads, quiet_monitoring
 
 PROGRESS_INTERVAL_S = 0.25  # rank 0 reports progress at most this often (events go via the scheduler)
@@ -101,6 +101,7 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         )
     plugin = comm_module.get_plugin(worker)
     plugin.open_job(spec.job_id)
+    where = incidents.rank_started(spec.job_id, spec.rank)  # (for an incident report: where it is)
     comm = None
     try:
         # Start-up waits (for the slowest rank to load its rows) may be long; the driver watches
@@ -115,8 +116,9 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
             nccl_id=spec.nccl_id,
         )
         with blas_threads(worker), quiet_monitoring(worker):
-            return _run(spec, comm, worker, readers, dependencies, initial)
+            return _run(spec, comm, worker, readers, dependencies, initial, where)
     except BaseException as exc:
+        incidents.keep_snapshot(spec.job_id, exc)  # a missed deadline: where this rank was, for the client
         if not isinstance(exc, Aborted):  # tell the peers at once, so that they stop waiting for this rank
             reason = f"rank {spec.rank} on {worker.address} failed: {type(exc).__name__}: {exc}"
             if comm is not None:
@@ -129,6 +131,7 @@ def run_rank(spec: RankSpec, readers: dict[str, list], dependencies: dict[str, l
         _clear_frames(exc)
         raise
     finally:
+        incidents.rank_ended(spec.job_id)
         _LIVE_MODELS.pop(spec.job_id, None)
         if comm is not None:
             comm.close()
@@ -166,7 +169,13 @@ def _clear_frames(exc: BaseException) -> None:
 
 
 def _run(
-    spec: RankSpec, comm: Communicator, worker: Any, readers: dict, dependencies: dict, initial: dict | None
+    spec: RankSpec,
+    comm: Communicator,
+    worker: Any,
+    readers: dict,
+    dependencies: dict,
+    initial: dict | None,
+    where: incidents.Whereabouts,
 ) -> dict:
     # -- this rank's data, then the replica -----------------------------------------------------
     network = Network.from_config(spec.model_config, device=spec.device)
@@ -196,7 +205,7 @@ def _run(
     )
 
     # -- the loop -------------------------------------------------------------------------------
-    reporter = RankReporter(spec, worker, comm, network.compiled_optimizer)
+    reporter = RankReporter(spec, worker, comm, network.compiled_optimizer, where)
     if spec.rank == 0 and spec.share_model:  # read by the client while rank 0 waits for its answer
         _LIVE_MODELS[spec.job_id] = network
     result = train(
@@ -243,8 +252,10 @@ class RankReporter(Progress):
     elastic run taking in workers that joined): ``EPOCH_*``; with the optimizer's numbers for
     the next epoch (a callback may have changed the learning rate: every rank takes them)."""
 
-    def __init__(self, spec: RankSpec, worker: Any, comm: Communicator, optimizer: Any) -> None:
-        self.spec, self.worker, self.comm, self.optimizer = spec, worker, comm, optimizer
+    def __init__(
+        self, spec: RankSpec, worker: Any, comm: Communicator, optimizer: Any, where: incidents.Whereabouts
+    ) -> None:
+        self.spec, self.worker, self.comm, self.optimizer, self.where = spec, worker, comm, optimizer, where
         self.reporting = spec.rank == 0
         self._last = 0.0
         self.regroup = False
@@ -252,6 +263,12 @@ class RankReporter(Progress):
     @property
     def wants_whole_state(self) -> bool:
         return self.spec.share_model
+
+    def epoch_begin(self, epoch: int) -> None:
+        self.where.epoch, self.where.step = epoch, -1
+
+    def batch_begin(self, step: int) -> None:
+        self.where.step = step
 
     def batch_end(self, epoch: int, step: int, last: bool, totals: Totals) -> None:
         now = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from .. import comm as comm_module
 from ..callbacks import CallbackList
 from ..comm import Aborted
 from ..network import Network
+from . import incidents
 from .errors import JobCancelled, SchedulerLostError, WorkerLostError
 from .probe import WorkerInfo, run_with_deadline, scheduler_workers
 from .rank import EPOCH_GO_ON, EPOCH_REGROUP, EPOCH_STOP, event_topic, live_model_state
@@ -67,6 +69,8 @@ class Supervisor:
         # Each rank's median step times of each epoch (events of kind "times"), for a live view:
         # on_rank_times(epoch, rank, worker address, {compute, allreduce, step} seconds).
         self.on_rank_times: Callable[[int, int, str, dict[str, float]], None] | None = None
+        # A step that missed its deadline: every rank's whereabouts and stacks (an incident), heard here
+        self.on_incident: Callable[[dict], None] | None = None
         # An elastic run: asked at each epoch's end whether workers wait to join; if so, the
         # ranks end this attempt there and the run goes on with them (``regrouping``).
         self.should_regroup: Callable[[], bool] | None = None
@@ -118,11 +122,23 @@ class Supervisor:
         # abort without anyone waiting for it (they take it if they wake), and their ranks are not
         # waited for.
         silent = self._silent_workers([self.ranks[r].address for r in present if not self.futures[r].done()])
+        if self.on_incident is not None and incidents.deadline_missed(exc) is not None:  # before the abort
+            gone = {w.address for w in launched} - (alive or set())
+            self._report_incident(exc, [w.address for w in launched], silent | gone)
         message = f"training aborted: {reason}"
         self._send_abort([self.ranks[r].address for r in present if self.ranks[r].address not in silent], message)
         if silent:
             self._send_abort(sorted(silent), message, wait_s=0.0)
         self._release(present, silent)
+
+    def _report_incident(self, exc: BaseException, workers: list[str], silent: set[str]) -> None:
+        """A step missed its deadline: where every rank was (dtrain.cluster.incidents), to
+        ``on_incident``. Nothing here may keep the abort from going out: a failure is printed."""
+        assert self.on_incident is not None
+        try:
+            self.on_incident(incidents.collect(self.client, self.job_id, workers, silent, exc, self.timeout))
+        except Exception as problem:  # noqa: BLE001 - the report is a help, the abort is a must
+            print(f"dtrain: no incident report ({type(problem).__name__}: {problem})", file=sys.stderr)
 
     def _send_abort(self, targets: list[str], reason: str, wait_s: float = ABORT_SEND_S) -> None:
         """Tell the ranks on ``targets`` to stop, waiting ``wait_s`` at most: the call returns only

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Aborted, CommError, Communicator, LocalCommunicator, Mailbox
+from .base import Aborted, CommError, Communicator, DeadlineMissed, LocalCommunicator, Mailbox
 
 KINDS = ("local", "dask", "nccl", "host-staged")
 
@@ -122,6 +122,7 @@ __all__ = [
     "Aborted",
     "CommError",
     "Communicator",
+    "DeadlineMissed",
     "LocalCommunicator",
     "Mailbox",
     "make_communicator",

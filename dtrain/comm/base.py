@@ -21,7 +21,22 @@ WAIT_SLICE = 0.05
 
 class CommError(RuntimeError):
     """A collective failed: a peer is lost or stuck, or a deadline passed. The job cannot go on;
-    abort it and restart it from a checkpoint."""
+    abort it and restart it from a checkpoint. ``waiting_for``: what the failed wait waited for,
+    where known (an incident report says it: dtrain.cluster.incidents)."""
+
+    waiting_for = ""
+
+
+class DeadlineMissed(CommError):
+    """A wait on a peer passed its deadline (the run's ``timeout``): the peer is dead, stuck or
+    frozen. ``waiting_for`` says for what (which rank, which collective)."""
+
+    def __init__(self, message: str, waiting_for: str = "") -> None:
+        self.waiting_for = waiting_for
+        super().__init__(message)
+
+    def __reduce__(self):  # rank tasks raise this; Dask pickles it back to the client
+        return (type(self), (str(self), self.waiting_for))
 
 
 class Aborted(CommError):
@@ -256,7 +271,9 @@ class Mailbox:
             with self._cond:
                 while True:
                     if self.reason is not None:
-                        raise Aborted(self.reason)
+                        aborted = Aborted(self.reason)
+                        aborted.waiting_for = waiting_for or str(key)
+                        raise aborted
                     item = self._items.pop(key, _MISSING)
                     if item is not _MISSING:
                         return item
@@ -264,10 +281,11 @@ class Mailbox:
                         raise CommError(f"The communicator was closed while waiting for {waiting_for or key}.")
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise CommError(
+                        raise DeadlineMissed(
                             f"Timed out after {timeout:g} s waiting for {waiting_for or key}. The peer is dead, "
                             "stuck, or not running the same sequence of collectives (same steps, same buffer "
-                            "sizes); abort the job and restart it, or raise the timeout if the peer is only slow."
+                            "sizes); abort the job and restart it, or raise the timeout if the peer is only slow.",
+                            waiting_for=waiting_for or str(key),
                         )
                     reader = self._reader
                     if reader is not None:

@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from . import shm as shared
-from .base import CommError
+from .base import Aborted, CommError, DeadlineMissed
 
 CAPACITY = 2**17  # bytes per slot: arrays up to this size are summed on the board (BN of 8,191 features)
 HEADER = 64  # bytes before each slot's data: call number, byte count, dtype number (int64), padding
@@ -151,7 +151,13 @@ class Board:
         while header[0] != call:
             now = time.monotonic()
             if now >= next_check:
-                gone = watch.gone(peer)
+                try:
+                    gone = watch.gone(peer)
+                except Aborted as aborted:  # (what it waited for, when the abort came: an incident report says it)
+                    aborted.waiting_for = (
+                        f"{watch.describe(peer)} to join sum number {call} (a small sum on the shared board)"
+                    )
+                    raise
                 if header[0] == call:  # looked at after gone(): a peer that posted and then left is not lost
                     return
                 if gone:
@@ -161,11 +167,12 @@ class Board:
                     )
                 if now - start > timeout:
                     watch.stuck(peer)
-                    raise CommError(
+                    raise DeadlineMissed(
                         f"Timed out after {timeout:g} s waiting for {watch.describe(peer)} to join sum number {call} on "
                         f"the shared board of rank {self.rank}. The peer is dead, stuck, or not running the same "
                         "sequence of collectives; abort the job and restart it, or raise the timeout if the peer "
-                        "is only slow."
+                        "is only slow.",
+                        waiting_for=f"{watch.describe(peer)} to join sum number {call} (a small sum on the shared board)",
                     )
                 next_check = now + CHECK_EVERY_S
             if self.eager and now - start < SPIN_S:

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .. import backend
-from .base import WAIT_SLICE, Aborted, CommError, Communicator, Mailbox, abort_reason, failure_message
+from .base import WAIT_SLICE, Aborted, CommError, Communicator, DeadlineMissed, Mailbox, abort_reason, failure_message
 from .collectives import flat_view
 
 ABORT_DEADLINE_S = 10.0  # how long a rank waits for ncclCommAbort before it gives up on it
@@ -230,9 +230,10 @@ class NcclCommunicator:
                 ) from exc
             if time.monotonic() > deadline:
                 self._abort_nccl()
-                raise CommError(
+                raise DeadlineMissed(
                     f"NCCL {op} of job {self.job_id!r} did not complete on rank {self.rank} within {self.timeout:g} s: "
-                    "a peer is dead, stuck, or not running the same collectives; abort the job and restart it."
+                    "a peer is dead, stuck, or not running the same collectives; abort the job and restart it.",
+                    waiting_for=f"the other ranks in NCCL {op}",
                 )
             polls += 1
             time.sleep(0 if polls < 200 else 0.0005)  # spin briefly (a step's allreduce is short), then back off

@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .base import Aborted, CommError, Mailbox
+from .base import Aborted, CommError, DeadlineMissed, Mailbox
 from .shm import SharedRef
 
 HEADER = 4  # bytes of the frame length, little-endian
@@ -104,9 +104,10 @@ class Outbound:
                 raise Aborted(abort.reason)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CommError(
+                raise DeadlineMissed(
                     f"Sending {tag!r} to {self.describe} did not complete within {timeout:g} s: that rank stopped "
-                    "reading its messages (stuck or dead); abort the job and restart it."
+                    "reading its messages (stuck or dead); abort the job and restart it.",
+                    waiting_for=f"{self.describe} to read {tag!r} (its pipe is full)",
                 )
             # The peer may be writing to us, just as stuck: read our own pipes while we wait.
             abort.drain()

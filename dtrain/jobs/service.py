@@ -33,6 +33,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from ..callbacks import Callback
 from ..checkpoints import list_checkpoints
 from ..cluster.errors import JobCancelled
+from ..cluster.incidents import write_incident
 from ..cluster.launch import RunControl, describe_resume, fit_on_cluster, stragglers
 from ..leases import EXPIRES_S, Lease
 from ..runs import RUN_NAME, new_run_name, run_location, run_names
@@ -94,6 +95,8 @@ class JobRecord:
     curve: list[list[float]] = field(default_factory=list)
     step_times: list[dict] = field(default_factory=list)
     stragglers: list[dict] = field(default_factory=list)
+    # Each step that missed its deadline: its summary, where each rank was, and the folder of its report
+    incidents: list[dict] = field(default_factory=list)
     error: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     waiting_for: str | None = None  # why a queued job has not started
@@ -133,6 +136,7 @@ class JobRecord:
             "curve": [list(point) for point in self.curve],
             "step_times": [{**row, "ranks": [dict(r) for r in row["ranks"]]} for row in self.step_times],
             "stragglers": [dict(s) for s in self.stragglers],
+            "incidents": [dict(i) for i in self.incidents],
             "error": self.error,
             "output": self.output,
             "output_dir": self.output_dir,
@@ -451,6 +455,7 @@ class JobService(SchedulerPlugin):
             restart_workers=lambda usable: self._reallocate(record, usable),
             joinable=lambda workers: self._free(workers),
             on_rank_times=lambda epoch, rank, worker, times: _rank_timed(record, epoch, rank, worker, times),
+            on_incident=lambda incident: _incident(record, incident),
         )
         try:
             with Client(
@@ -624,6 +629,27 @@ def _rank_timed(record: JobRecord, epoch: int, rank: int, worker: str, times: di
         record.stragglers = [{**s, "epoch": epoch + 1} for s in slow]
 
 
+def _incident(record: JobRecord, incident: dict) -> None:
+    """A step missed its deadline: the report to the run's incidents/<time>/ (every rank's
+    stacks), a line in the log, and its summary in the record (status --json, the page)."""
+    try:
+        folder: str | None = write_incident(record.output, incident)
+    except Exception as problem:  # noqa: BLE001 - the summary still reaches the log and the record
+        folder = None
+        record.log(f"could not write the incident report to {record.output}: {type(problem).__name__}: {problem}")
+    keep = ("rank", "worker", "answered", "epoch", "step", "waiting_for", "why")
+    entry = {
+        "time": incident["time"],
+        "summary": incident["summary"],
+        "folder": folder,
+        "ranks": [{k: r[k] for k in keep if k in r} for r in incident["ranks"]],
+        "not_answering": list(incident["not_answering"]),
+    }
+    with record._log_lock:
+        record.incidents.append(entry)
+    record.log(f"incident: {incident['summary']}" + (f" (every rank's stacks: {folder})" if folder else ""))
+
+
 def _restarted(record: JobRecord, count: int, restart: dict) -> None:
     record.restarts = count
     record.restart_reasons.append(restart["reason"])
@@ -699,7 +725,7 @@ def _brief(record: JobRecord) -> dict[str, Any]:
     return {
         key: value
         for key, value in record.public().items()
-        if key not in ("history", "files", "restart_reasons", "restart_log", "curve", "step_times")
+        if key not in ("history", "files", "restart_reasons", "restart_log", "curve", "step_times", "incidents")
     }
 
 
