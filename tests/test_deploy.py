@@ -252,6 +252,10 @@ def test_local_cluster_start_submit_stop(tmp_path):
         assert info["dtrain_page"] == dashboard + "/dtrain"
         assert json.loads((state / "cluster.json").read_text())["dtrain_page"] == info["dtrain_page"]
         assert urllib.request.urlopen(dashboard + "/health", timeout=10).read() == b"ok"
+        with urllib.request.urlopen(info["dtrain_page"], timeout=10) as page:  # the job service's page is there
+            assert b"<title>dtrain jobs</title>" in page.read()
+        with urllib.request.urlopen(info["dtrain_page"] + "/api/jobs", timeout=10) as api:
+            assert json.loads(api.read())["jobs"] == []
         said = local.started_message(local.LocalDeployment.from_state(state), state)
         assert info["dtrain_page"] in said and f"--scheduler-file {info['scheduler_file']}" in said
         # its scheduler file names it, and dtrain finds it there
