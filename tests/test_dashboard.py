@@ -166,3 +166,28 @@ def test_the_page_shows_a_running_jobs_curves_in_a_real_browser(dashboard, tmp_p
         dtrain_cli("cancel", job_id, "--scheduler", address)
     assert errors == []
     assert Path(screenshot).stat().st_size > 10_000
+
+
+def test_each_epochs_rank_times_split_waiting_from_communication_and_name_stragglers():
+    """What the page shows of a job's ranks, from their per-epoch reports (as the supervisor hands
+    them to the job service, in any order): waiting = the slowest rank's compute minus one's own
+    (at most its allreduce time), the rest of the allreduce is communication; a rank computing
+    over 10% slower than the median is a straggler, named with its worker."""
+    from dtrain.jobs.service import JobRecord, _rank_timed
+
+    record = JobRecord(job_id="j", name="j", spec={}, output="out", requested=None, epochs=3)
+    seconds = {"allreduce": 0.004, "step": 0.015}
+    for rank, compute in ((2, 0.0120), (0, 0.0100), (1, 0.0101)):  # rank 2 is 20% slower
+        _rank_timed(record, 0, rank, f"tcp://w{rank}:1", {"compute": compute, **seconds})
+    [epoch] = record.step_times
+    assert epoch["epoch"] == 1 and [r["rank"] for r in epoch["ranks"]] == [0, 1, 2]
+    r0, r1, r2 = epoch["ranks"]
+    assert r0["waiting_ms"] == pytest.approx(2.0) and r0["communication_ms"] == pytest.approx(2.0)
+    assert (
+        r1["waiting_ms"] == pytest.approx(1.9) and r2["waiting_ms"] == 0 and r2["communication_ms"] == pytest.approx(4)
+    )
+    [slow] = record.stragglers
+    assert slow["rank"] == 2 and slow["worker"] == "tcp://w2:1" and slow["epoch"] == 1
+    assert slow["message"].startswith("rank 2 on tcp://w2:1: compute 19% slower than the median")
+    _rank_timed(record, 1, 0, "tcp://w0:1", {"compute": 0.01, **seconds})  # the next epoch, its first report
+    assert [e["epoch"] for e in record.step_times] == [1, 2] and record.stragglers == []

@@ -574,17 +574,24 @@ def test_a_frozen_worker_leaves_an_incident_report_with_every_ranks_stacks(tmp_p
         cluster.kill()
     assert record["state"] == "failed" and "Timed out after 5 s" in record["error"], record["error"]
     [incident] = record["incidents"]
-    frozen = record["workers"][1]
-    assert incident["summary"].startswith("step deadline (5 s) missed: rank 0 at epoch ")
-    assert f"did not answer: rank 1 on {frozen}" in incident["summary"] and "waiting for rank 1" in incident["summary"]
+    [silent] = incident["not_answering"]  # the frozen worker's rank (rank order is by address)
+    frozen, other = silent["rank"], 1 - silent["rank"]
+    assert silent["worker"] == record["workers"][frozen]
+    assert incident["summary"].startswith(f"step deadline (5 s) missed: rank {other} at epoch ")
+    assert f"waiting for rank {frozen}" in incident["summary"]
+    assert f"did not answer: rank {frozen} on {silent['worker']}" in incident["summary"]
     assert f"incident: {incident['summary']}" in logs
     folder = Path(incident["folder"])
     assert folder.parent == Path(record["output"]) / "incidents"
-    assert sorted(p.name for p in folder.iterdir()) == ["rank-0.txt", "summary.json", "summary.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [f"rank-{other}.txt", "summary.json", "summary.txt"]
     assert "did not answer" in (folder / "summary.txt").read_text()
-    stacks = (folder / "rank-0.txt").read_text()
+    stacks = (folder / f"rank-{other}.txt").read_text()
     assert "DeadlineMissed" in stacks and "dtrain/training/loop.py" in stacks and "--- " in stacks
-    assert json.loads((folder / "summary.json").read_text())["not_answering"][0]["worker"] == frozen
+    assert json.loads((folder / "summary.json").read_text())["not_answering"][0]["worker"] == silent["worker"]
+    # the failed job kept what it did: its epochs and its latest checkpoint's model
+    summary = json_of(dtrain_cli("report", str(out), "--json"))
+    assert summary["state"] == "failed" and summary["epochs"] >= 1 and summary["epochs"] == len(record["history"])
+    assert "model.safetensors" in summary["files"] and summary["model_from"]["epoch"] >= summary["epochs"] - 1
 
 
 @pytest.mark.slow
