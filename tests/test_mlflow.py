@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -322,7 +323,7 @@ def test_a_job_logs_its_job_file_metrics_and_model(scheduler, tmp_path, mlflow):
     assert params["output.mlflow.tracking_uri"] == uri and params["cluster.workers"] == "null"
     assert params["data.validation.split"] == "0.2" and params["workers"] == "2" and params["epochs"] == "2"
     job_yaml = client.download_artifacts(run.info.run_id, "job.yaml", str(tmp_path / "dl"))
-    assert open(job_yaml).read() == (out / "job.yaml").read_text()
+    assert open(job_yaml).read() == (Path(result["output"]) / "job.yaml").read_text()  # (the run's folder)
     logged = _metrics(client, run.info.run_id)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert logged[key] == [row[key] for row in result["history"]], key

@@ -53,7 +53,11 @@ def test_every_command_finds_the_scheduler_by_its_file(dask_with_file, tmp_path)
     submitted = dtrain_cli("submit", str(SEED_JOB), *by_file(cluster), "--json", *short_job(out))
     assert submitted.returncode == 0, submitted.stderr
     first = json_of(submitted)
-    assert first["state"] == "succeeded" and len(first["workers"]) == 2 and (out / "model.safetensors").is_file()
+    assert (
+        first["state"] == "succeeded"
+        and len(first["workers"]) == 2
+        and (Path(first["output"]) / "model.safetensors").is_file()
+    )
 
     # resume: on the scheduler of the file (not a local cluster), one more epoch from the checkpoint
     resumed = dtrain_cli("resume", str(out), *by_file(cluster), "--json", "--set", "fit.epochs=2")

@@ -37,8 +37,6 @@ from .outputs import HISTORY_FILE, JOB_FILE, PLOT_FILE, RESULT_FILE, STEPS_FILE,
 if TYPE_CHECKING:
     from distributed import Scheduler
 
-    from .service import JobService
-
 logger = logging.getLogger(__name__)
 
 PAGE = "dtrain"  # the page's path, and its name in the dashboard's navigation bar
@@ -53,7 +51,7 @@ SERVED_FILES = {
 }
 
 
-def install(scheduler: Scheduler, service: JobService) -> None:
+def install(scheduler: Scheduler, service: Any) -> None:
     """Add the page and its API to the scheduler's web server (once per scheduler)."""
     application = getattr(scheduler, "http_application", None)
     if application is None or getattr(scheduler, "_dtrain_page", False):
@@ -92,7 +90,7 @@ def _list_in_navigation(scheduler: Scheduler) -> None:
 class _Handler(web.RequestHandler):
     """JSON answers, errors included; never cached (the page polls)."""
 
-    def initialize(self, service: JobService) -> None:
+    def initialize(self, service: Any) -> None:  # (the JobService: dtrain.jobs.service, which imports this)
         self.service = service
 
     def set_default_headers(self) -> None:

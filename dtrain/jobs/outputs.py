@@ -43,7 +43,7 @@ import tempfile
 import time
 from typing import Any
 
-from ..callbacks import TensorBoard
+from ..callbacks import History, TensorBoard
 from ..runs import resolve_run
 from ..saving import MODEL_FILENAME, save_model
 from ..storage import Location
@@ -125,8 +125,6 @@ def write_outputs(output: str | os.PathLike, *, model, history, job_yaml: str, r
 def history_of(rows: list[dict]):
     """A History of the epochs a job's record holds (its per-epoch rows: ``epoch`` from 1, the
     logs, ``seconds``): what a job that did not finish leaves for history.csv and the plot."""
-    from ..callbacks import History
-
     history = History()
     history.epoch = [int(row["epoch"]) - 1 for row in rows]
     names = [k for row in rows for k in row if k not in ("epoch", "seconds")]
