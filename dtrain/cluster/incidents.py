@@ -196,7 +196,7 @@ def summary_line(incident: dict) -> str:
         if not r["answered"]:
             continue
         where = f"epoch {r['epoch'] + 1}, step {r['step'] + 1}" if r.get("epoch", -1) >= 0 else "before training"
-        waits = f" waiting for {r['waiting_for']}" if r.get("waiting_for") else ""
+        waits = f" waiting for {r['waiting_for']}" if r.get("waiting_for") else " in no wait (see its stack)"
         parts.append(f"rank {r['rank']} at {where}{waits}")
     silent = [f"rank {r['rank']} on {r['worker']}" for r in incident["not_answering"]]
     text = f"step deadline ({incident['deadline_s']:g} s) missed: " + ("; ".join(parts) or "no rank answered")
