@@ -195,7 +195,7 @@ def summary_line(incident: dict) -> str:
     for r in incident["ranks"]:
         if not r["answered"]:
             continue
-        where = f"epoch {r['epoch'] + 1}, step {r['step'] + 1}" if r.get("epoch", -1) >= 0 else "before training"
+        where = _position(r)
         waits = f" waiting for {r['waiting_for']}" if r.get("waiting_for") else " in no wait (see its stack)"
         parts.append(f"rank {r['rank']} at {where}{waits}")
     silent = [f"rank {r['rank']} on {r['worker']}" for r in incident["not_answering"]]
@@ -203,6 +203,11 @@ def summary_line(incident: dict) -> str:
     if silent:
         text += f"; did not answer: {', '.join(silent)}"
     return text
+
+
+def _position(rank: dict) -> str:
+    """Where an answering rank was, counted from 1 (its whereabouts count from 0, -1: not yet)."""
+    return f"epoch {rank['epoch'] + 1}, step {rank['step'] + 1}" if rank.get("epoch", -1) >= 0 else "before training"
 
 
 def write_incident(output: str, incident: dict) -> str:
@@ -215,9 +220,8 @@ def write_incident(output: str, incident: dict) -> str:
     lines = [incident["summary"], "", f"error: {incident['error']}", ""]
     for r in incident["ranks"]:
         if r["answered"]:
-            where_ = f"epoch {r['epoch'] + 1}, step {r['step'] + 1}" if r.get("epoch", -1) >= 0 else "before training"
             lines.append(
-                f"rank {r['rank']} on {r['worker']} (pid {r.get('pid')}): {where_}; "
+                f"rank {r['rank']} on {r['worker']} (pid {r.get('pid')}): {_position(r)}; "
                 f"{'waiting for ' + r['waiting_for'] if r.get('waiting_for') else 'not in a wait'} "
                 f"({r.get('source')}); its stacks: rank-{r['rank']}.txt"
             )

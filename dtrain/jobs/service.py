@@ -478,11 +478,10 @@ class JobService(SchedulerPlugin):
                     control=control,
                 )
         except BaseException as exc:
-            self._release(record)
+            self._release(record)  # the workers are free as soon as training has ended
             _keep_what_was_done(record, job, model, exc)  # (still holding the folder)
             raise
-        finally:
-            self._release(record)  # the workers are free as soon as training has ended
+        self._release(record)
         if record.cancel.is_set():
             record.log("cancel came too late: training had finished; writing the outputs")
         for straggler in history.stragglers:  # slow but alive: reported, not stopped
